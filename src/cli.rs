@@ -1,0 +1,376 @@
+//! The command line: flags (each with a `TALLY_*` fallback), validation into
+//! an immutable [`Config`], and the commands' output.
+//!
+//! Exit status: 0 success; 1 reconcile found differences; 2 the command
+//! could not run (bad flag, unknown zone, unreachable server, …).
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use bson::Bson;
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::batch::{self, ReconcileReport};
+use crate::calendar::Calendar;
+use crate::reports::Kind;
+use crate::scan::{Difference, Range};
+use crate::seed::{self, SeedOptions};
+use crate::store;
+
+#[derive(Parser, Debug)]
+#[command(name = "tally", version, about = "Keeps coin's financial reports right, all the time.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// MongoDB connection string (credentials are never logged).
+    #[arg(long, global = true, env = "TALLY_MONGODB_URI", default_value = "mongodb://127.0.0.1:27017", hide_env_values = true)]
+    pub mongodb_uri: String,
+    /// Database holding coin's collections and tally's output.
+    #[arg(long, global = true, env = "TALLY_DATABASE", default_value = "coin")]
+    pub database: String,
+    /// Reporting time zone, an IANA name.
+    #[arg(long, global = true, env = "TALLY_TIMEZONE", default_value = "UTC", value_parser = parse_zone)]
+    pub timezone: Calendar,
+    /// Pretend the current time is this RFC 3339 instant (tests, replays).
+    #[arg(long, global = true, env = "TALLY_NOW", hide = true, value_parser = parse_instant)]
+    pub now: Option<DateTime<Utc>>,
+    /// No progress bar or progress lines.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create indexes, enable change-stream pre-images; safe to repeat.
+    Init(InitArgs),
+    /// Write a synthetic coin-shaped dataset.
+    Seed(SeedArgs),
+    /// Compute and write every report document of a date range.
+    Backfill(BackfillArgs),
+    /// Recompute a date range and compare it with the stored documents.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Also create the {user_id: 1, date: 1} index on `transactions`.
+    #[arg(long)]
+    pub create_source_index: bool,
+    /// Do not try to enable change-stream pre-images on `transactions`.
+    #[arg(long)]
+    pub no_pre_images: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RangeArgs {
+    /// First day, YYYY-MM-DD, in the reporting time zone.
+    #[arg(long, value_parser = parse_date)]
+    pub from: NaiveDate,
+    /// Last day (included), YYYY-MM-DD.
+    #[arg(long, value_parser = parse_date)]
+    pub to: NaiveDate,
+    /// Kinds of document: reports, snapshots, monthly (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "reports,snapshots,monthly", value_parser = parse_kind)]
+    pub kinds: Vec<Kind>,
+}
+
+impl RangeArgs {
+    fn range(&self) -> Result<Range> {
+        if self.from > self.to {
+            bail!("--from {} is after --to {}: give the earlier date first", self.from, self.to);
+        }
+        let mut kinds = self.kinds.clone();
+        kinds.sort();
+        kinds.dedup();
+        Ok(Range { from: self.from, to: self.to, kinds })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct BackfillArgs {
+    #[command(flatten)]
+    pub range: RangeArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub range: RangeArgs,
+    /// Rewrite exactly the differing, missing and surplus documents.
+    #[arg(long)]
+    pub repair: bool,
+    /// Print a machine-readable JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Most difference lines printed (the JSON report lists all).
+    #[arg(long, default_value_t = 50)]
+    pub max_lines: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct SeedArgs {
+    #[arg(long, default_value_t = 50)]
+    pub users: usize,
+    #[arg(long, default_value_t = 40)]
+    pub transactions_per_user: usize,
+    /// First day of the data (default: 60 days before today).
+    #[arg(long, value_parser = parse_date)]
+    pub from: Option<NaiveDate>,
+    /// Last day of the data (default: today).
+    #[arg(long, value_parser = parse_date)]
+    pub to: Option<NaiveDate>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Write the final state in bulk instead of the API's write pattern.
+    #[arg(long)]
+    pub bulk: bool,
+}
+
+fn parse_date(s: &str) -> Result<NaiveDate, String> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| format!("{s:?} is not a date: use YYYY-MM-DD"))
+}
+
+fn parse_zone(s: &str) -> Result<Calendar, String> {
+    Calendar::from_name(s)
+}
+
+fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| format!("{s:?} is not an RFC 3339 instant such as 2026-01-31T23:59:00Z"))
+}
+
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    Kind::from_cli_name(s.trim()).ok_or_else(|| format!("unknown kind {s:?}: use reports, snapshots or monthly"))
+}
+
+/// Runs the parsed command; errors are the caller's to print (exit 2).
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let g = &cli.global;
+    let now = g.now.unwrap_or_else(Utc::now);
+    let cal = g.timezone;
+    match &cli.command {
+        Command::Init(a) => {
+            let db = store::connect(&g.mongodb_uri, &g.database).await?;
+            for line in store::init(&db, a.create_source_index, !a.no_pre_images).await? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Seed(a) => {
+            let to = a.to.unwrap_or_else(|| cal.day_of(now));
+            let from = a.from.unwrap_or(to - chrono::Days::new(59));
+            if from > to {
+                bail!("--from {from} is after --to {to}: give the earlier date first");
+            }
+            let db = store::connect(&g.mongodb_uri, &g.database).await?;
+            let opts = SeedOptions {
+                users: a.users,
+                transactions_per_user: a.transactions_per_user,
+                from,
+                to,
+                seed: a.seed,
+                bulk: a.bulk,
+            };
+            let s = seed::seed(&db, &cal, &opts).await?;
+            println!(
+                "seeded {} users, {} pockets, {} live transactions, {} soft-deleted, {} invalid, {from}..{to}",
+                s.users, s.pockets, s.transactions, s.soft_deleted, s.invalid
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backfill(a) => {
+            let range = a.range.range()?;
+            let db = store::connect(&g.mongodb_uri, &g.database).await?;
+            let s = batch::backfill(&db, cal, range.clone(), now, !g.quiet).await?;
+            let rejected: u64 = s.rejects.values().sum();
+            tracing::info!(
+                users = s.users,
+                transactions = s.transactions_read,
+                documents = s.documents,
+                inserted = s.writes.inserted,
+                updated = s.writes.updated,
+                deleted = s.writes.deleted,
+                rejected,
+                elapsed_ms = s.elapsed.as_millis() as u64,
+                "Backfill done."
+            );
+            println!(
+                "backfill {}..{} ({}): {} users, {} transactions read, {} documents; \
+                 {} inserted, {} updated, {} deleted, {} unchanged; {} invalid source documents; \
+                 {:.2}s ({:.2}s waiting for writes)",
+                range.from,
+                range.to,
+                cal.name(),
+                s.users,
+                s.transactions_read,
+                s.documents,
+                s.writes.inserted,
+                s.writes.updated,
+                s.writes.deleted,
+                s.documents.saturating_sub(s.writes.inserted + s.writes.updated),
+                rejected,
+                s.elapsed.as_secs_f64(),
+                s.writes.server_time.as_secs_f64(),
+            );
+            if s.writes.conflicts + s.writes.errors > 0 {
+                bail!(
+                    "{} writes lost a race with another writer and {} failed; run backfill again",
+                    s.writes.conflicts,
+                    s.writes.errors
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reconcile(a) => {
+            let range = a.range.range()?;
+            let db = store::connect(&g.mongodb_uri, &g.database).await?;
+            let report = batch::reconcile(&db, cal, range.clone(), now, a.repair, !g.quiet && !a.json).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&json_report(&range, &cal, &report))?);
+            } else {
+                print_report(&range, &cal, &report, a.max_lines);
+            }
+            // Differences found exit 1 even when repaired: something was wrong.
+            Ok(if report.differences.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
+}
+
+fn difference_name(d: &Difference) -> &'static str {
+    match d {
+        Difference::Missing => "missing",
+        Difference::Surplus => "surplus",
+        Difference::Fields(_) => "differs",
+    }
+}
+
+fn show(v: &Option<Bson>) -> String {
+    match v {
+        None => "(absent)".to_owned(),
+        Some(Bson::Decimal128(d)) => d.to_string(),
+        Some(Bson::DateTime(d)) => d.try_to_rfc3339_string().unwrap_or_else(|_| d.to_string()),
+        Some(b) => b.to_string(),
+    }
+}
+
+fn print_report(range: &Range, cal: &Calendar, r: &ReconcileReport, max_lines: usize) {
+    println!(
+        "reconcile {}..{} ({}): {} users, {} documents expected",
+        range.from,
+        range.to,
+        cal.name(),
+        r.users,
+        r.documents
+    );
+    for kind in &range.kinds {
+        println!("  {:<30} {} differing", kind.collection(), r.count(*kind));
+    }
+    println!("  stale labels: {} documents (information only)", r.stale_labels.len());
+    let drift_users = r.users_with_drift();
+    println!("  users with balance drift: {} (information only)", drift_users.len());
+    let rejected: u64 = r.rejects.values().sum();
+    println!("  invalid source documents: {rejected}");
+    let mut lines = 0;
+    for c in r.differences.iter().chain(&r.stale_labels) {
+        let head = format!("{} user={} period={}", c.kind.collection(), c.user.to_hex(), c.period);
+        match &c.difference {
+            Difference::Fields(fields) => {
+                for f in fields {
+                    if lines < max_lines {
+                        let tag = if f.label_only { "stale label" } else { "differs" };
+                        println!(
+                            "{tag}: {head} field={} expected={} stored={}",
+                            f.path,
+                            show(&f.expected),
+                            show(&f.stored)
+                        );
+                    }
+                    lines += 1;
+                }
+            }
+            other => {
+                if lines < max_lines {
+                    println!("{}: {head}", difference_name(other));
+                }
+                lines += 1;
+            }
+        }
+    }
+    if lines > max_lines {
+        println!("… {} more lines (use --json for all)", lines - max_lines);
+    }
+    for d in r.drifts.iter().take(max_lines) {
+        println!(
+            "drift: user={} pocket={} balance={} explained_by_transactions={}",
+            d.user.to_hex(),
+            d.pocket.to_hex(),
+            d.balance,
+            d.explained
+        );
+    }
+    if let Some(w) = r.repaired {
+        println!(
+            "repaired: {} inserted, {} updated, {} deleted, {} conflicts, {} errors",
+            w.inserted, w.updated, w.deleted, w.conflicts, w.errors
+        );
+    }
+    if r.differences.is_empty() {
+        println!("result: no differences");
+    } else {
+        println!("result: {} documents differ", r.differences.len());
+    }
+}
+
+fn json_report(range: &Range, cal: &Calendar, r: &ReconcileReport) -> Value {
+    let changes = |list: &[crate::scan::DocChange]| -> Vec<Value> {
+        list.iter()
+            .map(|c| {
+                let fields: Vec<Value> = match &c.difference {
+                    Difference::Fields(f) => f
+                        .iter()
+                        .map(|f| {
+                            json!({
+                                "field": f.path, "expected": show(&f.expected),
+                                "stored": show(&f.stored), "label_only": f.label_only,
+                            })
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                json!({
+                    "collection": c.kind.collection(), "user_id": c.user.to_hex(),
+                    "period": c.period.to_string(), "difference": difference_name(&c.difference),
+                    "fields": fields,
+                })
+            })
+            .collect()
+    };
+    json!({
+        "from": range.from.to_string(),
+        "to": range.to.to_string(),
+        "time_zone": cal.name(),
+        "users": r.users,
+        "documents": r.documents,
+        "differences": changes(&r.differences),
+        "stale_labels": changes(&r.stale_labels),
+        "drift": r.drifts.iter().map(|d| json!({
+            "user_id": d.user.to_hex(), "pocket_id": d.pocket.to_hex(),
+            "balance": d.balance.to_string(), "explained": d.explained.to_string(),
+        })).collect::<Vec<_>>(),
+        "rejects": r.rejects.iter().map(|(k, v)| (k.as_str().to_owned(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "repaired": r.repaired.map(|w| json!({
+            "inserted": w.inserted, "updated": w.updated, "deleted": w.deleted,
+            "conflicts": w.conflicts, "errors": w.errors,
+        })),
+        "clean": r.differences.is_empty(),
+    })
+}

@@ -1,0 +1,315 @@
+//! The pure ledger: one user's live transactions folded into per-day,
+//! per-category and per-pocket sums (SPEC §1.5, §4, §5).
+//!
+//! `apply` and `retract` are exact inverses: retracting a transaction that
+//! was applied restores the ledger to a state equal to one that never saw
+//! it, empty entries included. That is what lets the incremental path edit
+//! by "retract old, apply new" and still equal a from-scratch fold — the
+//! property the tests check. No I/O and no clock reads here.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bson::oid::ObjectId;
+use chrono::{Datelike, NaiveDate};
+
+use crate::calendar::Calendar;
+use crate::money::Money;
+use crate::source::{Pocket, SourceId, Transaction, TxType};
+
+/// Sum and count of one category's transactions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CategorySum {
+    pub amount: Money,
+    pub count: i64,
+}
+
+/// What one transaction shows in a pocket's list.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TxEntry {
+    pub kind: TxType,
+    pub amount: Money,
+    pub category_id: Option<ObjectId>,
+    pub note: Option<String>,
+}
+
+/// One pocket's movements on one day.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PocketDay {
+    pub income: Money,
+    pub expense: Money,
+    pub transfer_in: Money,
+    pub transfer_out: Money,
+    pub count: i64,
+    /// Keyed by (timestamp millis, transaction id): the list's sort order.
+    pub transactions: BTreeMap<(i64, SourceId), TxEntry>,
+}
+
+impl PocketDay {
+    /// net(p, d) of SPEC §4.
+    pub fn net(&self) -> Money {
+        self.income - self.expense + self.transfer_in - self.transfer_out
+    }
+}
+
+/// Everything one user's live transactions of one day add up to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DayAgg {
+    pub count: i64,
+    pub income: Money,
+    pub expense: Money,
+    pub transfer_in: Money,
+    pub transfer_out: Money,
+    pub income_by_category: BTreeMap<Option<ObjectId>, CategorySum>,
+    pub expense_by_category: BTreeMap<Option<ObjectId>, CategorySum>,
+    pub pockets: BTreeMap<ObjectId, PocketDay>,
+}
+
+/// One user's ledger: the days that have live transactions.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UserLedger {
+    pub days: BTreeMap<NaiveDate, DayAgg>,
+}
+
+impl UserLedger {
+    /// Adds a transaction's contribution; soft-deleted ones contribute nothing.
+    pub fn apply(&mut self, cal: &Calendar, tx: &Transaction) {
+        if tx.is_live() {
+            self.fold(cal.day_of_millis(tx.date), tx, 1);
+        }
+    }
+
+    /// Removes exactly what [`UserLedger::apply`] added for `tx`.
+    pub fn retract(&mut self, cal: &Calendar, tx: &Transaction) {
+        if tx.is_live() {
+            self.fold(cal.day_of_millis(tx.date), tx, -1);
+        }
+    }
+
+    /// Applies `tx` on a day already computed by the caller (hot path of
+    /// batch scans, which know the day from a sorted stream).
+    pub fn apply_on(&mut self, day: NaiveDate, tx: &Transaction) {
+        if tx.is_live() {
+            self.fold(day, tx, 1);
+        }
+    }
+
+    fn fold(&mut self, day: NaiveDate, tx: &Transaction, sign: i64) {
+        let agg = self.days.entry(day).or_default();
+        let amount = if sign > 0 { tx.amount } else { -tx.amount };
+        agg.count += sign;
+        match tx.kind {
+            TxType::Income => {
+                agg.income += amount;
+                bump(&mut agg.income_by_category, tx.category_id, amount, sign);
+            }
+            TxType::Expense | TxType::Dp | TxType::Withdraw => {
+                agg.expense += amount;
+                bump(&mut agg.expense_by_category, tx.category_id, amount, sign);
+            }
+            TxType::Transfer => {
+                if tx.pocket_to.is_some() {
+                    agg.transfer_in += amount;
+                }
+                if tx.pocket_from.is_some() {
+                    agg.transfer_out += amount;
+                }
+            }
+        }
+        let from = tx.pocket_from;
+        let to = tx.pocket_to.filter(|t| Some(*t) != from);
+        for (pocket, is_from) in from.map(|p| (p, true)).into_iter().chain(to.map(|p| (p, false))) {
+            let pd = agg.pockets.entry(pocket).or_default();
+            pd.count += sign;
+            let self_transfer = tx.pocket_to == tx.pocket_from;
+            match tx.kind {
+                TxType::Income => pd.income += amount,
+                TxType::Expense | TxType::Dp | TxType::Withdraw => pd.expense += amount,
+                TxType::Transfer => {
+                    if is_from || self_transfer {
+                        pd.transfer_out += amount;
+                    }
+                    if !is_from || self_transfer {
+                        pd.transfer_in += amount;
+                    }
+                }
+            }
+            let key = (tx.date, tx.id.clone());
+            if sign > 0 {
+                pd.transactions.insert(
+                    key,
+                    TxEntry {
+                        kind: tx.kind,
+                        amount: tx.amount,
+                        category_id: tx.category_id,
+                        note: tx.note.clone(),
+                    },
+                );
+            } else {
+                pd.transactions.remove(&key);
+            }
+            if pd.count == 0 {
+                agg.pockets.remove(&pocket);
+            }
+        }
+        if agg.count == 0 {
+            self.days.remove(&day);
+        }
+    }
+
+    /// The user's activity in [from, to].
+    pub fn range(&self, from: NaiveDate, to: NaiveDate) -> impl Iterator<Item = (&NaiveDate, &DayAgg)> {
+        self.days.range(from..=to)
+    }
+}
+
+fn bump(map: &mut BTreeMap<Option<ObjectId>, CategorySum>, key: Option<ObjectId>, amount: Money, sign: i64) {
+    let entry = map.entry(key).or_default();
+    entry.amount += amount;
+    entry.count += sign;
+    if entry.count == 0 {
+        map.remove(&key);
+    }
+}
+
+/// Closing balances per pocket (SPEC §4): closing(p, D) = B(p) − Σ net(p, d)
+/// over the days d after D, answered in O(log days) from suffix sums.
+#[derive(Debug, Default)]
+pub struct Balances {
+    /// Per owned, valid pocket: its balance B(p) and (day, Σ net over days ≥ day), ascending.
+    pockets: HashMap<ObjectId, (Money, Vec<(NaiveDate, Money)>)>,
+}
+
+impl Balances {
+    /// `pockets` are the user's own pockets; invalid ones are skipped.
+    pub fn new<'a>(ledger: &UserLedger, pockets: impl IntoIterator<Item = &'a Pocket>) -> Balances {
+        let mut out = HashMap::new();
+        for p in pockets {
+            if let Ok(balance) = p.balance {
+                out.insert(p.id, (balance, Vec::new()));
+            }
+        }
+        for (day, agg) in ledger.days.iter().rev() {
+            for (pid, pd) in &agg.pockets {
+                if let Some((_, suffix)) = out.get_mut(pid) {
+                    let after = suffix.last().map_or(Money::ZERO, |(_, s)| *s);
+                    suffix.push((*day, after + pd.net()));
+                }
+            }
+        }
+        for (_, suffix) in out.values_mut() {
+            suffix.reverse();
+        }
+        Balances { pockets: out }
+    }
+
+    /// closing(p, D), or `None` for a pocket that is not the user's valid pocket.
+    pub fn closing(&self, pocket: &ObjectId, day: NaiveDate) -> Option<Money> {
+        let (balance, suffix) = self.pockets.get(pocket)?;
+        let i = suffix.partition_point(|(d, _)| *d <= day);
+        Some(*balance - suffix.get(i).map_or(Money::ZERO, |(_, s)| *s))
+    }
+}
+
+/// Year-to-date income and expense through any day, from prefix sums.
+#[derive(Debug, Default)]
+pub struct YearToDate {
+    /// (day, Σ income, Σ expense) from 1 January of the day's year through day.
+    prefix: Vec<(NaiveDate, Money, Money)>,
+}
+
+impl YearToDate {
+    pub fn new(ledger: &UserLedger) -> YearToDate {
+        let mut prefix: Vec<(NaiveDate, Money, Money)> = Vec::with_capacity(ledger.days.len());
+        for (day, agg) in &ledger.days {
+            let (inc, exp) = match prefix.last() {
+                Some((d, i, e)) if d.year() == day.year() => (*i, *e),
+                _ => (Money::ZERO, Money::ZERO),
+            };
+            prefix.push((*day, inc + agg.income, exp + agg.expense));
+        }
+        YearToDate { prefix }
+    }
+
+    /// (income, expense) from 1 January of `day`'s year through `day`.
+    pub fn through(&self, day: NaiveDate) -> (Money, Money) {
+        let i = self.prefix.partition_point(|(d, _, _)| *d <= day);
+        match i.checked_sub(1).map(|i| self.prefix[i]) {
+            Some((d, inc, exp)) if d.year() == day.year() => (inc, exp),
+            _ => (Money::ZERO, Money::ZERO),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::SourceId;
+
+    fn tx(kind: TxType, amount: &str, from: Option<ObjectId>, to: Option<ObjectId>, date: i64) -> Transaction {
+        Transaction {
+            id: SourceId::Oid(ObjectId::new()),
+            user_id: ObjectId::new(),
+            kind,
+            amount: amount.parse().unwrap(),
+            pocket_from: from,
+            pocket_to: to,
+            category_id: None,
+            note: None,
+            date,
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn a_self_transfer_counts_once_and_nets_zero() {
+        let cal = Calendar::from_name("UTC").unwrap();
+        let p = ObjectId::new();
+        let mut l = UserLedger::default();
+        l.apply(&cal, &tx(TxType::Transfer, "10", Some(p), Some(p), 0));
+        let agg = &l.days.values().next().unwrap();
+        let pd = &agg.pockets[&p];
+        assert_eq!((pd.count, pd.transactions.len()), (1, 1));
+        assert_eq!(pd.transfer_in, "10".parse().unwrap());
+        assert_eq!(pd.transfer_out, "10".parse().unwrap());
+        assert_eq!(pd.net(), Money::ZERO);
+        assert_eq!(agg.transfer_in, agg.transfer_out);
+    }
+
+    #[test]
+    fn retract_restores_the_empty_ledger() {
+        let cal = Calendar::from_name("UTC").unwrap();
+        let mut l = UserLedger::default();
+        let t = tx(TxType::Expense, "3.30", Some(ObjectId::new()), None, 86_400_000);
+        l.apply(&cal, &t);
+        assert_eq!(l.days.len(), 1);
+        l.retract(&cal, &t);
+        assert_eq!(l, UserLedger::default());
+    }
+
+    #[test]
+    fn closing_balances_subtract_later_days_only() {
+        let cal = Calendar::from_name("UTC").unwrap();
+        let p = ObjectId::new();
+        let day = 86_400_000;
+        let mut l = UserLedger::default();
+        l.apply(&cal, &tx(TxType::Income, "100", None, Some(p), day));
+        l.apply(&cal, &tx(TxType::Expense, "30", Some(p), None, 3 * day));
+        let pocket = Pocket {
+            id: p,
+            user_id: Some(ObjectId::new()),
+            name: None,
+            kind: None,
+            balance: Ok("70".parse().unwrap()),
+            created_at: None,
+            deleted_at: None,
+        };
+        let b = Balances::new(&l, [&pocket]);
+        let d = |n: i64| cal.day_of_millis(n * day);
+        assert_eq!(b.closing(&p, d(0)), Some(Money::ZERO));
+        assert_eq!(b.closing(&p, d(1)), Some("100".parse().unwrap()));
+        assert_eq!(b.closing(&p, d(2)), Some("100".parse().unwrap()));
+        assert_eq!(b.closing(&p, d(3)), Some("70".parse().unwrap()));
+        assert_eq!(b.closing(&p, d(9)), Some("70".parse().unwrap()));
+        assert_eq!(b.closing(&ObjectId::new(), d(9)), None);
+    }
+}

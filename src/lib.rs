@@ -1,0 +1,35 @@
+//! tally keeps the reports of the "coin" personal-finance backend right all
+//! the time: it computes daily reports, daily balance snapshots and monthly
+//! summaries (see `../shared/SPEC.md`, summarized in the README) from the
+//! `transactions` and `pockets` collections of MongoDB.
+//!
+//! # Layout
+//! - [`money`] — exact decimal money; BSON conversions at the edges.
+//! - [`calendar`] — days and months in the reporting time zone (DST-safe).
+//! - [`source`] — decoding of source documents, validity and reject reasons.
+//! - [`ledger`] — pure per-user sums per day, category and pocket; balances.
+//! - [`reports`] — builders of the three output documents (the schema).
+//! - [`diff`] — field-by-field comparison of expected and stored documents.
+//! - [`store`] — MongoDB connection, indexes, bulk writes, bookkeeping, rejects.
+//! - [`scan`] — the from-scratch generator: a user-at-a-time merge of source
+//!   and stored documents.
+//! - [`batch`] — `backfill` and `reconcile` on top of the scan.
+//! - [`seed`] — a synthetic coin-shaped dataset, dirt included.
+//! - [`progress`] — progress bar on a terminal, log lines elsewhere.
+//! - [`cli`] — command-line interface and validated configuration.
+//!
+//! The pure core (`money`, `calendar`, `source`, `ledger`, `reports`,
+//! `diff`) does no I/O and never reads the clock: "now" is a parameter.
+
+pub mod money;
+pub mod calendar;
+pub mod source;
+pub mod ledger;
+pub mod reports;
+pub mod diff;
+pub mod store;
+pub mod scan;
+pub mod batch;
+pub mod seed;
+pub mod progress;
+pub mod cli;

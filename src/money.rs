@@ -1,0 +1,401 @@
+//! Exact money (SPEC §2).
+//!
+//! Every amount and balance is a [`Money`]: an exact decimal with up to 28
+//! significant digits. Binary floating point never touches a sum: a double
+//! read from the source is first turned into its shortest round-trip decimal
+//! form (0.1 → 0.1). Values are read from and written to BSON only here.
+//!
+//! Invariant: a `Money` read from the source has a magnitude below
+//! [`Money::LIMIT`] (10^18), so that sums of up to 10^10 of them can never
+//! overflow the 96-bit mantissa. Larger values are rejected as out of range.
+
+use std::fmt;
+use std::ops::{Add, AddAssign, Neg, Sub, SubAssign};
+use std::str::FromStr;
+
+use bson::{Bson, Decimal128};
+use rust_decimal::{Decimal, RoundingStrategy};
+
+/// An exact decimal amount of money.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Money(Decimal);
+
+/// Why a BSON value is not a usable amount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoneyError {
+    /// Not a number type tally accepts (or a string that is not a plain decimal).
+    NotANumber,
+    /// NaN or ±infinity.
+    NotFinite,
+    /// Too large, or more digits than an exact 28-digit decimal can hold.
+    OutOfRange,
+}
+
+impl Money {
+    pub const ZERO: Money = Money(Decimal::ZERO);
+    /// Magnitude limit for a single source value: 10^18.
+    pub const LIMIT: Money = Money(Decimal::from_parts(2_808_348_672, 232_830_643, 0, false, 0));
+
+    pub fn new(d: Decimal) -> Money {
+        Money(d)
+    }
+
+    pub fn decimal(self) -> Decimal {
+        self.0
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.0.is_zero()
+    }
+
+    pub fn is_positive(self) -> bool {
+        self.0.is_sign_positive() && !self.0.is_zero()
+    }
+
+    /// Reads an amount or balance from any accepted BSON encoding:
+    /// double, int32, int64, Decimal128 or a numeric string.
+    pub fn from_bson(value: &Bson) -> Result<Money, MoneyError> {
+        let m = match value {
+            Bson::Double(f) => Money::from_f64(*f)?,
+            Bson::Int32(i) => Money(Decimal::from(*i)),
+            Bson::Int64(i) => Money(Decimal::from(*i)),
+            Bson::Decimal128(d) => Money::from_decimal128(d)?,
+            Bson::String(s) => s.parse()?,
+            _ => return Err(MoneyError::NotANumber),
+        };
+        if m.0.abs() >= Money::LIMIT.0 {
+            return Err(MoneyError::OutOfRange);
+        }
+        Ok(m)
+    }
+
+    /// A double becomes its shortest round-trip decimal representation.
+    pub fn from_f64(f: f64) -> Result<Money, MoneyError> {
+        if !f.is_finite() {
+            return Err(MoneyError::NotFinite);
+        }
+        // `Display` for f64 prints the shortest string that round-trips, in
+        // plain notation; `{:e}` gives the same digits in exponent form, which
+        // stays short for very large or very small values.
+        format!("{f:e}").parse()
+    }
+
+    pub fn from_decimal128(d: &Decimal128) -> Result<Money, MoneyError> {
+        let s = d.to_string();
+        match s.as_str() {
+            "NaN" | "-NaN" => Err(MoneyError::NotFinite),
+            "Infinity" | "-Infinity" | "Inf" | "-Inf" => Err(MoneyError::NotFinite),
+            _ => s.parse(),
+        }
+    }
+
+    /// The exact value as BSON Decimal128, with trailing zeros removed.
+    pub fn to_bson(self) -> Bson {
+        Bson::Decimal128(self.to_decimal128())
+    }
+
+    pub fn to_decimal128(self) -> Decimal128 {
+        let s = self.0.normalize().to_string();
+        Decimal128::from_str(&s).expect("a normalized decimal is a valid Decimal128 string")
+    }
+
+    /// `self ÷ total × 100`, rounded half-even to 2 decimals as SPEC §5.3
+    /// asks, from the exact quotient (0 when `total` is zero).
+    pub fn percent_of(self, total: Money) -> f64 {
+        if total.is_zero() {
+            return 0.0;
+        }
+        let hundred = Decimal::ONE_HUNDRED;
+        let Some(scaled) = self.0.checked_mul(hundred) else {
+            return 0.0;
+        };
+        let Some(q) = scaled.checked_div(total.0) else {
+            return 0.0;
+        };
+        let rounded = exact_round_half_even_2dp(scaled, total.0, q);
+        rounded.to_string().parse().unwrap_or(0.0)
+    }
+}
+
+/// Rounds `num ÷ den` (approximated by `q`, correct to 28 digits) half-even
+/// to two decimals. A decision that `q` alone cannot settle (q looks like an
+/// exact tie) is settled by exact multiplication.
+fn exact_round_half_even_2dp(num: Decimal, den: Decimal, q: Decimal) -> Decimal {
+    let floor = q.round_dp_with_strategy(2, RoundingStrategy::ToZero);
+    let half = Decimal::new(5, 3);
+    let tie = if q.is_sign_negative() { floor - half } else { floor + half };
+    if q != tie {
+        return q.round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven);
+    }
+    match tie.checked_mul(den) {
+        Some(p) if p == num => q.round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven),
+        Some(p) if (p < num) == (den.is_sign_positive()) => {
+            // The exact quotient lies beyond the tie: away from zero.
+            q.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+        }
+        Some(_) => q.round_dp_with_strategy(2, RoundingStrategy::MidpointTowardZero),
+        None => q.round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven),
+    }
+}
+
+impl FromStr for Money {
+    type Err = MoneyError;
+
+    /// A plain decimal: optional sign, digits, optional fraction, optional
+    /// exponent; surrounding spaces ignored (SPEC §1.4).
+    fn from_str(s: &str) -> Result<Money, MoneyError> {
+        let s = s.trim();
+        let b = s.as_bytes();
+        let mut i = 0;
+        let negative = match b.first() {
+            Some(b'-') => {
+                i = 1;
+                true
+            }
+            Some(b'+') => {
+                i = 1;
+                false
+            }
+            _ => false,
+        };
+        let mut digits: Vec<u8> = Vec::with_capacity(b.len());
+        let mut int_digits = 0usize;
+        let mut frac_digits = 0usize;
+        while i < b.len() && b[i].is_ascii_digit() {
+            digits.push(b[i] - b'0');
+            int_digits += 1;
+            i += 1;
+        }
+        if i < b.len() && b[i] == b'.' {
+            i += 1;
+            while i < b.len() && b[i].is_ascii_digit() {
+                digits.push(b[i] - b'0');
+                frac_digits += 1;
+                i += 1;
+            }
+        }
+        if int_digits + frac_digits == 0 {
+            return Err(MoneyError::NotANumber);
+        }
+        let mut exponent: i64 = 0;
+        if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+            i += 1;
+            let exp_negative = match b.get(i) {
+                Some(b'-') => {
+                    i += 1;
+                    true
+                }
+                Some(b'+') => {
+                    i += 1;
+                    false
+                }
+                _ => false,
+            };
+            let start = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                exponent = (exponent * 10 + i64::from(b[i] - b'0')).min(1_000_000);
+                i += 1;
+            }
+            if i == start {
+                return Err(MoneyError::NotANumber);
+            }
+            if exp_negative {
+                exponent = -exponent;
+            }
+        }
+        if i != b.len() {
+            return Err(MoneyError::NotANumber);
+        }
+        // value = digits × 10^(exponent − frac_digits); strip zeros on both ends.
+        let mut scale_exp = exponent - frac_digits as i64;
+        let first_nonzero = digits.iter().position(|&d| d != 0);
+        let Some(first) = first_nonzero else {
+            return Ok(Money::ZERO);
+        };
+        let mut last = digits.len();
+        while digits[last - 1] == 0 {
+            last -= 1;
+            scale_exp += 1;
+        }
+        let significant = &digits[first..last];
+        if significant.len() > 28 {
+            return Err(MoneyError::OutOfRange);
+        }
+        let mut mantissa: i128 = 0;
+        for &d in significant {
+            mantissa = mantissa * 10 + i128::from(d);
+        }
+        if scale_exp > 0 {
+            // Bounded well above LIMIT's 18 digits; out of range beyond.
+            if significant.len() as i64 + scale_exp > 28 {
+                return Err(MoneyError::OutOfRange);
+            }
+            mantissa *= 10i128.pow(scale_exp as u32);
+            scale_exp = 0;
+        }
+        let scale = (-scale_exp) as u32;
+        if scale > 28 {
+            return Err(MoneyError::OutOfRange);
+        }
+        if negative {
+            mantissa = -mantissa;
+        }
+        Decimal::try_from_i128_with_scale(mantissa, scale)
+            .map(Money)
+            .map_err(|_| MoneyError::OutOfRange)
+    }
+}
+
+impl fmt::Display for MoneyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MoneyError::NotANumber => "not a number",
+            MoneyError::NotFinite => "not finite",
+            MoneyError::OutOfRange => "out of range",
+        })
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.normalize(), f)
+    }
+}
+
+impl fmt::Debug for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Add for Money {
+    type Output = Money;
+    fn add(self, rhs: Money) -> Money {
+        Money(self.0 + rhs.0)
+    }
+}
+
+impl Sub for Money {
+    type Output = Money;
+    fn sub(self, rhs: Money) -> Money {
+        Money(self.0 - rhs.0)
+    }
+}
+
+impl Neg for Money {
+    type Output = Money;
+    fn neg(self) -> Money {
+        Money(-self.0)
+    }
+}
+
+impl AddAssign for Money {
+    fn add_assign(&mut self, rhs: Money) {
+        self.0 += rhs.0;
+    }
+}
+
+impl SubAssign for Money {
+    fn sub_assign(&mut self, rhs: Money) {
+        self.0 -= rhs.0;
+    }
+}
+
+impl std::iter::Sum for Money {
+    fn sum<I: Iterator<Item = Money>>(iter: I) -> Money {
+        iter.fold(Money::ZERO, Add::add)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(s: &str) -> Money {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn tenth_plus_fifth_is_three_tenths() {
+        let a = Money::from_bson(&Bson::Double(0.1)).unwrap();
+        let b = Money::from_bson(&Bson::Double(0.2)).unwrap();
+        assert_eq!(a + b, m("0.3"));
+        assert_eq!((a + b).to_string(), "0.3");
+    }
+
+    #[test]
+    fn doubles_take_their_shortest_round_trip_form() {
+        for (f, s) in [(1234.5, "1234.5"), (0.1, "0.1"), (19.99, "19.99"), (1e-7, "0.0000001")] {
+            assert_eq!(Money::from_f64(f).unwrap().to_string(), s);
+        }
+        // 17 significant digits survive exactly.
+        assert_eq!(
+            Money::from_f64(0.30000000000000004).unwrap().to_string(),
+            "0.30000000000000004"
+        );
+    }
+
+    #[test]
+    fn large_sums_stay_exact() {
+        let big = m("999999999999999.99");
+        let total: Money = std::iter::repeat_n(big, 1000).sum();
+        assert_eq!(total, m("999999999999999990"));
+        let cents: Money = std::iter::repeat_n(Money::from_f64(0.01).unwrap(), 1_000_000).sum();
+        assert_eq!(cents, m("10000"));
+    }
+
+    #[test]
+    fn numeric_strings_follow_the_plain_decimal_grammar() {
+        assert_eq!(m(" 12.50 "), m("12.5"));
+        assert_eq!(m("+3"), m("3"));
+        assert_eq!(m("-0.5"), m("-0.5"));
+        assert_eq!(m("1.5E+3"), m("1500"));
+        assert_eq!(m("15e-1"), m("1.5"));
+        assert_eq!(m(".5"), m("0.5"));
+        assert_eq!(m("5."), m("5"));
+        for bad in ["", "abc", "1,5", "--1", "1e", "0x10", "1.2.3", "NaN", "inf", "1 2"] {
+            assert_eq!(bad.parse::<Money>(), Err(MoneyError::NotANumber), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_accepted_bson_type_reads() {
+        assert_eq!(Money::from_bson(&Bson::Int32(7)).unwrap(), m("7"));
+        assert_eq!(Money::from_bson(&Bson::Int64(-7)).unwrap(), m("-7"));
+        let d = Decimal128::from_str("2.50").unwrap();
+        assert_eq!(Money::from_bson(&Bson::Decimal128(d)).unwrap(), m("2.5"));
+        assert_eq!(Money::from_bson(&Bson::Boolean(true)), Err(MoneyError::NotANumber));
+        assert_eq!(Money::from_bson(&Bson::Double(f64::NAN)), Err(MoneyError::NotFinite));
+        assert_eq!(Money::from_bson(&Bson::Double(f64::INFINITY)), Err(MoneyError::NotFinite));
+        let nan = Decimal128::from_str("NaN").unwrap();
+        assert_eq!(Money::from_bson(&Bson::Decimal128(nan)), Err(MoneyError::NotFinite));
+        assert_eq!(Money::from_bson(&Bson::Double(1e300)), Err(MoneyError::OutOfRange));
+        assert_eq!(Money::from_bson(&Bson::String("1e18".into())), Err(MoneyError::OutOfRange));
+    }
+
+    #[test]
+    fn decimal128_round_trips_including_exponent_forms() {
+        for s in ["0", "1.5", "-42.125", "1234567890.0123456789", "0.0000001"] {
+            let money = m(s);
+            let back = Money::from_decimal128(&money.to_decimal128()).unwrap();
+            assert_eq!(back, money, "{s}");
+        }
+        let exp = Decimal128::from_str("1.5E+3").unwrap();
+        assert_eq!(Money::from_decimal128(&exp).unwrap(), m("1500"));
+        let zero = Decimal128::from_str("0E-6176").unwrap();
+        assert_eq!(Money::from_decimal128(&zero).unwrap(), Money::ZERO);
+    }
+
+    #[test]
+    fn percent_rounds_half_even_from_the_exact_quotient() {
+        assert_eq!(m("1").percent_of(m("3")), 33.33);
+        assert_eq!(m("2").percent_of(m("3")), 66.67);
+        assert_eq!(m("5").percent_of(m("0")), 0.0);
+        // 1/8 = 12.5% exactly; 1/1600 = 0.0625% → tie at 0.06|25? no: 0.0625 → 0.06
+        assert_eq!(m("1").percent_of(m("1600")), 0.06);
+        // 0.125% is a tie → even: 0.12; 0.375% → 0.38
+        assert_eq!(m("1").percent_of(m("800")), 0.12);
+        assert_eq!(m("3").percent_of(m("800")), 0.38);
+        assert_eq!(m("10").percent_of(m("10")), 100.0);
+    }
+}

@@ -1,0 +1,427 @@
+//! Builders of the three output documents (SPEC §5) — the one place that
+//! knows the output schema.
+//!
+//! A builder turns one user's ledger, pockets and the category labels into
+//! the *content* of a document: keys, every number, labels and the final
+//! flag. The bookkeeping fields (`time_zone`, `revision`, `restatements`,
+//! `generated_at`, `created_at`, `updated_at`, `finalized_at`) are the
+//! store's business and are listed in [`BOOKKEEPING`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use bson::oid::ObjectId;
+use bson::{doc, Bson, Document};
+use chrono::NaiveDate;
+
+use crate::calendar::{self, date_label, first_of_month, first_of_year, last_of_month, Calendar};
+use crate::ledger::{Balances, CategorySum, DayAgg, PocketDay, UserLedger, YearToDate};
+use crate::money::Money;
+use crate::source::Pocket;
+
+/// Most transactions listed per pocket in a daily report.
+pub const MAX_LISTED: usize = 500;
+
+/// Fields that are not content: ignored by comparisons, kept by the store.
+pub const BOOKKEEPING: [&str; 8] = [
+    "_id",
+    "time_zone",
+    "revision",
+    "restatements",
+    "generated_at",
+    "created_at",
+    "updated_at",
+    "finalized_at",
+];
+
+/// The three kinds of output document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Report,
+    Snapshot,
+    Monthly,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Report, Kind::Snapshot, Kind::Monthly];
+
+    pub fn collection(self) -> &'static str {
+        match self {
+            Kind::Report => "daily_financial_reports",
+            Kind::Snapshot => "daily_financial_snapshots",
+            Kind::Monthly => "monthly_financial_summaries",
+        }
+    }
+
+    /// The date field of the unique key (`user_id`, this).
+    pub fn date_field(self) -> &'static str {
+        match self {
+            Kind::Report => "report_date",
+            Kind::Snapshot => "snapshot_date",
+            Kind::Monthly => "month",
+        }
+    }
+
+    /// The flag that says the period is closed.
+    pub fn final_field(self) -> &'static str {
+        match self {
+            Kind::Report => "is_final",
+            Kind::Snapshot | Kind::Monthly => "is_complete",
+        }
+    }
+
+    /// Name used on the command line (`--kinds reports,snapshots,monthly`).
+    pub fn cli_name(self) -> &'static str {
+        match self {
+            Kind::Report => "reports",
+            Kind::Snapshot => "snapshots",
+            Kind::Monthly => "monthly",
+        }
+    }
+
+    pub fn from_cli_name(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.cli_name() == s)
+    }
+}
+
+/// Category labels (SPEC §1.3).
+#[derive(Clone, Debug, Default)]
+pub struct Categories(pub HashMap<ObjectId, String>);
+
+impl Categories {
+    pub fn label(&self, id: Option<ObjectId>) -> &str {
+        match id {
+            None => "Uncategorized",
+            Some(id) => self.0.get(&id).map_or("Unknown", String::as_str),
+        }
+    }
+}
+
+/// One user's data, ready to build any document from.
+pub struct UserView<'a> {
+    pub user_id: ObjectId,
+    pub ledger: &'a UserLedger,
+    /// The user's own pockets (valid or not), by id.
+    pub pockets: &'a BTreeMap<ObjectId, Pocket>,
+    pub categories: &'a Categories,
+    pub cal: &'a Calendar,
+    balances: Balances,
+    ytd: YearToDate,
+}
+
+impl<'a> UserView<'a> {
+    pub fn new(
+        user_id: ObjectId,
+        ledger: &'a UserLedger,
+        pockets: &'a BTreeMap<ObjectId, Pocket>,
+        categories: &'a Categories,
+        cal: &'a Calendar,
+    ) -> UserView<'a> {
+        UserView {
+            user_id,
+            ledger,
+            pockets,
+            categories,
+            cal,
+            balances: Balances::new(ledger, pockets.values()),
+            ytd: YearToDate::new(ledger),
+        }
+    }
+
+    /// The user's pockets that count on `day` (SPEC §1.2), by id.
+    fn counting_pockets(&self, day: NaiveDate) -> impl Iterator<Item = &'a Pocket> + '_ {
+        let end = self.cal.day_end(day).timestamp_millis();
+        self.pockets.values().filter(move |p| p.counts_before(end))
+    }
+
+    fn closing(&self, pocket: &ObjectId, day: NaiveDate) -> Money {
+        self.balances.closing(pocket, day).unwrap_or(Money::ZERO)
+    }
+
+    fn net(&self, pocket: &ObjectId, day: NaiveDate) -> Money {
+        self.ledger.days.get(&day).and_then(|a| a.pockets.get(pocket)).map_or(Money::ZERO, PocketDay::net)
+    }
+
+    /// User-level (opening, closing) of `day`: sums over counting pockets.
+    fn user_balances(&self, day: NaiveDate) -> (Money, Money) {
+        let mut opening = Money::ZERO;
+        let mut closing = Money::ZERO;
+        for p in self.counting_pockets(day) {
+            let c = self.closing(&p.id, day);
+            closing += c;
+            opening += c - self.net(&p.id, day);
+        }
+        (opening, closing)
+    }
+
+    /// (name, type) labels of a pocket named by one of the user's transactions.
+    fn pocket_labels(&self, pocket: &ObjectId) -> (Bson, Bson) {
+        match self.pockets.get(pocket) {
+            Some(p) => (opt_string(&p.name), opt_string(&p.kind)),
+            None => (Bson::String("Unknown".into()), Bson::String(String::new())),
+        }
+    }
+
+    fn category_entries(&self, sums: &BTreeMap<Option<ObjectId>, CategorySum>, total: Option<Money>) -> Bson {
+        let mut rows: Vec<(&Option<ObjectId>, &CategorySum)> = sums.iter().collect();
+        rows.sort_by(|(ia, a), (ib, b)| b.amount.cmp(&a.amount).then_with(|| cmp_id_null_last(ia, ib)));
+        Bson::Array(
+            rows.into_iter()
+                .map(|(id, sum)| {
+                    let mut d = doc! {
+                        "category_id": opt_oid(*id),
+                        "category_name": self.categories.label(*id),
+                        "amount": sum.amount.to_bson(),
+                    };
+                    if let Some(total) = total {
+                        d.insert("percent_of_total", sum.amount.percent_of(total));
+                    }
+                    d.insert("transaction_count", sum.count);
+                    Bson::Document(d)
+                })
+                .collect(),
+        )
+    }
+
+    /// SPEC §5.1; `None` when the user has no live transaction on `day`.
+    pub fn daily_report(&self, day: NaiveDate, closed: bool) -> Option<Document> {
+        let agg = self.ledger.days.get(&day)?;
+        let (opening, closing) = self.user_balances(day);
+        let day_end = self.cal.day_end(day).timestamp_millis();
+        let pockets: Vec<Bson> = agg
+            .pockets
+            .iter()
+            .map(|(pid, pd)| {
+                let (name, kind) = self.pocket_labels(pid);
+                let counts = self.pockets.get(pid).is_some_and(|p| p.counts_before(day_end));
+                let (open, close) = if counts {
+                    let c = self.closing(pid, day);
+                    ((c - pd.net()).to_bson(), c.to_bson())
+                } else {
+                    (Bson::Null, Bson::Null)
+                };
+                let listed: Vec<Bson> = pd
+                    .transactions
+                    .iter()
+                    .take(MAX_LISTED)
+                    .map(|((ts, id), e)| {
+                        Bson::Document(doc! {
+                            "transaction_id": id.to_bson(),
+                            "type": e.kind.as_str(),
+                            "amount": e.amount.to_bson(),
+                            "category_id": opt_oid(e.category_id),
+                            "category_name": self.categories.label(e.category_id),
+                            "note": e.note.clone().map_or(Bson::Null, Bson::String),
+                            "timestamp": bson::DateTime::from_millis(*ts),
+                        })
+                    })
+                    .collect();
+                Bson::Document(doc! {
+                    "pocket_id": *pid,
+                    "pocket_name": name,
+                    "pocket_type": kind,
+                    "income": pd.income.to_bson(),
+                    "expense": pd.expense.to_bson(),
+                    "transfer_in": pd.transfer_in.to_bson(),
+                    "transfer_out": pd.transfer_out.to_bson(),
+                    "opening_balance": open,
+                    "closing_balance": close,
+                    "transaction_count": pd.count,
+                    "transactions": listed,
+                    "transactions_truncated": pd.transactions.len() > MAX_LISTED,
+                })
+            })
+            .collect();
+        Some(doc! {
+            "user_id": self.user_id,
+            "report_date": date_label(day),
+            "opening_balance": opening.to_bson(),
+            "closing_balance": closing.to_bson(),
+            "net_change": (closing - opening).to_bson(),
+            "total_income": agg.income.to_bson(),
+            "total_expense": agg.expense.to_bson(),
+            "total_transfer_in": agg.transfer_in.to_bson(),
+            "total_transfer_out": agg.transfer_out.to_bson(),
+            "transaction_count": agg.count,
+            "expense_by_category": self.category_entries(&agg.expense_by_category, None),
+            "income_by_category": self.category_entries(&agg.income_by_category, None),
+            "transactions_by_pocket": pockets,
+            "is_final": closed,
+        })
+    }
+
+    /// SPEC §5.2; `None` when no pocket of the user counts on `day`.
+    pub fn snapshot(&self, day: NaiveDate) -> Option<Document> {
+        let mut total = Money::ZERO;
+        let balances: Vec<Bson> = self
+            .counting_pockets(day)
+            .map(|p| {
+                let balance = self.closing(&p.id, day);
+                total += balance;
+                Bson::Document(doc! {
+                    "pocket_id": p.id,
+                    "pocket_name": opt_string(&p.name),
+                    "pocket_type": opt_string(&p.kind),
+                    "balance": balance.to_bson(),
+                    "balance_change": self.net(&p.id, day).to_bson(),
+                })
+            })
+            .collect();
+        if balances.is_empty() {
+            return None;
+        }
+        let empty = DayAgg::default();
+        let agg = self.ledger.days.get(&day).unwrap_or(&empty);
+        let (ytd_income, ytd_expense) = self.ytd.through(day);
+        Some(doc! {
+            "user_id": self.user_id,
+            "snapshot_date": date_label(day),
+            "pocket_balances": balances,
+            "total_balance": total.to_bson(),
+            "total_income": agg.income.to_bson(),
+            "total_expense": agg.expense.to_bson(),
+            "total_transfer_in": agg.transfer_in.to_bson(),
+            "total_transfer_out": agg.transfer_out.to_bson(),
+            "transaction_count": agg.count,
+            "ytd_income": ytd_income.to_bson(),
+            "ytd_expense": ytd_expense.to_bson(),
+            "ytd_net": (ytd_income - ytd_expense).to_bson(),
+            "is_complete": true,
+        })
+    }
+
+    /// SPEC §5.3 for the month containing `month`. `None` when the user has
+    /// no live transaction in it and (for a closed month) no pocket counting
+    /// on its last day.
+    pub fn monthly(&self, month: NaiveDate, closed: bool) -> Option<Document> {
+        let first = first_of_month(month);
+        let last = last_of_month(month);
+        let mut total = DayAgg::default();
+        let mut by_pocket: BTreeMap<ObjectId, PocketDay> = BTreeMap::new();
+        let mut day_count: i64 = 0;
+        for (_, agg) in self.ledger.range(first, last) {
+            day_count += 1;
+            total.count += agg.count;
+            total.income += agg.income;
+            total.expense += agg.expense;
+            total.transfer_in += agg.transfer_in;
+            total.transfer_out += agg.transfer_out;
+            merge_categories(&mut total.income_by_category, &agg.income_by_category);
+            merge_categories(&mut total.expense_by_category, &agg.expense_by_category);
+            for (pid, pd) in &agg.pockets {
+                let acc = by_pocket.entry(*pid).or_default();
+                acc.income += pd.income;
+                acc.expense += pd.expense;
+                acc.transfer_in += pd.transfer_in;
+                acc.transfer_out += pd.transfer_out;
+            }
+        }
+        if day_count == 0 && !(closed && self.counting_pockets(last).next().is_some()) {
+            return None;
+        }
+        let (opening, _) = self.user_balances(first);
+        let (_, closing) = self.user_balances(last);
+        let (ytd_income, ytd_expense) = self.ytd.through(last);
+        let pockets: Vec<Bson> = by_pocket
+            .iter()
+            .map(|(pid, pd)| {
+                let (name, kind) = self.pocket_labels(pid);
+                Bson::Document(doc! {
+                    "pocket_id": *pid,
+                    "pocket_name": name,
+                    "pocket_type": kind,
+                    "income": pd.income.to_bson(),
+                    "expense": pd.expense.to_bson(),
+                    "transfer_in": pd.transfer_in.to_bson(),
+                    "transfer_out": pd.transfer_out.to_bson(),
+                    "net": pd.net().to_bson(),
+                })
+            })
+            .collect();
+        Some(doc! {
+            "user_id": self.user_id,
+            "month": date_label(first),
+            "income": total.income.to_bson(),
+            "expense": total.expense.to_bson(),
+            "transfer_in": total.transfer_in.to_bson(),
+            "transfer_out": total.transfer_out.to_bson(),
+            "net": (total.income - total.expense).to_bson(),
+            "opening_balance": opening.to_bson(),
+            "closing_balance": closing.to_bson(),
+            "expense_by_category": self.category_entries(&total.expense_by_category, Some(total.expense)),
+            "income_by_category": self.category_entries(&total.income_by_category, Some(total.income)),
+            "by_pocket": pockets,
+            "ytd_income": ytd_income.to_bson(),
+            "ytd_expense": ytd_expense.to_bson(),
+            "ytd_net": (ytd_income - ytd_expense).to_bson(),
+            "day_count": day_count,
+            "transaction_count": total.count,
+            "is_complete": closed,
+        })
+    }
+
+    /// Every document of `kinds` for the periods of [from, to] (months: every
+    /// month intersecting it), keyed by (kind, period date). `today` is the
+    /// first day that is not closed.
+    pub fn build_range(
+        &self,
+        kinds: &[Kind],
+        from: NaiveDate,
+        to: NaiveDate,
+        today: NaiveDate,
+    ) -> Vec<(Kind, NaiveDate, Document)> {
+        let mut out = Vec::new();
+        for &kind in kinds {
+            match kind {
+                Kind::Report => {
+                    for (day, _) in self.ledger.range(from, to) {
+                        out.extend(self.daily_report(*day, *day < today).map(|d| (kind, *day, d)));
+                    }
+                }
+                Kind::Snapshot => {
+                    let last_closed = calendar::prev_day(today);
+                    for day in calendar::days(from, to.min(last_closed)) {
+                        out.extend(self.snapshot(day).map(|d| (kind, day, d)));
+                    }
+                }
+                Kind::Monthly => {
+                    for month in calendar::months(from, to) {
+                        let closed = last_of_month(month) < today;
+                        out.extend(self.monthly(month, closed).map(|d| (kind, month, d)));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The earliest day whose transactions a range's documents depend on:
+/// 1 January of the year of the range's first month (for YTD).
+pub fn earliest_dependency(from: NaiveDate) -> NaiveDate {
+    first_of_year(first_of_month(from))
+}
+
+fn merge_categories(into: &mut BTreeMap<Option<ObjectId>, CategorySum>, from: &BTreeMap<Option<ObjectId>, CategorySum>) {
+    for (k, v) in from {
+        let e = into.entry(*k).or_default();
+        e.amount += v.amount;
+        e.count += v.count;
+    }
+}
+
+fn cmp_id_null_last(a: &Option<ObjectId>, b: &Option<ObjectId>) -> std::cmp::Ordering {
+    match (a, b) {
+        (Some(a), Some(b)) => a.bytes().cmp(&b.bytes()),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    }
+}
+
+fn opt_oid(id: Option<ObjectId>) -> Bson {
+    id.map_or(Bson::Null, Bson::ObjectId)
+}
+
+fn opt_string(s: &Option<String>) -> Bson {
+    s.clone().map_or(Bson::Null, Bson::String)
+}

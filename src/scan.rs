@@ -1,0 +1,381 @@
+//! The from-scratch generator: a streaming, user-at-a-time merge of the
+//! source and the stored documents (SPEC §7).
+//!
+//! Transactions are read in one cursor sorted by (`user_id`, `date`);
+//! the stored documents of the range in one cursor per kind sorted by
+//! (`user_id`, date); pockets and categories are loaded once. The scanner
+//! walks the users in ascending id order and, for each, folds that user's
+//! transactions into a ledger, builds the expected documents and compares
+//! them with the stored ones. The number of queries does not depend on the
+//! number of users, and memory holds one user's ledger at a time plus the
+//! pockets and labels.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use anyhow::{Context, Result};
+use bson::oid::ObjectId;
+use bson::{doc, Bson, Document};
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::TryStreamExt;
+use mongodb::{Cursor, Database};
+
+use crate::calendar::{date_label, first_of_month, label_date, Calendar};
+use crate::diff::{diff, FieldDiff};
+use crate::ledger::{Balances, UserLedger};
+use crate::money::Money;
+use crate::reports::{earliest_dependency, Categories, Kind, UserView};
+use crate::source::{decode_category, decode_pocket, decode_transaction, Pocket, RejectReason, SourceId};
+use crate::store::{self, key_filter, plan_write, Write, CATEGORIES, POCKETS, REJECTS, TRANSACTIONS};
+
+/// The periods a run covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub kinds: Vec<Kind>,
+}
+
+/// How a stored document differs from the expected one.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Difference {
+    /// Expected but not stored.
+    Missing,
+    /// Stored but should not exist.
+    Surplus,
+    /// Both exist; the fields that differ.
+    Fields(Vec<FieldDiff>),
+}
+
+impl Difference {
+    /// Only labels differ (a rename): information, not a failure.
+    pub fn is_stale_label(&self) -> bool {
+        matches!(self, Difference::Fields(f) if f.iter().all(|d| d.label_only))
+    }
+}
+
+/// One document that differs, with the write that repairs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocChange {
+    pub kind: Kind,
+    pub user: ObjectId,
+    pub period: NaiveDate,
+    pub difference: Difference,
+    pub write: Write,
+}
+
+/// A pocket whose stored balance is not explained by its transactions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Drift {
+    pub user: ObjectId,
+    pub pocket: ObjectId,
+    pub balance: Money,
+    pub explained: Money,
+}
+
+/// Everything the scan found for one user.
+#[derive(Debug, Default)]
+pub struct UserResult {
+    pub changes: Vec<DocChange>,
+    pub drifts: Vec<Drift>,
+    pub documents: usize,
+}
+
+/// Which transactions the scan reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// From 1 January of the range's first year on: all the range needs.
+    Dependencies,
+    /// All history, which also lets the scan measure drift.
+    AllHistory,
+}
+
+/// Walks users in id order; see the module docs.
+pub struct Scanner {
+    cal: Calendar,
+    range: Range,
+    now: DateTime<Utc>,
+    today: NaiveDate,
+    scope: Scope,
+    pockets: HashMap<ObjectId, BTreeMap<ObjectId, Pocket>>,
+    pocket_users: Vec<ObjectId>,
+    next_pocket_user: usize,
+    categories: Categories,
+    transactions: Cursor<Document>,
+    pending_tx: Option<crate::source::Transaction>,
+    stored: Vec<(Kind, Cursor<Document>, Option<(ObjectId, Document)>)>,
+    known_rejects: HashSet<String>,
+    /// Invalid documents seen and not yet recorded.
+    pub rejects: Vec<(&'static str, SourceId, RejectReason)>,
+    /// Documents that had a reject record and are valid now.
+    pub corrected: Vec<(&'static str, SourceId)>,
+    pub reject_counts: BTreeMap<RejectReason, u64>,
+    pub transactions_read: u64,
+    pub users_done: u64,
+}
+
+impl Scanner {
+    /// Opens every cursor of the scan: a fixed number of queries.
+    pub async fn open(db: &Database, cal: Calendar, range: Range, now: DateTime<Utc>, scope: Scope) -> Result<Scanner> {
+        let mut reject_counts = BTreeMap::new();
+        let mut rejects = Vec::new();
+        let known_rejects = load_reject_keys(db).await?;
+        let mut corrected = Vec::new();
+
+        let mut pockets: HashMap<ObjectId, BTreeMap<ObjectId, Pocket>> = HashMap::new();
+        let mut cursor = db.collection::<Document>(POCKETS).find(doc! {}).await.context("reading pockets")?;
+        while let Some(raw) = cursor.try_next().await.context("reading pockets")? {
+            match decode_pocket(&raw) {
+                Ok(p) => {
+                    let id = SourceId::Oid(p.id);
+                    match p.reject_reason() {
+                        Some(r) => note_reject(&mut rejects, &mut reject_counts, POCKETS, id, r),
+                        None if known_rejects.contains(&reject_key(POCKETS, &id)) => corrected.push((POCKETS, id)),
+                        None => {}
+                    }
+                    if let Some(user) = p.user_id {
+                        pockets.entry(user).or_default().insert(p.id, p);
+                    }
+                }
+                Err(r) => {
+                    let id = SourceId::from_bson(raw.get("_id").unwrap_or(&Bson::Null));
+                    note_reject(&mut rejects, &mut reject_counts, POCKETS, id, r);
+                }
+            }
+        }
+        let mut pocket_users: Vec<ObjectId> = pockets.keys().copied().collect();
+        pocket_users.sort_by_key(|u| u.bytes());
+
+        let mut categories = HashMap::new();
+        let mut cursor = db.collection::<Document>(CATEGORIES).find(doc! {}).await.context("reading categories")?;
+        while let Some(raw) = cursor.try_next().await.context("reading categories")? {
+            if let Some((id, name)) = decode_category(&raw) {
+                categories.insert(id, name);
+            }
+        }
+
+        let filter = match scope {
+            Scope::AllHistory => doc! {},
+            Scope::Dependencies => {
+                let start = cal.day_start(earliest_dependency(range.from));
+                doc! { "date": { "$gte": bson::DateTime::from_millis(start.timestamp_millis()) } }
+            }
+        };
+        let transactions = db
+            .collection::<Document>(TRANSACTIONS)
+            .find(filter)
+            .sort(doc! { "user_id": 1, "date": 1 })
+            .allow_disk_use(true)
+            .batch_size(10_000)
+            .await
+            .context("reading transactions")?;
+
+        let mut stored = Vec::new();
+        for &kind in &range.kinds {
+            let (lo, hi) = match kind {
+                Kind::Monthly => (first_of_month(range.from), first_of_month(range.to)),
+                _ => (range.from, range.to),
+            };
+            let cursor = db
+                .collection::<Document>(kind.collection())
+                .find(doc! { kind.date_field(): { "$gte": date_label(lo), "$lte": date_label(hi) } })
+                .sort(doc! { "user_id": 1, kind.date_field(): 1 })
+                .allow_disk_use(true)
+                .batch_size(5_000)
+                .await
+                .with_context(|| format!("reading {}", kind.collection()))?;
+            stored.push((kind, cursor, None));
+        }
+
+        let mut scanner = Scanner {
+            today: cal.day_of(now),
+            cal,
+            range,
+            now,
+            scope,
+            pockets,
+            pocket_users,
+            next_pocket_user: 0,
+            categories: Categories(categories),
+            transactions,
+            pending_tx: None,
+            stored,
+            known_rejects,
+            rejects,
+            corrected,
+            reject_counts,
+            transactions_read: 0,
+            users_done: 0,
+        };
+        scanner.advance_tx().await?;
+        for i in 0..scanner.stored.len() {
+            scanner.advance_stored(i).await?;
+        }
+        Ok(scanner)
+    }
+
+    /// Users that own a pocket: a lower bound of the users to visit.
+    pub fn users_with_pockets(&self) -> usize {
+        self.pocket_users.len()
+    }
+
+    async fn advance_tx(&mut self) -> Result<()> {
+        self.pending_tx = None;
+        while let Some(raw) = self.transactions.try_next().await.context("reading transactions")? {
+            self.transactions_read += 1;
+            match decode_transaction(&raw) {
+                Ok(tx) => {
+                    if !self.known_rejects.is_empty() && self.known_rejects.contains(&reject_key(TRANSACTIONS, &tx.id)) {
+                        self.corrected.push((TRANSACTIONS, tx.id.clone()));
+                    }
+                    self.pending_tx = Some(tx);
+                    return Ok(());
+                }
+                Err(r) => {
+                    let id = SourceId::from_bson(raw.get("_id").unwrap_or(&Bson::Null));
+                    note_reject(&mut self.rejects, &mut self.reject_counts, TRANSACTIONS, id, r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn advance_stored(&mut self, i: usize) -> Result<()> {
+        let (kind, cursor, pending) = &mut self.stored[i];
+        *pending = None;
+        while let Some(doc) = cursor.try_next().await.with_context(|| format!("reading {}", kind.collection()))? {
+            if let Ok(user) = doc.get_object_id("user_id") {
+                *pending = Some((user, doc));
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn next_user_id(&self) -> Option<ObjectId> {
+        let tx = self.pending_tx.as_ref().map(|t| t.user_id);
+        let pocket = self.pocket_users.get(self.next_pocket_user).copied();
+        let stored = self.stored.iter().filter_map(|(_, _, p)| p.as_ref().map(|(u, _)| *u));
+        tx.into_iter().chain(pocket).chain(stored).min_by_key(|u| u.bytes())
+    }
+
+    /// The next user's differences, or `None` when every user is done.
+    pub async fn next_user(&mut self) -> Result<Option<UserResult>> {
+        let Some(user) = self.next_user_id() else {
+            return Ok(None);
+        };
+        let mut ledger = UserLedger::default();
+        while let Some(tx) = self.pending_tx.as_ref().filter(|t| t.user_id == user) {
+            ledger.apply(&self.cal, tx);
+            self.advance_tx().await?;
+        }
+        if self.pocket_users.get(self.next_pocket_user) == Some(&user) {
+            self.next_pocket_user += 1;
+        }
+        let mut stored: HashMap<(Kind, NaiveDate), Document> = HashMap::new();
+        for i in 0..self.stored.len() {
+            while let Some((kind, doc)) = match &self.stored[i] {
+                (kind, _, Some((u, doc))) if *u == user => Some((*kind, doc.clone())),
+                _ => None,
+            } {
+                if let Ok(label) = doc.get_datetime(kind.date_field()) {
+                    stored.insert((kind, label_date(*label)), doc);
+                }
+                self.advance_stored(i).await?;
+            }
+        }
+        let empty = BTreeMap::new();
+        let pockets = self.pockets.get(&user).unwrap_or(&empty);
+        let view = UserView::new(user, &ledger, pockets, &self.categories, &self.cal);
+        let expected = view.build_range(&self.range.kinds, self.range.from, self.range.to, self.today);
+        let mut result = UserResult { documents: expected.len(), ..UserResult::default() };
+        for (kind, period, content) in expected {
+            let old = stored.remove(&(kind, period));
+            let difference = match &old {
+                None => Difference::Missing,
+                Some(s) => {
+                    let fields = diff(&content, s);
+                    if fields.is_empty() {
+                        continue;
+                    }
+                    Difference::Fields(fields)
+                }
+            };
+            let write = plan_write(kind, key_filter(kind, user, period), Some(content), old.as_ref(), self.now, self.cal.name());
+            if let Some(write) = write {
+                result.changes.push(DocChange { kind, user, period, difference, write });
+            }
+        }
+        let mut surplus: Vec<_> = stored.into_keys().collect();
+        surplus.sort();
+        for (kind, period) in surplus {
+            let write = Write::Delete { kind, filter: key_filter(kind, user, period) };
+            result.changes.push(DocChange { kind, user, period, difference: Difference::Surplus, write });
+        }
+        if self.scope == Scope::AllHistory {
+            let balances = Balances::new(&ledger, pockets.values());
+            let before_all = NaiveDate::MIN;
+            for p in pockets.values() {
+                if let (Ok(balance), Some(unexplained)) = (p.balance, balances.closing(&p.id, before_all)) {
+                    if !unexplained.is_zero() {
+                        result.drifts.push(Drift { user, pocket: p.id, balance, explained: balance - unexplained });
+                    }
+                }
+            }
+        }
+        self.users_done += 1;
+        Ok(Some(result))
+    }
+
+    /// Transactions whose `date` is not a datetime never match the scan's
+    /// date filter; this finds them so they are recorded, not lost.
+    pub async fn scan_undated(&mut self, db: &Database) -> Result<()> {
+        if self.scope == Scope::AllHistory {
+            return Ok(());
+        }
+        let filter = doc! { "date": { "$not": { "$type": "date" } } };
+        let mut cursor = db.collection::<Document>(TRANSACTIONS).find(filter).await.context("reading undated transactions")?;
+        while let Some(raw) = cursor.try_next().await.context("reading undated transactions")? {
+            if let Err(r) = decode_transaction(&raw) {
+                let id = SourceId::from_bson(raw.get("_id").unwrap_or(&Bson::Null));
+                note_reject(&mut self.rejects, &mut self.reject_counts, TRANSACTIONS, id, r);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the reject records gathered so far and removes corrected ones.
+    pub async fn flush_rejects(&mut self, db: &Database) -> Result<()> {
+        store::record_rejects(db, &std::mem::take(&mut self.rejects), self.now).await?;
+        store::clear_rejects(db, &std::mem::take(&mut self.corrected)).await
+    }
+
+    pub fn rejected(&self) -> u64 {
+        self.reject_counts.values().sum()
+    }
+}
+
+fn note_reject(
+    rejects: &mut Vec<(&'static str, SourceId, RejectReason)>,
+    counts: &mut BTreeMap<RejectReason, u64>,
+    coll: &'static str,
+    id: SourceId,
+    reason: RejectReason,
+) {
+    *counts.entry(reason).or_default() += 1;
+    rejects.push((coll, id, reason));
+}
+
+fn reject_key(coll: &str, id: &SourceId) -> String {
+    format!("{coll}\u{0}{}", id.to_bson())
+}
+
+async fn load_reject_keys(db: &Database) -> Result<HashSet<String>> {
+    let mut keys = HashSet::new();
+    let mut cursor = db.collection::<Document>(REJECTS).find(doc! {}).await.context("reading tally_rejects")?;
+    while let Some(d) = cursor.try_next().await.context("reading tally_rejects")? {
+        if let (Ok(coll), Some(id)) = (d.get_str("collection"), d.get("source_id")) {
+            keys.insert(reject_key(coll, &SourceId::from_bson(id)));
+        }
+    }
+    Ok(keys)
+}

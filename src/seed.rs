@@ -1,0 +1,311 @@
+//! A synthetic coin-shaped dataset: users, pockets, categories and
+//! transactions over a date range, with the dirt real data has — legacy
+//! field names and types, odd number encodings, invalid documents, soft
+//! deletes, a pocket opened mid-range, a deleted pocket, and a few pockets
+//! whose balance includes an opening amount no transaction explains.
+//!
+//! By default it writes the way the API does: each transaction first, then
+//! each pocket balance with `$set`. `bulk` writes the same final state in
+//! bulk, for large benchmark datasets. Deterministic for a given `seed`.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use anyhow::{Context, Result};
+use bson::oid::ObjectId;
+use bson::{doc, Bson, DateTime as BsonDateTime, Decimal128, Document};
+use chrono::NaiveDate;
+use futures::future::try_join_all;
+use mongodb::Database;
+
+use crate::calendar::Calendar;
+use crate::money::Money;
+use crate::store::{CATEGORIES, POCKETS, TRANSACTIONS};
+
+#[derive(Clone, Debug)]
+pub struct SeedOptions {
+    pub users: usize,
+    pub transactions_per_user: usize,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub seed: u64,
+    pub bulk: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct SeedSummary {
+    pub users: usize,
+    pub pockets: usize,
+    pub transactions: usize,
+    pub invalid: usize,
+    pub soft_deleted: usize,
+}
+
+/// splitmix64: small, fast, deterministic; good enough for test data.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, n).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// True with probability `percent` / 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// A deterministic ObjectId: 4 bytes of a tag, 8 of a counter.
+fn oid(tag: u32, n: u64) -> ObjectId {
+    let mut b = [0u8; 12];
+    b[..4].copy_from_slice(&tag.to_be_bytes());
+    b[4..].copy_from_slice(&n.to_be_bytes());
+    ObjectId::from_bytes(b)
+}
+
+const CATEGORY_NAMES: [&str; 10] =
+    ["Salary", "Groceries", "Rent", "Transport", "Dining", "Health", "Utilities", "Gifts", "Travel", "Freelance"];
+
+struct SeedPocket {
+    doc: Document,
+    balance: Money,
+}
+
+/// One user's documents, in the order the API would write them.
+struct UserData {
+    pockets: Vec<SeedPocket>,
+    /// (transaction, pocket balance updates after it as (pocket, new balance)).
+    steps: Vec<(Document, Vec<(ObjectId, Money)>)>,
+}
+
+pub async fn seed(db: &Database, cal: &Calendar, opts: &SeedOptions) -> Result<SeedSummary> {
+    let categories: Vec<Document> =
+        CATEGORY_NAMES.iter().enumerate().map(|(i, n)| doc! { "_id": oid(0xCA7E, i as u64), "name": *n }).collect();
+    db.collection::<Document>(CATEGORIES).insert_many(categories).await.context("writing user_categories")?;
+
+    let mut summary = SeedSummary { users: opts.users, ..SeedSummary::default() };
+    let mut users = Vec::with_capacity(opts.users);
+    for u in 0..opts.users {
+        let data = make_user(cal, opts, u as u64, &mut summary);
+        summary.pockets += data.pockets.len();
+        users.push(data);
+    }
+    if opts.bulk {
+        write_bulk(db, users).await?;
+    } else {
+        write_like_the_api(db, users).await?;
+    }
+    Ok(summary)
+}
+
+fn make_user(cal: &Calendar, opts: &SeedOptions, u: u64, summary: &mut SeedSummary) -> UserData {
+    let mut rng = Rng::new(opts.seed ^ (u.wrapping_mul(0x2545_F491_4F6C_DD1D)));
+    let user = oid(0x05E4, u);
+    let range_start = cal.day_start(opts.from).timestamp_millis();
+    let range_end = cal.day_end(opts.to).timestamp_millis();
+    let span = (range_end - range_start).max(1) as u64;
+    let kinds = ["main", "saving", "allocation", "debt"];
+    let n_pockets = 1 + rng.below(3) as usize;
+    let mut pockets: Vec<SeedPocket> = (0..n_pockets)
+        .map(|i| {
+            let id = oid(0x90C7, u * 8 + i as u64);
+            let mut doc = doc! {
+                "_id": id, "user_id": user, "name": format!("{} {}", kinds[i], u), "type": kinds[i],
+                "balance": Decimal128::from_str("0").expect("zero"), "is_active": true,
+                "created_at": BsonDateTime::from_millis(range_start - 86_400_000),
+            };
+            // Some pockets open mid-range, one in twenty was later deleted.
+            if i > 0 && rng.chance(20) {
+                doc.insert("created_at", BsonDateTime::from_millis(range_start + rng.below(span / 2) as i64));
+            }
+            if i > 0 && rng.chance(5) {
+                doc.insert("deleted_at", BsonDateTime::from_millis(range_end - rng.below(span / 4) as i64));
+            }
+            let mut balance = Money::ZERO;
+            // A few pockets hold an opening amount that no transaction explains.
+            if rng.chance(3) {
+                balance = Money::from_f64(100.0).expect("finite");
+                doc.insert("balance", balance.to_bson());
+            }
+            SeedPocket { doc, balance }
+        })
+        .collect();
+    if u % 97 == 13 {
+        // An invalid pocket: its balance is not a number.
+        pockets.push(SeedPocket {
+            doc: doc! { "_id": oid(0x90C7, u * 8 + 7), "user_id": user, "name": "broken", "type": "system", "balance": "n/a" },
+            balance: Money::ZERO,
+        });
+    }
+    let ids: Vec<ObjectId> = pockets.iter().map(|p| p.doc.get_object_id("_id").expect("id")).collect();
+    let valid = n_pockets;
+    let mut steps = Vec::with_capacity(opts.transactions_per_user);
+    for t in 0..opts.transactions_per_user as u64 {
+        let id = oid(0x7A7A, u * 1_000_000 + t);
+        let roll = rng.below(100);
+        let (kind, legacy_kind) = match roll {
+            0..=29 => ("income", "INCOME"),
+            30..=74 => ("expense", "EXPENSE"),
+            75..=89 => ("transfer", "TRANSFER"),
+            90..=94 => ("dp", "DEBT_PAYMENT"),
+            _ => ("withdraw", "WITHDRAW"),
+        };
+        let cents = 100 + rng.below(50_000) as i64;
+        let amount = Money::new(rust_decimal::Decimal::new(cents, 2));
+        let mut date = range_start + rng.below(span) as i64;
+        if rng.chance(2) {
+            // Edges of a day: the last millisecond and local midnight.
+            let day = cal.day_of_millis(date);
+            date = if rng.chance(50) { cal.day_end(day).timestamp_millis() - 1 } else { cal.day_start(day).timestamp_millis() };
+        }
+        let from = ids[rng.below(valid as u64) as usize];
+        let mut to = ids[rng.below(valid as u64) as usize];
+        if kind == "transfer" && to == from && !rng.chance(10) {
+            to = ids[(rng.below(valid as u64) as usize + 1) % valid];
+        }
+        let mut doc = doc! {
+            "_id": id, "user_id": user,
+            "type": if rng.chance(3) { legacy_kind } else { kind },
+            "amount": encode_amount(&mut rng, amount),
+            "date": BsonDateTime::from_millis(date),
+            "note": if rng.chance(30) { Bson::String(format!("note {t}")) } else { Bson::Null },
+            "created_at": BsonDateTime::from_millis(date),
+        };
+        let cat = rng.below(12);
+        if kind != "transfer" && cat < 10 {
+            doc.insert("category_id", oid(0xCA7E, cat));
+        } else if cat == 10 {
+            doc.insert("category_id", oid(0xDEAD, cat)); // a category that does not exist
+        }
+        let legacy = rng.chance(5);
+        let (from_key, to_key) = if legacy { ("pocket_from", "pocket_to") } else { ("pocket_from_id", "pocket_to_id") };
+        let mut effects: Vec<(ObjectId, Money)> = Vec::new();
+        match kind {
+            "income" => {
+                doc.insert(to_key, to);
+                effects.push((to, amount));
+            }
+            "transfer" => {
+                doc.insert(from_key, from);
+                doc.insert(to_key, to);
+                effects.push((from, -amount));
+                effects.push((to, amount));
+            }
+            _ => {
+                doc.insert(from_key, from);
+                effects.push((from, -amount));
+            }
+        }
+        // Invalid documents: they move no balance.
+        if rng.chance(1) {
+            match rng.below(5) {
+                0 => doc.remove("user_id"),
+                1 => doc.insert("amount", "abc"),
+                2 => doc.insert("amount", -5),
+                3 => doc.insert("date", "2026-01-01"),
+                _ => doc.insert("type", "refund"),
+            };
+            summary.invalid += 1;
+            steps.push((doc, Vec::new()));
+            continue;
+        }
+        // Soft-deleted: the API reverses the balance, so the net is nothing.
+        if rng.chance(3) {
+            doc.insert("deleted_at", BsonDateTime::from_millis(date + 1000));
+            summary.soft_deleted += 1;
+            steps.push((doc, Vec::new()));
+            continue;
+        }
+        summary.transactions += 1;
+        let mut updates = Vec::new();
+        for (pocket, delta) in effects {
+            let p = pockets.iter_mut().find(|p| p.doc.get_object_id("_id").ok() == Some(pocket)).expect("own pocket");
+            p.balance += delta;
+            updates.push((pocket, p.balance));
+        }
+        steps.push((doc, updates));
+    }
+    UserData { pockets, steps }
+}
+
+fn encode_amount(rng: &mut Rng, amount: Money) -> Bson {
+    match rng.below(100) {
+        0..=59 => amount.to_bson(),
+        60..=84 => Bson::Double(amount.to_string().parse().expect("decimal")),
+        85..=89 if amount.decimal().fract().is_zero() => Bson::Int32(amount.to_string().parse().expect("int")),
+        90..=94 => Bson::String(format!(" {amount} ")),
+        _ => amount.to_bson(),
+    }
+}
+
+fn balance_doc(doc: &Document, balance: Money) -> Document {
+    let mut d = doc.clone();
+    if !matches!(d.get("balance"), Some(Bson::String(_))) {
+        d.insert("balance", balance.to_bson());
+    }
+    d
+}
+
+async fn write_bulk(db: &Database, users: Vec<UserData>) -> Result<()> {
+    let mut pockets = Vec::new();
+    let mut txs = Vec::new();
+    for u in users {
+        // The last update of each pocket is its final balance.
+        let finals: HashMap<ObjectId, Money> = u.steps.iter().flat_map(|(_, ups)| ups.iter().copied()).collect();
+        for p in &u.pockets {
+            let id = p.doc.get_object_id("_id").expect("id");
+            pockets.push(balance_doc(&p.doc, finals.get(&id).copied().unwrap_or(p.balance)));
+        }
+        txs.extend(u.steps.into_iter().map(|(d, _)| d));
+    }
+    db.collection::<Document>(POCKETS).insert_many(pockets).await.context("writing pockets")?;
+    for chunk in txs.chunks(5000) {
+        db.collection::<Document>(TRANSACTIONS).insert_many(chunk.to_vec()).await.context("writing transactions")?;
+    }
+    Ok(())
+}
+
+async fn write_like_the_api(db: &Database, users: Vec<UserData>) -> Result<()> {
+    let lanes = 8;
+    let mut buckets: Vec<Vec<UserData>> = (0..lanes).map(|_| Vec::new()).collect();
+    for (i, u) in users.into_iter().enumerate() {
+        buckets[i % lanes].push(u);
+    }
+    let tasks = buckets.into_iter().map(|bucket| {
+        let db = db.clone();
+        async move {
+            let pockets = db.collection::<Document>(POCKETS);
+            let txs = db.collection::<Document>(TRANSACTIONS);
+            for u in bucket {
+                for p in &u.pockets {
+                    pockets.insert_one(&p.doc).await.context("writing a pocket")?;
+                }
+                for (tx, updates) in u.steps {
+                    txs.insert_one(tx).await.context("writing a transaction")?;
+                    for (pocket, balance) in updates {
+                        pockets
+                            .update_one(doc! { "_id": pocket }, doc! { "$set": { "balance": balance.to_bson() } })
+                            .await
+                            .context("updating a pocket balance")?;
+                    }
+                }
+            }
+            anyhow::Ok(())
+        }
+    });
+    try_join_all(tasks).await?;
+    Ok(())
+}

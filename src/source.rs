@@ -1,0 +1,491 @@
+//! Decoding of the source collections (SPEC §1) into typed values.
+//!
+//! Every accepted encoding is read here and nowhere else: legacy field names
+//! (`pocket_from`, `pocket_to`), legacy upper-case types, amounts as double,
+//! int32, int64, Decimal128 or numeric string. A document that is not valid
+//! (§1.4) decodes to a [`RejectReason`]; optional fields of the wrong type
+//! are treated as absent. Pocket ids that the transaction's type does not
+//! name are dropped here (§1.5), so later stages never see stale ids.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use bson::oid::ObjectId;
+use bson::{Bson, Document};
+
+use crate::money::{Money, MoneyError};
+
+/// Why a source document counts nowhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    MissingUserId,
+    InvalidUserId,
+    MissingType,
+    UnknownType,
+    MissingAmount,
+    InvalidAmount,
+    NonFiniteAmount,
+    AmountOutOfRange,
+    NonPositiveAmount,
+    MissingDate,
+    InvalidDate,
+    InvalidId,
+    MissingBalance,
+    InvalidBalance,
+    NonFiniteBalance,
+    BalanceOutOfRange,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 16] = [
+        RejectReason::MissingUserId,
+        RejectReason::InvalidUserId,
+        RejectReason::MissingType,
+        RejectReason::UnknownType,
+        RejectReason::MissingAmount,
+        RejectReason::InvalidAmount,
+        RejectReason::NonFiniteAmount,
+        RejectReason::AmountOutOfRange,
+        RejectReason::NonPositiveAmount,
+        RejectReason::MissingDate,
+        RejectReason::InvalidDate,
+        RejectReason::InvalidId,
+        RejectReason::MissingBalance,
+        RejectReason::InvalidBalance,
+        RejectReason::NonFiniteBalance,
+        RejectReason::BalanceOutOfRange,
+    ];
+
+    /// Stable snake_case name, used in `tally_rejects` and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::MissingUserId => "missing_user_id",
+            RejectReason::InvalidUserId => "invalid_user_id",
+            RejectReason::MissingType => "missing_type",
+            RejectReason::UnknownType => "unknown_type",
+            RejectReason::MissingAmount => "missing_amount",
+            RejectReason::InvalidAmount => "invalid_amount",
+            RejectReason::NonFiniteAmount => "non_finite_amount",
+            RejectReason::AmountOutOfRange => "amount_out_of_range",
+            RejectReason::NonPositiveAmount => "non_positive_amount",
+            RejectReason::MissingDate => "missing_date",
+            RejectReason::InvalidDate => "invalid_date",
+            RejectReason::InvalidId => "invalid_id",
+            RejectReason::MissingBalance => "missing_balance",
+            RejectReason::InvalidBalance => "invalid_balance",
+            RejectReason::NonFiniteBalance => "non_finite_balance",
+            RejectReason::BalanceOutOfRange => "balance_out_of_range",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Transaction type after legacy names are folded in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TxType {
+    Income,
+    Expense,
+    /// Legacy debt payment: an outflow exactly like `expense`.
+    Dp,
+    /// Legacy withdrawal: an outflow exactly like `expense`.
+    Withdraw,
+    Transfer,
+}
+
+impl TxType {
+    pub fn parse(s: &str) -> Option<TxType> {
+        Some(match s {
+            "income" | "INCOME" => TxType::Income,
+            "expense" | "EXPENSE" => TxType::Expense,
+            "dp" | "DEBT_PAYMENT" => TxType::Dp,
+            "withdraw" | "WITHDRAW" => TxType::Withdraw,
+            "transfer" | "TRANSFER" => TxType::Transfer,
+            _ => return None,
+        })
+    }
+
+    /// The canonical name written in report transaction lists.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxType::Income => "income",
+            TxType::Expense => "expense",
+            TxType::Dp => "dp",
+            TxType::Withdraw => "withdraw",
+            TxType::Transfer => "transfer",
+        }
+    }
+
+    pub fn is_outflow(self) -> bool {
+        matches!(self, TxType::Expense | TxType::Dp | TxType::Withdraw)
+    }
+
+    fn uses_from(self) -> bool {
+        self != TxType::Income
+    }
+
+    fn uses_to(self) -> bool {
+        matches!(self, TxType::Income | TxType::Transfer)
+    }
+}
+
+/// A source `_id`, ordered as its hex (ObjectId) or canonical text form.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceId {
+    Oid(ObjectId),
+    Other(Bson),
+}
+
+impl SourceId {
+    pub fn from_bson(b: &Bson) -> SourceId {
+        match b {
+            Bson::ObjectId(o) => SourceId::Oid(*o),
+            other => SourceId::Other(other.clone()),
+        }
+    }
+
+    pub fn to_bson(&self) -> Bson {
+        match self {
+            SourceId::Oid(o) => Bson::ObjectId(*o),
+            SourceId::Other(b) => b.clone(),
+        }
+    }
+
+    fn sort_text(&self) -> String {
+        match self {
+            SourceId::Oid(o) => o.to_hex(),
+            SourceId::Other(Bson::String(s)) => s.clone(),
+            SourceId::Other(b) => b.to_string(),
+        }
+    }
+}
+
+impl Eq for SourceId {}
+
+impl Ord for SourceId {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (SourceId::Oid(a), SourceId::Oid(b)) => a.bytes().cmp(&b.bytes()),
+            _ => self.sort_text().cmp(&other.sort_text()),
+        }
+    }
+}
+
+impl PartialOrd for SourceId {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// A valid transaction (SPEC §1.1), live or soft-deleted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transaction {
+    pub id: SourceId,
+    pub user_id: ObjectId,
+    pub kind: TxType,
+    pub amount: Money,
+    /// Only set when the type takes money from a pocket.
+    pub pocket_from: Option<ObjectId>,
+    /// Only set when the type puts money into a pocket.
+    pub pocket_to: Option<ObjectId>,
+    pub category_id: Option<ObjectId>,
+    pub note: Option<String>,
+    /// Business date, milliseconds since the epoch.
+    pub date: i64,
+    pub deleted: bool,
+}
+
+impl Transaction {
+    pub fn is_live(&self) -> bool {
+        !self.deleted
+    }
+}
+
+/// A pocket as far as it could be read. An invalid pocket still lends its
+/// labels to the breakdown of its user's reports (SPEC §1.5).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pocket {
+    pub id: ObjectId,
+    pub user_id: Option<ObjectId>,
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    /// The stored balance, or why it cannot be used.
+    pub balance: Result<Money, RejectReason>,
+    pub created_at: Option<i64>,
+    pub deleted_at: Option<i64>,
+}
+
+impl Pocket {
+    /// The reason this pocket counts nowhere, if any.
+    pub fn reject_reason(&self) -> Option<RejectReason> {
+        match (&self.user_id, &self.balance) {
+            (None, _) => Some(RejectReason::MissingUserId),
+            (_, Err(r)) => Some(*r),
+            _ => None,
+        }
+    }
+
+    /// Whether the pocket counts on the day that ends (exclusive) at
+    /// `day_end` millis: valid, created before and not deleted before.
+    pub fn counts_before(&self, day_end: i64) -> bool {
+        self.reject_reason().is_none()
+            && self.created_at.is_none_or(|c| c < day_end)
+            && self.deleted_at.is_none_or(|d| d >= day_end)
+    }
+}
+
+/// Decodes a `transactions` document.
+pub fn decode_transaction(doc: &Document) -> Result<Transaction, RejectReason> {
+    let id = doc.get("_id").map(SourceId::from_bson).ok_or(RejectReason::InvalidId)?;
+    let user_id = match doc.get("user_id") {
+        None | Some(Bson::Null) => return Err(RejectReason::MissingUserId),
+        Some(Bson::ObjectId(o)) => *o,
+        Some(_) => return Err(RejectReason::InvalidUserId),
+    };
+    let kind = match doc.get("type") {
+        None | Some(Bson::Null) => return Err(RejectReason::MissingType),
+        Some(Bson::String(s)) => TxType::parse(s).ok_or(RejectReason::UnknownType)?,
+        Some(_) => return Err(RejectReason::UnknownType),
+    };
+    let amount = match doc.get("amount") {
+        None | Some(Bson::Null) => return Err(RejectReason::MissingAmount),
+        Some(v) => Money::from_bson(v).map_err(|e| match e {
+            MoneyError::NotANumber => RejectReason::InvalidAmount,
+            MoneyError::NotFinite => RejectReason::NonFiniteAmount,
+            MoneyError::OutOfRange => RejectReason::AmountOutOfRange,
+        })?,
+    };
+    if !amount.is_positive() {
+        return Err(RejectReason::NonPositiveAmount);
+    }
+    let date = match doc.get("date") {
+        None | Some(Bson::Null) => return Err(RejectReason::MissingDate),
+        Some(Bson::DateTime(d)) => d.timestamp_millis(),
+        Some(_) => return Err(RejectReason::InvalidDate),
+    };
+    let pocket_from = kind.uses_from().then(|| pocket_field(doc, "pocket_from_id", "pocket_from")).flatten();
+    let pocket_to = kind.uses_to().then(|| pocket_field(doc, "pocket_to_id", "pocket_to")).flatten();
+    Ok(Transaction {
+        id,
+        user_id,
+        kind,
+        amount,
+        pocket_from,
+        pocket_to,
+        category_id: object_id(doc.get("category_id")),
+        note: match doc.get("note") {
+            Some(Bson::String(s)) => Some(s.clone()),
+            _ => None,
+        },
+        date,
+        deleted: datetime(doc.get("deleted_at")).is_some(),
+    })
+}
+
+/// Decodes a `pockets` document. Only a pocket without an ObjectId `_id`
+/// fails outright: nothing could refer to it.
+pub fn decode_pocket(doc: &Document) -> Result<Pocket, RejectReason> {
+    let id = object_id(doc.get("_id")).ok_or(RejectReason::InvalidId)?;
+    let user_id = object_id(doc.get("user_id"));
+    let balance = match doc.get("balance") {
+        None | Some(Bson::Null) => Err(RejectReason::MissingBalance),
+        Some(v) => Money::from_bson(v).map_err(|e| match e {
+            MoneyError::NotANumber => RejectReason::InvalidBalance,
+            MoneyError::NotFinite => RejectReason::NonFiniteBalance,
+            MoneyError::OutOfRange => RejectReason::BalanceOutOfRange,
+        }),
+    };
+    Ok(Pocket {
+        id,
+        user_id,
+        name: string(doc.get("name")),
+        kind: string(doc.get("type")),
+        balance,
+        created_at: datetime(doc.get("created_at")),
+        deleted_at: datetime(doc.get("deleted_at")),
+    })
+}
+
+/// Decodes a `user_categories` document into (id, name).
+pub fn decode_category(doc: &Document) -> Option<(ObjectId, String)> {
+    let id = object_id(doc.get("_id"))?;
+    Some((id, string(doc.get("name")).unwrap_or_else(|| "Unknown".to_owned())))
+}
+
+/// The `_id` form wins whenever its key is present (a present null means no
+/// pocket); the legacy name is read only when that key is absent.
+fn pocket_field(doc: &Document, key: &str, legacy: &str) -> Option<ObjectId> {
+    match doc.get(key) {
+        Some(v) => object_id(Some(v)),
+        None => object_id(doc.get(legacy)),
+    }
+}
+
+fn object_id(v: Option<&Bson>) -> Option<ObjectId> {
+    match v {
+        Some(Bson::ObjectId(o)) => Some(*o),
+        _ => None,
+    }
+}
+
+fn datetime(v: Option<&Bson>) -> Option<i64> {
+    match v {
+        Some(Bson::DateTime(d)) => Some(d.timestamp_millis()),
+        _ => None,
+    }
+}
+
+fn string(v: Option<&Bson>) -> Option<String> {
+    match v {
+        Some(Bson::String(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{doc, DateTime, Decimal128};
+    use std::str::FromStr;
+
+    fn base() -> Document {
+        doc! {
+            "_id": ObjectId::new(),
+            "user_id": ObjectId::new(),
+            "type": "expense",
+            "amount": 12.5,
+            "pocket_from_id": ObjectId::new(),
+            "date": DateTime::from_millis(1_700_000_000_000),
+        }
+    }
+
+    #[test]
+    fn legacy_types_fold_into_canonical_ones() {
+        for (raw, kind) in [
+            ("INCOME", TxType::Income),
+            ("DEBT_PAYMENT", TxType::Dp),
+            ("dp", TxType::Dp),
+            ("WITHDRAW", TxType::Withdraw),
+            ("TRANSFER", TxType::Transfer),
+        ] {
+            let mut d = base();
+            d.insert("type", raw);
+            assert_eq!(decode_transaction(&d).unwrap().kind, kind);
+        }
+        let mut d = base();
+        d.insert("type", "Income");
+        assert_eq!(decode_transaction(&d), Err(RejectReason::UnknownType));
+    }
+
+    #[test]
+    fn amounts_of_every_type_decode() {
+        let cases: Vec<Bson> = vec![
+            Bson::Double(12.5),
+            Bson::Int32(12),
+            Bson::Int64(12),
+            Bson::Decimal128(Decimal128::from_str("12.50").unwrap()),
+            Bson::String(" 12.5 ".into()),
+        ];
+        for v in cases {
+            let mut d = base();
+            d.insert("amount", v.clone());
+            assert!(decode_transaction(&d).is_ok(), "{v:?}");
+        }
+        for (v, reason) in [
+            (Bson::Int32(0), RejectReason::NonPositiveAmount),
+            (Bson::Double(-1.0), RejectReason::NonPositiveAmount),
+            (Bson::Double(f64::NAN), RejectReason::NonFiniteAmount),
+            (Bson::String("12,5".into()), RejectReason::InvalidAmount),
+            (Bson::Boolean(true), RejectReason::InvalidAmount),
+            (Bson::Null, RejectReason::MissingAmount),
+        ] {
+            let mut d = base();
+            d.insert("amount", v);
+            assert_eq!(decode_transaction(&d), Err(reason));
+        }
+    }
+
+    #[test]
+    fn required_fields_name_their_reason() {
+        let mut d = base();
+        d.remove("user_id");
+        assert_eq!(decode_transaction(&d), Err(RejectReason::MissingUserId));
+        let mut d = base();
+        d.insert("user_id", "abc");
+        assert_eq!(decode_transaction(&d), Err(RejectReason::InvalidUserId));
+        let mut d = base();
+        d.remove("type");
+        assert_eq!(decode_transaction(&d), Err(RejectReason::MissingType));
+        let mut d = base();
+        d.insert("date", "2026-01-01");
+        assert_eq!(decode_transaction(&d), Err(RejectReason::InvalidDate));
+        let mut d = base();
+        d.remove("date");
+        assert_eq!(decode_transaction(&d), Err(RejectReason::MissingDate));
+    }
+
+    #[test]
+    fn legacy_pocket_names_are_read_only_when_the_id_key_is_absent() {
+        let legacy = ObjectId::new();
+        let mut d = base();
+        d.remove("pocket_from_id");
+        d.insert("pocket_from", legacy);
+        assert_eq!(decode_transaction(&d).unwrap().pocket_from, Some(legacy));
+        d.insert("pocket_from_id", Bson::Null);
+        assert_eq!(decode_transaction(&d).unwrap().pocket_from, None);
+        d.insert("pocket_from_id", "not-an-id");
+        assert_eq!(decode_transaction(&d).unwrap().pocket_from, None);
+    }
+
+    #[test]
+    fn only_the_pockets_named_for_the_type_count() {
+        let mut d = base();
+        d.insert("pocket_to_id", ObjectId::new());
+        let tx = decode_transaction(&d).unwrap();
+        assert!(tx.pocket_from.is_some());
+        assert_eq!(tx.pocket_to, None, "an expense has no pocket_to");
+        d.insert("type", "income");
+        let tx = decode_transaction(&d).unwrap();
+        assert_eq!(tx.pocket_from, None, "an income has no pocket_from");
+        assert!(tx.pocket_to.is_some());
+    }
+
+    #[test]
+    fn wrong_typed_optional_fields_are_absent() {
+        let mut d = base();
+        d.insert("deleted_at", "yesterday");
+        d.insert("category_id", 42);
+        d.insert("note", 7);
+        let tx = decode_transaction(&d).unwrap();
+        assert!(tx.is_live());
+        assert_eq!(tx.category_id, None);
+        assert_eq!(tx.note, None);
+        d.insert("deleted_at", DateTime::from_millis(0));
+        assert!(!decode_transaction(&d).unwrap().is_live());
+    }
+
+    #[test]
+    fn pockets_decode_and_count_by_their_dates() {
+        let user = ObjectId::new();
+        let p = decode_pocket(&doc! {
+            "_id": ObjectId::new(), "user_id": user, "name": "Main", "type": "main",
+            "balance": "-20.5", "created_at": DateTime::from_millis(1000),
+            "deleted_at": DateTime::from_millis(5000),
+        })
+        .unwrap();
+        assert_eq!(p.balance, Ok("-20.5".parse().unwrap()));
+        assert!(!p.counts_before(1000), "created at the day's end: not yet");
+        assert!(p.counts_before(1001));
+        assert!(p.counts_before(5000), "deleted exactly at the day's end still counts");
+        assert!(!p.counts_before(5001));
+        let bad = decode_pocket(&doc! { "_id": ObjectId::new(), "user_id": user, "balance": "x" }).unwrap();
+        assert_eq!(bad.reject_reason(), Some(RejectReason::InvalidBalance));
+        assert!(!bad.counts_before(i64::MAX));
+        let zero = decode_pocket(&doc! { "_id": ObjectId::new(), "user_id": user, "balance": 0 }).unwrap();
+        assert_eq!(zero.reject_reason(), None);
+    }
+}

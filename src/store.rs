@@ -1,0 +1,392 @@
+//! MongoDB reads and writes: connection, indexes, rejects, and the planning
+//! and execution of document writes with their bookkeeping (SPEC §5).
+//!
+//! Invariants kept here: `created_at` is set once; `revision` starts at 1
+//! and grows by one on each change of content; `restatements` grows when
+//! the content of an already final document changes; an unchanged document
+//! is never written. Writes go out as unordered bulk `update`/`delete`
+//! commands, so any server speaking the wire protocol takes them.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bson::{doc, Bson, DateTime as BsonDateTime, Document};
+use chrono::{DateTime, NaiveDate, Utc};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Database, IndexModel};
+
+use crate::calendar::date_label;
+use crate::diff::diff;
+use crate::reports::Kind;
+use crate::source::{RejectReason, SourceId};
+
+pub const REJECTS: &str = "tally_rejects";
+pub const TRANSACTIONS: &str = "transactions";
+pub const POCKETS: &str = "pockets";
+pub const CATEGORIES: &str = "user_categories";
+
+/// Hides the password (and user) of a connection string.
+pub fn redact_uri(uri: &str) -> String {
+    let Some(scheme_end) = uri.find("://").map(|i| i + 3) else {
+        return uri.to_owned();
+    };
+    let rest = &uri[scheme_end..];
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) => format!("{}***@{}", &uri[..scheme_end], &rest[at + 1..]),
+        None => uri.to_owned(),
+    }
+}
+
+/// Connects and checks the server answers, within a few seconds.
+pub async fn connect(uri: &str, database: &str) -> Result<Database> {
+    let redacted = redact_uri(uri);
+    let mut opts = ClientOptions::parse(uri)
+        .await
+        .map_err(|e| anyhow::anyhow!("invalid MongoDB URI {redacted}: {}", e.kind))?;
+    opts.app_name.get_or_insert_with(|| "tally".to_owned());
+    opts.server_selection_timeout.get_or_insert(Duration::from_secs(5));
+    opts.connect_timeout.get_or_insert(Duration::from_secs(5));
+    let client = Client::with_options(opts).with_context(|| format!("cannot create a client for {redacted}"))?;
+    let db = client.database(database);
+    db.run_command(doc! { "ping": 1 })
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach MongoDB at {redacted}: {}", short_error(&e)))?;
+    Ok(db)
+}
+
+fn short_error(e: &mongodb::error::Error) -> String {
+    match &*e.kind {
+        mongodb::error::ErrorKind::ServerSelection { .. } => "no server answered within 5 s".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Creates the unique indexes of the output collections and `tally_rejects`;
+/// with `source_index`, also `{user_id: 1, date: 1}` on `transactions`.
+/// Returns one line per action, for the operator.
+pub async fn init(db: &Database, source_index: bool, pre_images: bool) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    for kind in Kind::ALL {
+        let model = IndexModel::builder()
+            .keys(doc! { "user_id": 1, kind.date_field(): 1 })
+            .options(IndexOptions::builder().unique(true).build())
+            .build();
+        db.collection::<Document>(kind.collection())
+            .create_index(model)
+            .await
+            .with_context(|| format!("creating the unique index of {}", kind.collection()))?;
+        done.push(format!("unique index (user_id, {}) on {}", kind.date_field(), kind.collection()));
+    }
+    let model = IndexModel::builder()
+        .keys(doc! { "collection": 1, "source_id": 1 })
+        .options(IndexOptions::builder().unique(true).build())
+        .build();
+    db.collection::<Document>(REJECTS).create_index(model).await.context("creating the index of tally_rejects")?;
+    done.push(format!("unique index (collection, source_id) on {REJECTS}"));
+    if source_index {
+        let model = IndexModel::builder().keys(doc! { "user_id": 1, "date": 1 }).build();
+        db.collection::<Document>(TRANSACTIONS).create_index(model).await.context("creating the transactions index")?;
+        done.push("index (user_id, date) on transactions".to_owned());
+    } else {
+        let names = db.collection::<Document>(TRANSACTIONS).list_index_names().await.unwrap_or_default();
+        if !names.iter().any(|n| n == "user_id_1_date_1") {
+            done.push(
+                "suggestion: index (user_id, date) on transactions is missing; \
+                 backfill and reconcile sort by it — rerun with --create-source-index"
+                    .to_owned(),
+            );
+        }
+    }
+    if pre_images {
+        let names = db.list_collection_names().await.context("listing collections")?;
+        let cmd = if names.iter().any(|n| n == TRANSACTIONS) {
+            doc! { "collMod": TRANSACTIONS, "changeStreamPreAndPostImages": { "enabled": true } }
+        } else {
+            doc! { "create": TRANSACTIONS, "changeStreamPreAndPostImages": { "enabled": true } }
+        };
+        match db.run_command(cmd).await {
+            Ok(_) => done.push("change-stream pre-images enabled on transactions".to_owned()),
+            Err(e) => done.push(format!(
+                "pre-images not enabled on transactions ({}); tally run still works without them",
+                short_error(&e)
+            )),
+        }
+    }
+    Ok(done)
+}
+
+/// One write to an output collection.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Insert or replace content; `if_revision` guards an update against a
+    /// concurrent writer (the stored revision it was computed from).
+    Upsert { kind: Kind, filter: Document, set: Document, if_revision: Option<i64> },
+    Delete { kind: Kind, filter: Document },
+}
+
+impl Write {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Write::Upsert { kind, .. } | Write::Delete { kind, .. } => *kind,
+        }
+    }
+}
+
+/// The unique-key filter of a document.
+pub fn key_filter(kind: Kind, user: bson::oid::ObjectId, period: NaiveDate) -> Document {
+    doc! { "user_id": user, kind.date_field(): date_label(period) }
+}
+
+/// Decides the write that brings `stored` to `expected` content, with the
+/// bookkeeping rules of SPEC §5; `None` when nothing changes.
+pub fn plan_write(
+    kind: Kind,
+    filter: Document,
+    expected: Option<Document>,
+    stored: Option<&Document>,
+    now: DateTime<Utc>,
+    time_zone: &str,
+) -> Option<Write> {
+    let now = BsonDateTime::from_millis(now.timestamp_millis());
+    match (expected, stored) {
+        (None, None) => None,
+        (None, Some(_)) => Some(Write::Delete { kind, filter }),
+        (Some(content), stored) => {
+            if let Some(s) = stored {
+                if diff(&content, s).is_empty() {
+                    return None;
+                }
+            }
+            let now_final = content.get_bool(kind.final_field()).unwrap_or(false);
+            let was_final = stored.is_some_and(|s| s.get_bool(kind.final_field()).unwrap_or(false));
+            let revision = stored.and_then(|s| int(s.get("revision")));
+            let restatements = stored.and_then(|s| int(s.get("restatements"))).unwrap_or(0);
+            let mut set = content;
+            set.insert("time_zone", time_zone);
+            set.insert("revision", revision.unwrap_or(0) + 1);
+            set.insert("restatements", restatements + i64::from(was_final));
+            set.insert("generated_at", now);
+            set.insert("updated_at", now);
+            set.insert("created_at", stored.and_then(|s| s.get("created_at").cloned()).unwrap_or(Bson::DateTime(now)));
+            if kind == Kind::Report {
+                let finalized_at = match stored.and_then(|s| s.get("finalized_at")) {
+                    Some(at @ Bson::DateTime(_)) if now_final && was_final => at.clone(),
+                    _ if now_final => Bson::DateTime(now),
+                    _ => Bson::Null,
+                };
+                set.insert("finalized_at", finalized_at);
+            }
+            Some(Write::Upsert { kind, filter, set, if_revision: stored.and(revision) })
+        }
+    }
+}
+
+fn int(v: Option<&Bson>) -> Option<i64> {
+    match v {
+        Some(Bson::Int64(i)) => Some(*i),
+        Some(Bson::Int32(i)) => Some(i64::from(*i)),
+        _ => None,
+    }
+}
+
+/// What a batch of writes did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    /// Guarded updates that found another revision (a concurrent writer).
+    pub conflicts: u64,
+    pub errors: u64,
+    /// Time spent waiting for the server to take the writes.
+    pub server_time: Duration,
+}
+
+impl WriteStats {
+    pub fn add(&mut self, o: WriteStats) {
+        self.inserted += o.inserted;
+        self.updated += o.updated;
+        self.deleted += o.deleted;
+        self.conflicts += o.conflicts;
+        self.errors += o.errors;
+        self.server_time += o.server_time;
+    }
+
+    pub fn changed(&self) -> u64 {
+        self.inserted + self.updated + self.deleted
+    }
+}
+
+/// Most operations in one bulk command; also bounded by size below.
+const BATCH_OPS: usize = 1000;
+const BATCH_BYTES: usize = 8 << 20;
+
+/// Executes writes as unordered bulk commands, per collection.
+pub async fn execute(db: &Database, writes: Vec<Write>) -> Result<WriteStats> {
+    let mut stats = WriteStats::default();
+    for kind in Kind::ALL {
+        let (mut upserts, mut guarded, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+        for w in writes.iter().filter(|w| w.kind() == kind) {
+            match w {
+                Write::Upsert { filter, set, if_revision: None, .. } => {
+                    upserts.push(doc! { "q": filter.clone(), "u": { "$set": set.clone() }, "upsert": true });
+                }
+                Write::Upsert { filter, set, if_revision: Some(r), .. } => {
+                    let mut q = filter.clone();
+                    q.insert("revision", *r);
+                    guarded.push(doc! { "q": q, "u": { "$set": set.clone() } });
+                }
+                Write::Delete { filter, .. } => deletes.push(doc! { "q": filter.clone(), "limit": 1 }),
+            }
+        }
+        let coll = kind.collection();
+        for chunk in chunks(upserts) {
+            let reply = run_bulk(db, &mut stats, doc! { "update": coll, "updates": chunk, "ordered": false }).await?;
+            let upserted = reply.get_array("upserted").map_or(0, |a| a.len()) as u64;
+            stats.inserted += upserted;
+            stats.updated += count(&reply).saturating_sub(upserted);
+        }
+        for chunk in chunks(guarded) {
+            let n = chunk.len() as u64;
+            let reply = run_bulk(db, &mut stats, doc! { "update": coll, "updates": chunk, "ordered": false }).await?;
+            let matched = count(&reply);
+            stats.updated += matched;
+            stats.conflicts += n.saturating_sub(matched);
+        }
+        for chunk in chunks(deletes) {
+            let reply = run_bulk(db, &mut stats, doc! { "delete": coll, "deletes": chunk, "ordered": false }).await?;
+            stats.deleted += count(&reply);
+        }
+    }
+    Ok(stats)
+}
+
+fn count(reply: &Document) -> u64 {
+    int(reply.get("n")).unwrap_or(0).max(0) as u64
+}
+
+fn chunks(ops: Vec<Document>) -> Vec<Vec<Document>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = 0;
+    for op in ops {
+        let size = bson::to_vec(&op).map_or(0, |v| v.len());
+        if !cur.is_empty() && (cur.len() >= BATCH_OPS || bytes + size > BATCH_BYTES) {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += size;
+        cur.push(op);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+async fn run_bulk(db: &Database, stats: &mut WriteStats, cmd: Document) -> Result<Document> {
+    let started = Instant::now();
+    let reply = db.run_command(cmd).await.context("bulk write to the output collections")?;
+    stats.server_time += started.elapsed();
+    if let Ok(errors) = reply.get_array("writeErrors") {
+        stats.errors += errors.len() as u64;
+        if let Some(Bson::Document(first)) = errors.first() {
+            tracing::warn!(errors = errors.len(), first = %first, "Bulk write had errors.");
+        }
+    }
+    Ok(reply)
+}
+
+/// Records invalid source documents in `tally_rejects`; `first_seen` is kept.
+pub async fn record_rejects(
+    db: &Database,
+    rejects: &[(&'static str, SourceId, RejectReason)],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let now = BsonDateTime::from_millis(now.timestamp_millis());
+    for chunk in rejects.chunks(BATCH_OPS) {
+        let updates: Vec<Document> = chunk
+            .iter()
+            .map(|(coll, id, reason)| {
+                doc! {
+                    "q": { "collection": *coll, "source_id": id.to_bson() },
+                    "u": {
+                        "$set": { "reason": reason.as_str(), "last_seen": now },
+                        "$setOnInsert": { "first_seen": now },
+                    },
+                    "upsert": true,
+                }
+            })
+            .collect();
+        db.run_command(doc! { "update": REJECTS, "updates": updates, "ordered": false })
+            .await
+            .context("recording rejected source documents")?;
+    }
+    Ok(())
+}
+
+/// Removes the reject records of documents that are now valid.
+pub async fn clear_rejects(db: &Database, corrected: &[(&'static str, SourceId)]) -> Result<()> {
+    for chunk in corrected.chunks(BATCH_OPS) {
+        let deletes: Vec<Document> = chunk
+            .iter()
+            .map(|(coll, id)| doc! { "q": { "collection": *coll, "source_id": id.to_bson() }, "limit": 1 })
+            .collect();
+        db.run_command(doc! { "delete": REJECTS, "deletes": deletes, "ordered": false })
+            .await
+            .context("removing reject records of corrected documents")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::oid::ObjectId;
+
+    #[test]
+    fn credentials_never_survive_redaction() {
+        assert_eq!(redact_uri("mongodb://alice:s3cret@db:27017/coin"), "mongodb://***@db:27017/coin");
+        assert_eq!(redact_uri("mongodb+srv://a:b@x.example/?w=1"), "mongodb+srv://***@x.example/?w=1");
+        assert_eq!(redact_uri("mongodb://127.0.0.1:27017"), "mongodb://127.0.0.1:27017");
+    }
+
+    fn now(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn bookkeeping_follows_revision_and_restatement_rules() {
+        let user = ObjectId::new();
+        let day: NaiveDate = "2026-01-05".parse().unwrap();
+        let filter = key_filter(Kind::Report, user, day);
+        let content = doc! { "user_id": user, "report_date": date_label(day), "total_income": 5, "is_final": true };
+        let t1 = now("2026-02-01T00:00:00Z");
+        let Some(Write::Upsert { set: first, if_revision: None, .. }) =
+            plan_write(Kind::Report, filter.clone(), Some(content.clone()), None, t1, "UTC")
+        else {
+            panic!("a new document is an unguarded upsert");
+        };
+        assert_eq!(first.get_i64("revision").unwrap(), 1);
+        assert_eq!(first.get_i64("restatements").unwrap(), 0);
+        assert!(first.get_datetime("finalized_at").is_ok());
+        // Same content again: nothing to write.
+        assert_eq!(plan_write(Kind::Report, filter.clone(), Some(content.clone()), Some(&first), t1, "UTC"), None);
+        // Changed content of a final document: revision + 1, restatement + 1, created_at kept.
+        let mut changed = content.clone();
+        changed.insert("total_income", 6);
+        let t2 = now("2026-02-02T00:00:00Z");
+        let Some(Write::Upsert { set: second, if_revision: Some(1), .. }) =
+            plan_write(Kind::Report, filter.clone(), Some(changed), Some(&first), t2, "UTC")
+        else {
+            panic!("a changed document is a guarded update");
+        };
+        assert_eq!(second.get_i64("revision").unwrap(), 2);
+        assert_eq!(second.get_i64("restatements").unwrap(), 1);
+        assert_eq!(second.get("created_at"), first.get("created_at"));
+        assert_eq!(second.get("finalized_at"), first.get("finalized_at"));
+        // Gone from the source: deleted.
+        assert!(matches!(plan_write(Kind::Report, filter, None, Some(&second), t2, "UTC"), Some(Write::Delete { .. })));
+    }
+}
