@@ -39,7 +39,13 @@ pub struct BackfillSummary {
 
 /// Computes every document of `range` from the source and writes the ones
 /// that differ from what is stored.
-pub async fn backfill(db: &Database, cal: Calendar, range: Range, now: DateTime<Utc>, show_progress: bool) -> Result<BackfillSummary> {
+pub async fn backfill(
+    db: &Database,
+    cal: Calendar,
+    range: Range,
+    now: DateTime<Utc>,
+    show_progress: bool,
+) -> Result<BackfillSummary> {
     let started = Instant::now();
     let days = (range.to - range.from).num_days() as u64 + 1;
     let mut scanner = Scanner::open(db, cal, range, now, Scope::Dependencies).await?;
@@ -148,8 +154,12 @@ pub async fn reconcile(
     report.users = scanner.users_done;
     report.rejects = scanner.reject_counts.clone();
     if repair {
-        let writes: Vec<Write> =
-            report.differences.iter().chain(&report.stale_labels).map(|c| c.write.clone()).collect();
+        let writes: Vec<Write> = report
+            .differences
+            .iter()
+            .chain(&report.stale_labels)
+            .map(|c| c.write.clone())
+            .collect();
         report.repaired = Some(store::execute(db, writes).await?);
         scanner.flush_rejects(db).await?;
     }

@@ -21,9 +21,11 @@ impl Calendar {
 
     /// Parses an IANA zone name such as `America/New_York`.
     pub fn from_name(name: &str) -> Result<Calendar, String> {
-        name.parse::<Tz>()
-            .map(Calendar::new)
-            .map_err(|_| format!("unknown time zone {name:?} (expected an IANA name such as UTC or Europe/Paris)"))
+        name.parse::<Tz>().map(Calendar::new).map_err(|_| {
+            format!(
+                "unknown time zone {name:?} (expected an IANA name such as UTC or Europe/Paris)"
+            )
+        })
     }
 
     pub fn name(&self) -> &'static str {
@@ -32,7 +34,8 @@ impl Calendar {
 
     /// The local date of an instant given in milliseconds since the epoch.
     pub fn day_of_millis(&self, millis: i64) -> NaiveDate {
-        let utc = DateTime::<Utc>::from_timestamp_millis(millis).unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let utc =
+            DateTime::<Utc>::from_timestamp_millis(millis).unwrap_or(DateTime::<Utc>::MIN_UTC);
         self.day_of(utc)
     }
 
@@ -139,7 +142,10 @@ mod tests {
         let cal = Calendar::from_name("America/New_York").unwrap();
         let spring = d("2026-03-08");
         let fall = d("2026-11-01");
-        assert_eq!((cal.day_end(spring) - cal.day_start(spring)).num_hours(), 23);
+        assert_eq!(
+            (cal.day_end(spring) - cal.day_start(spring)).num_hours(),
+            23
+        );
         assert_eq!((cal.day_end(fall) - cal.day_start(fall)).num_hours(), 25);
         assert_eq!(cal.day_start(spring), utc("2026-03-08T05:00:00Z"));
         assert_eq!(cal.day_start(d("2026-03-09")), utc("2026-03-09T04:00:00Z"));
@@ -155,7 +161,10 @@ mod tests {
         assert_eq!(cal.day_of(utc("2026-07-05T03:59:59.999Z")), d("2026-07-04"));
         assert_eq!(cal.day_of(utc("2026-07-05T04:00:00Z")), d("2026-07-05"));
         let utc_cal = Calendar::from_name("UTC").unwrap();
-        assert_eq!(utc_cal.day_of(utc("2026-07-04T23:59:59.999Z")), d("2026-07-04"));
+        assert_eq!(
+            utc_cal.day_of(utc("2026-07-04T23:59:59.999Z")),
+            d("2026-07-04")
+        );
         assert_eq!(utc_cal.day_of(utc("2026-07-05T00:00:00Z")), d("2026-07-05"));
     }
 

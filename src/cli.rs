@@ -20,7 +20,11 @@ use crate::seed::{self, SeedOptions};
 use crate::store;
 
 #[derive(Parser, Debug)]
-#[command(name = "tally", version, about = "Keeps coin's financial reports right, all the time.")]
+#[command(
+    name = "tally",
+    version,
+    about = "Keeps coin's financial reports right, all the time."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -31,7 +35,13 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct Global {
     /// MongoDB connection string (credentials are never logged).
-    #[arg(long, global = true, env = "TALLY_MONGODB_URI", default_value = "mongodb://127.0.0.1:27017", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "TALLY_MONGODB_URI",
+        default_value = "mongodb://127.0.0.1:27017",
+        hide_env_values = true
+    )]
     pub mongodb_uri: String,
     /// Database holding coin's collections and tally's output.
     #[arg(long, global = true, env = "TALLY_DATABASE", default_value = "coin")]
@@ -85,12 +95,20 @@ pub struct RangeArgs {
 impl RangeArgs {
     fn range(&self) -> Result<Range> {
         if self.from > self.to {
-            bail!("--from {} is after --to {}: give the earlier date first", self.from, self.to);
+            bail!(
+                "--from {} is after --to {}: give the earlier date first",
+                self.from,
+                self.to
+            );
         }
         let mut kinds = self.kinds.clone();
         kinds.sort();
         kinds.dedup();
-        Ok(Range { from: self.from, to: self.to, kinds })
+        Ok(Range {
+            from: self.from,
+            to: self.to,
+            kinds,
+        })
     }
 }
 
@@ -135,7 +153,8 @@ pub struct SeedArgs {
 }
 
 fn parse_date(s: &str) -> Result<NaiveDate, String> {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| format!("{s:?} is not a date: use YYYY-MM-DD"))
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| format!("{s:?} is not a date: use YYYY-MM-DD"))
 }
 
 fn parse_zone(s: &str) -> Result<Calendar, String> {
@@ -149,7 +168,8 @@ fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
 }
 
 fn parse_kind(s: &str) -> Result<Kind, String> {
-    Kind::from_cli_name(s.trim()).ok_or_else(|| format!("unknown kind {s:?}: use reports, snapshots or monthly"))
+    Kind::from_cli_name(s.trim())
+        .ok_or_else(|| format!("unknown kind {s:?}: use reports, snapshots or monthly"))
 }
 
 /// Runs the parsed command; errors are the caller's to print (exit 2).
@@ -216,7 +236,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 s.writes.inserted,
                 s.writes.updated,
                 s.writes.deleted,
-                s.documents.saturating_sub(s.writes.inserted + s.writes.updated),
+                s.documents
+                    .saturating_sub(s.writes.inserted + s.writes.updated),
                 rejected,
                 s.elapsed.as_secs_f64(),
                 s.writes.server_time.as_secs_f64(),
@@ -233,14 +254,23 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Reconcile(a) => {
             let range = a.range.range()?;
             let db = store::connect(&g.mongodb_uri, &g.database).await?;
-            let report = batch::reconcile(&db, cal, range.clone(), now, a.repair, !g.quiet && !a.json).await?;
+            let report =
+                batch::reconcile(&db, cal, range.clone(), now, a.repair, !g.quiet && !a.json)
+                    .await?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&json_report(&range, &cal, &report))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json_report(&range, &cal, &report))?
+                );
             } else {
                 print_report(&range, &cal, &report, a.max_lines);
             }
             // Differences found exit 1 even when repaired: something was wrong.
-            Ok(if report.differences.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.differences.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }
@@ -274,19 +304,34 @@ fn print_report(range: &Range, cal: &Calendar, r: &ReconcileReport, max_lines: u
     for kind in &range.kinds {
         println!("  {:<30} {} differing", kind.collection(), r.count(*kind));
     }
-    println!("  stale labels: {} documents (information only)", r.stale_labels.len());
+    println!(
+        "  stale labels: {} documents (information only)",
+        r.stale_labels.len()
+    );
     let drift_users = r.users_with_drift();
-    println!("  users with balance drift: {} (information only)", drift_users.len());
+    println!(
+        "  users with balance drift: {} (information only)",
+        drift_users.len()
+    );
     let rejected: u64 = r.rejects.values().sum();
     println!("  invalid source documents: {rejected}");
     let mut lines = 0;
     for c in r.differences.iter().chain(&r.stale_labels) {
-        let head = format!("{} user={} period={}", c.kind.collection(), c.user.to_hex(), c.period);
+        let head = format!(
+            "{} user={} period={}",
+            c.kind.collection(),
+            c.user.to_hex(),
+            c.period
+        );
         match &c.difference {
             Difference::Fields(fields) => {
                 for f in fields {
                     if lines < max_lines {
-                        let tag = if f.label_only { "stale label" } else { "differs" };
+                        let tag = if f.label_only {
+                            "stale label"
+                        } else {
+                            "differs"
+                        };
                         println!(
                             "{tag}: {head} field={} expected={} stored={}",
                             f.path,

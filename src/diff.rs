@@ -26,7 +26,13 @@ pub fn diff(expected: &Document, stored: &Document) -> Vec<FieldDiff> {
     out
 }
 
-fn diff_doc(prefix: &str, expected: &Document, stored: &Document, top: bool, out: &mut Vec<FieldDiff>) {
+fn diff_doc(
+    prefix: &str,
+    expected: &Document,
+    stored: &Document,
+    top: bool,
+    out: &mut Vec<FieldDiff>,
+) {
     let skip = |k: &str| top && BOOKKEEPING.contains(&k);
     for (k, ev) in expected {
         if skip(k) {
@@ -58,7 +64,12 @@ fn diff_value(path: &str, key: &str, ev: &Bson, sv: &Bson, out: &mut Vec<FieldDi
             }
         }
         _ if same_scalar(ev, sv) => {}
-        _ => out.push(field(path.to_owned(), key, Some(ev.clone()), Some(sv.clone()))),
+        _ => out.push(field(
+            path.to_owned(),
+            key,
+            Some(ev.clone()),
+            Some(sv.clone()),
+        )),
     }
 }
 
@@ -74,7 +85,12 @@ fn same_scalar(a: &Bson, b: &Bson) -> bool {
 
 fn field(path: String, key: &str, expected: Option<Bson>, stored: Option<Bson>) -> FieldDiff {
     let label_only = key.ends_with("_name") || key == "pocket_type";
-    FieldDiff { path, expected, stored, label_only }
+    FieldDiff {
+        path,
+        expected,
+        stored,
+        label_only,
+    }
 }
 
 fn join(prefix: &str, key: &str) -> String {
@@ -110,7 +126,12 @@ mod tests {
         let paths: Vec<_> = d.iter().map(|f| (f.path.as_str(), f.label_only)).collect();
         assert_eq!(
             paths,
-            vec![("rows[0].pocket_name", true), ("rows[0].balance", false), ("x", false), ("y", false)]
+            vec![
+                ("rows[0].pocket_name", true),
+                ("rows[0].balance", false),
+                ("x", false),
+                ("y", false)
+            ]
         );
     }
 

@@ -8,6 +8,7 @@
 //! property the tests check. No I/O and no clock reads here.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use bson::oid::ObjectId;
 use chrono::{Datelike, NaiveDate};
@@ -15,6 +16,7 @@ use chrono::{Datelike, NaiveDate};
 use crate::calendar::Calendar;
 use crate::money::Money;
 use crate::source::{Pocket, SourceId, Transaction, TxType};
+use crate::vecmap::VecMap;
 
 /// Sum and count of one category's transactions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,7 +31,7 @@ pub struct TxEntry {
     pub kind: TxType,
     pub amount: Money,
     pub category_id: Option<ObjectId>,
-    pub note: Option<String>,
+    pub note: Option<Arc<str>>,
 }
 
 /// One pocket's movements on one day.
@@ -41,7 +43,7 @@ pub struct PocketDay {
     pub transfer_out: Money,
     pub count: i64,
     /// Keyed by (timestamp millis, transaction id): the list's sort order.
-    pub transactions: BTreeMap<(i64, SourceId), TxEntry>,
+    pub transactions: VecMap<(i64, SourceId), TxEntry>,
 }
 
 impl PocketDay {
@@ -59,9 +61,9 @@ pub struct DayAgg {
     pub expense: Money,
     pub transfer_in: Money,
     pub transfer_out: Money,
-    pub income_by_category: BTreeMap<Option<ObjectId>, CategorySum>,
-    pub expense_by_category: BTreeMap<Option<ObjectId>, CategorySum>,
-    pub pockets: BTreeMap<ObjectId, PocketDay>,
+    pub income_by_category: VecMap<Option<ObjectId>, CategorySum>,
+    pub expense_by_category: VecMap<Option<ObjectId>, CategorySum>,
+    pub pockets: VecMap<ObjectId, PocketDay>,
 }
 
 /// One user's ledger: the days that have live transactions.
@@ -117,8 +119,12 @@ impl UserLedger {
         }
         let from = tx.pocket_from;
         let to = tx.pocket_to.filter(|t| Some(*t) != from);
-        for (pocket, is_from) in from.map(|p| (p, true)).into_iter().chain(to.map(|p| (p, false))) {
-            let pd = agg.pockets.entry(pocket).or_default();
+        for (pocket, is_from) in from
+            .map(|p| (p, true))
+            .into_iter()
+            .chain(to.map(|p| (p, false)))
+        {
+            let pd = agg.pockets.entry_or_default(pocket);
             pd.count += sign;
             let self_transfer = tx.pocket_to == tx.pocket_from;
             match tx.kind {
@@ -157,13 +163,22 @@ impl UserLedger {
     }
 
     /// The user's activity in [from, to].
-    pub fn range(&self, from: NaiveDate, to: NaiveDate) -> impl Iterator<Item = (&NaiveDate, &DayAgg)> {
+    pub fn range(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> impl Iterator<Item = (&NaiveDate, &DayAgg)> {
         self.days.range(from..=to)
     }
 }
 
-fn bump(map: &mut BTreeMap<Option<ObjectId>, CategorySum>, key: Option<ObjectId>, amount: Money, sign: i64) {
-    let entry = map.entry(key).or_default();
+fn bump(
+    map: &mut VecMap<Option<ObjectId>, CategorySum>,
+    key: Option<ObjectId>,
+    amount: Money,
+    sign: i64,
+) {
+    let entry = map.entry_or_default(key);
     entry.amount += amount;
     entry.count += sign;
     if entry.count == 0 {
@@ -245,7 +260,13 @@ mod tests {
     use super::*;
     use crate::source::SourceId;
 
-    fn tx(kind: TxType, amount: &str, from: Option<ObjectId>, to: Option<ObjectId>, date: i64) -> Transaction {
+    fn tx(
+        kind: TxType,
+        amount: &str,
+        from: Option<ObjectId>,
+        to: Option<ObjectId>,
+        date: i64,
+    ) -> Transaction {
         Transaction {
             id: SourceId::Oid(ObjectId::new()),
             user_id: ObjectId::new(),
@@ -279,7 +300,13 @@ mod tests {
     fn retract_restores_the_empty_ledger() {
         let cal = Calendar::from_name("UTC").unwrap();
         let mut l = UserLedger::default();
-        let t = tx(TxType::Expense, "3.30", Some(ObjectId::new()), None, 86_400_000);
+        let t = tx(
+            TxType::Expense,
+            "3.30",
+            Some(ObjectId::new()),
+            None,
+            86_400_000,
+        );
         l.apply(&cal, &t);
         assert_eq!(l.days.len(), 1);
         l.retract(&cal, &t);

@@ -7,6 +7,7 @@
 //! - [`money`] — exact decimal money; BSON conversions at the edges.
 //! - [`calendar`] — days and months in the reporting time zone (DST-safe).
 //! - [`source`] — decoding of source documents, validity and reject reasons.
+//! - [`vecmap`] — a small ordered map as a sorted vector (the ledger's maps).
 //! - [`ledger`] — pure per-user sums per day, category and pocket; balances.
 //! - [`reports`] — builders of the three output documents (the schema).
 //! - [`diff`] — field-by-field comparison of expected and stored documents.
@@ -21,15 +22,16 @@
 //! The pure core (`money`, `calendar`, `source`, `ledger`, `reports`,
 //! `diff`) does no I/O and never reads the clock: "now" is a parameter.
 
-pub mod money;
-pub mod calendar;
-pub mod source;
-pub mod ledger;
-pub mod reports;
-pub mod diff;
-pub mod store;
-pub mod scan;
 pub mod batch;
-pub mod seed;
-pub mod progress;
+pub mod calendar;
 pub mod cli;
+pub mod diff;
+pub mod ledger;
+pub mod money;
+pub mod progress;
+pub mod reports;
+pub mod scan;
+pub mod seed;
+pub mod source;
+pub mod store;
+pub mod vecmap;

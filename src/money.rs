@@ -123,7 +123,11 @@ impl Money {
 fn exact_round_half_even_2dp(num: Decimal, den: Decimal, q: Decimal) -> Decimal {
     let floor = q.round_dp_with_strategy(2, RoundingStrategy::ToZero);
     let half = Decimal::new(5, 3);
-    let tie = if q.is_sign_negative() { floor - half } else { floor + half };
+    let tie = if q.is_sign_negative() {
+        floor - half
+    } else {
+        floor + half
+    };
     if q != tie {
         return q.round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven);
     }
@@ -325,7 +329,12 @@ mod tests {
 
     #[test]
     fn doubles_take_their_shortest_round_trip_form() {
-        for (f, s) in [(1234.5, "1234.5"), (0.1, "0.1"), (19.99, "19.99"), (1e-7, "0.0000001")] {
+        for (f, s) in [
+            (1234.5, "1234.5"),
+            (0.1, "0.1"),
+            (19.99, "19.99"),
+            (1e-7, "0.0000001"),
+        ] {
             assert_eq!(Money::from_f64(f).unwrap().to_string(), s);
         }
         // 17 significant digits survive exactly.
@@ -353,7 +362,9 @@ mod tests {
         assert_eq!(m("15e-1"), m("1.5"));
         assert_eq!(m(".5"), m("0.5"));
         assert_eq!(m("5."), m("5"));
-        for bad in ["", "abc", "1,5", "--1", "1e", "0x10", "1.2.3", "NaN", "inf", "1 2"] {
+        for bad in [
+            "", "abc", "1,5", "--1", "1e", "0x10", "1.2.3", "NaN", "inf", "1 2",
+        ] {
             assert_eq!(bad.parse::<Money>(), Err(MoneyError::NotANumber), "{bad:?}");
         }
     }
@@ -364,13 +375,31 @@ mod tests {
         assert_eq!(Money::from_bson(&Bson::Int64(-7)).unwrap(), m("-7"));
         let d = Decimal128::from_str("2.50").unwrap();
         assert_eq!(Money::from_bson(&Bson::Decimal128(d)).unwrap(), m("2.5"));
-        assert_eq!(Money::from_bson(&Bson::Boolean(true)), Err(MoneyError::NotANumber));
-        assert_eq!(Money::from_bson(&Bson::Double(f64::NAN)), Err(MoneyError::NotFinite));
-        assert_eq!(Money::from_bson(&Bson::Double(f64::INFINITY)), Err(MoneyError::NotFinite));
+        assert_eq!(
+            Money::from_bson(&Bson::Boolean(true)),
+            Err(MoneyError::NotANumber)
+        );
+        assert_eq!(
+            Money::from_bson(&Bson::Double(f64::NAN)),
+            Err(MoneyError::NotFinite)
+        );
+        assert_eq!(
+            Money::from_bson(&Bson::Double(f64::INFINITY)),
+            Err(MoneyError::NotFinite)
+        );
         let nan = Decimal128::from_str("NaN").unwrap();
-        assert_eq!(Money::from_bson(&Bson::Decimal128(nan)), Err(MoneyError::NotFinite));
-        assert_eq!(Money::from_bson(&Bson::Double(1e300)), Err(MoneyError::OutOfRange));
-        assert_eq!(Money::from_bson(&Bson::String("1e18".into())), Err(MoneyError::OutOfRange));
+        assert_eq!(
+            Money::from_bson(&Bson::Decimal128(nan)),
+            Err(MoneyError::NotFinite)
+        );
+        assert_eq!(
+            Money::from_bson(&Bson::Double(1e300)),
+            Err(MoneyError::OutOfRange)
+        );
+        assert_eq!(
+            Money::from_bson(&Bson::String("1e18".into())),
+            Err(MoneyError::OutOfRange)
+        );
     }
 
     #[test]

@@ -17,7 +17,14 @@ impl Progress {
     /// `days` is the number of days each user's work covers.
     pub fn new(what: &'static str, days: u64, enabled: bool) -> Progress {
         let now = Instant::now();
-        Progress { what, days, started: now, last: now, terminal: std::io::stderr().is_terminal(), enabled }
+        Progress {
+            what,
+            days,
+            started: now,
+            last: now,
+            terminal: std::io::stderr().is_terminal(),
+            enabled,
+        }
     }
 
     /// Reports `done` users of an estimated `total`.
@@ -25,7 +32,11 @@ impl Progress {
         if !self.enabled {
             return;
         }
-        let period = if self.terminal { Duration::from_millis(200) } else { Duration::from_secs(5) };
+        let period = if self.terminal {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
         if self.last.elapsed() < period {
             return;
         }
@@ -33,7 +44,11 @@ impl Progress {
         let elapsed = self.started.elapsed().as_secs_f64();
         let rate = done as f64 / elapsed.max(1e-9);
         let total = total.max(done);
-        let eta = if rate > 0.0 { (total - done) as f64 / rate } else { 0.0 };
+        let eta = if rate > 0.0 {
+            (total - done) as f64 / rate
+        } else {
+            0.0
+        };
         if self.terminal {
             let width = 30;
             let filled = (done * width).checked_div(total).unwrap_or(0) as usize;

@@ -17,6 +17,7 @@ use crate::calendar::{self, date_label, first_of_month, first_of_year, last_of_m
 use crate::ledger::{Balances, CategorySum, DayAgg, PocketDay, UserLedger, YearToDate};
 use crate::money::Money;
 use crate::source::Pocket;
+use crate::vecmap::VecMap;
 
 /// Most transactions listed per pocket in a daily report.
 pub const MAX_LISTED: usize = 500;
@@ -138,7 +139,11 @@ impl<'a> UserView<'a> {
     }
 
     fn net(&self, pocket: &ObjectId, day: NaiveDate) -> Money {
-        self.ledger.days.get(&day).and_then(|a| a.pockets.get(pocket)).map_or(Money::ZERO, PocketDay::net)
+        self.ledger
+            .days
+            .get(&day)
+            .and_then(|a| a.pockets.get(pocket))
+            .map_or(Money::ZERO, PocketDay::net)
     }
 
     /// User-level (opening, closing) of `day`: sums over counting pockets.
@@ -161,9 +166,17 @@ impl<'a> UserView<'a> {
         }
     }
 
-    fn category_entries(&self, sums: &BTreeMap<Option<ObjectId>, CategorySum>, total: Option<Money>) -> Bson {
+    fn category_entries(
+        &self,
+        sums: &VecMap<Option<ObjectId>, CategorySum>,
+        total: Option<Money>,
+    ) -> Bson {
         let mut rows: Vec<(&Option<ObjectId>, &CategorySum)> = sums.iter().collect();
-        rows.sort_by(|(ia, a), (ib, b)| b.amount.cmp(&a.amount).then_with(|| cmp_id_null_last(ia, ib)));
+        rows.sort_by(|(ia, a), (ib, b)| {
+            b.amount
+                .cmp(&a.amount)
+                .then_with(|| cmp_id_null_last(ia, ib))
+        });
         Bson::Array(
             rows.into_iter()
                 .map(|(id, sum)| {
@@ -210,7 +223,7 @@ impl<'a> UserView<'a> {
                             "amount": e.amount.to_bson(),
                             "category_id": opt_oid(e.category_id),
                             "category_name": self.categories.label(e.category_id),
-                            "note": e.note.clone().map_or(Bson::Null, Bson::String),
+                            "note": e.note.as_deref().map_or(Bson::Null, |n| Bson::String(n.to_owned())),
                             "timestamp": bson::DateTime::from_millis(*ts),
                         })
                     })
@@ -374,7 +387,10 @@ impl<'a> UserView<'a> {
             match kind {
                 Kind::Report => {
                     for (day, _) in self.ledger.range(from, to) {
-                        out.extend(self.daily_report(*day, *day < today).map(|d| (kind, *day, d)));
+                        out.extend(
+                            self.daily_report(*day, *day < today)
+                                .map(|d| (kind, *day, d)),
+                        );
                     }
                 }
                 Kind::Snapshot => {
@@ -401,9 +417,12 @@ pub fn earliest_dependency(from: NaiveDate) -> NaiveDate {
     first_of_year(first_of_month(from))
 }
 
-fn merge_categories(into: &mut BTreeMap<Option<ObjectId>, CategorySum>, from: &BTreeMap<Option<ObjectId>, CategorySum>) {
+fn merge_categories(
+    into: &mut VecMap<Option<ObjectId>, CategorySum>,
+    from: &VecMap<Option<ObjectId>, CategorySum>,
+) {
     for (k, v) in from {
-        let e = into.entry(*k).or_default();
+        let e = into.entry_or_default(*k);
         e.amount += v.amount;
         e.count += v.count;
     }

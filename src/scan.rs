@@ -24,8 +24,12 @@ use crate::diff::{diff, FieldDiff};
 use crate::ledger::{Balances, UserLedger};
 use crate::money::Money;
 use crate::reports::{earliest_dependency, Categories, Kind, UserView};
-use crate::source::{decode_category, decode_pocket, decode_transaction, Pocket, RejectReason, SourceId};
-use crate::store::{self, key_filter, plan_write, Write, CATEGORIES, POCKETS, REJECTS, TRANSACTIONS};
+use crate::source::{
+    decode_category, decode_pocket, decode_transaction, Pocket, RejectReason, SourceId,
+};
+use crate::store::{
+    self, key_filter, plan_write, Write, CATEGORIES, POCKETS, REJECTS, TRANSACTIONS,
+};
 
 /// The periods a run covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +93,9 @@ pub enum Scope {
     AllHistory,
 }
 
+/// A cursor over one kind's stored documents and the next one read from it.
+type StoredCursor = (Kind, Cursor<Document>, Option<(ObjectId, Document)>);
+
 /// Walks users in id order; see the module docs.
 pub struct Scanner {
     cal: Calendar,
@@ -102,7 +109,7 @@ pub struct Scanner {
     categories: Categories,
     transactions: Cursor<Document>,
     pending_tx: Option<crate::source::Transaction>,
-    stored: Vec<(Kind, Cursor<Document>, Option<(ObjectId, Document)>)>,
+    stored: Vec<StoredCursor>,
     known_rejects: HashSet<String>,
     /// Invalid documents seen and not yet recorded.
     pub rejects: Vec<(&'static str, SourceId, RejectReason)>,
@@ -115,21 +122,33 @@ pub struct Scanner {
 
 impl Scanner {
     /// Opens every cursor of the scan: a fixed number of queries.
-    pub async fn open(db: &Database, cal: Calendar, range: Range, now: DateTime<Utc>, scope: Scope) -> Result<Scanner> {
+    pub async fn open(
+        db: &Database,
+        cal: Calendar,
+        range: Range,
+        now: DateTime<Utc>,
+        scope: Scope,
+    ) -> Result<Scanner> {
         let mut reject_counts = BTreeMap::new();
         let mut rejects = Vec::new();
         let known_rejects = load_reject_keys(db).await?;
         let mut corrected = Vec::new();
 
         let mut pockets: HashMap<ObjectId, BTreeMap<ObjectId, Pocket>> = HashMap::new();
-        let mut cursor = db.collection::<Document>(POCKETS).find(doc! {}).await.context("reading pockets")?;
+        let mut cursor = db
+            .collection::<Document>(POCKETS)
+            .find(doc! {})
+            .await
+            .context("reading pockets")?;
         while let Some(raw) = cursor.try_next().await.context("reading pockets")? {
             match decode_pocket(&raw) {
                 Ok(p) => {
                     let id = SourceId::Oid(p.id);
                     match p.reject_reason() {
                         Some(r) => note_reject(&mut rejects, &mut reject_counts, POCKETS, id, r),
-                        None if known_rejects.contains(&reject_key(POCKETS, &id)) => corrected.push((POCKETS, id)),
+                        None if known_rejects.contains(&reject_key(POCKETS, &id)) => {
+                            corrected.push((POCKETS, id))
+                        }
                         None => {}
                     }
                     if let Some(user) = p.user_id {
@@ -146,7 +165,11 @@ impl Scanner {
         pocket_users.sort_by_key(|u| u.bytes());
 
         let mut categories = HashMap::new();
-        let mut cursor = db.collection::<Document>(CATEGORIES).find(doc! {}).await.context("reading categories")?;
+        let mut cursor = db
+            .collection::<Document>(CATEGORIES)
+            .find(doc! {})
+            .await
+            .context("reading categories")?;
         while let Some(raw) = cursor.try_next().await.context("reading categories")? {
             if let Some((id, name)) = decode_category(&raw) {
                 categories.insert(id, name);
@@ -177,7 +200,9 @@ impl Scanner {
             };
             let cursor = db
                 .collection::<Document>(kind.collection())
-                .find(doc! { kind.date_field(): { "$gte": date_label(lo), "$lte": date_label(hi) } })
+                .find(
+                    doc! { kind.date_field(): { "$gte": date_label(lo), "$lte": date_label(hi) } },
+                )
                 .sort(doc! { "user_id": 1, kind.date_field(): 1 })
                 .allow_disk_use(true)
                 .batch_size(5_000)
@@ -220,11 +245,20 @@ impl Scanner {
 
     async fn advance_tx(&mut self) -> Result<()> {
         self.pending_tx = None;
-        while let Some(raw) = self.transactions.try_next().await.context("reading transactions")? {
+        while let Some(raw) = self
+            .transactions
+            .try_next()
+            .await
+            .context("reading transactions")?
+        {
             self.transactions_read += 1;
             match decode_transaction(&raw) {
                 Ok(tx) => {
-                    if !self.known_rejects.is_empty() && self.known_rejects.contains(&reject_key(TRANSACTIONS, &tx.id)) {
+                    if !self.known_rejects.is_empty()
+                        && self
+                            .known_rejects
+                            .contains(&reject_key(TRANSACTIONS, &tx.id))
+                    {
                         self.corrected.push((TRANSACTIONS, tx.id.clone()));
                     }
                     self.pending_tx = Some(tx);
@@ -232,7 +266,13 @@ impl Scanner {
                 }
                 Err(r) => {
                     let id = SourceId::from_bson(raw.get("_id").unwrap_or(&Bson::Null));
-                    note_reject(&mut self.rejects, &mut self.reject_counts, TRANSACTIONS, id, r);
+                    note_reject(
+                        &mut self.rejects,
+                        &mut self.reject_counts,
+                        TRANSACTIONS,
+                        id,
+                        r,
+                    );
                 }
             }
         }
@@ -242,7 +282,11 @@ impl Scanner {
     async fn advance_stored(&mut self, i: usize) -> Result<()> {
         let (kind, cursor, pending) = &mut self.stored[i];
         *pending = None;
-        while let Some(doc) = cursor.try_next().await.with_context(|| format!("reading {}", kind.collection()))? {
+        while let Some(doc) = cursor
+            .try_next()
+            .await
+            .with_context(|| format!("reading {}", kind.collection()))?
+        {
             if let Ok(user) = doc.get_object_id("user_id") {
                 *pending = Some((user, doc));
                 break;
@@ -254,8 +298,14 @@ impl Scanner {
     fn next_user_id(&self) -> Option<ObjectId> {
         let tx = self.pending_tx.as_ref().map(|t| t.user_id);
         let pocket = self.pocket_users.get(self.next_pocket_user).copied();
-        let stored = self.stored.iter().filter_map(|(_, _, p)| p.as_ref().map(|(u, _)| *u));
-        tx.into_iter().chain(pocket).chain(stored).min_by_key(|u| u.bytes())
+        let stored = self
+            .stored
+            .iter()
+            .filter_map(|(_, _, p)| p.as_ref().map(|(u, _)| *u));
+        tx.into_iter()
+            .chain(pocket)
+            .chain(stored)
+            .min_by_key(|u| u.bytes())
     }
 
     /// The next user's differences, or `None` when every user is done.
@@ -286,8 +336,16 @@ impl Scanner {
         let empty = BTreeMap::new();
         let pockets = self.pockets.get(&user).unwrap_or(&empty);
         let view = UserView::new(user, &ledger, pockets, &self.categories, &self.cal);
-        let expected = view.build_range(&self.range.kinds, self.range.from, self.range.to, self.today);
-        let mut result = UserResult { documents: expected.len(), ..UserResult::default() };
+        let expected = view.build_range(
+            &self.range.kinds,
+            self.range.from,
+            self.range.to,
+            self.today,
+        );
+        let mut result = UserResult {
+            documents: expected.len(),
+            ..UserResult::default()
+        };
         for (kind, period, content) in expected {
             let old = stored.remove(&(kind, period));
             let difference = match &old {
@@ -300,24 +358,53 @@ impl Scanner {
                     Difference::Fields(fields)
                 }
             };
-            let write = plan_write(kind, key_filter(kind, user, period), Some(content), old.as_ref(), self.now, self.cal.name());
+            let write = plan_write(
+                kind,
+                key_filter(kind, user, period),
+                Some(content),
+                old.as_ref(),
+                self.now,
+                self.cal.name(),
+            );
             if let Some(write) = write {
-                result.changes.push(DocChange { kind, user, period, difference, write });
+                result.changes.push(DocChange {
+                    kind,
+                    user,
+                    period,
+                    difference,
+                    write,
+                });
             }
         }
         let mut surplus: Vec<_> = stored.into_keys().collect();
         surplus.sort();
         for (kind, period) in surplus {
-            let write = Write::Delete { kind, filter: key_filter(kind, user, period) };
-            result.changes.push(DocChange { kind, user, period, difference: Difference::Surplus, write });
+            let write = Write::Delete {
+                kind,
+                filter: key_filter(kind, user, period),
+            };
+            result.changes.push(DocChange {
+                kind,
+                user,
+                period,
+                difference: Difference::Surplus,
+                write,
+            });
         }
         if self.scope == Scope::AllHistory {
             let balances = Balances::new(&ledger, pockets.values());
             let before_all = NaiveDate::MIN;
             for p in pockets.values() {
-                if let (Ok(balance), Some(unexplained)) = (p.balance, balances.closing(&p.id, before_all)) {
+                if let (Ok(balance), Some(unexplained)) =
+                    (p.balance, balances.closing(&p.id, before_all))
+                {
                     if !unexplained.is_zero() {
-                        result.drifts.push(Drift { user, pocket: p.id, balance, explained: balance - unexplained });
+                        result.drifts.push(Drift {
+                            user,
+                            pocket: p.id,
+                            balance,
+                            explained: balance - unexplained,
+                        });
                     }
                 }
             }
@@ -333,11 +420,25 @@ impl Scanner {
             return Ok(());
         }
         let filter = doc! { "date": { "$not": { "$type": "date" } } };
-        let mut cursor = db.collection::<Document>(TRANSACTIONS).find(filter).await.context("reading undated transactions")?;
-        while let Some(raw) = cursor.try_next().await.context("reading undated transactions")? {
+        let mut cursor = db
+            .collection::<Document>(TRANSACTIONS)
+            .find(filter)
+            .await
+            .context("reading undated transactions")?;
+        while let Some(raw) = cursor
+            .try_next()
+            .await
+            .context("reading undated transactions")?
+        {
             if let Err(r) = decode_transaction(&raw) {
                 let id = SourceId::from_bson(raw.get("_id").unwrap_or(&Bson::Null));
-                note_reject(&mut self.rejects, &mut self.reject_counts, TRANSACTIONS, id, r);
+                note_reject(
+                    &mut self.rejects,
+                    &mut self.reject_counts,
+                    TRANSACTIONS,
+                    id,
+                    r,
+                );
             }
         }
         Ok(())
@@ -371,7 +472,11 @@ fn reject_key(coll: &str, id: &SourceId) -> String {
 
 async fn load_reject_keys(db: &Database) -> Result<HashSet<String>> {
     let mut keys = HashSet::new();
-    let mut cursor = db.collection::<Document>(REJECTS).find(doc! {}).await.context("reading tally_rejects")?;
+    let mut cursor = db
+        .collection::<Document>(REJECTS)
+        .find(doc! {})
+        .await
+        .context("reading tally_rejects")?;
     while let Some(d) = cursor.try_next().await.context("reading tally_rejects")? {
         if let (Ok(coll), Some(id)) = (d.get_str("collection"), d.get("source_id")) {
             keys.insert(reject_key(coll, &SourceId::from_bson(id)));

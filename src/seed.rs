@@ -49,7 +49,7 @@ impl Rng {
         Rng(seed)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -59,7 +59,7 @@ impl Rng {
 
     /// Uniform in [0, n).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 
     /// True with probability `percent` / 100.
@@ -76,8 +76,18 @@ fn oid(tag: u32, n: u64) -> ObjectId {
     ObjectId::from_bytes(b)
 }
 
-const CATEGORY_NAMES: [&str; 10] =
-    ["Salary", "Groceries", "Rent", "Transport", "Dining", "Health", "Utilities", "Gifts", "Travel", "Freelance"];
+const CATEGORY_NAMES: [&str; 10] = [
+    "Salary",
+    "Groceries",
+    "Rent",
+    "Transport",
+    "Dining",
+    "Health",
+    "Utilities",
+    "Gifts",
+    "Travel",
+    "Freelance",
+];
 
 struct SeedPocket {
     doc: Document,
@@ -92,11 +102,20 @@ struct UserData {
 }
 
 pub async fn seed(db: &Database, cal: &Calendar, opts: &SeedOptions) -> Result<SeedSummary> {
-    let categories: Vec<Document> =
-        CATEGORY_NAMES.iter().enumerate().map(|(i, n)| doc! { "_id": oid(0xCA7E, i as u64), "name": *n }).collect();
-    db.collection::<Document>(CATEGORIES).insert_many(categories).await.context("writing user_categories")?;
+    let categories: Vec<Document> = CATEGORY_NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| doc! { "_id": oid(0xCA7E, i as u64), "name": *n })
+        .collect();
+    db.collection::<Document>(CATEGORIES)
+        .insert_many(categories)
+        .await
+        .context("writing user_categories")?;
 
-    let mut summary = SeedSummary { users: opts.users, ..SeedSummary::default() };
+    let mut summary = SeedSummary {
+        users: opts.users,
+        ..SeedSummary::default()
+    };
     let mut users = Vec::with_capacity(opts.users);
     for u in 0..opts.users {
         let data = make_user(cal, opts, u as u64, &mut summary);
@@ -129,10 +148,16 @@ fn make_user(cal: &Calendar, opts: &SeedOptions, u: u64, summary: &mut SeedSumma
             };
             // Some pockets open mid-range, one in twenty was later deleted.
             if i > 0 && rng.chance(20) {
-                doc.insert("created_at", BsonDateTime::from_millis(range_start + rng.below(span / 2) as i64));
+                doc.insert(
+                    "created_at",
+                    BsonDateTime::from_millis(range_start + rng.below(span / 2) as i64),
+                );
             }
             if i > 0 && rng.chance(5) {
-                doc.insert("deleted_at", BsonDateTime::from_millis(range_end - rng.below(span / 4) as i64));
+                doc.insert(
+                    "deleted_at",
+                    BsonDateTime::from_millis(range_end - rng.below(span / 4) as i64),
+                );
             }
             let mut balance = Money::ZERO;
             // A few pockets hold an opening amount that no transaction explains.
@@ -150,7 +175,10 @@ fn make_user(cal: &Calendar, opts: &SeedOptions, u: u64, summary: &mut SeedSumma
             balance: Money::ZERO,
         });
     }
-    let ids: Vec<ObjectId> = pockets.iter().map(|p| p.doc.get_object_id("_id").expect("id")).collect();
+    let ids: Vec<ObjectId> = pockets
+        .iter()
+        .map(|p| p.doc.get_object_id("_id").expect("id"))
+        .collect();
     let valid = n_pockets;
     let mut steps = Vec::with_capacity(opts.transactions_per_user);
     for t in 0..opts.transactions_per_user as u64 {
@@ -169,7 +197,11 @@ fn make_user(cal: &Calendar, opts: &SeedOptions, u: u64, summary: &mut SeedSumma
         if rng.chance(2) {
             // Edges of a day: the last millisecond and local midnight.
             let day = cal.day_of_millis(date);
-            date = if rng.chance(50) { cal.day_end(day).timestamp_millis() - 1 } else { cal.day_start(day).timestamp_millis() };
+            date = if rng.chance(50) {
+                cal.day_end(day).timestamp_millis() - 1
+            } else {
+                cal.day_start(day).timestamp_millis()
+            };
         }
         let from = ids[rng.below(valid as u64) as usize];
         let mut to = ids[rng.below(valid as u64) as usize];
@@ -191,7 +223,11 @@ fn make_user(cal: &Calendar, opts: &SeedOptions, u: u64, summary: &mut SeedSumma
             doc.insert("category_id", oid(0xDEAD, cat)); // a category that does not exist
         }
         let legacy = rng.chance(5);
-        let (from_key, to_key) = if legacy { ("pocket_from", "pocket_to") } else { ("pocket_from_id", "pocket_to_id") };
+        let (from_key, to_key) = if legacy {
+            ("pocket_from", "pocket_to")
+        } else {
+            ("pocket_from_id", "pocket_to_id")
+        };
         let mut effects: Vec<(ObjectId, Money)> = Vec::new();
         match kind {
             "income" => {
@@ -232,7 +268,10 @@ fn make_user(cal: &Calendar, opts: &SeedOptions, u: u64, summary: &mut SeedSumma
         summary.transactions += 1;
         let mut updates = Vec::new();
         for (pocket, delta) in effects {
-            let p = pockets.iter_mut().find(|p| p.doc.get_object_id("_id").ok() == Some(pocket)).expect("own pocket");
+            let p = pockets
+                .iter_mut()
+                .find(|p| p.doc.get_object_id("_id").ok() == Some(pocket))
+                .expect("own pocket");
             p.balance += delta;
             updates.push((pocket, p.balance));
         }
@@ -245,7 +284,9 @@ fn encode_amount(rng: &mut Rng, amount: Money) -> Bson {
     match rng.below(100) {
         0..=59 => amount.to_bson(),
         60..=84 => Bson::Double(amount.to_string().parse().expect("decimal")),
-        85..=89 if amount.decimal().fract().is_zero() => Bson::Int32(amount.to_string().parse().expect("int")),
+        85..=89 if amount.decimal().fract().is_zero() => {
+            Bson::Int32(amount.to_string().parse().expect("int"))
+        }
         90..=94 => Bson::String(format!(" {amount} ")),
         _ => amount.to_bson(),
     }
@@ -264,16 +305,29 @@ async fn write_bulk(db: &Database, users: Vec<UserData>) -> Result<()> {
     let mut txs = Vec::new();
     for u in users {
         // The last update of each pocket is its final balance.
-        let finals: HashMap<ObjectId, Money> = u.steps.iter().flat_map(|(_, ups)| ups.iter().copied()).collect();
+        let finals: HashMap<ObjectId, Money> = u
+            .steps
+            .iter()
+            .flat_map(|(_, ups)| ups.iter().copied())
+            .collect();
         for p in &u.pockets {
             let id = p.doc.get_object_id("_id").expect("id");
-            pockets.push(balance_doc(&p.doc, finals.get(&id).copied().unwrap_or(p.balance)));
+            pockets.push(balance_doc(
+                &p.doc,
+                finals.get(&id).copied().unwrap_or(p.balance),
+            ));
         }
         txs.extend(u.steps.into_iter().map(|(d, _)| d));
     }
-    db.collection::<Document>(POCKETS).insert_many(pockets).await.context("writing pockets")?;
+    db.collection::<Document>(POCKETS)
+        .insert_many(pockets)
+        .await
+        .context("writing pockets")?;
     for chunk in txs.chunks(5000) {
-        db.collection::<Document>(TRANSACTIONS).insert_many(chunk.to_vec()).await.context("writing transactions")?;
+        db.collection::<Document>(TRANSACTIONS)
+            .insert_many(chunk.to_vec())
+            .await
+            .context("writing transactions")?;
     }
     Ok(())
 }
@@ -291,13 +345,19 @@ async fn write_like_the_api(db: &Database, users: Vec<UserData>) -> Result<()> {
             let txs = db.collection::<Document>(TRANSACTIONS);
             for u in bucket {
                 for p in &u.pockets {
-                    pockets.insert_one(&p.doc).await.context("writing a pocket")?;
+                    pockets
+                        .insert_one(&p.doc)
+                        .await
+                        .context("writing a pocket")?;
                 }
                 for (tx, updates) in u.steps {
                     txs.insert_one(tx).await.context("writing a transaction")?;
                     for (pocket, balance) in updates {
                         pockets
-                            .update_one(doc! { "_id": pocket }, doc! { "$set": { "balance": balance.to_bson() } })
+                            .update_one(
+                                doc! { "_id": pocket },
+                                doc! { "$set": { "balance": balance.to_bson() } },
+                            )
                             .await
                             .context("updating a pocket balance")?;
                     }

@@ -9,6 +9,7 @@
 
 use std::cmp::Ordering;
 use std::fmt;
+use std::sync::Arc;
 
 use bson::oid::ObjectId;
 use bson::{Bson, Document};
@@ -137,29 +138,32 @@ impl TxType {
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceId {
     Oid(ObjectId),
-    Other(Bson),
+    /// Boxed: rare, and it keeps the common id small.
+    Other(Box<Bson>),
 }
 
 impl SourceId {
     pub fn from_bson(b: &Bson) -> SourceId {
         match b {
             Bson::ObjectId(o) => SourceId::Oid(*o),
-            other => SourceId::Other(other.clone()),
+            other => SourceId::Other(Box::new(other.clone())),
         }
     }
 
     pub fn to_bson(&self) -> Bson {
         match self {
             SourceId::Oid(o) => Bson::ObjectId(*o),
-            SourceId::Other(b) => b.clone(),
+            SourceId::Other(b) => (**b).clone(),
         }
     }
 
     fn sort_text(&self) -> String {
         match self {
             SourceId::Oid(o) => o.to_hex(),
-            SourceId::Other(Bson::String(s)) => s.clone(),
-            SourceId::Other(b) => b.to_string(),
+            SourceId::Other(b) => match &**b {
+                Bson::String(s) => s.clone(),
+                other => other.to_string(),
+            },
         }
     }
 }
@@ -193,7 +197,8 @@ pub struct Transaction {
     /// Only set when the type puts money into a pocket.
     pub pocket_to: Option<ObjectId>,
     pub category_id: Option<ObjectId>,
-    pub note: Option<String>,
+    /// Shared with the ledger's transaction lists, so folding never copies it.
+    pub note: Option<Arc<str>>,
     /// Business date, milliseconds since the epoch.
     pub date: i64,
     pub deleted: bool,
@@ -240,7 +245,10 @@ impl Pocket {
 
 /// Decodes a `transactions` document.
 pub fn decode_transaction(doc: &Document) -> Result<Transaction, RejectReason> {
-    let id = doc.get("_id").map(SourceId::from_bson).ok_or(RejectReason::InvalidId)?;
+    let id = doc
+        .get("_id")
+        .map(SourceId::from_bson)
+        .ok_or(RejectReason::InvalidId)?;
     let user_id = match doc.get("user_id") {
         None | Some(Bson::Null) => return Err(RejectReason::MissingUserId),
         Some(Bson::ObjectId(o)) => *o,
@@ -267,8 +275,14 @@ pub fn decode_transaction(doc: &Document) -> Result<Transaction, RejectReason> {
         Some(Bson::DateTime(d)) => d.timestamp_millis(),
         Some(_) => return Err(RejectReason::InvalidDate),
     };
-    let pocket_from = kind.uses_from().then(|| pocket_field(doc, "pocket_from_id", "pocket_from")).flatten();
-    let pocket_to = kind.uses_to().then(|| pocket_field(doc, "pocket_to_id", "pocket_to")).flatten();
+    let pocket_from = kind
+        .uses_from()
+        .then(|| pocket_field(doc, "pocket_from_id", "pocket_from"))
+        .flatten();
+    let pocket_to = kind
+        .uses_to()
+        .then(|| pocket_field(doc, "pocket_to_id", "pocket_to"))
+        .flatten();
     Ok(Transaction {
         id,
         user_id,
@@ -278,7 +292,7 @@ pub fn decode_transaction(doc: &Document) -> Result<Transaction, RejectReason> {
         pocket_to,
         category_id: object_id(doc.get("category_id")),
         note: match doc.get("note") {
-            Some(Bson::String(s)) => Some(s.clone()),
+            Some(Bson::String(s)) => Some(Arc::from(s.as_str())),
             _ => None,
         },
         date,
@@ -313,7 +327,10 @@ pub fn decode_pocket(doc: &Document) -> Result<Pocket, RejectReason> {
 /// Decodes a `user_categories` document into (id, name).
 pub fn decode_category(doc: &Document) -> Option<(ObjectId, String)> {
     let id = object_id(doc.get("_id"))?;
-    Some((id, string(doc.get("name")).unwrap_or_else(|| "Unknown".to_owned())))
+    Some((
+        id,
+        string(doc.get("name")).unwrap_or_else(|| "Unknown".to_owned()),
+    ))
 }
 
 /// The `_id` form wins whenever its key is present (a present null means no
@@ -480,12 +497,17 @@ mod tests {
         assert_eq!(p.balance, Ok("-20.5".parse().unwrap()));
         assert!(!p.counts_before(1000), "created at the day's end: not yet");
         assert!(p.counts_before(1001));
-        assert!(p.counts_before(5000), "deleted exactly at the day's end still counts");
+        assert!(
+            p.counts_before(5000),
+            "deleted exactly at the day's end still counts"
+        );
         assert!(!p.counts_before(5001));
-        let bad = decode_pocket(&doc! { "_id": ObjectId::new(), "user_id": user, "balance": "x" }).unwrap();
+        let bad = decode_pocket(&doc! { "_id": ObjectId::new(), "user_id": user, "balance": "x" })
+            .unwrap();
         assert_eq!(bad.reject_reason(), Some(RejectReason::InvalidBalance));
         assert!(!bad.counts_before(i64::MAX));
-        let zero = decode_pocket(&doc! { "_id": ObjectId::new(), "user_id": user, "balance": 0 }).unwrap();
+        let zero =
+            decode_pocket(&doc! { "_id": ObjectId::new(), "user_id": user, "balance": 0 }).unwrap();
         assert_eq!(zero.reject_reason(), None);
     }
 }

@@ -45,9 +45,11 @@ pub async fn connect(uri: &str, database: &str) -> Result<Database> {
         .await
         .map_err(|e| anyhow::anyhow!("invalid MongoDB URI {redacted}: {}", e.kind))?;
     opts.app_name.get_or_insert_with(|| "tally".to_owned());
-    opts.server_selection_timeout.get_or_insert(Duration::from_secs(5));
+    opts.server_selection_timeout
+        .get_or_insert(Duration::from_secs(5));
     opts.connect_timeout.get_or_insert(Duration::from_secs(5));
-    let client = Client::with_options(opts).with_context(|| format!("cannot create a client for {redacted}"))?;
+    let client = Client::with_options(opts)
+        .with_context(|| format!("cannot create a client for {redacted}"))?;
     let db = client.database(database);
     db.run_command(doc! { "ping": 1 })
         .await
@@ -57,7 +59,9 @@ pub async fn connect(uri: &str, database: &str) -> Result<Database> {
 
 fn short_error(e: &mongodb::error::Error) -> String {
     match &*e.kind {
-        mongodb::error::ErrorKind::ServerSelection { .. } => "no server answered within 5 s".to_owned(),
+        mongodb::error::ErrorKind::ServerSelection { .. } => {
+            "no server answered within 5 s".to_owned()
+        }
         other => other.to_string(),
     }
 }
@@ -76,20 +80,36 @@ pub async fn init(db: &Database, source_index: bool, pre_images: bool) -> Result
             .create_index(model)
             .await
             .with_context(|| format!("creating the unique index of {}", kind.collection()))?;
-        done.push(format!("unique index (user_id, {}) on {}", kind.date_field(), kind.collection()));
+        done.push(format!(
+            "unique index (user_id, {}) on {}",
+            kind.date_field(),
+            kind.collection()
+        ));
     }
     let model = IndexModel::builder()
         .keys(doc! { "collection": 1, "source_id": 1 })
         .options(IndexOptions::builder().unique(true).build())
         .build();
-    db.collection::<Document>(REJECTS).create_index(model).await.context("creating the index of tally_rejects")?;
+    db.collection::<Document>(REJECTS)
+        .create_index(model)
+        .await
+        .context("creating the index of tally_rejects")?;
     done.push(format!("unique index (collection, source_id) on {REJECTS}"));
     if source_index {
-        let model = IndexModel::builder().keys(doc! { "user_id": 1, "date": 1 }).build();
-        db.collection::<Document>(TRANSACTIONS).create_index(model).await.context("creating the transactions index")?;
+        let model = IndexModel::builder()
+            .keys(doc! { "user_id": 1, "date": 1 })
+            .build();
+        db.collection::<Document>(TRANSACTIONS)
+            .create_index(model)
+            .await
+            .context("creating the transactions index")?;
         done.push("index (user_id, date) on transactions".to_owned());
     } else {
-        let names = db.collection::<Document>(TRANSACTIONS).list_index_names().await.unwrap_or_default();
+        let names = db
+            .collection::<Document>(TRANSACTIONS)
+            .list_index_names()
+            .await
+            .unwrap_or_default();
         if !names.iter().any(|n| n == "user_id_1_date_1") {
             done.push(
                 "suggestion: index (user_id, date) on transactions is missing; \
@@ -99,7 +119,10 @@ pub async fn init(db: &Database, source_index: bool, pre_images: bool) -> Result
         }
     }
     if pre_images {
-        let names = db.list_collection_names().await.context("listing collections")?;
+        let names = db
+            .list_collection_names()
+            .await
+            .context("listing collections")?;
         let cmd = if names.iter().any(|n| n == TRANSACTIONS) {
             doc! { "collMod": TRANSACTIONS, "changeStreamPreAndPostImages": { "enabled": true } }
         } else {
@@ -121,8 +144,16 @@ pub async fn init(db: &Database, source_index: bool, pre_images: bool) -> Result
 pub enum Write {
     /// Insert or replace content; `if_revision` guards an update against a
     /// concurrent writer (the stored revision it was computed from).
-    Upsert { kind: Kind, filter: Document, set: Document, if_revision: Option<i64> },
-    Delete { kind: Kind, filter: Document },
+    Upsert {
+        kind: Kind,
+        filter: Document,
+        set: Document,
+        if_revision: Option<i64>,
+    },
+    Delete {
+        kind: Kind,
+        filter: Document,
+    },
 }
 
 impl Write {
@@ -168,7 +199,12 @@ pub fn plan_write(
             set.insert("restatements", restatements + i64::from(was_final));
             set.insert("generated_at", now);
             set.insert("updated_at", now);
-            set.insert("created_at", stored.and_then(|s| s.get("created_at").cloned()).unwrap_or(Bson::DateTime(now)));
+            set.insert(
+                "created_at",
+                stored
+                    .and_then(|s| s.get("created_at").cloned())
+                    .unwrap_or(Bson::DateTime(now)),
+            );
             if kind == Kind::Report {
                 let finalized_at = match stored.and_then(|s| s.get("finalized_at")) {
                     Some(at @ Bson::DateTime(_)) if now_final && was_final => at.clone(),
@@ -177,7 +213,12 @@ pub fn plan_write(
                 };
                 set.insert("finalized_at", finalized_at);
             }
-            Some(Write::Upsert { kind, filter, set, if_revision: stored.and(revision) })
+            Some(Write::Upsert {
+                kind,
+                filter,
+                set,
+                if_revision: stored.and(revision),
+            })
         }
     }
 }
@@ -229,33 +270,62 @@ pub async fn execute(db: &Database, writes: Vec<Write>) -> Result<WriteStats> {
         let (mut upserts, mut guarded, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
         for w in writes.iter().filter(|w| w.kind() == kind) {
             match w {
-                Write::Upsert { filter, set, if_revision: None, .. } => {
-                    upserts.push(doc! { "q": filter.clone(), "u": { "$set": set.clone() }, "upsert": true });
+                Write::Upsert {
+                    filter,
+                    set,
+                    if_revision: None,
+                    ..
+                } => {
+                    upserts.push(
+                        doc! { "q": filter.clone(), "u": { "$set": set.clone() }, "upsert": true },
+                    );
                 }
-                Write::Upsert { filter, set, if_revision: Some(r), .. } => {
+                Write::Upsert {
+                    filter,
+                    set,
+                    if_revision: Some(r),
+                    ..
+                } => {
                     let mut q = filter.clone();
                     q.insert("revision", *r);
                     guarded.push(doc! { "q": q, "u": { "$set": set.clone() } });
                 }
-                Write::Delete { filter, .. } => deletes.push(doc! { "q": filter.clone(), "limit": 1 }),
+                Write::Delete { filter, .. } => {
+                    deletes.push(doc! { "q": filter.clone(), "limit": 1 })
+                }
             }
         }
         let coll = kind.collection();
         for chunk in chunks(upserts) {
-            let reply = run_bulk(db, &mut stats, doc! { "update": coll, "updates": chunk, "ordered": false }).await?;
+            let reply = run_bulk(
+                db,
+                &mut stats,
+                doc! { "update": coll, "updates": chunk, "ordered": false },
+            )
+            .await?;
             let upserted = reply.get_array("upserted").map_or(0, |a| a.len()) as u64;
             stats.inserted += upserted;
             stats.updated += count(&reply).saturating_sub(upserted);
         }
         for chunk in chunks(guarded) {
             let n = chunk.len() as u64;
-            let reply = run_bulk(db, &mut stats, doc! { "update": coll, "updates": chunk, "ordered": false }).await?;
+            let reply = run_bulk(
+                db,
+                &mut stats,
+                doc! { "update": coll, "updates": chunk, "ordered": false },
+            )
+            .await?;
             let matched = count(&reply);
             stats.updated += matched;
             stats.conflicts += n.saturating_sub(matched);
         }
         for chunk in chunks(deletes) {
-            let reply = run_bulk(db, &mut stats, doc! { "delete": coll, "deletes": chunk, "ordered": false }).await?;
+            let reply = run_bulk(
+                db,
+                &mut stats,
+                doc! { "delete": coll, "deletes": chunk, "ordered": false },
+            )
+            .await?;
             stats.deleted += count(&reply);
         }
     }
@@ -287,7 +357,10 @@ fn chunks(ops: Vec<Document>) -> Vec<Vec<Document>> {
 
 async fn run_bulk(db: &Database, stats: &mut WriteStats, cmd: Document) -> Result<Document> {
     let started = Instant::now();
-    let reply = db.run_command(cmd).await.context("bulk write to the output collections")?;
+    let reply = db
+        .run_command(cmd)
+        .await
+        .context("bulk write to the output collections")?;
     stats.server_time += started.elapsed();
     if let Ok(errors) = reply.get_array("writeErrors") {
         stats.errors += errors.len() as u64;
@@ -347,9 +420,18 @@ mod tests {
 
     #[test]
     fn credentials_never_survive_redaction() {
-        assert_eq!(redact_uri("mongodb://alice:s3cret@db:27017/coin"), "mongodb://***@db:27017/coin");
-        assert_eq!(redact_uri("mongodb+srv://a:b@x.example/?w=1"), "mongodb+srv://***@x.example/?w=1");
-        assert_eq!(redact_uri("mongodb://127.0.0.1:27017"), "mongodb://127.0.0.1:27017");
+        assert_eq!(
+            redact_uri("mongodb://alice:s3cret@db:27017/coin"),
+            "mongodb://***@db:27017/coin"
+        );
+        assert_eq!(
+            redact_uri("mongodb+srv://a:b@x.example/?w=1"),
+            "mongodb+srv://***@x.example/?w=1"
+        );
+        assert_eq!(
+            redact_uri("mongodb://127.0.0.1:27017"),
+            "mongodb://127.0.0.1:27017"
+        );
     }
 
     fn now(s: &str) -> DateTime<Utc> {
@@ -363,8 +445,18 @@ mod tests {
         let filter = key_filter(Kind::Report, user, day);
         let content = doc! { "user_id": user, "report_date": date_label(day), "total_income": 5, "is_final": true };
         let t1 = now("2026-02-01T00:00:00Z");
-        let Some(Write::Upsert { set: first, if_revision: None, .. }) =
-            plan_write(Kind::Report, filter.clone(), Some(content.clone()), None, t1, "UTC")
+        let Some(Write::Upsert {
+            set: first,
+            if_revision: None,
+            ..
+        }) = plan_write(
+            Kind::Report,
+            filter.clone(),
+            Some(content.clone()),
+            None,
+            t1,
+            "UTC",
+        )
         else {
             panic!("a new document is an unguarded upsert");
         };
@@ -372,13 +464,33 @@ mod tests {
         assert_eq!(first.get_i64("restatements").unwrap(), 0);
         assert!(first.get_datetime("finalized_at").is_ok());
         // Same content again: nothing to write.
-        assert_eq!(plan_write(Kind::Report, filter.clone(), Some(content.clone()), Some(&first), t1, "UTC"), None);
+        assert_eq!(
+            plan_write(
+                Kind::Report,
+                filter.clone(),
+                Some(content.clone()),
+                Some(&first),
+                t1,
+                "UTC"
+            ),
+            None
+        );
         // Changed content of a final document: revision + 1, restatement + 1, created_at kept.
         let mut changed = content.clone();
         changed.insert("total_income", 6);
         let t2 = now("2026-02-02T00:00:00Z");
-        let Some(Write::Upsert { set: second, if_revision: Some(1), .. }) =
-            plan_write(Kind::Report, filter.clone(), Some(changed), Some(&first), t2, "UTC")
+        let Some(Write::Upsert {
+            set: second,
+            if_revision: Some(1),
+            ..
+        }) = plan_write(
+            Kind::Report,
+            filter.clone(),
+            Some(changed),
+            Some(&first),
+            t2,
+            "UTC",
+        )
         else {
             panic!("a changed document is a guarded update");
         };
@@ -387,6 +499,9 @@ mod tests {
         assert_eq!(second.get("created_at"), first.get("created_at"));
         assert_eq!(second.get("finalized_at"), first.get("finalized_at"));
         // Gone from the source: deleted.
-        assert!(matches!(plan_write(Kind::Report, filter, None, Some(&second), t2, "UTC"), Some(Write::Delete { .. })));
+        assert!(matches!(
+            plan_write(Kind::Report, filter, None, Some(&second), t2, "UTC"),
+            Some(Write::Delete { .. })
+        ));
     }
 }

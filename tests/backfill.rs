@@ -1,0 +1,438 @@
+//! End-to-end tests of `tally init`, `seed`, `backfill` and `reconcile`,
+//! run as the real binary against a real MongoDB-wire server.
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::Output;
+
+use bson::oid::ObjectId;
+use bson::{doc, Bson, Document};
+use futures::TryStreamExt;
+use mongodb::{Client, Database};
+use serde_json::Value;
+
+const NOW: &str = "2026-03-15T12:00:00Z";
+const FROM: &str = "2026-01-20";
+const TO: &str = "2026-03-20";
+
+fn tally(db: &str, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(args)
+        .env("TALLY_MONGODB_URI", support::uri())
+        .env("TALLY_DATABASE", db)
+        .env("TALLY_TIMEZONE", "America/New_York")
+        .env("TALLY_NOW", NOW)
+        .env("TALLY_LOG", "warn")
+        .arg("--quiet")
+        .output()
+        .expect("tally runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn ok(o: Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout(&o)
+}
+
+async fn database(name: &str) -> Database {
+    Client::with_uri_str(support::uri())
+        .await
+        .expect("client")
+        .database(name)
+}
+
+async fn all(db: &Database, coll: &str) -> Vec<Document> {
+    db.collection::<Document>(coll)
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+const OUTPUTS: [&str; 3] = [
+    "daily_financial_reports",
+    "daily_financial_snapshots",
+    "monthly_financial_summaries",
+];
+
+/// (collection, user, date) → (revision, created_at) of every output document.
+async fn bookkeeping(db: &Database) -> HashMap<(String, ObjectId, i64), (i64, i64)> {
+    let mut out = HashMap::new();
+    for (coll, field) in OUTPUTS
+        .iter()
+        .zip(["report_date", "snapshot_date", "month"])
+    {
+        for d in all(db, coll).await {
+            let key = (
+                coll.to_string(),
+                d.get_object_id("user_id").unwrap(),
+                millis(&d, field),
+            );
+            out.insert(
+                key,
+                (d.get_i64("revision").unwrap(), millis(&d, "created_at")),
+            );
+        }
+    }
+    out
+}
+
+fn millis(d: &Document, field: &str) -> i64 {
+    d.get_datetime(field).unwrap().timestamp_millis()
+}
+
+fn reconcile_json(db: &str, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["reconcile", "--from", FROM, "--to", TO, "--json"];
+    args.extend_from_slice(extra);
+    let o = tally(db, &args);
+    let json = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "reconcile --json printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o.status.code().unwrap(), json)
+}
+
+fn differences(report: &Value) -> Vec<(String, String, String, Vec<String>)> {
+    report["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let fields = d["fields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["field"].as_str().unwrap().to_owned())
+                .collect();
+            (
+                d["collection"].as_str().unwrap().to_owned(),
+                d["period"].as_str().unwrap().to_owned(),
+                d["difference"].as_str().unwrap().to_owned(),
+                fields,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backfill_is_idempotent_and_reconcile_finds_and_repairs_tampering() {
+    let name = support::unique_db("bf");
+    ok(tally(&name, &["init", "--create-source-index"]));
+    let seeded = ok(tally(
+        &name,
+        &[
+            "seed",
+            "--users",
+            "25",
+            "--transactions-per-user",
+            "24",
+            "--from",
+            "2026-01-15",
+            "--to",
+            TO,
+        ],
+    ));
+    let invalid: u64 = seeded
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" invalid"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(invalid > 0, "the seed has dirt: {seeded}");
+
+    let first = ok(tally(&name, &["backfill", "--from", FROM, "--to", TO]));
+    assert!(first.contains(" 0 updated, 0 deleted"), "{first}");
+    let db = database(&name).await;
+    let reports = all(&db, "daily_financial_reports").await;
+    assert!(reports.len() > 100, "reports written: {}", reports.len());
+    // Closed days are final, today (2026-03-15 in New York) and later are not.
+    for r in &reports {
+        let day = r.get_datetime("report_date").unwrap().timestamp_millis();
+        let closed = day < 1_773_532_800_000; // 2026-03-15T00:00:00Z label
+        assert_eq!(r.get_bool("is_final").unwrap(), closed, "{r}");
+        assert_eq!(r.get_str("time_zone").unwrap(), "America/New_York");
+    }
+    assert!(!all(&db, "daily_financial_snapshots").await.is_empty());
+    let snapshot_days: Vec<i64> = all(&db, "daily_financial_snapshots")
+        .await
+        .iter()
+        .map(|s| s.get_datetime("snapshot_date").unwrap().timestamp_millis())
+        .collect();
+    assert!(
+        snapshot_days.iter().all(|d| *d < 1_773_532_800_000),
+        "no snapshot of today or later"
+    );
+    // Every invalid source document is recorded once.
+    let rejects = all(&db, "tally_rejects").await;
+    let tx_rejects = rejects
+        .iter()
+        .filter(|r| r.get_str("collection") == Ok("transactions"))
+        .count() as u64;
+    assert_eq!(tx_rejects, invalid, "{rejects:?}");
+
+    // A second run over unchanged data changes nothing.
+    let before = bookkeeping(&db).await;
+    let second = ok(tally(&name, &["backfill", "--from", FROM, "--to", TO]));
+    assert!(
+        second.contains("0 inserted, 0 updated, 0 deleted"),
+        "{second}"
+    );
+    assert_eq!(bookkeeping(&db).await, before);
+
+    let (code, clean) = reconcile_json(&name, &[]);
+    assert_eq!(code, 0, "{clean:#}");
+    assert_eq!(clean["clean"], Value::Bool(true));
+
+    // Tamper: change a live transaction's amount on a closed day, delete a
+    // report, edit a snapshot.
+    let txs = db.collection::<Document>("transactions");
+    let victim = txs
+        .find_one(doc! {
+            "type": "expense", "deleted_at": Bson::Null, "user_id": { "$type": "objectId" },
+            "amount": { "$type": "decimal" },
+            "date": { "$gte": bson::DateTime::from_millis(1_770_000_000_000), "$lt": bson::DateTime::from_millis(1_772_000_000_000) },
+        })
+        .await
+        .unwrap()
+        .expect("a decimal expense in February");
+    txs.update_one(
+        doc! { "_id": victim.get("_id").unwrap() },
+        doc! { "$set": { "amount": "123456.78" } },
+    )
+    .await
+    .unwrap();
+    let victim_user = victim.get_object_id("user_id").unwrap();
+
+    let reports_coll = db.collection::<Document>("daily_financial_reports");
+    let gone = reports_coll
+        .find_one(doc! { "user_id": { "$ne": victim_user }, "is_final": true })
+        .await
+        .unwrap()
+        .unwrap();
+    reports_coll
+        .delete_one(doc! { "_id": gone.get("_id").unwrap() })
+        .await
+        .unwrap();
+
+    let snaps = db.collection::<Document>("daily_financial_snapshots");
+    let edited = snaps
+        .find_one(doc! { "user_id": { "$ne": victim_user } })
+        .await
+        .unwrap()
+        .unwrap();
+    snaps
+        .update_one(
+            doc! { "_id": edited.get("_id").unwrap() },
+            doc! { "$set": { "total_balance": bson::Decimal128::from_bytes([0; 16]) } },
+        )
+        .await
+        .unwrap();
+
+    let (code, dirty) = reconcile_json(&name, &[]);
+    assert_eq!(code, 1, "{dirty:#}");
+    let diffs = differences(&dirty);
+    let label = |d: &Document, f: &str| {
+        let ms = d.get_datetime(f).unwrap().timestamp_millis();
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .date_naive()
+            .to_string()
+    };
+    assert!(
+        diffs
+            .iter()
+            .any(|(c, p, k, _)| c == "daily_financial_reports"
+                && *p == label(&gone, "report_date")
+                && k == "missing"),
+        "deleted report listed as missing: {diffs:?}"
+    );
+    assert!(
+        diffs
+            .iter()
+            .any(|(c, p, k, f)| c == "daily_financial_snapshots"
+                && *p == label(&edited, "snapshot_date")
+                && k == "differs"
+                && f.contains(&"total_balance".to_owned())),
+        "edited snapshot listed: {diffs:?}"
+    );
+    assert!(
+        diffs
+            .iter()
+            .any(|(c, _, k, f)| c == "daily_financial_reports"
+                && k == "differs"
+                && f.contains(&"total_expense".to_owned())),
+        "changed transaction shows in its report: {diffs:?}"
+    );
+    assert!(
+        diffs
+            .iter()
+            .any(|(c, _, _, f)| c == "monthly_financial_summaries"
+                && f.contains(&"expense".to_owned())),
+        "and in its month: {diffs:?}"
+    );
+
+    let (code, repaired) = reconcile_json(&name, &["--repair"]);
+    assert_eq!(code, 1, "differences were found before the repair");
+    assert_eq!(repaired["repaired"]["conflicts"], 0);
+    assert_eq!(repaired["repaired"]["errors"], 0);
+    let (code, after) = reconcile_json(&name, &[]);
+    assert_eq!(code, 0, "clean after repair: {after:#}");
+
+    // A restated final report: revision + 1 and restatements + 1.
+    let day = chrono::DateTime::from_timestamp_millis(
+        victim.get_datetime("date").unwrap().timestamp_millis(),
+    )
+    .unwrap();
+    let restated = reports_coll
+        .find_one(doc! { "user_id": victim_user, "total_expense": { "$gte": "100000".parse::<bson::Decimal128>().unwrap() } })
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("report of {day} holds the new amount"));
+    assert_eq!(restated.get_i64("revision").unwrap(), 2);
+    assert_eq!(restated.get_i64("restatements").unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_without_live_transactions_is_deleted_and_corrected_documents_leave_rejects() {
+    let name = support::unique_db("bf2");
+    let db = database(&name).await;
+    let user = ObjectId::new();
+    let pocket = ObjectId::new();
+    db.collection::<Document>("pockets")
+        .insert_one(
+            doc! { "_id": pocket, "user_id": user, "name": "Main", "type": "main", "balance": 7 },
+        )
+        .await
+        .unwrap();
+    let at = |ms: i64| bson::DateTime::from_millis(ms);
+    let feb_10 = 1_770_724_800_000; // 2026-02-10T12:00:00Z
+    let txs = db.collection::<Document>("transactions");
+    txs.insert_many([
+        doc! { "_id": 1, "user_id": user, "type": "income", "amount": 10, "pocket_to_id": pocket, "date": at(feb_10) },
+        doc! { "_id": 2, "user_id": user, "type": "expense", "amount": "3", "pocket_from_id": pocket, "date": at(feb_10 + 86_400_000) },
+        doc! { "_id": 3, "user_id": user, "type": "expense", "amount": "three", "pocket_from_id": pocket, "date": at(feb_10) },
+    ])
+    .await
+    .unwrap();
+    ok(tally(
+        &name,
+        &["backfill", "--from", "2026-02-01", "--to", "2026-02-28"],
+    ));
+    let reports = db.collection::<Document>("daily_financial_reports");
+    assert_eq!(reports.count_documents(doc! {}).await.unwrap(), 2);
+    let rejects = db.collection::<Document>("tally_rejects");
+    let reject = rejects
+        .find_one(doc! { "source_id": 3 })
+        .await
+        .unwrap()
+        .expect("reject recorded");
+    assert_eq!(reject.get_str("reason").unwrap(), "invalid_amount");
+
+    // Soft-delete the only transaction of Feb 11; correct the invalid one.
+    txs.update_one(
+        doc! { "_id": 2 },
+        doc! { "$set": { "deleted_at": at(feb_10 + 90_000_000) } },
+    )
+    .await
+    .unwrap();
+    txs.update_one(doc! { "_id": 3 }, doc! { "$set": { "amount": "3" } })
+        .await
+        .unwrap();
+    ok(tally(
+        &name,
+        &["backfill", "--from", "2026-02-01", "--to", "2026-02-28"],
+    ));
+    let left: Vec<Document> = reports
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1, "the report of Feb 11 is gone: {left:?}");
+    assert_eq!(left[0].get_i64("transaction_count").unwrap(), 2);
+    assert_eq!(
+        rejects.count_documents(doc! {}).await.unwrap(),
+        0,
+        "corrected document's reject removed"
+    );
+    let (code, _) = {
+        let o = tally(
+            &name,
+            &["reconcile", "--from", "2026-02-01", "--to", "2026-02-28"],
+        );
+        (o.status.code(), stdout(&o))
+    };
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn bad_flags_exit_2_with_a_message_that_says_what_to_fix() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["backfill", "--from", "2026-13-01", "--to", "2026-12-31"],
+            "YYYY-MM-DD",
+        ),
+        (
+            &["backfill", "--from", "2026-02-01", "--to", "2026-01-01"],
+            "is after --to",
+        ),
+        (
+            &[
+                "--timezone",
+                "Mars/Base",
+                "backfill",
+                "--from",
+                "2026-01-01",
+                "--to",
+                "2026-01-02",
+            ],
+            "unknown time zone",
+        ),
+        (
+            &[
+                "backfill",
+                "--from",
+                "2026-01-01",
+                "--to",
+                "2026-01-02",
+                "--kinds",
+                "weekly",
+            ],
+            "unknown kind",
+        ),
+        (
+            &[
+                "--mongodb-uri",
+                "mongodb://alice:hunter2@127.0.0.1:9/?serverSelectionTimeoutMS=500",
+                "init",
+            ],
+            "cannot reach MongoDB",
+        ),
+    ];
+    for (args, expect) in cases {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(args)
+            .env_remove("TALLY_MONGODB_URI")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert!(!err.contains("hunter2"), "credentials leak: {err}");
+    }
+}
