@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use bson::Bson;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
@@ -16,8 +16,11 @@ use crate::batch::{self, ReconcileReport};
 use crate::calendar::Calendar;
 use crate::reports::Kind;
 use crate::scan::{Difference, Range};
+use crate::schedule::{self, Schedule};
 use crate::seed::{self, SeedOptions};
+use crate::state;
 use crate::store;
+use crate::tail::{self, Clock, RunOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,6 +70,48 @@ pub enum Command {
     Backfill(BackfillArgs),
     /// Recompute a date range and compare it with the stored documents.
     Reconcile(ReconcileArgs),
+    /// Follow the change streams and keep every document current.
+    Run(RunArgs),
+    /// Run one finalization step now (the old jobs' manual triggers).
+    Finalize(FinalizeArgs),
+    /// Checkpoint age, last event covered, finalizations, rejects.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Local time at which the day's reports become final (HH:MM).
+    #[arg(long, env = "TALLY_DAILY_REPORT_AT", default_value = "23:59", value_parser = schedule::parse_time)]
+    pub daily_report_at: NaiveTime,
+    /// Local time at which the snapshots of the day just ended are written.
+    #[arg(long, env = "TALLY_SNAPSHOT_AT", default_value = "00:00", value_parser = schedule::parse_time)]
+    pub snapshot_at: NaiveTime,
+    /// Local time on the 1st at which last month's summaries are written.
+    #[arg(long, env = "TALLY_MONTHLY_AT", default_value = "00:01", value_parser = schedule::parse_time)]
+    pub monthly_at: NaiveTime,
+    /// Days before today built on a first start.
+    #[arg(long, env = "TALLY_INITIAL_DAYS", default_value_t = 60)]
+    pub initial_days: u64,
+    /// Seconds a balance change no transaction explains must persist before it is applied.
+    #[arg(long, env = "TALLY_SETTLE_SECONDS", default_value_t = 30)]
+    pub settle_seconds: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct FinalizeArgs {
+    /// reports, snapshots or monthly.
+    #[arg(long, value_parser = parse_kind)]
+    pub kind: Kind,
+    /// The day (YYYY-MM-DD); for monthly, any day of the month (or YYYY-MM).
+    #[arg(long, value_parser = parse_day_or_month)]
+    pub date: NaiveDate,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -155,6 +200,13 @@ pub struct SeedArgs {
 fn parse_date(s: &str) -> Result<NaiveDate, String> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .map_err(|_| format!("{s:?} is not a date: use YYYY-MM-DD"))
+}
+
+fn parse_day_or_month(s: &str) -> Result<NaiveDate, String> {
+    parse_date(s).or_else(|_| {
+        parse_date(&format!("{s}-01"))
+            .map_err(|_| format!("{s:?} is not a date: use YYYY-MM-DD or YYYY-MM"))
+    })
 }
 
 fn parse_zone(s: &str) -> Result<Calendar, String> {
@@ -251,6 +303,102 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(a) => {
+            let db = store::connect(&g.mongodb_uri, &g.database).await?;
+            let mut opts = RunOptions::new(cal);
+            opts.schedule = Schedule {
+                report_at: a.daily_report_at,
+                snapshot_at: a.snapshot_at,
+                monthly_at: a.monthly_at,
+            };
+            opts.clock = g.now.map_or_else(Clock::real, Clock::starting_at);
+            opts.initial_days = a.initial_days;
+            opts.settle = std::time::Duration::from_secs(a.settle_seconds);
+            tail::run(db, opts, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Finalize(a) => {
+            let db = store::connect(&g.mongodb_uri, &g.database).await?;
+            let period = if a.kind == Kind::Monthly {
+                crate::calendar::first_of_month(a.date)
+            } else {
+                a.date
+            };
+            let owner = format!("manual-{}", std::process::id());
+            state::claim(
+                &db,
+                a.kind.cli_name(),
+                period,
+                &owner,
+                now,
+                chrono::Duration::zero(),
+            )
+            .await?;
+            let n = schedule::finalize(&db, cal, a.kind, period, now).await?;
+            state::finish(&db, a.kind.cli_name(), period, n, Utc::now()).await?;
+            println!(
+                "finalized {} {period}: {n} documents written",
+                a.kind.cli_name()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(a) => {
+            let db = store::connect(&g.mongodb_uri, &g.database).await?;
+            let c = state::load_checkpoint(&db).await?;
+            let rejects = db
+                .collection::<bson::Document>(store::REJECTS)
+                .count_documents(bson::doc! {})
+                .await?;
+            let mut finals = serde_json::Map::new();
+            for kind in Kind::ALL {
+                let last = state::last_finalized(&db, kind.cli_name()).await?;
+                finals.insert(
+                    kind.cli_name().to_owned(),
+                    last.map_or(Value::Null, |(p, at)| json!({ "period": p.to_string(), "finished_at": at.to_rfc3339() })),
+                );
+            }
+            let age = c
+                .updated_at
+                .map(|t| (now - t).num_milliseconds() as f64 / 1000.0);
+            let behind = c
+                .last_event_at
+                .map(|t| (now - t).num_milliseconds() as f64 / 1000.0);
+            let report = json!({
+                "started": c.resume_token.is_some() || c.start_at.is_some(),
+                "checkpoint_age_seconds": age,
+                "last_event_covered_at": c.last_event_at.map(|t| t.to_rfc3339()),
+                "seconds_since_last_event_covered": behind,
+                "pending_drift_users": c.pending.len(),
+                "managed_from": c.managed_from.map(|d| d.to_string()),
+                "last_finalization": finals,
+                "rejects": rejects,
+            });
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "checkpoint age:        {}",
+                    age.map_or("never written".to_owned(), |s| format!("{s:.1} s"))
+                );
+                println!(
+                    "last event covered:    {}",
+                    c.last_event_at.map_or("none".to_owned(), |t| format!(
+                        "{} ({:.1} s ago)",
+                        t.to_rfc3339(),
+                        behind.unwrap_or(0.0)
+                    ))
+                );
+                println!("pending drift users:   {}", c.pending.len());
+                for (k, v) in &finals {
+                    println!(
+                        "last {k:<10} final:  {}",
+                        v.get("period").and_then(Value::as_str).unwrap_or("never")
+                    );
+                }
+                println!("rejected documents:    {rejects}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Reconcile(a) => {
             let range = a.range.range()?;
             let db = store::connect(&g.mongodb_uri, &g.database).await?;
@@ -273,6 +421,23 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
     }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("Shutdown requested: flushing and checkpointing.");
 }
 
 fn difference_name(d: &Difference) -> &'static str {

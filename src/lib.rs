@@ -15,6 +15,9 @@
 //! - [`scan`] — the from-scratch generator: a user-at-a-time merge of source
 //!   and stored documents.
 //! - [`batch`] — `backfill` and `reconcile` on top of the scan.
+//! - [`state`] — the stream checkpoint and the once-only finalization records.
+//! - [`schedule`] — the 23:59 / 00:00 / 00:01 steps: when they are due, what they do.
+//! - [`tail`] — `tally run`: change streams, flushes, checkpoints, recovery.
 //! - [`seed`] — a synthetic coin-shaped dataset, dirt included.
 //! - [`progress`] — progress bar on a terminal, log lines elsewhere.
 //! - [`cli`] — command-line interface and validated configuration.
@@ -31,7 +34,10 @@ pub mod money;
 pub mod progress;
 pub mod reports;
 pub mod scan;
+pub mod schedule;
 pub mod seed;
 pub mod source;
+pub mod state;
 pub mod store;
+pub mod tail;
 pub mod vecmap;

@@ -93,6 +93,24 @@ pub enum Scope {
     AllHistory,
 }
 
+/// Narrows a scan to some users (the live path) and moves the first day
+/// whose reports are still open (after the 23:59 finalization of today).
+#[derive(Clone, Debug, Default)]
+pub struct Focus {
+    pub users: Option<Vec<ObjectId>>,
+    pub reports_open_from: Option<NaiveDate>,
+}
+
+impl Focus {
+    /// `filter` restricted to the focused users, if any.
+    fn narrow(&self, mut filter: Document) -> Document {
+        if let Some(users) = &self.users {
+            filter.insert("user_id", doc! { "$in": users.clone() });
+        }
+        filter
+    }
+}
+
 /// A cursor over one kind's stored documents and the next one read from it.
 type StoredCursor = (Kind, Cursor<Document>, Option<(ObjectId, Document)>);
 
@@ -118,6 +136,7 @@ pub struct Scanner {
     pub reject_counts: BTreeMap<RejectReason, u64>,
     pub transactions_read: u64,
     pub users_done: u64,
+    reports_open_from: NaiveDate,
 }
 
 impl Scanner {
@@ -129,15 +148,31 @@ impl Scanner {
         now: DateTime<Utc>,
         scope: Scope,
     ) -> Result<Scanner> {
+        Scanner::open_focused(db, cal, range, now, scope, Focus::default()).await
+    }
+
+    /// [`Scanner::open`] narrowed by `focus`. A focused scan leaves the
+    /// bookkeeping of corrected rejects to its caller.
+    pub async fn open_focused(
+        db: &Database,
+        cal: Calendar,
+        range: Range,
+        now: DateTime<Utc>,
+        scope: Scope,
+        focus: Focus,
+    ) -> Result<Scanner> {
         let mut reject_counts = BTreeMap::new();
         let mut rejects = Vec::new();
-        let known_rejects = load_reject_keys(db).await?;
+        let known_rejects = match focus.users {
+            None => load_reject_keys(db).await?,
+            Some(_) => HashSet::new(),
+        };
         let mut corrected = Vec::new();
 
         let mut pockets: HashMap<ObjectId, BTreeMap<ObjectId, Pocket>> = HashMap::new();
         let mut cursor = db
             .collection::<Document>(POCKETS)
-            .find(doc! {})
+            .find(focus.narrow(doc! {}))
             .await
             .context("reading pockets")?;
         while let Some(raw) = cursor.try_next().await.context("reading pockets")? {
@@ -185,7 +220,7 @@ impl Scanner {
         };
         let transactions = db
             .collection::<Document>(TRANSACTIONS)
-            .find(filter)
+            .find(focus.narrow(filter))
             .sort(doc! { "user_id": 1, "date": 1 })
             .allow_disk_use(true)
             .batch_size(10_000)
@@ -200,9 +235,9 @@ impl Scanner {
             };
             let cursor = db
                 .collection::<Document>(kind.collection())
-                .find(
+                .find(focus.narrow(
                     doc! { kind.date_field(): { "$gte": date_label(lo), "$lte": date_label(hi) } },
-                )
+                ))
                 .sort(doc! { "user_id": 1, kind.date_field(): 1 })
                 .allow_disk_use(true)
                 .batch_size(5_000)
@@ -213,6 +248,7 @@ impl Scanner {
 
         let mut scanner = Scanner {
             today: cal.day_of(now),
+            reports_open_from: focus.reports_open_from.unwrap_or(cal.day_of(now)),
             cal,
             range,
             now,
@@ -346,7 +382,10 @@ impl Scanner {
             documents: expected.len(),
             ..UserResult::default()
         };
-        for (kind, period, content) in expected {
+        for (kind, period, mut content) in expected {
+            if kind == Kind::Report && period < self.reports_open_from {
+                content.insert("is_final", true);
+            }
             let old = stored.remove(&(kind, period));
             let difference = match &old {
                 None => Difference::Missing,

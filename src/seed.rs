@@ -76,6 +76,12 @@ fn oid(tag: u32, n: u64) -> ObjectId {
     ObjectId::from_bytes(b)
 }
 
+/// Ids of users, pockets and transactions also carry the seed, so seeding
+/// twice with different seeds adds new users instead of colliding.
+fn seeded(tag: u32, seed: u64, n: u64) -> ObjectId {
+    oid(tag ^ ((seed as u32) << 16), n)
+}
+
 const CATEGORY_NAMES: [&str; 10] = [
     "Salary",
     "Groceries",
@@ -107,10 +113,13 @@ pub async fn seed(db: &Database, cal: &Calendar, opts: &SeedOptions) -> Result<S
         .enumerate()
         .map(|(i, n)| doc! { "_id": oid(0xCA7E, i as u64), "name": *n })
         .collect();
-    db.collection::<Document>(CATEGORIES)
-        .insert_many(categories)
-        .await
-        .context("writing user_categories")?;
+    for c in categories {
+        db.collection::<Document>(CATEGORIES)
+            .replace_one(doc! { "_id": c.get("_id") }, &c)
+            .upsert(true)
+            .await
+            .context("writing user_categories")?;
+    }
 
     let mut summary = SeedSummary {
         users: opts.users,
@@ -132,7 +141,7 @@ pub async fn seed(db: &Database, cal: &Calendar, opts: &SeedOptions) -> Result<S
 
 fn make_user(cal: &Calendar, opts: &SeedOptions, u: u64, summary: &mut SeedSummary) -> UserData {
     let mut rng = Rng::new(opts.seed ^ (u.wrapping_mul(0x2545_F491_4F6C_DD1D)));
-    let user = oid(0x05E4, u);
+    let user = seeded(0x05E4, opts.seed, u);
     let range_start = cal.day_start(opts.from).timestamp_millis();
     let range_end = cal.day_end(opts.to).timestamp_millis();
     let span = (range_end - range_start).max(1) as u64;
@@ -140,7 +149,7 @@ fn make_user(cal: &Calendar, opts: &SeedOptions, u: u64, summary: &mut SeedSumma
     let n_pockets = 1 + rng.below(3) as usize;
     let mut pockets: Vec<SeedPocket> = (0..n_pockets)
         .map(|i| {
-            let id = oid(0x90C7, u * 8 + i as u64);
+            let id = seeded(0x90C7, opts.seed, u * 8 + i as u64);
             let mut doc = doc! {
                 "_id": id, "user_id": user, "name": format!("{} {}", kinds[i], u), "type": kinds[i],
                 "balance": Decimal128::from_str("0").expect("zero"), "is_active": true,
@@ -171,7 +180,7 @@ fn make_user(cal: &Calendar, opts: &SeedOptions, u: u64, summary: &mut SeedSumma
     if u % 97 == 13 {
         // An invalid pocket: its balance is not a number.
         pockets.push(SeedPocket {
-            doc: doc! { "_id": oid(0x90C7, u * 8 + 7), "user_id": user, "name": "broken", "type": "system", "balance": "n/a" },
+            doc: doc! { "_id": seeded(0x90C7, opts.seed, u * 8 + 7), "user_id": user, "name": "broken", "type": "system", "balance": "n/a" },
             balance: Money::ZERO,
         });
     }
@@ -182,7 +191,7 @@ fn make_user(cal: &Calendar, opts: &SeedOptions, u: u64, summary: &mut SeedSumma
     let valid = n_pockets;
     let mut steps = Vec::with_capacity(opts.transactions_per_user);
     for t in 0..opts.transactions_per_user as u64 {
-        let id = oid(0x7A7A, u * 1_000_000 + t);
+        let id = seeded(0x7A7A, opts.seed, u * 1_000_000 + t);
         let roll = rng.below(100);
         let (kind, legacy_kind) = match roll {
             0..=29 => ("income", "INCOME"),

@@ -1,0 +1,843 @@
+//! `tally run`: follow the change streams of `transactions` and `pockets`
+//! and keep every output document current.
+//!
+//! How it stays right:
+//! - **Recompute, don't guess.** An event only marks a user dirty from the
+//!   first day it can affect. A flush recomputes the dirty users' documents
+//!   from the source with the very scan backfill uses, and writes what
+//!   differs. Replaying an event is therefore harmless.
+//! - **Checkpoint after the effect.** The resume token is stored only once
+//!   every event before it has been flushed; a `kill -9` at any instant
+//!   replays at most the unflushed events, which recompute to the same
+//!   content. A first start takes the server's operation time, builds the
+//!   window with a backfill and streams from that time.
+//! - **The two-write pattern.** A user's days before the earliest day its
+//!   recent transaction events touched are past: a change there (a pocket
+//!   balance that no transaction explains, or the moment between the API's
+//!   transaction write and its balance write) is held until it has
+//!   persisted for the settle delay, then written and counted as drift.
+//! - **Old values.** With pre-images the old version of a changed document
+//!   is in the event; without them tally finds where a transaction counted
+//!   through the reports that list it, and falls back to a full refresh of
+//!   the window when nothing can locate it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bson::oid::ObjectId;
+use bson::{doc, Bson, Document, Timestamp};
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use futures::TryStreamExt;
+use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
+use mongodb::change_stream::ChangeStream;
+use mongodb::options::{FullDocumentBeforeChangeType, FullDocumentType};
+use mongodb::Database;
+use tracing::{error, info, warn};
+
+use crate::batch;
+use crate::calendar::{last_of_month, Calendar};
+use crate::reports::Kind;
+use crate::scan::{Difference, DocChange, Focus, Range, Scanner, Scope};
+use crate::schedule::{self, Schedule};
+use crate::source::{decode_pocket, decode_transaction, SourceId};
+use crate::state::{self, Checkpoint, Claim};
+use crate::store::{self, POCKETS, TRANSACTIONS};
+
+/// The service's notion of now: real time, optionally shifted (tests and
+/// demos start the clock at a chosen instant; it then runs at real speed).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Clock {
+    offset: chrono::Duration,
+}
+
+impl Clock {
+    pub fn real() -> Clock {
+        Clock::default()
+    }
+
+    pub fn starting_at(t: DateTime<Utc>) -> Clock {
+        Clock {
+            offset: t - Utc::now(),
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.offset
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub cal: Calendar,
+    pub schedule: Schedule,
+    pub clock: Clock,
+    /// Flush once no event came for this long…
+    pub quiet: Duration,
+    /// …or once the oldest unflushed event is this old.
+    pub max_delay: Duration,
+    /// How long a past difference must persist before it is written (drift).
+    pub settle: Duration,
+    /// Days before today built on a first start.
+    pub initial_days: u64,
+    /// Days after today covered (future-dated transactions).
+    pub horizon_days: u64,
+    /// Identifies this instance in finalization records.
+    pub owner: String,
+}
+
+impl RunOptions {
+    pub fn new(cal: Calendar) -> RunOptions {
+        RunOptions {
+            cal,
+            schedule: Schedule::default(),
+            clock: Clock::real(),
+            quiet: Duration::from_millis(200),
+            max_delay: Duration::from_secs(1),
+            settle: Duration::from_secs(30),
+            initial_days: 60,
+            horizon_days: 400,
+            owner: format!("{}-{}", hostname(), std::process::id()),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "tally".to_owned())
+}
+
+/// Counters of what the service did, for logs and `status`.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    pub events: u64,
+    pub flushes: u64,
+    pub documents_written: u64,
+    pub rejects: u64,
+    pub drift_applied: u64,
+    pub history_lost: u64,
+    pub reconnects: u64,
+    pub full_refreshes: u64,
+    pub finalizations: u64,
+}
+
+/// Runs until `shutdown` completes, then flushes, checkpoints and returns.
+pub async fn run(
+    db: Database,
+    opts: RunOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Counters> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        flag.store(true, Ordering::SeqCst);
+    });
+    let mut tailer = Tailer::start(db, opts).await?;
+    while !stop.load(Ordering::SeqCst) {
+        tailer.step().await?;
+    }
+    tailer.flush().await?;
+    tailer.save().await?;
+    info!(
+        events = tailer.counters.events,
+        documents = tailer.counters.documents_written,
+        "Stopped cleanly."
+    );
+    Ok(tailer.counters)
+}
+
+struct Tailer {
+    db: Database,
+    opts: RunOptions,
+    checkpoint: Checkpoint,
+    stream: Option<ChangeStream<ChangeStreamEvent<Document>>>,
+    /// Token after the last event handled (not yet necessarily flushed).
+    token: Option<ResumeToken>,
+    /// user → first day to recompute.
+    dirty: HashMap<ObjectId, NaiveDate>,
+    /// user → (earliest day touched by a recent transaction event, when).
+    floors: HashMap<ObjectId, (NaiveDate, Instant)>,
+    /// Transactions whose old version must be located.
+    locate: Vec<(Bson, Option<ObjectId>)>,
+    rejects: Vec<(&'static str, SourceId, crate::source::RejectReason)>,
+    corrected: Vec<(&'static str, SourceId)>,
+    full_refresh: bool,
+    first_dirty_at: Option<Instant>,
+    last_event_at: Instant,
+    last_save: Instant,
+    next_steps: Vec<(Kind, NaiveDate, DateTime<Utc>)>,
+    backoff: Duration,
+    pre_images: bool,
+    counters: Counters,
+}
+
+const HISTORY_LOST: i32 = 286;
+
+impl Tailer {
+    async fn start(db: Database, opts: RunOptions) -> Result<Tailer> {
+        store::init(&db, false, true).await?;
+        let mut checkpoint = state::load_checkpoint(&db).await?;
+        let now = opts.clock.now();
+        let today = opts.cal.day_of(now);
+        let mut tailer = Tailer {
+            db,
+            checkpoint: Checkpoint::default(),
+            stream: None,
+            token: None,
+            dirty: HashMap::new(),
+            floors: HashMap::new(),
+            locate: Vec::new(),
+            rejects: Vec::new(),
+            corrected: Vec::new(),
+            full_refresh: false,
+            first_dirty_at: None,
+            last_event_at: Instant::now(),
+            last_save: Instant::now(),
+            next_steps: Vec::new(),
+            backoff: Duration::from_millis(100),
+            pre_images: true,
+            counters: Counters::default(),
+            opts,
+        };
+        if checkpoint.resume_token.is_none() && checkpoint.start_at.is_none() {
+            let start_at = tailer.operation_time().await?;
+            let from = today - Days::new(tailer.opts.initial_days);
+            info!(from = %from, "First start: building the window from the source.");
+            checkpoint.managed_from = Some(from);
+            tailer.checkpoint = checkpoint.clone();
+            tailer.backfill_window(from).await?;
+            checkpoint.start_at = Some(start_at);
+            tailer.checkpoint = checkpoint;
+            tailer.save().await?;
+        } else {
+            tailer.checkpoint = checkpoint;
+        }
+        if tailer.checkpoint.managed_from.is_none() {
+            tailer.checkpoint.managed_from = Some(today - Days::new(tailer.opts.initial_days));
+        }
+        tailer.token = tailer.checkpoint.resume_token.clone();
+        let now = tailer.opts.clock.now();
+        for (user, since) in tailer.checkpoint.pending.clone() {
+            let _ = since;
+            tailer.mark(user, tailer.managed_from(), None);
+        }
+        tailer.plan_steps(now).await?;
+        tailer.open_stream().await?;
+        info!(
+            time_zone = tailer.opts.cal.name(),
+            managed_from = %tailer.managed_from(),
+            resumed = tailer.token.is_some(),
+            "Tailing transactions and pockets."
+        );
+        Ok(tailer)
+    }
+
+    fn managed_from(&self) -> NaiveDate {
+        self.checkpoint.managed_from.expect("set at start")
+    }
+
+    async fn operation_time(&self) -> Result<Timestamp> {
+        let reply = self
+            .db
+            .run_command(doc! { "ping": 1 })
+            .await
+            .context("asking the server for its time")?;
+        reply
+            .get_timestamp("operationTime")
+            .or_else(|_| reply.get_document("$clusterTime").and_then(|c| c.get_timestamp("clusterTime")))
+            .context("the server reports no operationTime: a replica set (or SecantusDB) is required for change streams")
+    }
+
+    async fn backfill_window(&mut self, from: NaiveDate) -> Result<()> {
+        let now = self.opts.clock.now();
+        let to = self.opts.cal.day_of(now) + Days::new(self.opts.horizon_days);
+        let range = Range {
+            from,
+            to,
+            kinds: Kind::ALL.to_vec(),
+        };
+        let s = batch::backfill(&self.db, self.opts.cal, range, now, false).await?;
+        self.counters.documents_written += s.writes.changed();
+        Ok(())
+    }
+
+    async fn open_stream(&mut self) -> Result<()> {
+        let pipeline = [doc! { "$match": { "ns.coll": { "$in": [TRANSACTIONS, POCKETS] } } }];
+        let mut watch = self
+            .db
+            .watch()
+            .pipeline(pipeline.clone())
+            .full_document(FullDocumentType::UpdateLookup)
+            .max_await_time(Duration::from_millis(200));
+        if self.pre_images {
+            watch = watch.full_document_before_change(FullDocumentBeforeChangeType::WhenAvailable);
+        }
+        watch = match (&self.token, self.checkpoint.start_at) {
+            (Some(t), _) => watch.resume_after(t.clone()),
+            (None, Some(ts)) => watch.start_at_operation_time(ts),
+            (None, None) => watch,
+        };
+        match watch.await {
+            Ok(s) => {
+                self.stream = Some(s);
+                Ok(())
+            }
+            Err(e)
+                if self.pre_images
+                    && !is_history_lost(&e)
+                    && e.to_string().contains("fullDocumentBeforeChange") =>
+            {
+                warn!(error = %e, "Server refuses pre-images in change streams; following without them.");
+                self.pre_images = false;
+                Box::pin(self.open_stream()).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Plans the next finalization of each kind and runs missed ones.
+    async fn plan_steps(&mut self, now: DateTime<Utc>) -> Result<()> {
+        self.next_steps.clear();
+        for kind in Kind::ALL {
+            let done = state::last_finalized(&self.db, kind.cli_name())
+                .await?
+                .map(|(p, _)| p);
+            let due = self
+                .opts
+                .schedule
+                .due_since(&self.opts.cal, kind, done, now);
+            for period in &due {
+                self.run_step(kind, *period).await?;
+            }
+            let last = due
+                .last()
+                .copied()
+                .or(done)
+                .unwrap_or_else(|| self.opts.schedule.latest_due(&self.opts.cal, kind, now));
+            let next = schedule::next(kind, last);
+            self.next_steps.push((
+                kind,
+                next,
+                self.opts.schedule.due_at(&self.opts.cal, kind, next),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn run_step(&mut self, kind: Kind, period: NaiveDate) -> Result<()> {
+        let now = self.opts.clock.now();
+        let claim = state::claim(
+            &self.db,
+            kind.cli_name(),
+            period,
+            &self.opts.owner,
+            now,
+            chrono::Duration::minutes(10),
+        )
+        .await?;
+        if kind == Kind::Report {
+            // Whoever runs it, the day's reports are final from now on.
+            let through = self
+                .checkpoint
+                .reports_final_through
+                .map_or(period, |p| p.max(period));
+            self.checkpoint.reports_final_through = Some(through);
+        }
+        if claim == Claim::Taken {
+            return Ok(());
+        }
+        self.flush().await?;
+        let started = Instant::now();
+        let documents = schedule::finalize(&self.db, self.opts.cal, kind, period, now).await?;
+        state::finish(
+            &self.db,
+            kind.cli_name(),
+            period,
+            documents,
+            self.opts.clock.now(),
+        )
+        .await?;
+        self.counters.finalizations += 1;
+        info!(
+            kind = kind.cli_name(),
+            period = %period,
+            documents,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Finalized."
+        );
+        Ok(())
+    }
+
+    /// One turn: due timers, a batch of events, a flush when due.
+    async fn step(&mut self) -> Result<()> {
+        let now = self.opts.clock.now();
+        for i in 0..self.next_steps.len() {
+            let (kind, period, at) = self.next_steps[i];
+            if now >= at {
+                self.run_step(kind, period).await?;
+                let next = schedule::next(kind, period);
+                self.next_steps[i] = (
+                    kind,
+                    next,
+                    self.opts.schedule.due_at(&self.opts.cal, kind, next),
+                );
+            }
+        }
+        for _ in 0..1000 {
+            let Some(stream) = self.stream.as_mut() else {
+                self.reconnect().await?;
+                break;
+            };
+            match stream.next_if_any().await {
+                Ok(Some(event)) => {
+                    self.token = stream.resume_token();
+                    self.handle(event);
+                }
+                Ok(None) => {
+                    if self.dirty.is_empty() && self.locate.is_empty() {
+                        self.token = stream.resume_token().or(self.token.take());
+                    }
+                    self.backoff = Duration::from_millis(100);
+                    break;
+                }
+                Err(e) if is_history_lost(&e) => {
+                    self.recover_history_lost(&e).await?;
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %store::redact_uri(&e.to_string()), "Change stream failed; reconnecting.");
+                    self.stream = None;
+                    break;
+                }
+            }
+            if self.flush_due() {
+                break;
+            }
+        }
+        if self.flush_due() {
+            self.flush().await?;
+        }
+        if self.dirty.is_empty() && self.last_save.elapsed() >= Duration::from_secs(1) {
+            self.save().await?;
+        }
+        self.recheck_pending();
+        Ok(())
+    }
+
+    fn flush_due(&self) -> bool {
+        let pending = !self.dirty.is_empty() || !self.locate.is_empty() || self.full_refresh;
+        pending
+            && (self.last_event_at.elapsed() >= self.opts.quiet
+                || self
+                    .first_dirty_at
+                    .is_some_and(|t| t.elapsed() >= self.opts.max_delay))
+    }
+
+    fn recheck_pending(&mut self) {
+        let now = self.opts.clock.now();
+        let settle = chrono::Duration::from_std(self.opts.settle).unwrap_or_default();
+        let due: Vec<ObjectId> = self
+            .checkpoint
+            .pending
+            .iter()
+            .filter(|(_, since)| now - *since >= settle)
+            .map(|(u, _)| *u)
+            .collect();
+        let from = self.managed_from();
+        for user in due {
+            if !self.dirty.contains_key(&user) {
+                self.mark(user, from, None);
+            }
+        }
+    }
+
+    async fn reconnect(&mut self) -> Result<()> {
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+        self.counters.reconnects += 1;
+        match self.open_stream().await {
+            Ok(()) => {
+                info!(
+                    reconnects = self.counters.reconnects,
+                    "Change stream reopened."
+                );
+                Ok(())
+            }
+            Err(e) => match e.downcast_ref::<mongodb::error::Error>() {
+                Some(m) if is_history_lost(m) => {
+                    let m = m.clone();
+                    self.recover_history_lost(&m).await
+                }
+                _ => {
+                    warn!(error = %format!("{e:#}"), backoff_ms = self.backoff.as_millis() as u64, "Cannot reopen the change stream yet.");
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// The stored token is older than the server's history: recompute the
+    /// window from the source, then stream from a fresh operation time.
+    async fn recover_history_lost(&mut self, e: &mongodb::error::Error) -> Result<()> {
+        self.counters.history_lost += 1;
+        error!(error = %e, recoveries = self.counters.history_lost, "Change stream history lost: recomputing the window from the source.");
+        let start_at = self.operation_time().await?;
+        self.backfill_window(self.managed_from()).await?;
+        self.dirty.clear();
+        self.locate.clear();
+        self.first_dirty_at = None;
+        self.token = None;
+        self.checkpoint.resume_token = None;
+        self.checkpoint.start_at = Some(start_at);
+        self.save().await?;
+        self.open_stream().await?;
+        info!("Recovered from lost history; streaming again.");
+        Ok(())
+    }
+
+    fn mark(&mut self, user: ObjectId, day: NaiveDate, tx_day: Option<NaiveDate>) {
+        let e = self.dirty.entry(user).or_insert(day);
+        *e = (*e).min(day);
+        if let Some(d) = tx_day {
+            let floor = self.floors.entry(user).or_insert((d, Instant::now()));
+            if floor.1.elapsed() >= self.opts.settle {
+                *floor = (d, Instant::now());
+            } else {
+                *floor = (floor.0.min(d), Instant::now());
+            }
+        }
+        self.first_dirty_at.get_or_insert_with(Instant::now);
+    }
+
+    fn handle(&mut self, event: ChangeStreamEvent<Document>) {
+        self.counters.events += 1;
+        self.last_event_at = Instant::now();
+        if let Some(wall) = event.wall_time {
+            self.checkpoint.last_event_at =
+                DateTime::from_timestamp_millis(wall.timestamp_millis());
+        }
+        let coll = event
+            .ns
+            .as_ref()
+            .and_then(|n| n.coll.clone())
+            .unwrap_or_default();
+        match event.operation_type {
+            OperationType::Insert
+            | OperationType::Update
+            | OperationType::Replace
+            | OperationType::Delete => {}
+            OperationType::Invalidate
+            | OperationType::Drop
+            | OperationType::Rename
+            | OperationType::DropDatabase => {
+                error!(operation = ?event.operation_type, collection = %coll, "Source collection dropped or renamed: refreshing the window and restarting the stream.");
+                self.full_refresh = true;
+                self.first_dirty_at.get_or_insert_with(Instant::now);
+                if event.operation_type == OperationType::Invalidate {
+                    self.stream = None;
+                    self.token = None;
+                    self.checkpoint.resume_token = None;
+                    self.checkpoint.start_at = None;
+                }
+                return;
+            }
+            _ => return,
+        }
+        let id = event
+            .document_key
+            .as_ref()
+            .and_then(|k| k.get("_id"))
+            .cloned()
+            .unwrap_or(Bson::Null);
+        let is_delete = event.operation_type == OperationType::Delete;
+        let has_old = event.full_document_before_change.is_some();
+        let cal = self.opts.cal;
+        match coll.as_str() {
+            TRANSACTIONS => {
+                let mut new_user = None;
+                if let Some(doc) = &event.full_document {
+                    match decode_transaction(doc) {
+                        Ok(tx) => {
+                            let day = cal.day_of_millis(tx.date);
+                            new_user = Some(tx.user_id);
+                            self.mark(tx.user_id, day, Some(day));
+                            self.corrected.push((TRANSACTIONS, tx.id));
+                        }
+                        Err(r) => {
+                            self.counters.rejects += 1;
+                            self.rejects
+                                .push((TRANSACTIONS, SourceId::from_bson(&id), r));
+                            new_user = doc.get_object_id("user_id").ok();
+                        }
+                    }
+                }
+                if let Some(old) = &event.full_document_before_change {
+                    if let Ok(tx) = decode_transaction(old) {
+                        let day = cal.day_of_millis(tx.date);
+                        self.mark(tx.user_id, day, Some(day));
+                    }
+                }
+                if is_delete {
+                    self.corrected
+                        .push((TRANSACTIONS, SourceId::from_bson(&id)));
+                }
+                if !has_old && event.operation_type != OperationType::Insert {
+                    self.locate.push((id, new_user));
+                }
+            }
+            POCKETS => {
+                let mut users = HashSet::new();
+                for doc in [&event.full_document, &event.full_document_before_change]
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Ok(p) = decode_pocket(doc) {
+                        users.extend(p.user_id);
+                    }
+                }
+                match event.full_document.as_ref().map(decode_pocket) {
+                    Some(Ok(p)) => match p.reject_reason() {
+                        Some(r) => {
+                            self.counters.rejects += 1;
+                            self.rejects.push((POCKETS, SourceId::Oid(p.id), r));
+                        }
+                        None => self.corrected.push((POCKETS, SourceId::Oid(p.id))),
+                    },
+                    Some(Err(r)) => self.rejects.push((POCKETS, SourceId::from_bson(&id), r)),
+                    None => self.corrected.push((POCKETS, SourceId::from_bson(&id))),
+                }
+                if users.is_empty() || (!has_old && event.operation_type != OperationType::Insert) {
+                    // Without the old version the previous owner is unknown.
+                    self.locate.push((id, users.iter().next().copied()));
+                }
+                // A pocket that opens, closes or changes owner moves the days
+                // from then on at once; a bare balance change waits (drift).
+                let from = self.managed_from();
+                let new = event
+                    .full_document
+                    .as_ref()
+                    .and_then(|d| decode_pocket(d).ok());
+                let old = event
+                    .full_document_before_change
+                    .as_ref()
+                    .and_then(|d| decode_pocket(d).ok());
+                let day = |t: Option<i64>| t.map_or(from, |t| cal.day_of_millis(t).max(from));
+                let floor = match (&new, &old) {
+                    (Some(n), None) if event.operation_type == OperationType::Insert => {
+                        Some(day(n.created_at))
+                    }
+                    (Some(n), Some(o)) if n.user_id != o.user_id => Some(from),
+                    (Some(n), Some(o))
+                        if (n.created_at, n.deleted_at) != (o.created_at, o.deleted_at) =>
+                    {
+                        let changed = [n.created_at, o.created_at, n.deleted_at, o.deleted_at];
+                        let days = changed
+                            .into_iter()
+                            .flatten()
+                            .map(|t| cal.day_of_millis(t).max(from));
+                        days.min().or(Some(from))
+                    }
+                    _ => None,
+                };
+                for user in users {
+                    self.mark(user, from, floor);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Finds the users of documents whose old version the event lacked.
+    async fn resolve_locations(&mut self) -> Result<()> {
+        if self.locate.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Bson> = self.locate.iter().map(|(id, _)| id.clone()).collect();
+        let mut found: HashMap<String, Vec<(ObjectId, NaiveDate)>> = HashMap::new();
+        let reports = self.db.collection::<Document>(Kind::Report.collection());
+        let filter = doc! { "$or": [
+            { "transactions_by_pocket.transactions.transaction_id": { "$in": ids.clone() } },
+            { "transactions_by_pocket.pocket_id": { "$in": ids.clone() } },
+        ] };
+        let mut cursor = reports
+            .find(filter)
+            .projection(doc! { "user_id": 1, "report_date": 1, "transactions_by_pocket.pocket_id": 1, "transactions_by_pocket.transactions.transaction_id": 1 })
+            .await?;
+        while let Some(r) = cursor.try_next().await? {
+            let (Ok(user), Ok(day)) = (r.get_object_id("user_id"), r.get_datetime("report_date"))
+            else {
+                continue;
+            };
+            let day = crate::calendar::label_date(*day);
+            for p in r
+                .get_array("transactions_by_pocket")
+                .map(|a| a.as_slice())
+                .unwrap_or(&[])
+            {
+                let Some(p) = p.as_document() else { continue };
+                if let Some(pid) = p.get("pocket_id") {
+                    found.entry(pid.to_string()).or_default().push((user, day));
+                }
+                for t in p
+                    .get_array("transactions")
+                    .map(|a| a.as_slice())
+                    .unwrap_or(&[])
+                {
+                    if let Some(tid) = t.as_document().and_then(|t| t.get("transaction_id")) {
+                        found.entry(tid.to_string()).or_default().push((user, day));
+                    }
+                }
+            }
+        }
+        let from = self.managed_from();
+        for (id, known_user) in std::mem::take(&mut self.locate) {
+            match found.get(&id.to_string()) {
+                Some(places) => {
+                    for (user, day) in places.clone() {
+                        self.mark(user, day.min(from), Some(day));
+                    }
+                }
+                None => match known_user {
+                    Some(user) => self.mark(user, from, None),
+                    None => {
+                        warn!(id = %id, "A deleted document could not be located without pre-images; refreshing the window.");
+                        self.full_refresh = true;
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Recomputes the dirty users and writes what differs.
+    async fn flush(&mut self) -> Result<()> {
+        self.resolve_locations().await?;
+        let now = self.opts.clock.now();
+        let today = self.opts.cal.day_of(now);
+        let to = today + Days::new(self.opts.horizon_days);
+        let managed_from = self.managed_from();
+        if self.full_refresh {
+            self.counters.full_refreshes += 1;
+            self.full_refresh = false;
+            self.backfill_window(managed_from).await?;
+            self.dirty.clear();
+        }
+        let reports_open_from = self
+            .checkpoint
+            .reports_final_through
+            .map_or(today, |d| d.succ_opt().unwrap_or(d).max(today));
+        let mut by_day: BTreeMap<NaiveDate, Vec<ObjectId>> = BTreeMap::new();
+        for (user, day) in self.dirty.drain() {
+            by_day.entry(day).or_default().push(user);
+        }
+        let settle = chrono::Duration::from_std(self.opts.settle).unwrap_or_default();
+        let mut writes = Vec::new();
+        let mut pending: HashMap<ObjectId, DateTime<Utc>> =
+            self.checkpoint.pending.iter().copied().collect();
+        for (from, users) in by_day {
+            for chunk in users.chunks(500) {
+                let range = Range {
+                    from,
+                    to,
+                    kinds: Kind::ALL.to_vec(),
+                };
+                let focus = Focus {
+                    users: Some(chunk.to_vec()),
+                    reports_open_from: Some(reports_open_from),
+                };
+                let mut scanner = Scanner::open_focused(
+                    &self.db,
+                    self.opts.cal,
+                    range,
+                    now,
+                    Scope::Dependencies,
+                    focus,
+                )
+                .await?;
+                let mut held_users = HashSet::new();
+                while let Some(result) = scanner.next_user().await? {
+                    let mut held: Vec<DocChange> = Vec::new();
+                    for change in result.changes {
+                        if change.kind == Kind::Snapshot
+                            && change.period < managed_from
+                            && change.difference == Difference::Missing
+                        {
+                            continue;
+                        }
+                        let end = if change.kind == Kind::Monthly {
+                            last_of_month(change.period)
+                        } else {
+                            change.period
+                        };
+                        let floor = self
+                            .floors
+                            .get(&change.user)
+                            .filter(|(_, at)| at.elapsed() < self.opts.settle)
+                            .map(|(d, _)| *d);
+                        if floor.is_none_or(|f| end < f) {
+                            held.push(change);
+                        } else {
+                            writes.push(change.write);
+                        }
+                    }
+                    let Some(user) = held.first().map(|c| c.user) else {
+                        continue;
+                    };
+                    held_users.insert(user);
+                    match pending.get(&user) {
+                        Some(since) if now - *since >= settle => {
+                            self.counters.drift_applied += 1;
+                            info!(user = %user.to_hex(), documents = held.len(), "Balance drift settled; restating past documents.");
+                            writes.extend(held.into_iter().map(|c| c.write));
+                            pending.remove(&user);
+                        }
+                        Some(_) => {}
+                        None => {
+                            pending.insert(user, now);
+                        }
+                    }
+                }
+                for user in chunk {
+                    if !held_users.contains(user) {
+                        pending.remove(user);
+                    }
+                }
+                self.rejects.append(&mut scanner.rejects);
+            }
+        }
+        let stats = store::execute(&self.db, writes).await?;
+        self.counters.documents_written += stats.changed();
+        self.counters.flushes += 1;
+        store::record_rejects(&self.db, &std::mem::take(&mut self.rejects), now).await?;
+        let corrected = std::mem::take(&mut self.corrected);
+        store::clear_rejects(&self.db, &corrected).await?;
+        self.checkpoint.pending = pending.into_iter().collect();
+        self.first_dirty_at = None;
+        if self.dirty.is_empty() && self.locate.is_empty() {
+            self.checkpoint.resume_token =
+                self.token.clone().or(self.checkpoint.resume_token.take());
+            self.save().await?;
+        }
+        Ok(())
+    }
+
+    async fn save(&mut self) -> Result<()> {
+        if self.dirty.is_empty() {
+            if let Some(t) = &self.token {
+                self.checkpoint.resume_token = Some(t.clone());
+            }
+        }
+        state::save_checkpoint(&self.db, &self.checkpoint, self.opts.clock.now()).await?;
+        self.last_save = Instant::now();
+        Ok(())
+    }
+}
+
+fn is_history_lost(e: &mongodb::error::Error) -> bool {
+    matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == HISTORY_LOST)
+        || e.to_string().contains("ChangeStreamHistoryLost")
+}
