@@ -95,6 +95,9 @@ pub struct RunArgs {
     /// Seconds a balance change no transaction explains must persist before it is applied.
     #[arg(long, env = "TALLY_SETTLE_SECONDS", default_value_t = 30)]
     pub settle_seconds: u64,
+    /// Neither enable nor ask for change-stream pre-images.
+    #[arg(long, env = "TALLY_NO_PRE_IMAGES")]
+    pub no_pre_images: bool,
 }
 
 #[derive(Args, Debug)]
@@ -314,6 +317,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             opts.clock = g.now.map_or_else(Clock::real, Clock::starting_at);
             opts.initial_days = a.initial_days;
             opts.settle = std::time::Duration::from_secs(a.settle_seconds);
+            opts.pre_images = !a.no_pre_images;
             tail::run(db, opts, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -86,6 +86,9 @@ pub struct RunOptions {
     pub horizon_days: u64,
     /// Identifies this instance in finalization records.
     pub owner: String,
+    /// Enable and use change-stream pre-images (off: locate old values
+    /// through the stored reports instead).
+    pub pre_images: bool,
 }
 
 impl RunOptions {
@@ -100,6 +103,7 @@ impl RunOptions {
             initial_days: 60,
             horizon_days: 400,
             owner: format!("{}-{}", hostname(), std::process::id()),
+            pre_images: true,
         }
     }
 }
@@ -179,7 +183,7 @@ const HISTORY_LOST: i32 = 286;
 
 impl Tailer {
     async fn start(db: Database, opts: RunOptions) -> Result<Tailer> {
-        store::init(&db, false, true).await?;
+        store::init(&db, false, opts.pre_images).await?;
         let mut checkpoint = state::load_checkpoint(&db).await?;
         let now = opts.clock.now();
         let today = opts.cal.day_of(now);
@@ -199,7 +203,7 @@ impl Tailer {
             last_save: Instant::now(),
             next_steps: Vec::new(),
             backoff: Duration::from_millis(100),
-            pre_images: true,
+            pre_images: opts.pre_images,
             counters: Counters::default(),
             opts,
         };
