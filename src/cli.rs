@@ -198,6 +198,10 @@ pub struct SeedArgs {
     /// Write the final state in bulk instead of the API's write pattern.
     #[arg(long)]
     pub bulk: bool,
+    /// Then keep writing this many transactions per second (today's date,
+    /// the API's two writes) until interrupted: a demo's live trickle.
+    #[arg(long, value_name = "PER_SECOND")]
+    pub trickle: Option<f64>,
 }
 
 fn parse_date(s: &str) -> Result<NaiveDate, String> {
@@ -260,6 +264,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 "seeded {} users, {} pockets, {} live transactions, {} soft-deleted, {} invalid, {from}..{to}",
                 s.users, s.pockets, s.transactions, s.soft_deleted, s.invalid
             );
+            if let Some(rate) = a.trickle.filter(|r| *r > 0.0) {
+                println!("writing {rate} transactions per second; Ctrl-C to stop");
+                let clock = g.now.map_or_else(Clock::real, Clock::starting_at);
+                let n = seed::trickle(&db, rate, a.seed, move || clock.now(), shutdown_signal())
+                    .await?;
+                println!("wrote {n} transactions");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Backfill(a) => {

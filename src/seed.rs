@@ -378,3 +378,81 @@ async fn write_like_the_api(db: &Database, users: Vec<UserData>) -> Result<()> {
     try_join_all(tasks).await?;
     Ok(())
 }
+
+/// Keeps writing transactions dated now for the existing users, the way the
+/// API does (transaction, then the pocket balance), at `per_second`, until
+/// `stop` completes. Returns how many it wrote.
+pub async fn trickle(
+    db: &Database,
+    per_second: f64,
+    seed: u64,
+    now: impl Fn() -> chrono::DateTime<chrono::Utc>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<u64> {
+    use futures::TryStreamExt;
+    let pockets = db.collection::<Document>(POCKETS);
+    let mut owned: Vec<(ObjectId, ObjectId, Money)> = Vec::new();
+    let mut cursor = pockets
+        .find(doc! { "deleted_at": Bson::Null })
+        .await
+        .context("reading pockets")?;
+    while let Some(d) = cursor.try_next().await.context("reading pockets")? {
+        if let Ok(p) = crate::source::decode_pocket(&d) {
+            if let (Some(user), Ok(balance)) = (p.user_id, p.balance) {
+                owned.push((user, p.id, balance));
+            }
+        }
+    }
+    if owned.is_empty() {
+        anyhow::bail!("no pockets to write to: seed some users first");
+    }
+    let mut rng = Rng::new(seed ^ 0x7121_C41E);
+    let period = std::time::Duration::from_secs_f64(1.0 / per_second);
+    let mut ticker = tokio::time::interval(period);
+    tokio::pin!(stop);
+    let txs = db.collection::<Document>(TRANSACTIONS);
+    let mut written = 0u64;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(written),
+            _ = ticker.tick() => {}
+        }
+        let i = rng.below(owned.len() as u64) as usize;
+        let (user, pocket, balance) = owned[i];
+        let amount = Money::new(rust_decimal::Decimal::new(
+            100 + rng.below(20_000) as i64,
+            2,
+        ));
+        let income = rng.chance(40);
+        let mut tx = doc! {
+            "_id": ObjectId::new(), "user_id": user,
+            "type": if income { "income" } else { "expense" },
+            "amount": amount.to_bson(),
+            "date": BsonDateTime::from_millis(now().timestamp_millis()),
+            "category_id": oid(0xCA7E, rng.below(10)),
+        };
+        tx.insert(
+            if income {
+                "pocket_to_id"
+            } else {
+                "pocket_from_id"
+            },
+            pocket,
+        );
+        txs.insert_one(tx).await.context("writing a transaction")?;
+        let new_balance = if income {
+            balance + amount
+        } else {
+            balance - amount
+        };
+        pockets
+            .update_one(
+                doc! { "_id": pocket },
+                doc! { "$set": { "balance": new_balance.to_bson() } },
+            )
+            .await
+            .context("updating a pocket balance")?;
+        owned[i].2 = new_balance;
+        written += 1;
+    }
+}
