@@ -157,6 +157,13 @@ impl SourceId {
         }
     }
 
+    fn element_type(&self) -> bson::spec::ElementType {
+        match self {
+            SourceId::Oid(_) => bson::spec::ElementType::ObjectId,
+            SourceId::Other(b) => b.element_type(),
+        }
+    }
+
     fn sort_text(&self) -> String {
         match self {
             SourceId::Oid(o) => o.to_hex(),
@@ -174,7 +181,12 @@ impl Ord for SourceId {
     fn cmp(&self, other: &Self) -> Ordering {
         match (self, other) {
             (SourceId::Oid(a), SourceId::Oid(b)) => a.bytes().cmp(&b.bytes()),
-            _ => self.sort_text().cmp(&other.sort_text()),
+            // Text first (hex for ObjectIds), then the BSON type: ids that
+            // print alike (1 and "1") are still two transactions.
+            _ => self
+                .sort_text()
+                .cmp(&other.sort_text())
+                .then_with(|| (self.element_type() as u8).cmp(&(other.element_type() as u8))),
         }
     }
 }
