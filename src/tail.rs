@@ -661,7 +661,11 @@ impl Tailer {
             return Ok(());
         }
         let ids: Vec<Bson> = self.locate.iter().map(|(id, _)| id.clone()).collect();
+        // Days a transaction counted on (its old day: a floor, SPEC §4), and
+        // owners of a pocket. A pocket listed on a day says nothing about
+        // which days its change touches: its owners are dirty, no floor.
         let mut found: HashMap<String, Vec<(ObjectId, NaiveDate)>> = HashMap::new();
+        let mut owners: HashMap<String, HashSet<ObjectId>> = HashMap::new();
         let reports = self.db.collection::<Document>(Kind::Report.collection());
         let filter = doc! { "$or": [
             { "transactions_by_pocket.transactions.transaction_id": { "$in": ids.clone() } },
@@ -684,7 +688,7 @@ impl Tailer {
             {
                 let Some(p) = p.as_document() else { continue };
                 if let Some(pid) = p.get("pocket_id") {
-                    found.entry(pid.to_string()).or_default().push((user, day));
+                    owners.entry(pid.to_string()).or_default().insert(user);
                 }
                 for t in p
                     .get_array("transactions")
@@ -699,13 +703,19 @@ impl Tailer {
         }
         let from = self.managed_from();
         for (id, known_user) in std::mem::take(&mut self.locate) {
-            match found.get(&id.to_string()) {
-                Some(places) => {
+            let key = id.to_string();
+            match (found.get(&key), owners.get(&key)) {
+                (Some(places), _) => {
                     for (user, day) in places.clone() {
                         self.mark(user, day.min(from), Some(day));
                     }
                 }
-                None => match known_user {
+                (None, Some(users)) => {
+                    for user in users.clone() {
+                        self.mark(user, from, None);
+                    }
+                }
+                (None, None) => match known_user {
                     Some(user) => self.mark(user, from, None),
                     None => {
                         warn!(id = %id, "A deleted document could not be located without pre-images; refreshing the window.");

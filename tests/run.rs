@@ -1,0 +1,1031 @@
+//! End-to-end tests of `tally run`: the real binary as a child process,
+//! against a real SecantusDB, fed by a workload that writes the way the coin
+//! API does (the transaction first, then each affected pocket's balance).
+//!
+//! The correctness check is always the oracle (SPEC §7): once the workload
+//! stops, `tally reconcile` must come back clean within a deadline — and
+//! stay clean after a settle delay, so that a late wrong write is caught too.
+//!
+//! Every test uses its own database, or its own server when it needs special
+//! server flags, and a clock injected with `TALLY_NOW` (it then runs at real
+//! speed), so that the same instant is "now" for `run` and `reconcile`.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bson::oid::ObjectId;
+use bson::{doc, Bson, DateTime as BsonDateTime, Document};
+use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
+use futures::{FutureExt, TryStreamExt};
+use mongodb::{Client, ClientSession, Database};
+use serde_json::Value;
+use tally::calendar::{date_label, Calendar};
+use tally::money::Money;
+use tally::schedule::local_instant;
+use tally::seed::Rng;
+
+/// Settle delay given to `tally run` (seconds).
+const SETTLE_SECONDS: u64 = 2;
+/// How long tally may take to catch up once the workload stops.
+const CATCH_UP: Duration = Duration::from_secs(60);
+/// Logged once `tally run` streams.
+const TAILING: &str = "Tailing transactions and pockets.";
+const OUTPUTS: [(&str, &str); 3] = [
+    ("daily_financial_reports", "report_date"),
+    ("daily_financial_snapshots", "snapshot_date"),
+    ("monthly_financial_summaries", "month"),
+];
+
+// ---------------------------------------------------------------------------
+// Clock, environment, child processes
+// ---------------------------------------------------------------------------
+
+/// The injected clock: `base` at `started`, then real speed.
+#[derive(Clone, Copy, Debug)]
+struct TestClock {
+    base: DateTime<Utc>,
+    started: Instant,
+}
+
+impl TestClock {
+    fn at(base: DateTime<Utc>) -> TestClock {
+        TestClock {
+            base,
+            started: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.base + chrono::Duration::from_std(self.started.elapsed()).expect("elapsed")
+    }
+
+    fn rfc3339(&self) -> String {
+        self.now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+}
+
+fn instant(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("RFC 3339")
+        .with_timezone(&Utc)
+}
+
+fn date(s: &str) -> NaiveDate {
+    s.parse().expect("YYYY-MM-DD")
+}
+
+/// One test's database, zone and clock.
+struct Env {
+    uri: String,
+    name: String,
+    cal: Calendar,
+    tz: chrono_tz::Tz,
+    clock: TestClock,
+    client: Client,
+    db: Database,
+}
+
+impl Env {
+    async fn new(prefix: &str, uri: String, zone: &str, now: DateTime<Utc>) -> Env {
+        let name = support::unique_db(prefix);
+        let client = Client::with_uri_str(&uri).await.expect("client");
+        let db = client.database(&name);
+        Env {
+            uri,
+            name,
+            cal: Calendar::from_name(zone).expect("zone"),
+            tz: zone.parse().expect("zone"),
+            clock: TestClock::at(now),
+            client,
+            db,
+        }
+    }
+
+    fn today(&self) -> NaiveDate {
+        self.cal.day_of(self.clock.now())
+    }
+
+    fn day(&self, offset: i64) -> NaiveDate {
+        let t = self.today();
+        if offset >= 0 {
+            t + Days::new(offset as u64)
+        } else {
+            t - Days::new(offset.unsigned_abs())
+        }
+    }
+
+    /// Local `hh:mm` of `day` as an instant.
+    fn at(&self, day: NaiveDate, hh: u32, mm: u32) -> DateTime<Utc> {
+        local_instant(
+            self.tz,
+            day,
+            NaiveTime::from_hms_opt(hh, mm, 0).expect("time"),
+        )
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
+        c.args(args)
+            .env("TALLY_MONGODB_URI", &self.uri)
+            .env("TALLY_DATABASE", &self.name)
+            .env("TALLY_TIMEZONE", self.cal.name())
+            .env("TALLY_NOW", self.clock.rfc3339())
+            .env("TALLY_LOG", "tally=info,warn")
+            .stdin(Stdio::null());
+        c
+    }
+
+    async fn tally(&self, args: &[&str]) -> std::process::Output {
+        let mut c = tokio::process::Command::from(self.command(args));
+        c.arg("--quiet").output().await.expect("tally runs")
+    }
+
+    /// Starts `tally run` with `--settle-seconds 2` and `extra` flags; its
+    /// stderr goes to a log file named after `label`.
+    fn start(&self, label: &str, extra: &[&str]) -> Running {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tally-run");
+        std::fs::create_dir_all(&dir).expect("log dir");
+        let log = dir.join(format!("{}-{label}.log", self.name));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut args = vec!["run", "--settle-seconds"];
+        let settle = SETTLE_SECONDS.to_string();
+        args.push(&settle);
+        args.extend_from_slice(extra);
+        let child = self
+            .command(&args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("tally run starts");
+        Running {
+            child,
+            log,
+            label: label.to_owned(),
+        }
+    }
+
+    /// Runs `reconcile --json` over [from, to] until it exits 0, then once
+    /// more after the settle delay (a late wrong write would show there).
+    /// Panics with the last report and the logs of `runs` after [`CATCH_UP`].
+    async fn caught_up(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        kinds: &str,
+        runs: &[&Running],
+    ) -> Value {
+        let (from, to) = (from.to_string(), to.to_string());
+        let deadline = Instant::now() + CATCH_UP;
+        let mut clean_once = false;
+        loop {
+            let o = self
+                .tally(&[
+                    "reconcile",
+                    "--from",
+                    &from,
+                    "--to",
+                    &to,
+                    "--kinds",
+                    kinds,
+                    "--json",
+                ])
+                .await;
+            let code = o.status.code();
+            let json: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+                Value::String(format!(
+                    "exit {code:?}; stdout: {}; stderr: {}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ))
+            });
+            match code {
+                Some(0) if clean_once => return json,
+                Some(0) => {
+                    clean_once = true;
+                    tokio::time::sleep(Duration::from_millis(SETTLE_SECONDS * 1000 + 1500)).await;
+                    continue;
+                }
+                _ => clean_once = false,
+            }
+            if Instant::now() > deadline {
+                let mut text = serde_json::to_string_pretty(&json).unwrap_or_default();
+                text.truncate(8000);
+                let logs: String = runs
+                    .iter()
+                    .map(|r| format!("--- {} ---\n{}\n", r.label, r.tail(40)))
+                    .collect();
+                panic!(
+                    "reconcile {from}..{to} ({kinds}) not clean after {CATCH_UP:?}:\n{text}\n{logs}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+    }
+
+    async fn all(&self, coll: &str, filter: Document) -> Vec<Document> {
+        self.db
+            .collection::<Document>(coll)
+            .find(filter)
+            .await
+            .expect("find")
+            .try_collect()
+            .await
+            .expect("cursor")
+    }
+}
+
+/// A `tally run` child process. Dropping it SIGKILLs it if still running.
+struct Running {
+    child: Child,
+    log: PathBuf,
+    label: String,
+}
+
+impl Running {
+    /// The log, without ANSI colours.
+    fn log(&self) -> String {
+        let raw = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn tail(&self, n: usize) -> String {
+        let text = self.log();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    async fn wait_log(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            assert!(
+                self.alive(),
+                "{} exited while waiting for {needle:?}:\n{}",
+                self.label,
+                self.tail(40)
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{} did not log {needle:?} within {timeout:?}:\n{}",
+                self.label,
+                self.tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then the exit status (panics after 10 s).
+    async fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still running 10 s after SIGTERM:\n{}",
+                self.label,
+                self.tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.alive() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The workload: coin's API write pattern, with a model of the balances
+// ---------------------------------------------------------------------------
+
+/// How an amount is encoded in the document.
+#[derive(Clone, Copy, Debug)]
+enum Enc {
+    Decimal,
+    Str,
+    Double,
+    Int,
+}
+
+#[derive(Clone, Debug)]
+struct Tx {
+    id: ObjectId,
+    user: ObjectId,
+    kind: &'static str,
+    amount: Money,
+    enc: Enc,
+    from: Option<ObjectId>,
+    to: Option<ObjectId>,
+    category: Option<ObjectId>,
+    date: DateTime<Utc>,
+    deleted: bool,
+    /// Written with an amount that is not a number (invalid, SPEC 1.4).
+    garbled: bool,
+}
+
+fn money(s: &str) -> Money {
+    s.parse().expect("money")
+}
+
+fn bdt(t: DateTime<Utc>) -> BsonDateTime {
+    BsonDateTime::from_millis(t.timestamp_millis())
+}
+
+fn opt(o: Option<ObjectId>) -> Bson {
+    o.map_or(Bson::Null, Bson::ObjectId)
+}
+
+impl Tx {
+    fn new(user: ObjectId, kind: &'static str, amount: &str, date: DateTime<Utc>) -> Tx {
+        Tx {
+            id: ObjectId::new(),
+            user,
+            kind,
+            amount: money(amount),
+            enc: Enc::Decimal,
+            from: None,
+            to: None,
+            category: None,
+            date,
+            deleted: false,
+            garbled: false,
+        }
+    }
+
+    fn from(mut self, p: ObjectId) -> Tx {
+        self.from = Some(p);
+        self
+    }
+
+    fn to(mut self, p: ObjectId) -> Tx {
+        self.to = Some(p);
+        self
+    }
+
+    fn enc(mut self, e: Enc) -> Tx {
+        self.enc = e;
+        self
+    }
+
+    fn category(mut self, c: ObjectId) -> Tx {
+        self.category = Some(c);
+        self
+    }
+
+    fn amount_bson(&self) -> Bson {
+        if self.garbled {
+            return Bson::String("twelve".into());
+        }
+        match self.enc {
+            Enc::Decimal => self.amount.to_bson(),
+            Enc::Str => Bson::String(self.amount.to_string()),
+            Enc::Double => Bson::Double(self.amount.to_string().parse().expect("f64")),
+            Enc::Int => Bson::Int64(self.amount.to_string().parse().expect("integral amount")),
+        }
+    }
+
+    /// The document's fields, without `_id`.
+    fn fields(&self, now: DateTime<Utc>) -> Document {
+        doc! {
+            "user_id": self.user,
+            "type": self.kind,
+            "amount": self.amount_bson(),
+            "pocket_from_id": opt(self.from),
+            "pocket_to_id": opt(self.to),
+            "category_id": opt(self.category),
+            "note": format!("{} {}", self.kind, self.amount),
+            "date": bdt(self.date),
+            "deleted_at": if self.deleted { Bson::DateTime(bdt(now)) } else { Bson::Null },
+            "updated_at": bdt(now),
+        }
+    }
+
+    /// (pocket, signed amount) of each effect, as the API applies them: only
+    /// on the user's own pockets, only for live valid transactions.
+    fn effects(&self, owner: &HashMap<ObjectId, ObjectId>) -> Vec<(ObjectId, Money)> {
+        if self.deleted || self.garbled {
+            return Vec::new();
+        }
+        let (out, inn) = match self.kind.to_ascii_lowercase().as_str() {
+            "income" => (false, true),
+            "expense" | "dp" | "debt_payment" | "withdraw" => (true, false),
+            "transfer" => (true, true),
+            _ => (false, false),
+        };
+        let mine = |p: &Option<ObjectId>| p.filter(|p| owner.get(p) == Some(&self.user));
+        let mut e = Vec::new();
+        if out {
+            e.extend(mine(&self.from).map(|p| (p, Money::ZERO - self.amount)));
+        }
+        if inn {
+            e.extend(mine(&self.to).map(|p| (p, self.amount)));
+        }
+        e
+    }
+}
+
+/// The coin API, as far as tally can see it.
+struct Coin {
+    db: Database,
+    clock: TestClock,
+    balances: BTreeMap<ObjectId, Money>,
+    owner: HashMap<ObjectId, ObjectId>,
+    /// Pockets of each user, in creation order.
+    pockets: BTreeMap<ObjectId, Vec<ObjectId>>,
+    txs: BTreeMap<ObjectId, Tx>,
+    categories: Vec<ObjectId>,
+    /// Pause between the transaction write and the balance writes.
+    gap: Duration,
+}
+
+impl Coin {
+    async fn new(env: &Env) -> Coin {
+        let categories: Vec<ObjectId> = (0..3).map(|_| ObjectId::new()).collect();
+        let docs: Vec<Document> = categories
+            .iter()
+            .zip(["Groceries", "Salary", "Rent"])
+            .map(|(id, name)| doc! { "_id": *id, "name": name })
+            .collect();
+        env.db
+            .collection::<Document>("user_categories")
+            .insert_many(docs)
+            .await
+            .expect("categories");
+        Coin {
+            db: env.db.clone(),
+            clock: env.clock,
+            balances: BTreeMap::new(),
+            owner: HashMap::new(),
+            pockets: BTreeMap::new(),
+            txs: BTreeMap::new(),
+            categories,
+            gap: Duration::ZERO,
+        }
+    }
+
+    fn users(&self) -> Vec<ObjectId> {
+        self.pockets.keys().copied().collect()
+    }
+
+    async fn pocket(
+        &mut self,
+        user: ObjectId,
+        kind: &str,
+        balance: &str,
+        created: Option<DateTime<Utc>>,
+    ) -> ObjectId {
+        let id = ObjectId::new();
+        let b = money(balance);
+        self.db
+            .collection::<Document>("pockets")
+            .insert_one(doc! {
+                "_id": id, "user_id": user, "name": format!("{kind} {}", &id.to_hex()[18..]),
+                "type": kind, "balance": b.to_bson(), "is_active": true,
+                "created_at": created.map_or(Bson::Null, |t| Bson::DateTime(bdt(t))),
+                "deleted_at": Bson::Null,
+            })
+            .await
+            .expect("pocket");
+        self.balances.insert(id, b);
+        self.owner.insert(id, user);
+        self.pockets.entry(user).or_default().push(id);
+        id
+    }
+
+    async fn delete_pocket(&mut self, pocket: ObjectId, at: DateTime<Utc>) {
+        self.db
+            .collection::<Document>("pockets")
+            .update_one(
+                doc! { "_id": pocket },
+                doc! { "$set": { "deleted_at": bdt(at), "is_active": false } },
+            )
+            .await
+            .expect("pocket deleted");
+    }
+
+    /// Writes `tx` (insert, or `$set` of every field when it exists), then
+    /// the balance of each pocket whose effects changed.
+    async fn save(&mut self, tx: Tx) -> ObjectId {
+        self.save_in(tx, None).await
+    }
+
+    async fn save_in(&mut self, tx: Tx, mut session: Option<&mut ClientSession>) -> ObjectId {
+        let now = self.clock.now();
+        let coll = self.db.collection::<Document>("transactions");
+        let old = self.txs.get(&tx.id).cloned();
+        match (&old, session.as_deref_mut()) {
+            (None, s) => {
+                let mut d = doc! { "_id": tx.id, "created_at": bdt(now) };
+                d.extend(tx.fields(now));
+                let op = coll.insert_one(d);
+                match s {
+                    Some(s) => op.session(s).await,
+                    None => op.await,
+                }
+                .expect("insert transaction");
+            }
+            (Some(_), s) => {
+                let op = coll.update_one(doc! { "_id": tx.id }, doc! { "$set": tx.fields(now) });
+                match s {
+                    Some(s) => op.session(s).await,
+                    None => op.await,
+                }
+                .expect("update transaction");
+            }
+        }
+        let id = tx.id;
+        let mut delta: BTreeMap<ObjectId, Money> = BTreeMap::new();
+        for (p, m) in tx.effects(&self.owner) {
+            *delta.entry(p).or_insert(Money::ZERO) += m;
+        }
+        if let Some(old) = &old {
+            for (p, m) in old.effects(&self.owner) {
+                *delta.entry(p).or_insert(Money::ZERO) -= m;
+            }
+        }
+        self.txs.insert(id, tx);
+        if !self.gap.is_zero() {
+            tokio::time::sleep(self.gap).await;
+        }
+        self.apply(delta, session).await;
+        id
+    }
+
+    async fn apply(
+        &mut self,
+        delta: BTreeMap<ObjectId, Money>,
+        mut session: Option<&mut ClientSession>,
+    ) {
+        let pockets = self.db.collection::<Document>("pockets");
+        for (p, m) in delta {
+            if m.is_zero() {
+                continue;
+            }
+            let b = self.balances.get_mut(&p).expect("known pocket");
+            *b += m;
+            let op = pockets.update_one(
+                doc! { "_id": p },
+                doc! { "$set": { "balance": b.to_bson(), "updated_at": bdt(self.clock.now()) } },
+            );
+            match session.as_deref_mut() {
+                Some(s) => op.session(s).await,
+                None => op.await,
+            }
+            .expect("balance");
+        }
+    }
+
+    fn tx(&self, id: ObjectId) -> Tx {
+        self.txs[&id].clone()
+    }
+
+    async fn edit(&mut self, id: ObjectId, f: impl FnOnce(&mut Tx)) {
+        let mut tx = self.tx(id);
+        f(&mut tx);
+        self.save(tx).await;
+    }
+
+    async fn hard_delete(&mut self, id: ObjectId) {
+        let old = self.txs.remove(&id).expect("known transaction");
+        self.db
+            .collection::<Document>("transactions")
+            .delete_one(doc! { "_id": id })
+            .await
+            .expect("delete");
+        let delta = old
+            .effects(&self.owner)
+            .into_iter()
+            .map(|(p, m)| (p, Money::ZERO - m))
+            .collect();
+        self.apply(delta, None).await;
+    }
+
+    /// A balance change no transaction explains.
+    async fn drift(&mut self, pocket: ObjectId, by: &str) {
+        self.apply(BTreeMap::from([(pocket, money(by))]), None)
+            .await;
+    }
+
+    /// Users with pockets `[main, saving]` and a history of transactions
+    /// over `days` before today (the API's write pattern).
+    async fn population(&mut self, env: &Env, users: usize, per_user: usize, days: u64, seed: u64) {
+        let mut rng = Rng::new(seed);
+        for _ in 0..users {
+            let user = ObjectId::new();
+            self.pocket(user, "main", "250", None).await;
+            self.pocket(
+                user,
+                "saving",
+                "0",
+                Some(env.at(env.day(-(days as i64) - 5), 9, 0)),
+            )
+            .await;
+        }
+        for user in self.users() {
+            for _ in 0..per_user {
+                let day = env.day(-1 - rng.below(days) as i64);
+                let tx = self.random_tx(env, &mut rng, user, day);
+                self.save(tx).await;
+            }
+        }
+    }
+
+    fn random_tx(&self, env: &Env, rng: &mut Rng, user: ObjectId, day: NaiveDate) -> Tx {
+        let pockets = &self.pockets[&user];
+        let pick = |rng: &mut Rng| pockets[rng.below(pockets.len() as u64) as usize];
+        let kind =
+            ["income", "expense", "expense", "transfer", "dp", "withdraw"][rng.below(6) as usize];
+        let cents = 1 + rng.below(40_000);
+        let enc = [Enc::Decimal, Enc::Str, Enc::Double, Enc::Decimal][rng.below(4) as usize];
+        let amount = format!("{}.{:02}", cents / 100, cents % 100);
+        let mut tx = Tx::new(
+            user,
+            kind,
+            &amount,
+            env.at(day, rng.below(24) as u32, rng.below(60) as u32),
+        )
+        .enc(enc);
+        match kind {
+            "income" => tx.to = Some(pick(rng)),
+            "transfer" => {
+                tx.from = Some(pick(rng));
+                tx.to = Some(pick(rng));
+            }
+            _ => tx.from = Some(pick(rng)),
+        }
+        if rng.chance(70) {
+            tx.category = Some(self.categories[rng.below(3) as usize]);
+        }
+        tx
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers on output documents
+// ---------------------------------------------------------------------------
+
+/// (collection, user, period label millis) → revision.
+async fn revisions(env: &Env, filter: Document) -> BTreeMap<(String, ObjectId, i64), i64> {
+    let mut out = BTreeMap::new();
+    for (coll, field) in OUTPUTS {
+        for d in env.all(coll, filter.clone()).await {
+            out.insert(
+                (
+                    coll.to_owned(),
+                    d.get_object_id("user_id").expect("user_id"),
+                    d.get_datetime(field).expect("period").timestamp_millis(),
+                ),
+                d.get_i64("revision").expect("revision"),
+            );
+        }
+    }
+    out
+}
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn reject_count(env: &Env, id: ObjectId) -> u64 {
+    env.db
+        .collection::<Document>("tally_rejects")
+        .count_documents(doc! { "collection": "transactions", "source_id": id })
+        .await
+        .expect("count")
+}
+
+// ---------------------------------------------------------------------------
+// 1 and 2: the scripted live workload, with and without pre-images
+// ---------------------------------------------------------------------------
+
+/// Mid-March in New York (the window holds the DST change of 8 March).
+const NOON_NY: &str = "2026-03-15T16:00:00Z";
+const WINDOW_DAYS: i64 = 20;
+
+/// Every kind of change the API makes, while `tally run` follows; then the
+/// oracle over the managed window (tally builds nothing before it).
+async fn scripted_workload(prefix: &str, extra: &[&str]) {
+    let env = Env::new(prefix, support::uri(), "America/New_York", instant(NOON_NY)).await;
+    let mut coin = Coin::new(&env).await;
+    let [groceries, salary, rent] = [coin.categories[0], coin.categories[1], coin.categories[2]];
+    let (a, b, c, d) = (
+        ObjectId::new(),
+        ObjectId::new(),
+        ObjectId::new(),
+        ObjectId::new(),
+    );
+    // An opening amount no transaction explains: counted, never "fixed".
+    let a_main = coin.pocket(a, "main", "1000", None).await;
+    let a_saving = coin
+        .pocket(a, "saving", "0", Some(env.at(env.day(-40), 8, 0)))
+        .await;
+    let b_main = coin.pocket(b, "main", "0", None).await;
+    let b_debt = coin.pocket(b, "debt", "0", None).await;
+    let c_main = coin.pocket(c, "main", "0", None).await;
+    let d_main = coin.pocket(d, "main", "0", None).await;
+    let mut rng = Rng::new(7);
+    for user in [a, b, c, d] {
+        for i in 0..8u64 {
+            let day = env.day(-1 - (i * 6 + rng.below(6)) as i64);
+            let tx = coin.random_tx(&env, &mut rng, user, day);
+            coin.save(tx).await;
+        }
+    }
+
+    let days = WINDOW_DAYS.to_string();
+    let mut args = vec!["--initial-days", days.as_str()];
+    args.extend_from_slice(extra);
+    let mut run = env.start("run", &args);
+    run.wait_log(TAILING, CATCH_UP).await;
+    // D's closed days: the API's two writes must not restate them.
+    let d_past = revisions(
+        &env,
+        doc! { "user_id": d, "$or": [
+            { "report_date": { "$lt": date_label(env.today()) } },
+            { "snapshot_date": { "$lt": date_label(env.today()) } },
+        ] },
+    )
+    .await;
+    assert!(!d_past.is_empty(), "D has closed documents");
+
+    // Today, in every encoding and legacy spelling.
+    let salary_tx = coin
+        .save(
+            Tx::new(a, "income", "2500", env.at(env.day(0), 9, 0))
+                .to(a_main)
+                .category(salary),
+        )
+        .await;
+    let groceries_tx = coin
+        .save(
+            Tx::new(a, "expense", "12.30", env.at(env.day(0), 10, 15))
+                .from(a_main)
+                .enc(Enc::Str)
+                .category(groceries),
+        )
+        .await;
+    let transfer_tx = coin
+        .save(
+            Tx::new(a, "transfer", "20.5", env.at(env.day(0), 11, 0))
+                .from(a_main)
+                .to(a_saving)
+                .enc(Enc::Double),
+        )
+        .await;
+    let dp_tx = coin
+        .save(Tx::new(b, "DEBT_PAYMENT", "40", env.at(env.day(0), 8, 0)).from(b_debt))
+        .await;
+    let c_today = coin
+        .save(
+            Tx::new(c, "EXPENSE", "7", env.at(env.day(0), 7, 45))
+                .from(c_main)
+                .enc(Enc::Int),
+        )
+        .await;
+    // Back-dated inside the window, and before it.
+    let b_back = coin
+        .save(Tx::new(b, "expense", "33.33", env.at(env.day(-10), 19, 0)).from(b_main))
+        .await;
+    let a_back = coin
+        .save(Tx::new(a, "income", "100", env.at(env.day(-18), 6, 0)).to(a_main))
+        .await;
+    let c_old = coin
+        .save(Tx::new(c, "expense", "5", env.at(env.day(-35), 12, 0)).from(c_main))
+        .await;
+    coin.save(
+        Tx::new(a, "income", "0.1", env.at(env.day(-45), 12, 0))
+            .to(a_saving)
+            .enc(Enc::Double),
+    )
+    .await;
+    // Future-dated, near and far (inside the 400-day horizon).
+    let b_future = coin
+        .save(Tx::new(b, "income", "9.99", env.at(env.day(5), 12, 0)).to(b_main))
+        .await;
+    let a_far = coin
+        .save(Tx::new(a, "expense", "300", env.at(env.day(100), 12, 0)).from(a_main))
+        .await;
+    // The day of the DST change (02:00 EST → 03:00 EDT): 01:30 and 03:30.
+    coin.save(Tx::new(b, "income", "1.25", env.at(date("2026-03-08"), 1, 30)).to(b_main))
+        .await;
+    coin.save(Tx::new(b, "expense", "1", env.at(date("2026-03-08"), 3, 30)).from(b_main))
+        .await;
+
+    // A pocket opened today, one closed today.
+    let c_new = coin
+        .pocket(c, "allocation", "0", Some(env.clock.now()))
+        .await;
+    coin.delete_pocket(b_debt, env.clock.now()).await;
+
+    // Edits: amount, date (both ways, and future into the past), type,
+    // pockets, category, user.
+    coin.edit(groceries_tx, |t| t.amount = money("15.75")).await;
+    coin.edit(b_back, |t| t.date = env.at(env.day(-3), 19, 0))
+        .await;
+    coin.edit(salary_tx, |t| t.date = env.at(env.day(-12), 9, 0))
+        .await;
+    coin.edit(b_future, |t| t.date = env.at(env.day(-1), 23, 30))
+        .await;
+    coin.edit(transfer_tx, |t| t.kind = "expense").await; // pocket_to left stale
+    coin.edit(dp_tx, |t| {
+        t.kind = "income";
+        t.to = Some(b_main);
+    })
+    .await;
+    coin.edit(c_today, |t| t.from = Some(c_new)).await;
+    coin.edit(groceries_tx, |t| t.category = Some(rent)).await;
+    coin.edit(c_old, |t| {
+        t.user = b;
+        t.from = Some(b_main);
+        t.date = env.at(env.day(-2), 12, 0);
+    })
+    .await;
+    // Soft delete, soft delete undone, hard delete.
+    coin.edit(b_back, |t| t.deleted = true).await;
+    coin.edit(a_back, |t| t.deleted = true).await;
+    coin.edit(a_back, |t| t.deleted = false).await;
+    coin.hard_delete(a_far).await;
+    let a_history = *coin
+        .txs
+        .iter()
+        .find(|(_, t)| t.user == a && t.date < env.clock.now() - chrono::Duration::days(2))
+        .expect("A has history")
+        .0;
+    coin.hard_delete(a_history).await;
+
+    // Invalid, then corrected: its reject record must go.
+    let mut bad = Tx::new(a, "expense", "42", env.at(env.day(0), 13, 0)).from(a_main);
+    bad.garbled = true;
+    let bad = coin.save(bad).await;
+    let unknown = Tx::new(b, "refund", "5", env.at(env.day(0), 13, 0)).to(b_main);
+    let unknown = coin.save(unknown).await;
+    wait_for(
+        "reject recorded for the invalid transaction",
+        CATCH_UP,
+        || reject_count(&env, bad).map(|n| n == 1),
+    )
+    .await;
+    coin.edit(bad, |t| t.garbled = false).await;
+
+    // A transaction and its balance in one MongoDB transaction.
+    let mut session = env.client.start_session().await.expect("session");
+    match session.start_transaction().await {
+        Ok(()) => {
+            let tx = Tx::new(b, "expense", "77", env.at(env.day(0), 14, 0)).from(b_main);
+            coin.save_in(tx, Some(&mut session)).await;
+            session
+                .commit_transaction()
+                .await
+                .expect("commit of a multi-document transaction");
+        }
+        Err(e) => println!(
+            "SKIPPED: the server refuses multi-document transactions ({e}); \
+             the transaction-plus-balance step was not exercised"
+        ),
+    }
+
+    // Drift: a balance change no transaction explains.
+    coin.drift(b_main, "100").await;
+
+    // The two-write pattern, slowed down: the balance lands 800 ms after the
+    // transaction (more than a flush, less than the settle delay).
+    coin.gap = Duration::from_millis(800);
+    coin.save(Tx::new(d, "expense", "60", env.at(env.day(0), 12, 0)).from(d_main))
+        .await;
+    coin.save(Tx::new(d, "income", "15", env.at(env.day(0), 12, 5)).to(d_main))
+        .await;
+    coin.gap = Duration::ZERO;
+
+    env.caught_up(
+        env.day(-WINDOW_DAYS),
+        env.day(120),
+        "reports,snapshots,monthly",
+        &[&run],
+    )
+    .await;
+
+    assert_eq!(
+        reject_count(&env, bad).await,
+        0,
+        "corrected: reject removed"
+    );
+    assert_eq!(
+        reject_count(&env, unknown).await,
+        1,
+        "a transaction of unknown type stays rejected"
+    );
+    let d_after = revisions(
+        &env,
+        doc! { "user_id": d, "$or": [
+            { "report_date": { "$lt": date_label(env.today()) } },
+            { "snapshot_date": { "$lt": date_label(env.today()) } },
+        ] },
+    )
+    .await;
+    assert_eq!(
+        d_after, d_past,
+        "the moment between a transaction and its balance restated closed days"
+    );
+    assert!(run.alive(), "tally run is still running:\n{}", run.tail(40));
+    let status = run.terminate().await;
+    assert!(status.success(), "clean exit: {status}\n{}", run.tail(20));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_workload_with_pre_images_matches_backfill() {
+    scripted_workload("run_pre", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_workload_without_pre_images_matches_backfill() {
+    scripted_workload("run_nopre", &["--no-pre-images"]).await;
+}
+
+/// Filter of a user's documents of closed days.
+fn closed_days(env: &Env, user: ObjectId) -> Document {
+    doc! { "user_id": user, "$or": [
+        { "report_date": { "$lt": date_label(env.today()) } },
+        { "snapshot_date": { "$lt": date_label(env.today()) } },
+    ] }
+}
+
+/// Regression: a pocket's balance write carries no pre-image, so tally
+/// located it through the reports listing the pocket and took each of those
+/// days for a day a transaction had touched. That lowered the user's floor
+/// to the pocket's first report, and the next transaction's intermediate
+/// state (written, balance not yet) restated every closed day after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pocket_balance_write_located_through_reports_does_not_restate_closed_days() {
+    let env = Env::new("run_floor", support::uri(), "UTC", instant(NOON_NY)).await;
+    let mut coin = Coin::new(&env).await;
+    coin.population(&env, 1, 8, 15, 3).await;
+    let user = coin.users()[0];
+    let main = coin.pockets[&user][0];
+    let mut run = env.start("run", &["--initial-days", "20"]);
+    run.wait_log(TAILING, CATCH_UP).await;
+    let before = revisions(&env, closed_days(&env, user)).await;
+    assert!(!before.is_empty());
+    // Transaction, balance 800 ms later (a flush in between), twice.
+    coin.gap = Duration::from_millis(800);
+    coin.save(Tx::new(user, "expense", "60", env.at(env.day(0), 9, 0)).from(main))
+        .await;
+    coin.save(Tx::new(user, "income", "15", env.at(env.day(0), 9, 5)).to(main))
+        .await;
+    env.caught_up(
+        env.day(-20),
+        env.day(30),
+        "reports,snapshots,monthly",
+        &[&run],
+    )
+    .await;
+    assert_eq!(
+        revisions(&env, closed_days(&env, user)).await,
+        before,
+        "closed days restated by the moment between a transaction and its balance"
+    );
+}
