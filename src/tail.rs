@@ -230,7 +230,16 @@ impl Tailer {
             tailer.mark(user, tailer.managed_from(), None);
         }
         tailer.plan_steps(now).await?;
-        tailer.open_stream().await?;
+        if let Err(e) = tailer.open_stream().await {
+            // Down longer than the server's history: the stored token is gone.
+            match e.downcast_ref::<mongodb::error::Error>() {
+                Some(m) if is_history_lost(m) => {
+                    let m = m.clone();
+                    tailer.recover_history_lost(&m).await?;
+                }
+                _ => return Err(e),
+            }
+        }
         info!(
             time_zone = tailer.opts.cal.name(),
             managed_from = %tailer.managed_from(),

@@ -240,6 +240,7 @@ impl Env {
 }
 
 /// A `tally run` child process. Dropping it SIGKILLs it if still running.
+/// Its log is kept when the test fails, or with `TALLY_TEST_KEEP_LOGS` set.
 struct Running {
     child: Child,
     log: PathBuf,
@@ -295,6 +296,12 @@ impl Running {
         }
     }
 
+    /// SIGKILL: no flush, no checkpoint.
+    fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
     /// SIGTERM, then the exit status (panics after 10 s).
     async fn terminate(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
@@ -317,6 +324,28 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// How many times this process ran the step of `kind` for `period`.
+    fn finalized(&self, kind: &str, period: &str) -> usize {
+        let (k, p) = (format!("kind=\"{kind}\""), format!("period={period} "));
+        self.log()
+            .lines()
+            .filter(|l| l.contains("Finalized.") && l.contains(&k) && l.contains(&p))
+            .count()
+    }
+
+    /// Every (kind, period) this process finalized.
+    fn all_finalized(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("Finalized."))
+            .filter_map(|l| {
+                let kind = l.split("kind=\"").nth(1)?.split('"').next()?;
+                let period = l.split("period=").nth(1)?.split(' ').next()?;
+                Some(format!("{kind}:{period}"))
+            })
+            .collect()
+    }
 }
 
 impl Drop for Running {
@@ -325,7 +354,7 @@ impl Drop for Running {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && std::env::var_os("TALLY_TEST_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_file(&self.log);
         }
     }
@@ -695,6 +724,64 @@ impl Coin {
         }
         tx
     }
+
+    /// `n` random API operations on today's window: inserts (back-dated,
+    /// some before a 20-day window, a few future-dated), edits of amount,
+    /// date, type and category, soft and hard deletes, and drift.
+    async fn random_ops(&mut self, env: &Env, rng: &mut Rng, n: usize) {
+        let users = self.users();
+        for _ in 0..n {
+            let roll = rng.below(100);
+            let existing: Vec<ObjectId> = self.txs.keys().copied().collect();
+            let any = |rng: &mut Rng| existing[rng.below(existing.len() as u64) as usize];
+            match roll {
+                _ if roll < 45 || existing.is_empty() => {
+                    let user = users[rng.below(users.len() as u64) as usize];
+                    let offset = 3 - rng.below(34) as i64;
+                    let tx = self.random_tx(env, rng, user, env.day(offset));
+                    self.save(tx).await;
+                }
+                45..=59 => {
+                    let cents = 1 + rng.below(90_000);
+                    let id = any(rng);
+                    self.edit(id, |t| {
+                        t.amount = money(&format!("{}.{:02}", cents / 100, cents % 100))
+                    })
+                    .await;
+                }
+                60..=69 => {
+                    let day = env.day(2 - rng.below(30) as i64);
+                    let at = env.at(day, rng.below(24) as u32, 30);
+                    self.edit(any(rng), |t| t.date = at).await;
+                }
+                70..=79 => self.edit(any(rng), |t| t.deleted = !t.deleted).await,
+                80..=86 => self.hard_delete(any(rng)).await,
+                87..=91 => {
+                    let id = any(rng);
+                    let pockets = self.pockets[&self.txs[&id].user].clone();
+                    self.edit(id, |t| {
+                        t.kind = if t.kind == "income" {
+                            "expense"
+                        } else {
+                            "income"
+                        };
+                        t.to = Some(pockets[0]);
+                        t.from = Some(pockets[pockets.len() - 1]);
+                    })
+                    .await;
+                }
+                92..=96 => {
+                    let c = self.categories[rng.below(3) as usize];
+                    self.edit(any(rng), |t| t.category = Some(c)).await;
+                }
+                _ => {
+                    let pockets: Vec<ObjectId> = self.balances.keys().copied().collect();
+                    let p = pockets[rng.below(pockets.len() as u64) as usize];
+                    self.drift(p, "3.5").await;
+                }
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1028,4 +1115,390 @@ async fn a_pocket_balance_write_located_through_reports_does_not_restate_closed_
         before,
         "closed days restated by the moment between a transaction and its balance"
     );
+}
+
+// ---------------------------------------------------------------------------
+// 3: kill -9 and SIGTERM
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_stream_and_sigterm_lose_nothing() {
+    let env = Env::new("run_kill", support::uri(), "Europe/Paris", instant(NOON_NY)).await;
+    let mut coin = Coin::new(&env).await;
+    coin.population(&env, 6, 8, 30, 11).await;
+    let mut rng = Rng::new(99);
+    let args = ["--initial-days", "20"];
+    let (from, to) = (env.day(-20), env.day(30));
+
+    let mut run = env.start("first", &args);
+    run.wait_log(TAILING, CATCH_UP).await;
+    coin.random_ops(&env, &mut rng, 60).await;
+    // Right after a burst: events read, not yet flushed or checkpointed.
+    run.kill9();
+    coin.random_ops(&env, &mut rng, 30).await;
+    let mut run = env.start("after-kill", &args);
+    run.wait_log(TAILING, CATCH_UP).await;
+    coin.random_ops(&env, &mut rng, 30).await;
+    // Killed again, while the workload is still writing.
+    coin.random_ops(&env, &mut rng, 10).await;
+    run.kill9();
+    coin.random_ops(&env, &mut rng, 10).await;
+    let mut run = env.start("after-second-kill", &args);
+    coin.random_ops(&env, &mut rng, 30).await;
+    env.caught_up(from, to, "reports,snapshots,monthly", &[&run])
+        .await;
+
+    // SIGTERM with work in flight: flush, checkpoint, exit 0 within 10 s.
+    coin.random_ops(&env, &mut rng, 20).await;
+    let status = run.terminate().await;
+    assert_eq!(status.code(), Some(0), "{}", run.tail(20));
+    assert!(run.log().contains("Stopped cleanly."), "{}", run.tail(20));
+    coin.random_ops(&env, &mut rng, 20).await;
+    let mut run = env.start("after-term", &args);
+    run.wait_log(TAILING, CATCH_UP).await;
+    assert!(run.log().contains("resumed=true"), "{}", run.tail(10));
+    coin.random_ops(&env, &mut rng, 20).await;
+    env.caught_up(from, to, "reports,snapshots,monthly", &[&run])
+        .await;
+    assert_eq!(run.terminate().await.code(), Some(0));
+}
+
+// ---------------------------------------------------------------------------
+// 5: history lost while stopped
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_lost_while_stopped_is_recovered_at_startup_instead_of_exiting() {
+    // The oplog keeps 50 entries, pruned every 1,000 writes.
+    let server = support::start_server(&["--oplog-max-entries", "50"], None);
+    let env = Env::new("run_lost", server.uri(), "UTC", instant(NOON_NY)).await;
+    let mut coin = Coin::new(&env).await;
+    coin.population(&env, 3, 5, 15, 8).await;
+    let mut rng = Rng::new(17);
+    let args = ["--initial-days", "20"];
+    let (from, to) = (env.day(-20), env.day(30));
+    let mut run = env.start("first", &args);
+    run.wait_log(TAILING, CATCH_UP).await;
+    coin.random_ops(&env, &mut rng, 10).await;
+    env.caught_up(from, to, "reports,snapshots,monthly", &[&run])
+        .await;
+    assert_eq!(run.terminate().await.code(), Some(0), "{}", run.tail(20));
+
+    // Well over 1,000 writes while stopped: the checkpoint's token is gone.
+    coin.population(&env, 25, 20, 20, 9).await;
+    coin.random_ops(&env, &mut rng, 50).await;
+    let mut run = env.start("after-loss", &args);
+    run.wait_log("Change stream history lost", CATCH_UP).await;
+    run.wait_log("Recovered from lost history", CATCH_UP).await;
+    coin.random_ops(&env, &mut rng, 20).await;
+    env.caught_up(from, to, "reports,snapshots,monthly", &[&run])
+        .await;
+    assert!(run.alive());
+}
+
+// ---------------------------------------------------------------------------
+// 6: timers, with an injected clock
+// ---------------------------------------------------------------------------
+
+/// `(kind:period)` ids and status of every finalization record.
+async fn finalization_records(env: &Env) -> BTreeMap<String, (String, String)> {
+    env.all("tally_finalizations", doc! {})
+        .await
+        .into_iter()
+        .map(|d| {
+            (
+                d.get_str("_id").expect("_id").to_owned(),
+                (
+                    d.get_str("status").expect("status").to_owned(),
+                    d.get_str("owner").expect("owner").to_owned(),
+                ),
+            )
+        })
+        .collect()
+}
+
+async fn wait_finalized(runs: &mut [&mut Running], kind: &str, period: &str) {
+    let deadline = Instant::now() + CATCH_UP;
+    while runs.iter().all(|r| r.finalized(kind, period) == 0) {
+        for r in runs.iter_mut() {
+            assert!(r.alive(), "{} exited:\n{}", r.label, r.tail(30));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{kind} {period} never finalized:\n{}",
+            runs.iter()
+                .map(|r| r.tail(20))
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn flag(d: &Document, f: &str) -> bool {
+    d.get_bool(f).unwrap_or_else(|_| panic!("{f} in {d}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timers_close_a_month_end_once_and_catch_up_after_downtime() {
+    let ny = |s: &str| {
+        local_instant(
+            chrono_tz::America::New_York,
+            date(&s[..10]),
+            s[11..].parse().expect("time"),
+        )
+    };
+    let mut env = Env::new(
+        "run_timer",
+        support::uri(),
+        "America/New_York",
+        ny("2026-03-31 23:00:00"),
+    )
+    .await;
+    let mut coin = Coin::new(&env).await;
+    coin.population(&env, 3, 6, 15, 31).await;
+    let users = coin.users();
+    let main = coin.pockets[&users[0]][0];
+    // A pocket and nothing else; a pocket that opens in April.
+    let (lonely, late) = (ObjectId::new(), ObjectId::new());
+    coin.pocket(lonely, "main", "10", Some(ny("2026-03-10 09:00:00")))
+        .await;
+    coin.pocket(late, "main", "0", Some(ny("2026-04-01 01:00:00")))
+        .await;
+    coin.save(Tx::new(users[0], "expense", "5", ny("2026-03-31 22:00:00")).from(main))
+        .await;
+    for day in ["2026-04-01", "2026-04-02"] {
+        coin.save(Tx::new(users[0], "income", "3", ny(&format!("{day} 10:00:00"))).to(main))
+            .await;
+    }
+
+    // Slack for a slow start: the 23:59 step must still be ahead of it.
+    env.clock = TestClock::at(ny("2026-03-31 23:59:40"));
+    let schedule = [
+        "--initial-days",
+        "20",
+        "--daily-report-at",
+        "23:59:50",
+        "--snapshot-at",
+        "00:00:00",
+        "--monthly-at",
+        "00:00:02",
+    ];
+    let mut run = env.start("month-end", &schedule);
+    wait_finalized(&mut [&mut run], "monthly", "2026-03-01").await;
+
+    let reports = env
+        .all(
+            "daily_financial_reports",
+            doc! { "report_date": date_label(date("2026-03-31")) },
+        )
+        .await;
+    assert!(!reports.is_empty());
+    for r in &reports {
+        assert!(flag(r, "is_final"), "{r}");
+        assert!(r.get_datetime("finalized_at").is_ok(), "{r}");
+    }
+    let with_pocket_in_march = users.len() + 1; // + the lonely pocket; not `late`
+    let snapshots = env
+        .all(
+            "daily_financial_snapshots",
+            doc! { "snapshot_date": date_label(date("2026-03-31")) },
+        )
+        .await;
+    assert_eq!(snapshots.len(), with_pocket_in_march, "{snapshots:?}");
+    assert!(snapshots.iter().all(|s| flag(s, "is_complete")));
+    let march = env
+        .all(
+            "monthly_financial_summaries",
+            doc! { "month": date_label(date("2026-03-01")) },
+        )
+        .await;
+    assert_eq!(march.len(), with_pocket_in_march, "{march:?}");
+    assert!(march.iter().all(|m| flag(m, "is_complete")));
+    assert!(march
+        .iter()
+        .any(|m| m.get_object_id("user_id") == Ok(lonely)));
+    let april_reports = env
+        .all(
+            "daily_financial_reports",
+            doc! { "report_date": { "$gt": date_label(date("2026-03-31")) } },
+        )
+        .await;
+    assert!(april_reports.len() >= 2);
+    assert!(april_reports.iter().all(|r| !flag(r, "is_final")));
+
+    // Exactly one done record per (kind, period): those due at start (the
+    // latest of each kind) and the three that fell due while running.
+    let records = finalization_records(&env).await;
+    let expected = [
+        "monthly:2026-02-01",
+        "monthly:2026-03-01",
+        "reports:2026-03-30",
+        "reports:2026-03-31",
+        "snapshots:2026-03-30",
+        "snapshots:2026-03-31",
+    ];
+    assert_eq!(records.keys().collect::<Vec<_>>(), expected, "{records:?}");
+    assert!(records.values().all(|(s, _)| s == "done"), "{records:?}");
+    let mut ran = run.all_finalized();
+    ran.sort();
+    assert_eq!(ran, expected, "each step ran once");
+    env.caught_up(
+        date("2026-03-12"),
+        date("2026-05-01"),
+        "reports,snapshots,monthly",
+        &[&run],
+    )
+    .await;
+    let status = run.terminate().await;
+    assert_eq!(status.code(), Some(0));
+    let revisions_before = revisions(&env, doc! {}).await;
+
+    // Down for two days: the missed steps run once each on restart.
+    env.clock = TestClock::at(ny("2026-04-03 00:00:30"));
+    let mut run = env.start("catch-up", &schedule);
+    run.wait_log(TAILING, CATCH_UP).await;
+    let mut ran = run.all_finalized();
+    ran.sort();
+    assert_eq!(
+        ran,
+        [
+            "reports:2026-04-01",
+            "reports:2026-04-02",
+            "snapshots:2026-04-01",
+            "snapshots:2026-04-02",
+        ],
+        "missed steps, once each"
+    );
+    let records = finalization_records(&env).await;
+    assert_eq!(records.len(), expected.len() + 4, "{records:?}");
+    assert!(records.values().all(|(s, _)| s == "done"), "{records:?}");
+    for r in env
+        .all(
+            "daily_financial_reports",
+            doc! { "report_date": { "$gte": date_label(date("2026-04-01")), "$lte": date_label(date("2026-04-02")) } },
+        )
+        .await
+    {
+        assert!(flag(&r, "is_final"), "{r}");
+    }
+    let snapshots = env
+        .all(
+            "daily_financial_snapshots",
+            doc! { "snapshot_date": date_label(date("2026-04-02")) },
+        )
+        .await;
+    assert_eq!(snapshots.len(), users.len() + 2, "with the April pocket");
+    env.caught_up(
+        date("2026-03-14"),
+        date("2026-05-03"),
+        "reports,snapshots,monthly",
+        &[&run],
+    )
+    .await;
+    // March's documents were not written again.
+    let after = revisions(&env, doc! {}).await;
+    for (key, rev) in &revisions_before {
+        if key.0 != "daily_financial_reports" && key.2 < 1_775_001_600_000 {
+            assert_eq!(after.get(key), Some(rev), "{key:?} rewritten");
+        }
+    }
+    assert_eq!(run.terminate().await.code(), Some(0));
+}
+
+/// Two instances started together over the DST day 2026-03-08 (23 hours in
+/// New York): each (kind, period) is run by one of them, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_across_a_dst_day_finalize_each_period_once() {
+    let ny = |day: &str, h: u32, m: u32| {
+        local_instant(
+            chrono_tz::America::New_York,
+            date(day),
+            NaiveTime::from_hms_opt(h, m, 0).expect("time"),
+        )
+    };
+    let mut env = Env::new(
+        "run_dst",
+        support::uri(),
+        "America/New_York",
+        ny("2026-03-08", 23, 0),
+    )
+    .await;
+    let mut coin = Coin::new(&env).await;
+    coin.population(&env, 3, 6, 12, 41).await;
+    let users = coin.users();
+    let main = coin.pockets[&users[1]][0];
+    // 01:30 EST, 03:30 EDT (the hour between does not exist), 23:30 EDT
+    // (already 9 March in UTC); 00:30 on 9 March.
+    for (day, h) in [
+        ("2026-03-08", 1),
+        ("2026-03-08", 3),
+        ("2026-03-08", 23),
+        ("2026-03-09", 0),
+    ] {
+        coin.save(Tx::new(users[1], "expense", "2.5", ny(day, h, 30)).from(main))
+            .await;
+    }
+
+    env.clock = TestClock::at(ny("2026-03-08", 23, 59) + chrono::Duration::seconds(40));
+    let schedule = [
+        "--initial-days",
+        "10",
+        "--daily-report-at",
+        "23:59:50",
+        "--snapshot-at",
+        "00:00:00",
+    ];
+    let mut one = env.start("one", &schedule);
+    let mut two = env.start("two", &schedule);
+    wait_finalized(&mut [&mut one, &mut two], "snapshots", "2026-03-08").await;
+    // Give the slower instance time to run it too, were it going to.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut all: Vec<String> = one.all_finalized();
+    all.extend(two.all_finalized());
+    all.sort();
+    assert_eq!(
+        all,
+        [
+            "monthly:2026-02-01",
+            "reports:2026-03-07",
+            "reports:2026-03-08",
+            "snapshots:2026-03-07",
+            "snapshots:2026-03-08",
+        ],
+        "each step run once, by one instance"
+    );
+    let records = finalization_records(&env).await;
+    assert_eq!(records.len(), all.len(), "{records:?}");
+    assert!(records.values().all(|(s, _)| s == "done"), "{records:?}");
+    let snapshots = env
+        .all(
+            "daily_financial_snapshots",
+            doc! { "snapshot_date": date_label(date("2026-03-08")) },
+        )
+        .await;
+    assert_eq!(snapshots.len(), users.len());
+    for s in &snapshots {
+        assert!(flag(s, "is_complete"));
+        assert_eq!(s.get_i64("revision"), Ok(1), "written once: {s}");
+    }
+    let report = env
+        .all(
+            "daily_financial_reports",
+            doc! { "user_id": users[1], "report_date": date_label(date("2026-03-08")) },
+        )
+        .await;
+    assert_eq!(report.len(), 1);
+    assert!(flag(&report[0], "is_final"));
+    assert!(report[0].get_i64("transaction_count").expect("count") >= 3);
+    env.caught_up(
+        date("2026-02-27"),
+        date("2026-04-08"),
+        "reports,snapshots,monthly",
+        &[&one, &two],
+    )
+    .await;
+    assert_eq!(one.terminate().await.code(), Some(0));
+    assert_eq!(two.terminate().await.code(), Some(0));
 }
