@@ -129,7 +129,8 @@ pub enum Claim {
 }
 
 /// Claims (kind, period) for this instance. A claim left running longer
-/// than `stale_after` (its owner died) can be taken over.
+/// than `stale_after` (its owner died) can be taken over; a claim this
+/// instance already holds (its run failed and is retried) is still its own.
 pub async fn claim(
     db: &Database,
     kind: &str,
@@ -151,12 +152,15 @@ pub async fn claim(
     }
     let stale = coll
         .update_one(
-            doc! { "_id": &id, "status": "running", "started_at": { "$lt": millis(now - stale_after) } },
+            doc! { "_id": &id, "status": "running", "$or": [
+                { "owner": owner },
+                { "started_at": { "$lt": millis(now - stale_after) } },
+            ] },
             doc! { "$set": { "owner": owner, "started_at": millis(now) } },
         )
         .await
         .context("taking over a stale finalization")?;
-    Ok(if stale.modified_count == 1 {
+    Ok(if stale.matched_count == 1 {
         Claim::Mine
     } else {
         Claim::Taken

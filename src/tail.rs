@@ -142,7 +142,17 @@ pub async fn run(
     });
     let mut tailer = Tailer::start(db, opts).await?;
     while !stop.load(Ordering::SeqCst) {
-        tailer.step().await?;
+        if let Err(e) = tailer.step().await {
+            // The server is away: keep the work, reopen the stream later.
+            if !is_transient(&e) {
+                return Err(e);
+            }
+            tailer.counters.reconnects += 1;
+            warn!(error = %store::redact_uri(&format!("{e:#}")), backoff_ms = tailer.backoff.as_millis() as u64, "Server unavailable; retrying.");
+            tailer.stream = None;
+            tokio::time::sleep(tailer.backoff).await;
+            tailer.backoff = (tailer.backoff * 2).min(Duration::from_secs(10));
+        }
     }
     tailer.flush().await?;
     tailer.save().await?;
@@ -736,8 +746,25 @@ impl Tailer {
         Ok(())
     }
 
-    /// Recomputes the dirty users and writes what differs.
+    /// Recomputes the dirty users and writes what differs. On failure the
+    /// work stays queued (the writes are recomputations: redoing them is
+    /// harmless).
     async fn flush(&mut self) -> Result<()> {
+        let dirty = self.dirty.clone();
+        let full_refresh = self.full_refresh;
+        let result = self.flush_dirty().await;
+        if result.is_err() {
+            for (user, day) in dirty {
+                let e = self.dirty.entry(user).or_insert(day);
+                *e = (*e).min(day);
+            }
+            self.full_refresh |= full_refresh;
+            self.first_dirty_at.get_or_insert_with(Instant::now);
+        }
+        result
+    }
+
+    async fn flush_dirty(&mut self) -> Result<()> {
         self.resolve_locations().await?;
         let now = self.opts.clock.now();
         let today = self.opts.cal.day_of(now);
@@ -835,9 +862,10 @@ impl Tailer {
         let stats = store::execute(&self.db, writes).await?;
         self.counters.documents_written += stats.changed();
         self.counters.flushes += 1;
-        store::record_rejects(&self.db, &std::mem::take(&mut self.rejects), now).await?;
-        let corrected = std::mem::take(&mut self.corrected);
-        store::clear_rejects(&self.db, &corrected).await?;
+        store::record_rejects(&self.db, &self.rejects, now).await?;
+        self.rejects.clear();
+        store::clear_rejects(&self.db, &self.corrected).await?;
+        self.corrected.clear();
         self.checkpoint.pending = pending.into_iter().collect();
         self.first_dirty_at = None;
         if self.dirty.is_empty() && self.locate.is_empty() {
@@ -858,6 +886,35 @@ impl Tailer {
         self.last_save = Instant::now();
         Ok(())
     }
+}
+
+/// An error a server outage or failover causes, as opposed to a bug or a
+/// misconfiguration: worth retrying.
+fn is_transient(e: &anyhow::Error) -> bool {
+    use mongodb::error::ErrorKind;
+    const LABELS: [&str; 5] = [
+        "RetryableError",
+        "RetryableWriteError",
+        "ResumableChangeStreamError",
+        "TransientTransactionError",
+        "SystemOverloadedError",
+    ];
+    // HostUnreachable, HostNotFound, NetworkTimeout, ShutdownInProgress,
+    // PrimarySteppedDown, SocketException, NotWritablePrimary,
+    // InterruptedAtShutdown, InterruptedDueToReplStateChange,
+    // NotPrimaryNoSecondaryOk, NotPrimaryOrSecondary.
+    const CODES: [i32; 11] = [6, 7, 89, 91, 189, 9001, 10107, 11600, 11602, 13435, 13436];
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<mongodb::error::Error>())
+        .any(|m| {
+            matches!(
+                &*m.kind,
+                ErrorKind::Io(_)
+                    | ErrorKind::ServerSelection { .. }
+                    | ErrorKind::ConnectionPoolCleared { .. }
+            ) || matches!(&*m.kind, ErrorKind::Command(c) if CODES.contains(&c.code))
+                || LABELS.iter().any(|l| m.contains_label(l))
+        })
 }
 
 fn is_history_lost(e: &mongodb::error::Error) -> bool {

@@ -1164,6 +1164,116 @@ async fn kill_9_mid_stream_and_sigterm_lose_nothing() {
 }
 
 // ---------------------------------------------------------------------------
+// 4: the server goes away and comes back
+// ---------------------------------------------------------------------------
+
+/// Retries a workload step while the driver finds the restarted server.
+async fn until_ok<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = mongodb::error::Result<T>>,
+{
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("{what}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_outage_longer_than_server_selection_is_survived() {
+    let dir = std::env::temp_dir().join(support::unique_db("tally-run-server"));
+    let mut server = support::start_server(&[], Some(&dir));
+    // Server selection gives up after 1.5 s, so a 5 s outage is a long one:
+    // tally sees the errors instead of the driver waiting them out.
+    let uri = format!("{}&serverSelectionTimeoutMS=1500", server.uri());
+    let env = Env::new("run_srv", uri, "UTC", instant(NOON_NY)).await;
+    let mut coin = Coin::new(&env).await;
+    coin.population(&env, 4, 8, 25, 21).await;
+    let mut rng = Rng::new(5);
+    let mut run = env.start("run", &["--initial-days", "20"]);
+    run.wait_log(TAILING, CATCH_UP).await;
+    coin.random_ops(&env, &mut rng, 40).await;
+
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        run.alive(),
+        "tally run died with the server:\n{}",
+        run.tail(30)
+    );
+    server.restart();
+    until_ok("first read after the restart", || async {
+        env.db
+            .collection::<Document>("transactions")
+            .count_documents(doc! {})
+            .await
+    })
+    .await;
+    coin.random_ops(&env, &mut rng, 40).await;
+    env.caught_up(
+        env.day(-20),
+        env.day(30),
+        "reports,snapshots,monthly",
+        &[&run],
+    )
+    .await;
+    assert!(run.alive(), "{}", run.tail(30));
+    let log = run.log();
+    assert!(
+        log.contains("Change stream reopened."),
+        "tally saw the outage and reopened its stream:\n{}",
+        run.tail(30)
+    );
+    assert_eq!(run.terminate().await.code(), Some(0), "{}", run.tail(30));
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Regression: a finalization whose run failed (the server went away after
+/// the claim) stayed "running" under its owner, who could not claim it back
+/// for ten minutes, while the schedule moved on: it never ran.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_finalization_can_be_retried_by_its_owner_and_only_by_it() {
+    use tally::state::{claim, finish, Claim};
+    let env = Env::new("run_claim", support::uri(), "UTC", instant(NOON_NY)).await;
+    let (day, now, stale) = (
+        date("2026-03-14"),
+        env.clock.now(),
+        chrono::Duration::minutes(10),
+    );
+    let mine = claim(&env.db, "snapshots", day, "a", now, stale)
+        .await
+        .unwrap();
+    assert_eq!(mine, Claim::Mine);
+    // The run failed before `finish`; the same instance retries.
+    let again = claim(&env.db, "snapshots", day, "a", now, stale)
+        .await
+        .unwrap();
+    assert_eq!(again, Claim::Mine);
+    let other = claim(&env.db, "snapshots", day, "b", now, stale)
+        .await
+        .unwrap();
+    assert_eq!(other, Claim::Taken);
+    finish(&env.db, "snapshots", day, 3, now).await.unwrap();
+    let done = claim(&env.db, "snapshots", day, "a", now, stale)
+        .await
+        .unwrap();
+    assert_eq!(done, Claim::Taken, "done: nobody runs it again");
+    let later = now + chrono::Duration::hours(1);
+    let stale_done = claim(&env.db, "snapshots", day, "b", later, stale)
+        .await
+        .unwrap();
+    assert_eq!(stale_done, Claim::Taken, "a done record is never stale");
+}
+
+// ---------------------------------------------------------------------------
 // 5: history lost while stopped
 // ---------------------------------------------------------------------------
 
