@@ -4,19 +4,48 @@
 //! around a DST change a day is 23 or 25 hours long. Output documents label
 //! a day (or a month, by its 1st) as that calendar date at 00:00:00 UTC.
 
+use std::sync::{Mutex, OnceLock};
+
 use bson::DateTime as BsonDateTime;
-use chrono::{DateTime, Datelike, Days, LocalResult, Months, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Days, LocalResult, Months, NaiveDate, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 
+const DAY_MS: i64 = 86_400_000;
+
 /// The reporting calendar: a time zone and the arithmetic of its days.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Day boundaries are answered from a per-zone table of day starts (filled
+/// lazily, 128 days at a time, by the exact DST-aware computation of
+/// [`Calendar::day_start`]), so finding the day of an instant — once per
+/// transaction folded — costs a few array reads instead of a time-zone
+/// conversion. Instants outside the table (before 1900 or from 2200 on)
+/// take the exact computation directly.
+#[derive(Clone, Copy)]
 pub struct Calendar {
     tz: Tz,
+    table: &'static DayTable,
+}
+
+impl PartialEq for Calendar {
+    fn eq(&self, other: &Calendar) -> bool {
+        self.tz == other.tz
+    }
+}
+
+impl Eq for Calendar {}
+
+impl std::fmt::Debug for Calendar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Calendar").field("tz", &self.tz).finish()
+    }
 }
 
 impl Calendar {
     pub fn new(tz: Tz) -> Calendar {
-        Calendar { tz }
+        Calendar {
+            tz,
+            table: DayTable::of(tz),
+        }
     }
 
     /// Parses an IANA zone name such as `America/New_York`.
@@ -32,35 +61,27 @@ impl Calendar {
         self.tz.name()
     }
 
-    /// The local date of an instant given in milliseconds since the epoch.
+    /// The day containing an instant given in milliseconds since the epoch:
+    /// the D with `day_start(D) <= millis < day_start(D + 1)` (SPEC §3).
     pub fn day_of_millis(&self, millis: i64) -> NaiveDate {
-        let utc =
-            DateTime::<Utc>::from_timestamp_millis(millis).unwrap_or(DateTime::<Utc>::MIN_UTC);
-        self.day_of(utc)
+        match self.table.day_of_millis(millis) {
+            Some(day) => day,
+            None => local_date(self.tz, millis),
+        }
     }
 
     pub fn day_of(&self, at: DateTime<Utc>) -> NaiveDate {
-        at.with_timezone(&self.tz).date_naive()
+        // Day boundaries are whole milliseconds, so the floor is exact.
+        self.day_of_millis(at.timestamp_millis())
     }
 
     /// First instant whose local date is `day`.
     pub fn day_start(&self, day: NaiveDate) -> DateTime<Utc> {
-        let midnight = day.and_hms_opt(0, 0, 0).expect("midnight exists");
-        match self.tz.from_local_datetime(&midnight) {
-            LocalResult::Single(t) => t.with_timezone(&Utc),
-            LocalResult::Ambiguous(earliest, _) => earliest.with_timezone(&Utc),
-            LocalResult::None => {
-                // Midnight was skipped by a DST jump: the day starts at the
-                // first local minute that exists (gaps are whole minutes).
-                let mut t = midnight;
-                loop {
-                    t += chrono::Duration::minutes(1);
-                    if let Some(found) = self.tz.from_local_datetime(&t).earliest() {
-                        return found.with_timezone(&Utc);
-                    }
-                }
-            }
-        }
+        let millis = match self.table.start(day_number(day)) {
+            Some((start, _)) => start,
+            None => exact_day_start(self.tz, day),
+        };
+        DateTime::<Utc>::from_timestamp_millis(millis).expect("a day start is a valid instant")
     }
 
     /// Exclusive end of `day`: the start of the next day.
@@ -70,6 +91,132 @@ impl Calendar {
 
     pub fn month_start(&self, month: NaiveDate) -> DateTime<Utc> {
         self.day_start(first_of_month(month))
+    }
+}
+
+/// Days since 1970-01-01.
+fn day_number(day: NaiveDate) -> i64 {
+    i64::from(day.num_days_from_ce()) - EPOCH_DAYS_FROM_CE
+}
+
+const EPOCH_DAYS_FROM_CE: i64 = 719_163;
+
+/// The local date of an instant, from the zone rules; instants beyond the
+/// dates chrono can represent clamp to its first or last date (bad input
+/// must never panic).
+fn local_date(tz: Tz, millis: i64) -> NaiveDate {
+    let Some(utc) = DateTime::<Utc>::from_timestamp_millis(millis) else {
+        return if millis < 0 {
+            NaiveDate::MIN
+        } else {
+            NaiveDate::MAX
+        };
+    };
+    let naive = utc.naive_utc();
+    let offset = tz.offset_from_utc_datetime(&naive).fix();
+    naive
+        .checked_add_offset(offset)
+        .map_or(naive.date(), |local| local.date())
+}
+
+/// First instant (millis) whose local date is `day`, from the zone rules.
+fn exact_day_start(tz: Tz, day: NaiveDate) -> i64 {
+    let midnight = day.and_hms_opt(0, 0, 0).expect("midnight exists");
+    match tz.from_local_datetime(&midnight) {
+        LocalResult::Single(t) => t.timestamp_millis(),
+        LocalResult::Ambiguous(earliest, _) => earliest.timestamp_millis(),
+        LocalResult::None => {
+            // Midnight was skipped by a DST jump: the day starts at the
+            // first local minute that exists (gaps are whole minutes).
+            let mut t = midnight;
+            loop {
+                t += chrono::Duration::minutes(1);
+                if let Some(found) = tz.from_local_datetime(&t).earliest() {
+                    return found.timestamp_millis();
+                }
+            }
+        }
+    }
+}
+
+/// Days per lazily filled chunk of a [`DayTable`].
+const CHUNK: i64 = 128;
+/// First day the table covers: 1900-01-01 (days since 1970-01-01).
+const TABLE_FIRST: i64 = -25_567;
+/// Chunks covering 1900-01-01 up to 2200-01-01 (109,574 days).
+const TABLE_CHUNKS: usize = 857;
+
+/// Day starts of one zone, one chunk of [`CHUNK`] days filled on first use.
+/// One table per zone for the life of the process (a few KiB until used).
+struct DayTable {
+    tz: Tz,
+    chunks: Box<[OnceLock<Chunk>]>,
+}
+
+/// (start millis, date) of [`CHUNK`] consecutive days.
+type Chunk = Box<[(i64, NaiveDate)]>;
+
+impl DayTable {
+    fn of(tz: Tz) -> &'static DayTable {
+        static TABLES: OnceLock<Mutex<Vec<&'static DayTable>>> = OnceLock::new();
+        let mut tables = TABLES
+            .get_or_init(|| Mutex::new(Vec::new()))
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = tables.iter().find(|t| t.tz == tz) {
+            return t;
+        }
+        let table: &'static DayTable = Box::leak(Box::new(DayTable {
+            tz,
+            chunks: (0..TABLE_CHUNKS).map(|_| OnceLock::new()).collect(),
+        }));
+        tables.push(table);
+        table
+    }
+
+    /// (start millis, date) of day number `n`, when the table covers it.
+    #[inline]
+    fn start(&self, n: i64) -> Option<(i64, NaiveDate)> {
+        let i = n.checked_sub(TABLE_FIRST)?;
+        if i < 0 {
+            return None;
+        }
+        let chunk = self.chunks.get((i / CHUNK) as usize)?;
+        let days = chunk.get_or_init(|| self.fill(i / CHUNK));
+        Some(days[(i % CHUNK) as usize])
+    }
+
+    #[cold]
+    fn fill(&self, chunk: i64) -> Chunk {
+        let first = TABLE_FIRST + chunk * CHUNK;
+        (first..first + CHUNK)
+            .map(|n| {
+                let day = NaiveDate::from_num_days_from_ce_opt((n + EPOCH_DAYS_FROM_CE) as i32)
+                    .expect("table days are valid dates");
+                (exact_day_start(self.tz, day), day)
+            })
+            .collect()
+    }
+
+    /// The day D with start(D) <= millis < start(D + 1), or `None` outside
+    /// the table. A local date differs from the UTC date by at most one day
+    /// (offsets are under 24 hours), so D is among UTC day ± 1; a skipped
+    /// day has start(D) = start(D + 1) and is never chosen.
+    #[inline]
+    fn day_of_millis(&self, millis: i64) -> Option<NaiveDate> {
+        let u = millis.div_euclid(DAY_MS);
+        for n in (u - 2..=u + 1).rev() {
+            let (start, day) = self.start(n)?;
+            if start <= millis {
+                // Days n + 1 .. u + 1 start after `millis` (checked above);
+                // for n = u + 1 check day u + 2 too.
+                if n == u + 1 && self.start(u + 2)?.0 <= millis {
+                    return None;
+                }
+                return Some(day);
+            }
+        }
+        None
     }
 }
 
@@ -176,6 +323,89 @@ mod tests {
         let start = cal.day_start(day);
         assert_eq!(cal.day_of(start), day);
         assert_ne!(cal.day_of(start - chrono::Duration::milliseconds(1)), day);
+    }
+
+    /// The table answers exactly what the zone rules say: every instant
+    /// lies in [day_start(D), day_start(D + 1)) of the day it is given, that
+    /// D is its local date wherever local dates never run backwards, and the
+    /// table's day starts are the exact ones.
+    #[test]
+    fn table_agrees_with_the_zone_rules() {
+        let zones = [
+            "UTC",
+            "America/New_York",
+            "America/Santiago",    // midnight skipped and repeated
+            "America/St_Johns",    // changed at 00:01 until 2011
+            "Australia/Lord_Howe", // 30-minute DST
+            "Asia/Kathmandu",      // +05:45
+            "Pacific/Apia",        // skipped 2011-12-30 entirely
+            "Pacific/Kiritimati",  // +14:00
+            "Etc/GMT+12",          // -12:00
+            "Europe/Dublin",       // negative DST
+        ];
+        let mut rng = crate::seed::Rng::new(11);
+        for name in zones {
+            let cal = Calendar::from_name(name).unwrap();
+            // Every day start of 2008..2013 and 2024..2028 and the instants around it.
+            for day in
+                days(d("2008-01-01"), d("2013-12-31")).chain(days(d("2024-01-01"), d("2028-12-31")))
+            {
+                let start = exact_day_start(cal.tz, day);
+                assert_eq!(cal.day_start(day).timestamp_millis(), start, "{name} {day}");
+                let next = exact_day_start(cal.tz, next_day(day));
+                if next > start {
+                    assert_eq!(cal.day_of_millis(start), day, "{name} {day} start");
+                    assert_eq!(cal.day_of_millis(next - 1), day, "{name} {day} last ms");
+                }
+            }
+            // Random instants 1900..2200: windows hold, and agree with the local date
+            // unless the local date ran backwards around that instant.
+            for _ in 0..20_000 {
+                let millis = -2_208_988_800_000 + (rng.below(9_467_280) as i64) * 1_000_000;
+                let day = cal.day_of_millis(millis);
+                assert!(exact_day_start(cal.tz, day) <= millis, "{name} {millis}");
+                assert!(
+                    millis < exact_day_start(cal.tz, next_day(day)),
+                    "{name} {millis}"
+                );
+                let local = DateTime::<Utc>::from_timestamp_millis(millis)
+                    .unwrap()
+                    .with_timezone(&cal.tz)
+                    .date_naive();
+                if local != day {
+                    assert_eq!(day, next_day(local), "{name} {millis}: a repeated hour");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn instants_outside_the_table_use_the_zone_rules() {
+        let cal = Calendar::from_name("America/New_York").unwrap();
+        for s in [
+            "1850-06-01T12:00:00Z",
+            "2300-06-01T03:59:59.999Z",
+            "2300-06-01T04:00:00Z",
+        ] {
+            let t = utc(s);
+            assert_eq!(cal.day_of(t), t.with_timezone(&cal.tz).date_naive(), "{s}");
+            assert_eq!(
+                cal.day_of_millis(t.timestamp_millis()),
+                cal.day_of(t),
+                "{s}"
+            );
+        }
+        let far = d("2300-06-01");
+        assert_eq!(
+            cal.day_start(far).timestamp_millis(),
+            exact_day_start(cal.tz, far)
+        );
+        // Out of chrono's range: clamped, never a panic (a bad `date` is input).
+        assert_eq!(cal.day_of_millis(i64::MIN), NaiveDate::MIN);
+        assert_eq!(cal.day_of_millis(i64::MAX), NaiveDate::MAX);
+        let min = DateTime::<Utc>::MIN_UTC.timestamp_millis();
+        assert_eq!(cal.day_of_millis(min), NaiveDate::MIN);
+        assert_eq!(Calendar::from_name("UTC").unwrap(), Calendar::new(Tz::UTC));
     }
 
     #[test]
