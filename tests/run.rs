@@ -818,6 +818,17 @@ where
     }
 }
 
+/// The resume token of the stored checkpoint, if any.
+async fn checkpoint_token(env: &Env) -> Option<Bson> {
+    env.db
+        .collection::<Document>("tally_state")
+        .find_one(doc! { "_id": "checkpoint" })
+        .await
+        .expect("checkpoint")
+        .and_then(|d| d.get("resume_token").cloned())
+        .filter(|t| *t != Bson::Null)
+}
+
 async fn reject_count(env: &Env, id: ObjectId) -> u64 {
     env.db
         .collection::<Document>("tally_rejects")
@@ -1132,19 +1143,25 @@ async fn kill_9_mid_stream_and_sigterm_lose_nothing() {
 
     let mut run = env.start("first", &args);
     run.wait_log(TAILING, CATCH_UP).await;
-    coin.random_ops(&env, &mut rng, 60).await;
-    // Right after a burst: events read, not yet flushed or checkpointed.
-    run.kill9();
-    coin.random_ops(&env, &mut rng, 30).await;
-    let mut run = env.start("after-kill", &args);
-    run.wait_log(TAILING, CATCH_UP).await;
-    coin.random_ops(&env, &mut rng, 30).await;
-    // Killed again, while the workload is still writing.
-    coin.random_ops(&env, &mut rng, 10).await;
-    run.kill9();
-    coin.random_ops(&env, &mut rng, 10).await;
-    let mut run = env.start("after-second-kill", &args);
-    coin.random_ops(&env, &mut rng, 30).await;
+    // Three kills, each after a checkpoint with a token, at a random moment
+    // of the next burst's processing (read, flushing, or flushed but not
+    // checkpointed); the workload goes on while tally is down.
+    for round in 0..3 {
+        coin.random_ops(&env, &mut rng, 25).await;
+        let token = checkpoint_token(&env).await;
+        wait_for("a checkpoint after the burst", CATCH_UP, || {
+            checkpoint_token(&env).map(|t| t.is_some() && t != token)
+        })
+        .await;
+        coin.random_ops(&env, &mut rng, 25).await;
+        tokio::time::sleep(Duration::from_millis(rng.below(600))).await;
+        run.kill9();
+        coin.random_ops(&env, &mut rng, 15).await;
+        run = env.start(&format!("after-kill-{round}"), &args);
+        run.wait_log(TAILING, CATCH_UP).await;
+        assert!(run.log().contains("resumed=true"), "{}", run.tail(10));
+    }
+    coin.random_ops(&env, &mut rng, 20).await;
     env.caught_up(from, to, "reports,snapshots,monthly", &[&run])
         .await;
 
@@ -1611,4 +1628,47 @@ async fn two_instances_across_a_dst_day_finalize_each_period_once() {
     .await;
     assert_eq!(one.terminate().await.code(), Some(0));
     assert_eq!(two.terminate().await.code(), Some(0));
+}
+
+/// Known gap (scan.rs, not `run`): after the 23:59 step, today's reports are
+/// final in the store, but reconcile (and backfill) still expect them open
+/// until midnight, so the oracle fails for that minute every day — and a
+/// backfill run then would reopen them.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "reconcile expects today's reports open until midnight, after the 23:59 step closed them"]
+async fn reconcile_agrees_with_run_between_the_report_step_and_midnight() {
+    let mut env = Env::new("run_2359", support::uri(), "UTC", instant(NOON_NY)).await;
+    let mut coin = Coin::new(&env).await;
+    coin.population(&env, 2, 4, 10, 51).await;
+    let user = coin.users()[0];
+    let main = coin.pockets[&user][0];
+    coin.save(Tx::new(user, "income", "8", env.at(env.day(0), 9, 0)).to(main))
+        .await;
+    env.clock = TestClock::at(instant("2026-03-15T23:59:40Z"));
+    let mut run = env.start(
+        "run",
+        &["--initial-days", "10", "--daily-report-at", "23:59:45"],
+    );
+    wait_finalized(&mut [&mut run], "reports", "2026-03-15").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        env.clock.now() < instant("2026-03-15T23:59:58Z"),
+        "too slow to check"
+    );
+    let o = env
+        .tally(&[
+            "reconcile",
+            "--from",
+            "2026-03-05",
+            "--to",
+            "2026-03-20",
+            "--json",
+        ])
+        .await;
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 }
