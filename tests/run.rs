@@ -569,6 +569,36 @@ impl Coin {
             .expect("pocket deleted");
     }
 
+    /// Gives `pocket` to `user` (its balance stays).
+    async fn move_pocket(&mut self, pocket: ObjectId, user: ObjectId) {
+        self.db
+            .collection::<Document>("pockets")
+            .update_one(doc! { "_id": pocket }, doc! { "$set": { "user_id": user } })
+            .await
+            .expect("pocket moved");
+        let old = self.owner.insert(pocket, user).expect("known pocket");
+        self.pockets
+            .get_mut(&old)
+            .expect("owner")
+            .retain(|p| *p != pocket);
+        self.pockets.entry(user).or_default().push(pocket);
+    }
+
+    /// Hard-deletes `pocket`.
+    async fn remove_pocket(&mut self, pocket: ObjectId) {
+        self.db
+            .collection::<Document>("pockets")
+            .delete_one(doc! { "_id": pocket })
+            .await
+            .expect("pocket removed");
+        let owner = self.owner.remove(&pocket).expect("known pocket");
+        self.balances.remove(&pocket);
+        self.pockets
+            .get_mut(&owner)
+            .expect("owner")
+            .retain(|p| *p != pocket);
+    }
+
     /// Writes `tx` (insert, or `$set` of every field when it exists), then
     /// the balance of each pocket whose effects changed.
     async fn save(&mut self, tx: Tx) -> ObjectId {
@@ -1029,6 +1059,9 @@ async fn scripted_workload(prefix: &str, extra: &[&str]) {
 
     // Drift: a balance change no transaction explains.
     coin.drift(b_main, "100").await;
+    // A pocket handed to another user; a pocket removed for good.
+    coin.move_pocket(c_new, a).await;
+    coin.remove_pocket(b_debt).await;
 
     // The two-write pattern, slowed down: the balance lands 800 ms after the
     // transaction (more than a flush, less than the settle delay).
