@@ -248,7 +248,10 @@ impl Scanner {
 
         let mut scanner = Scanner {
             today: cal.day_of(now),
-            reports_open_from: focus.reports_open_from.unwrap_or(cal.day_of(now)),
+            reports_open_from: match focus.reports_open_from {
+                Some(d) => d,
+                None => reports_open_from(db, &cal, now).await?,
+            },
             cal,
             range,
             now,
@@ -492,6 +495,21 @@ impl Scanner {
     pub fn rejected(&self) -> u64 {
         self.reject_counts.values().sum()
     }
+}
+
+/// The first day whose reports are not final: today, or tomorrow once the
+/// 23:59 step has marked today's reports final (`tally_finalizations`).
+pub async fn reports_open_from(
+    db: &Database,
+    cal: &Calendar,
+    now: DateTime<Utc>,
+) -> Result<NaiveDate> {
+    let today = cal.day_of(now);
+    let last = crate::state::last_finalized(db, Kind::Report.cli_name()).await?;
+    Ok(match last {
+        Some((day, _)) if day >= today => crate::calendar::next_day(day),
+        _ => today,
+    })
 }
 
 fn note_reject(

@@ -99,7 +99,7 @@ impl RunOptions {
             clock: Clock::real(),
             quiet: Duration::from_millis(200),
             max_delay: Duration::from_secs(1),
-            settle: Duration::from_secs(30),
+            settle: Duration::from_secs(20),
             initial_days: 60,
             horizon_days: 400,
             owner: format!("{}-{}", hostname(), std::process::id()),

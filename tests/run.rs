@@ -1663,12 +1663,10 @@ async fn two_instances_across_a_dst_day_finalize_each_period_once() {
     assert_eq!(two.terminate().await.code(), Some(0));
 }
 
-/// Known gap (scan.rs, not `run`): after the 23:59 step, today's reports are
-/// final in the store, but reconcile (and backfill) still expect them open
-/// until midnight, so the oracle fails for that minute every day — and a
-/// backfill run then would reopen them.
+/// Regression: after the 23:59 step, today's reports are final in the
+/// store; reconcile (and backfill) must expect them final too, not reopen
+/// them until midnight.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "reconcile expects today's reports open until midnight, after the 23:59 step closed them"]
 async fn reconcile_agrees_with_run_between_the_report_step_and_midnight() {
     let mut env = Env::new("run_2359", support::uri(), "UTC", instant(NOON_NY)).await;
     let mut coin = Coin::new(&env).await;
