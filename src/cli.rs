@@ -350,7 +350,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 chrono::Duration::zero(),
             )
             .await?;
-            let n = schedule::finalize(&db, cal, a.kind, period, now).await?;
+            // Year-to-date baselines come from documents only where tally run keeps them.
+            let trusted = state::load_checkpoint(&db)
+                .await?
+                .managed_from
+                .unwrap_or(NaiveDate::MAX);
+            let n = schedule::finalize(&db, cal, a.kind, period, now, trusted).await?;
             state::finish(&db, a.kind.cli_name(), period, n, Utc::now()).await?;
             println!(
                 "finalized {} {period}: {n} documents written",

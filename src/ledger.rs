@@ -225,24 +225,51 @@ impl Balances {
     }
 }
 
+/// Income and expense from 1 January of `from`'s year up to (not
+/// including) `from`: what a ledger that starts at `from` cannot know.
+/// Taken from an already final document (the previous day's snapshot or
+/// the previous month's summary), it spares re-reading the year.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct YtdBaseline {
+    pub from: NaiveDate,
+    pub income: Money,
+    pub expense: Money,
+}
+
 /// Year-to-date income and expense through any day, from prefix sums.
 #[derive(Debug, Default)]
 pub struct YearToDate {
     /// (day, Σ income, Σ expense) from 1 January of the day's year through day.
     prefix: Vec<(NaiveDate, Money, Money)>,
+    baseline: Option<YtdBaseline>,
 }
 
 impl YearToDate {
     pub fn new(ledger: &UserLedger) -> YearToDate {
-        let mut prefix: Vec<(NaiveDate, Money, Money)> = Vec::with_capacity(ledger.days.len());
+        YearToDate::with_baseline(ledger, None)
+    }
+
+    /// Prefix sums over `ledger`, starting the baseline's year from it.
+    pub fn with_baseline(ledger: &UserLedger, baseline: Option<YtdBaseline>) -> YearToDate {
+        let mut ytd = YearToDate {
+            prefix: Vec::with_capacity(ledger.days.len()),
+            baseline,
+        };
         for (day, agg) in &ledger.days {
-            let (inc, exp) = match prefix.last() {
+            let (inc, exp) = match ytd.prefix.last() {
                 Some((d, i, e)) if d.year() == day.year() => (*i, *e),
-                _ => (Money::ZERO, Money::ZERO),
+                _ => ytd.start_of_year(*day),
             };
-            prefix.push((*day, inc + agg.income, exp + agg.expense));
+            ytd.prefix.push((*day, inc + agg.income, exp + agg.expense));
         }
-        YearToDate { prefix }
+        ytd
+    }
+
+    fn start_of_year(&self, day: NaiveDate) -> (Money, Money) {
+        match self.baseline {
+            Some(b) if b.from.year() == day.year() => (b.income, b.expense),
+            _ => (Money::ZERO, Money::ZERO),
+        }
     }
 
     /// (income, expense) from 1 January of `day`'s year through `day`.
@@ -250,7 +277,7 @@ impl YearToDate {
         let i = self.prefix.partition_point(|(d, _, _)| *d <= day);
         match i.checked_sub(1).map(|i| self.prefix[i]) {
             Some((d, inc, exp)) if d.year() == day.year() => (inc, exp),
-            _ => (Money::ZERO, Money::ZERO),
+            _ => self.start_of_year(day),
         }
     }
 }
@@ -279,6 +306,33 @@ mod tests {
             date,
             deleted: false,
         }
+    }
+
+    #[test]
+    fn year_to_date_continues_from_a_baseline_within_its_year_only() {
+        let cal = Calendar::from_name("UTC").unwrap();
+        let day = |s: &str| s.parse::<NaiveDate>().unwrap();
+        let at = |s: &str| cal.day_start(day(s)).timestamp_millis() + 3_600_000;
+        let mut l = UserLedger::default();
+        l.apply(
+            &cal,
+            &tx(TxType::Income, "10", None, None, at("2026-12-30")),
+        );
+        l.apply(
+            &cal,
+            &tx(TxType::Expense, "4", None, None, at("2027-01-02")),
+        );
+        let m = |s: &str| s.parse::<Money>().unwrap();
+        let base = YtdBaseline {
+            from: day("2026-12-01"),
+            income: m("100"),
+            expense: m("50"),
+        };
+        let ytd = YearToDate::with_baseline(&l, Some(base));
+        assert_eq!(ytd.through(day("2026-12-01")), (m("100"), m("50")));
+        assert_eq!(ytd.through(day("2026-12-31")), (m("110"), m("50")));
+        assert_eq!(ytd.through(day("2027-01-01")), (Money::ZERO, Money::ZERO));
+        assert_eq!(ytd.through(day("2027-01-05")), (Money::ZERO, m("4")));
     }
 
     #[test]

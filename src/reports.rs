@@ -14,7 +14,9 @@ use bson::{doc, Bson, Document};
 use chrono::NaiveDate;
 
 use crate::calendar::{self, date_label, first_of_month, first_of_year, last_of_month, Calendar};
-use crate::ledger::{Balances, CategorySum, DayAgg, PocketDay, UserLedger, YearToDate};
+use crate::ledger::{
+    Balances, CategorySum, DayAgg, PocketDay, UserLedger, YearToDate, YtdBaseline,
+};
 use crate::money::Money;
 use crate::source::Pocket;
 use crate::vecmap::VecMap;
@@ -126,6 +128,13 @@ impl<'a> UserView<'a> {
             balances: Balances::new(ledger, pockets.values()),
             ytd: YearToDate::new(ledger),
         }
+    }
+
+    /// For a ledger that starts at `baseline.from`: year-to-date figures
+    /// continue from the baseline instead of from zero.
+    pub fn with_ytd_baseline(mut self, baseline: YtdBaseline) -> UserView<'a> {
+        self.ytd = YearToDate::with_baseline(self.ledger, Some(baseline));
+        self
     }
 
     /// The user's pockets that count on `day` (SPEC §1.2), by id.

@@ -15,9 +15,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use anyhow::{Context, Result};
 use bson::oid::ObjectId;
 use bson::{doc, Bson, Document};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use futures::TryStreamExt;
-use mongodb::{Cursor, Database};
+use mongodb::options::Hint;
+use mongodb::Database;
+use tokio::sync::mpsc;
 
 use crate::calendar::{date_label, first_of_month, label_date, Calendar};
 use crate::diff::{diff, FieldDiff};
@@ -28,7 +30,7 @@ use crate::source::{
     decode_category, decode_pocket, decode_transaction, Pocket, RejectReason, SourceId,
 };
 use crate::store::{
-    self, key_filter, plan_write, Write, CATEGORIES, POCKETS, REJECTS, TRANSACTIONS,
+    self, key_filter, plan_write, same_content, Write, CATEGORIES, POCKETS, REJECTS, TRANSACTIONS,
 };
 
 /// The periods a run covers.
@@ -79,9 +81,13 @@ pub struct Drift {
 /// Everything the scan found for one user.
 #[derive(Debug, Default)]
 pub struct UserResult {
+    pub user: Option<ObjectId>,
     pub changes: Vec<DocChange>,
     pub drifts: Vec<Drift>,
     pub documents: usize,
+    /// A [`Scope::Since`] scan had no year-to-date baseline for this user:
+    /// nothing was built; scan the user again with [`Scope::Dependencies`].
+    pub needs_full_scope: bool,
 }
 
 /// Which transactions the scan reads.
@@ -91,6 +97,17 @@ pub enum Scope {
     Dependencies,
     /// All history, which also lets the scan measure drift.
     AllHistory,
+    /// From this day on, with year-to-date baselines for the days before it
+    /// ([`Focus::ytd_baselines`]): the cheap scan of the live path and of
+    /// the nightly steps.
+    Since(NaiveDate),
+}
+
+impl Scope {
+    /// A scan from a day other than 1 January needs year-to-date baselines.
+    fn needs_baseline(self) -> bool {
+        matches!(self, Scope::Since(day) if day.ordinal() != 1)
+    }
 }
 
 /// Narrows a scan to some users (the live path) and moves the first day
@@ -99,6 +116,9 @@ pub enum Scope {
 pub struct Focus {
     pub users: Option<Vec<ObjectId>>,
     pub reports_open_from: Option<NaiveDate>,
+    /// For [`Scope::Since`]: each user's income and expense of the year
+    /// before the scan's first day.
+    pub ytd_baselines: Option<std::sync::Arc<HashMap<ObjectId, crate::ledger::YtdBaseline>>>,
 }
 
 impl Focus {
@@ -111,8 +131,128 @@ impl Focus {
     }
 }
 
-/// A cursor over one kind's stored documents and the next one read from it.
-type StoredCursor = (Kind, Cursor<Document>, Option<(ObjectId, Document)>);
+/// One kind's stored documents and the next one read from them.
+type StoredCursor = (Kind, Feed, Option<(ObjectId, Document)>);
+
+/// Documents per round trip of the transaction and stored-document cursors.
+const TX_BATCH: u32 = 10_000;
+const STORED_BATCH: u32 = 5_000;
+/// Documents per hand-over from a read-ahead task, and hand-overs buffered:
+/// a cursor holds at most its server batch plus this many documents.
+const FEED_CHUNK: usize = 500;
+const FEED_DEPTH: usize = 4;
+
+/// A cursor read ahead by its own task through a bounded channel, so the
+/// server's query and batches overlap the scan's own work (and the four
+/// cursors of a scan are queried concurrently). Memory stays bounded.
+struct Feed {
+    rx: mpsc::Receiver<Result<Vec<Document>>>,
+    chunk: std::vec::IntoIter<Document>,
+}
+
+impl Feed {
+    /// Queries `coll` with `filter`, sorted by user_id, hinted by `hint`.
+    fn spawn(
+        db: &Database,
+        coll: &'static str,
+        filter: Document,
+        hint: Option<Document>,
+        batch: u32,
+    ) -> Feed {
+        let (tx, rx) = mpsc::channel(FEED_DEPTH);
+        let db = db.clone();
+        tokio::spawn(async move {
+            let collection = db.collection::<Document>(coll);
+            let mut find = collection
+                .find(filter)
+                .sort(doc! { "user_id": 1 })
+                .allow_disk_use(true)
+                .batch_size(batch);
+            if let Some(keys) = hint {
+                find = find.hint(Hint::Keys(keys));
+            }
+            let mut cursor = match find.await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(anyhow::Error::new(e).context(format!("reading {coll}"))))
+                        .await;
+                    return;
+                }
+            };
+            let mut chunk = Vec::with_capacity(FEED_CHUNK);
+            loop {
+                match cursor.try_next().await {
+                    Ok(Some(d)) => {
+                        chunk.push(d);
+                        if chunk.len() == FEED_CHUNK
+                            && tx.send(Ok(std::mem::take(&mut chunk))).await.is_err()
+                        {
+                            return; // the scan was dropped
+                        }
+                    }
+                    Ok(None) => {
+                        if !chunk.is_empty() {
+                            let _ = tx.send(Ok(chunk)).await;
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(anyhow::Error::new(e).context(format!("reading {coll}"))))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        Feed {
+            rx,
+            chunk: Vec::new().into_iter(),
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<Document>> {
+        loop {
+            if let Some(d) = self.chunk.next() {
+                return Ok(Some(d));
+            }
+            match self.rx.recv().await {
+                Some(Ok(chunk)) => self.chunk = chunk.into_iter(),
+                Some(Err(e)) => return Err(e),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+fn ascending(v: &Bson) -> bool {
+    match v {
+        Bson::Int32(i) => *i == 1,
+        Bson::Int64(i) => *i == 1,
+        Bson::Double(d) => *d == 1.0,
+        _ => false,
+    }
+}
+
+/// Whether `coll` has an index on exactly `keys` (ascending fields).
+async fn has_index(db: &Database, coll: &str, keys: &Document) -> bool {
+    let Ok(mut indexes) = db.collection::<Document>(coll).list_indexes().await else {
+        return false; // no collection yet
+    };
+    while let Ok(Some(index)) = indexes.try_next().await {
+        let same = index.keys.len() == keys.len()
+            && index
+                .keys
+                .iter()
+                .zip(keys)
+                .all(|((k, v), (want, _))| k == want && ascending(v));
+        if same {
+            return true;
+        }
+    }
+    false
+}
 
 /// Walks users in id order; see the module docs.
 pub struct Scanner {
@@ -125,7 +265,7 @@ pub struct Scanner {
     pocket_users: Vec<ObjectId>,
     next_pocket_user: usize,
     categories: Categories,
-    transactions: Cursor<Document>,
+    transactions: Feed,
     pending_tx: Option<crate::source::Transaction>,
     stored: Vec<StoredCursor>,
     known_rejects: HashSet<String>,
@@ -137,6 +277,7 @@ pub struct Scanner {
     pub transactions_read: u64,
     pub users_done: u64,
     reports_open_from: NaiveDate,
+    ytd_baselines: Option<std::sync::Arc<HashMap<ObjectId, crate::ledger::YtdBaseline>>>,
 }
 
 impl Scanner {
@@ -217,15 +358,20 @@ impl Scanner {
                 let start = cal.day_start(earliest_dependency(range.from));
                 doc! { "date": { "$gte": bson::DateTime::from_millis(start.timestamp_millis()) } }
             }
+            Scope::Since(day) => {
+                let start = cal.day_start(day);
+                doc! { "date": { "$gte": bson::DateTime::from_millis(start.timestamp_millis()) } }
+            }
         };
-        let transactions = db
-            .collection::<Document>(TRANSACTIONS)
-            .find(focus.narrow(filter))
-            .sort(doc! { "user_id": 1, "date": 1 })
-            .allow_disk_use(true)
-            .batch_size(10_000)
-            .await
-            .context("reading transactions")?;
+        // Every cursor is sorted by user_id alone: the merge needs users in
+        // order, never a user's documents in any order. A whole-collection
+        // scan walks the (user_id, date) index by hint when it exists, so the
+        // server never sorts in memory; a focused scan leaves the plan to the
+        // server (its `$in` on user_id is selective).
+        let whole = focus.users.is_none();
+        let tx_index = doc! { "user_id": 1, "date": 1 };
+        let tx_hint = (whole && has_index(db, TRANSACTIONS, &tx_index).await).then_some(tx_index);
+        let transactions = Feed::spawn(db, TRANSACTIONS, focus.narrow(filter), tx_hint, TX_BATCH);
 
         let mut stored = Vec::new();
         for &kind in &range.kinds {
@@ -233,17 +379,18 @@ impl Scanner {
                 Kind::Monthly => (first_of_month(range.from), first_of_month(range.to)),
                 _ => (range.from, range.to),
             };
-            let cursor = db
-                .collection::<Document>(kind.collection())
-                .find(focus.narrow(
+            let index = doc! { "user_id": 1, kind.date_field(): 1 };
+            let hint = (whole && has_index(db, kind.collection(), &index).await).then_some(index);
+            let feed = Feed::spawn(
+                db,
+                kind.collection(),
+                focus.narrow(
                     doc! { kind.date_field(): { "$gte": date_label(lo), "$lte": date_label(hi) } },
-                ))
-                .sort(doc! { "user_id": 1, kind.date_field(): 1 })
-                .allow_disk_use(true)
-                .batch_size(5_000)
-                .await
-                .with_context(|| format!("reading {}", kind.collection()))?;
-            stored.push((kind, cursor, None));
+                ),
+                hint,
+                STORED_BATCH,
+            );
+            stored.push((kind, feed, None));
         }
 
         let mut scanner = Scanner {
@@ -252,6 +399,7 @@ impl Scanner {
                 Some(d) => d,
                 None => reports_open_from(db, &cal, now).await?,
             },
+            ytd_baselines: focus.ytd_baselines.clone(),
             cal,
             range,
             now,
@@ -284,12 +432,7 @@ impl Scanner {
 
     async fn advance_tx(&mut self) -> Result<()> {
         self.pending_tx = None;
-        while let Some(raw) = self
-            .transactions
-            .try_next()
-            .await
-            .context("reading transactions")?
-        {
+        while let Some(raw) = self.transactions.next().await? {
             self.transactions_read += 1;
             match decode_transaction(&raw) {
                 Ok(tx) => {
@@ -319,13 +462,9 @@ impl Scanner {
     }
 
     async fn advance_stored(&mut self, i: usize) -> Result<()> {
-        let (kind, cursor, pending) = &mut self.stored[i];
+        let (_, feed, pending) = &mut self.stored[i];
         *pending = None;
-        while let Some(doc) = cursor
-            .try_next()
-            .await
-            .with_context(|| format!("reading {}", kind.collection()))?
-        {
+        while let Some(doc) = feed.next().await? {
             if let Ok(user) = doc.get_object_id("user_id") {
                 *pending = Some((user, doc));
                 break;
@@ -362,19 +501,33 @@ impl Scanner {
         }
         let mut stored: HashMap<(Kind, NaiveDate), Document> = HashMap::new();
         for i in 0..self.stored.len() {
-            while let Some((kind, doc)) = match &self.stored[i] {
-                (kind, _, Some((u, doc))) if *u == user => Some((*kind, doc.clone())),
-                _ => None,
-            } {
-                if let Ok(label) = doc.get_datetime(kind.date_field()) {
-                    stored.insert((kind, label_date(*label)), doc);
+            let kind = self.stored[i].0;
+            while self.stored[i].2.as_ref().is_some_and(|(u, _)| *u == user) {
+                if let Some((_, doc)) = self.stored[i].2.take() {
+                    if let Ok(label) = doc.get_datetime(kind.date_field()) {
+                        stored.insert((kind, label_date(*label)), doc);
+                    }
                 }
                 self.advance_stored(i).await?;
             }
         }
         let empty = BTreeMap::new();
         let pockets = self.pockets.get(&user).unwrap_or(&empty);
-        let view = UserView::new(user, &ledger, pockets, &self.categories, &self.cal);
+        let mut view = UserView::new(user, &ledger, pockets, &self.categories, &self.cal);
+        // From 1 January the ledger holds the whole year: no baseline needed.
+        if self.scope.needs_baseline() {
+            match self.ytd_baselines.as_ref().and_then(|b| b.get(&user)) {
+                Some(b) => view = view.with_ytd_baseline(*b),
+                None => {
+                    self.users_done += 1;
+                    return Ok(Some(UserResult {
+                        user: Some(user),
+                        needs_full_scope: true,
+                        ..UserResult::default()
+                    }));
+                }
+            }
+        }
         let expected = view.build_range(
             &self.range.kinds,
             self.range.from,
@@ -382,6 +535,7 @@ impl Scanner {
             self.today,
         );
         let mut result = UserResult {
+            user: Some(user),
             documents: expected.len(),
             ..UserResult::default()
         };
@@ -393,6 +547,9 @@ impl Scanner {
             let difference = match &old {
                 None => Difference::Missing,
                 Some(s) => {
+                    if same_content(&content, s) {
+                        continue;
+                    }
                     let fields = diff(&content, s);
                     if fields.is_empty() {
                         continue;
@@ -495,6 +652,111 @@ impl Scanner {
     pub fn rejected(&self) -> u64 {
         self.reject_counts.values().sum()
     }
+}
+
+/// What a cheap scan found, users and rejects together.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    pub results: Vec<UserResult>,
+    pub rejects: Vec<(&'static str, SourceId, RejectReason)>,
+}
+
+/// Scans `range` for the focused users (or all) reading transactions only
+/// from `since` on, with year-to-date baselines taken from the final
+/// documents that end the day before `since`; users without one are scanned
+/// again from 1 January. Same results as a [`Scope::Dependencies`] scan, at
+/// the cost of the days from `since` instead of the whole year.
+///
+/// `trusted_from` is the first day whose final documents tally keeps
+/// current; before it the scan reads the whole year instead.
+pub async fn scan_since(
+    db: &Database,
+    cal: Calendar,
+    range: Range,
+    now: DateTime<Utc>,
+    since: NaiveDate,
+    trusted_from: NaiveDate,
+    mut focus: Focus,
+) -> Result<Scanned> {
+    let since = if crate::calendar::prev_day(since) < trusted_from {
+        crate::calendar::first_of_year(since)
+    } else {
+        since
+    };
+    let mut out = Scanned::default();
+    let mut again = Vec::new();
+    if Scope::Since(since).needs_baseline() {
+        focus.ytd_baselines = Some(std::sync::Arc::new(
+            ytd_baselines(db, since, focus.users.as_deref()).await?,
+        ));
+    }
+    let scope = Scope::Since(since);
+    let mut scanner =
+        Scanner::open_focused(db, cal, range.clone(), now, scope, focus.clone()).await?;
+    while let Some(r) = scanner.next_user().await? {
+        match r.user {
+            Some(user) if r.needs_full_scope => again.push(user),
+            _ => out.results.push(r),
+        }
+    }
+    out.rejects.append(&mut scanner.rejects);
+    if !again.is_empty() {
+        let focus = Focus {
+            users: Some(again),
+            ytd_baselines: None,
+            ..focus
+        };
+        let mut scanner =
+            Scanner::open_focused(db, cal, range, now, Scope::Dependencies, focus).await?;
+        while let Some(r) = scanner.next_user().await? {
+            out.results.push(r);
+        }
+        out.rejects.append(&mut scanner.rejects);
+    }
+    Ok(out)
+}
+
+/// Each user's income and expense from 1 January to the day before `since`,
+/// read from the snapshot of that day or, on the 1st, the previous month's
+/// summary — documents tally keeps final and current.
+async fn ytd_baselines(
+    db: &Database,
+    since: NaiveDate,
+    users: Option<&[ObjectId]>,
+) -> Result<HashMap<ObjectId, crate::ledger::YtdBaseline>> {
+    let before = crate::calendar::prev_day(since);
+    let mut sources = vec![(Kind::Snapshot, before)];
+    if since.day() == 1 {
+        sources.push((Kind::Monthly, first_of_month(before)));
+    }
+    let mut out = HashMap::new();
+    for (kind, period) in sources {
+        let mut filter = doc! { kind.date_field(): date_label(period) };
+        if let Some(users) = users {
+            filter.insert("user_id", doc! { "$in": users.to_vec() });
+        }
+        let mut cursor = db
+            .collection::<Document>(kind.collection())
+            .find(filter)
+            .projection(doc! { "user_id": 1, "ytd_income": 1, "ytd_expense": 1 })
+            .await
+            .with_context(|| format!("reading {} for year-to-date baselines", kind.collection()))?;
+        while let Some(d) = cursor.try_next().await? {
+            let money = |f: &str| d.get(f).and_then(|v| Money::from_bson(v).ok());
+            if let (Ok(user), Some(income), Some(expense)) = (
+                d.get_object_id("user_id"),
+                money("ytd_income"),
+                money("ytd_expense"),
+            ) {
+                out.entry(user).or_insert(crate::ledger::YtdBaseline {
+                    from: since,
+                    income,
+                    expense,
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The first day whose reports are not final: today, or tomorrow once the

@@ -17,7 +17,7 @@ use mongodb::Database;
 
 use crate::calendar::{date_label, first_of_month, next_day, prev_day, Calendar};
 use crate::reports::Kind;
-use crate::scan::{Focus, Range, Scanner, Scope};
+use crate::scan::{scan_since, Focus, Range};
 use crate::store;
 
 /// Local times of the three steps.
@@ -131,13 +131,16 @@ pub fn next(kind: Kind, period: NaiveDate) -> NaiveDate {
 ///
 /// Reports: the day's reports are already current (the tailer keeps them),
 /// so one update marks them all final. Snapshots and monthly summaries are
-/// computed for every user by the same scan backfill uses.
+/// computed for every user by the same scan backfill uses, reading only the
+/// days from the period's start on (year-to-date continues from the final
+/// snapshot of the day before).
 pub async fn finalize(
     db: &Database,
     cal: Calendar,
     kind: Kind,
     period: NaiveDate,
     now: DateTime<Utc>,
+    trusted_from: NaiveDate,
 ) -> Result<u64> {
     match kind {
         Kind::Report => {
@@ -168,16 +171,16 @@ pub async fn finalize(
                 to,
                 kinds: vec![kind],
             };
-            let focus = Focus {
-                users: None,
-                reports_open_from: None,
-            };
-            let mut scanner =
-                Scanner::open_focused(db, cal, range, now, Scope::Dependencies, focus).await?;
-            let mut writes = Vec::new();
-            while let Some(user) = scanner.next_user().await? {
-                writes.extend(user.changes.into_iter().map(|c| c.write));
-            }
+            // Snapshots need the days from D on, months from their 1st on;
+            // year-to-date comes from the final documents of the day before.
+            let scanned =
+                scan_since(db, cal, range, now, from, trusted_from, Focus::default()).await?;
+            let writes: Vec<_> = scanned
+                .results
+                .into_iter()
+                .flat_map(|u| u.changes)
+                .map(|c| c.write)
+                .collect();
             let stats = store::execute(db, writes).await?;
             Ok(stats.changed())
         }

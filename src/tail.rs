@@ -38,9 +38,9 @@ use mongodb::Database;
 use tracing::{error, info, warn};
 
 use crate::batch;
-use crate::calendar::{last_of_month, Calendar};
+use crate::calendar::{first_of_month, last_of_month, Calendar};
 use crate::reports::Kind;
-use crate::scan::{Difference, DocChange, Focus, Range, Scanner, Scope};
+use crate::scan::{scan_since, Difference, DocChange, Focus, Range};
 use crate::schedule::{self, Schedule};
 use crate::source::{decode_pocket, decode_transaction, SourceId};
 use crate::state::{self, Checkpoint, Claim};
@@ -375,7 +375,15 @@ impl Tailer {
         }
         self.flush().await?;
         let started = Instant::now();
-        let documents = schedule::finalize(&self.db, self.opts.cal, kind, period, now).await?;
+        let documents = schedule::finalize(
+            &self.db,
+            self.opts.cal,
+            kind,
+            period,
+            now,
+            self.managed_from(),
+        )
+        .await?;
         state::finish(
             &self.db,
             kind.cli_name(),
@@ -798,18 +806,23 @@ impl Tailer {
                 let focus = Focus {
                     users: Some(chunk.to_vec()),
                     reports_open_from: Some(reports_open_from),
+                    ytd_baselines: None,
                 };
-                let mut scanner = Scanner::open_focused(
+                // The month of `from` is rebuilt whole; the year before it
+                // comes from the final documents of the day before.
+                let since = first_of_month(from);
+                let mut scanned = scan_since(
                     &self.db,
                     self.opts.cal,
                     range,
                     now,
-                    Scope::Dependencies,
+                    since,
+                    managed_from,
                     focus,
                 )
                 .await?;
                 let mut held_users = HashSet::new();
-                while let Some(result) = scanner.next_user().await? {
+                for result in scanned.results {
                     let mut held: Vec<DocChange> = Vec::new();
                     for change in result.changes {
                         if change.kind == Kind::Snapshot
@@ -856,7 +869,7 @@ impl Tailer {
                         pending.remove(user);
                     }
                 }
-                self.rejects.append(&mut scanner.rejects);
+                self.rejects.append(&mut scanned.rejects);
             }
         }
         let stats = store::execute(&self.db, writes).await?;
