@@ -120,7 +120,8 @@ pub struct StatusArgs {
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
-    /// Also create the {user_id: 1, date: 1} index on `transactions`.
+    /// Also create {user_id: 1, date: 1} on `transactions` and {user_id: 1}
+    /// on `pockets`, which the scans query by.
     #[arg(long)]
     pub create_source_index: bool,
     /// Do not try to enable change-stream pre-images on `transactions`.

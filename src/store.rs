@@ -17,7 +17,7 @@ use mongodb::{Client, Database, IndexModel};
 
 use crate::calendar::date_label;
 use crate::diff::diff;
-use crate::reports::Kind;
+use crate::reports::{Kind, BOOKKEEPING};
 use crate::source::{RejectReason, SourceId};
 
 pub const REJECTS: &str = "tally_rejects";
@@ -95,27 +95,35 @@ pub async fn init(db: &Database, source_index: bool, pre_images: bool) -> Result
         .await
         .context("creating the index of tally_rejects")?;
     done.push(format!("unique index (collection, source_id) on {REJECTS}"));
-    if source_index {
-        let model = IndexModel::builder()
-            .keys(doc! { "user_id": 1, "date": 1 })
-            .build();
-        db.collection::<Document>(TRANSACTIONS)
-            .create_index(model)
-            .await
-            .context("creating the transactions index")?;
-        done.push("index (user_id, date) on transactions".to_owned());
-    } else {
-        let names = db
-            .collection::<Document>(TRANSACTIONS)
-            .list_index_names()
-            .await
-            .unwrap_or_default();
-        if !names.iter().any(|n| n == "user_id_1_date_1") {
-            done.push(
-                "suggestion: index (user_id, date) on transactions is missing; \
-                 backfill and reconcile sort by it — rerun with --create-source-index"
-                    .to_owned(),
-            );
+    // The source indexes the scans need: transactions by (user_id, date),
+    // pockets by user_id. They change no document of the source.
+    for (coll, keys, name) in [
+        (
+            TRANSACTIONS,
+            doc! { "user_id": 1, "date": 1 },
+            "user_id_1_date_1",
+        ),
+        (POCKETS, doc! { "user_id": 1 }, "user_id_1"),
+    ] {
+        if source_index {
+            let model = IndexModel::builder().keys(keys).build();
+            db.collection::<Document>(coll)
+                .create_index(model)
+                .await
+                .with_context(|| format!("creating the index {name} on {coll}"))?;
+            done.push(format!("index {name} on {coll}"));
+        } else {
+            let names = db
+                .collection::<Document>(coll)
+                .list_index_names()
+                .await
+                .unwrap_or_default();
+            if !names.iter().any(|n| n == name) {
+                done.push(format!(
+                    "suggestion: index {name} on {coll} is missing; backfill, reconcile and \
+                     run query by it — rerun with --create-source-index"
+                ));
+            }
         }
     }
     if pre_images {
@@ -185,7 +193,7 @@ pub fn plan_write(
         (None, Some(_)) => Some(Write::Delete { kind, filter }),
         (Some(content), stored) => {
             if let Some(s) = stored {
-                if diff(&content, s).is_empty() {
+                if same_content(&content, s) || diff(&content, s).is_empty() {
                     return None;
                 }
             }
@@ -221,6 +229,25 @@ pub fn plan_write(
             })
         }
     }
+}
+
+/// Whether `stored` holds exactly the content `expected` (bookkeeping
+/// fields aside), value for value and byte for byte. Documents tally wrote
+/// from unchanged data compare equal here, which is much cheaper than the
+/// numeric field-by-field [`diff`]; when this says no, only the diff can
+/// tell (2.50 equals 2.5 there), so callers fall back to it.
+pub fn same_content(expected: &Document, stored: &Document) -> bool {
+    let content = |k: &str| !BOOKKEEPING.contains(&k);
+    let mut n = 0;
+    for (k, v) in expected {
+        if content(k) {
+            if stored.get(k) != Some(v) {
+                return false;
+            }
+            n += 1;
+        }
+    }
+    stored.keys().filter(|k| content(k)).count() == n
 }
 
 fn int(v: Option<&Bson>) -> Option<i64> {
@@ -264,10 +291,19 @@ const BATCH_OPS: usize = 1000;
 const BATCH_BYTES: usize = 8 << 20;
 
 /// Executes writes as unordered bulk commands, per collection.
+///
+/// A new document (an upsert with no stored revision to guard) is sent as
+/// an `insert`, which servers take much faster than an upsert (SecantusDB:
+/// about 3×); one that turns out to exist (duplicate key: a concurrent
+/// writer, or a stored document without a revision) is then upserted, so
+/// the outcome is the upsert's. A guarded update replaces the whole
+/// document (keeping `_id`): the written fields are all of its content and
+/// bookkeeping, a replacement is cheaper for the server than a `$set` of
+/// the same fields, and it drops fields no longer in the schema.
 pub async fn execute(db: &Database, writes: Vec<Write>) -> Result<WriteStats> {
     let mut stats = WriteStats::default();
     for kind in Kind::ALL {
-        let (mut upserts, mut guarded, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut inserts, mut guarded, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
         for w in writes.iter().filter(|w| w.kind() == kind) {
             match w {
                 Write::Upsert {
@@ -275,11 +311,7 @@ pub async fn execute(db: &Database, writes: Vec<Write>) -> Result<WriteStats> {
                     set,
                     if_revision: None,
                     ..
-                } => {
-                    upserts.push(
-                        doc! { "q": filter.clone(), "u": { "$set": set.clone() }, "upsert": true },
-                    );
-                }
+                } => inserts.push((filter, whole(filter, set))),
                 Write::Upsert {
                     filter,
                     set,
@@ -288,7 +320,7 @@ pub async fn execute(db: &Database, writes: Vec<Write>) -> Result<WriteStats> {
                 } => {
                     let mut q = filter.clone();
                     q.insert("revision", *r);
-                    guarded.push(doc! { "q": q, "u": { "$set": set.clone() } });
+                    guarded.push(doc! { "q": q, "u": whole(filter, set) });
                 }
                 Write::Delete { filter, .. } => {
                     deletes.push(doc! { "q": filter.clone(), "limit": 1 })
@@ -296,34 +328,54 @@ pub async fn execute(db: &Database, writes: Vec<Write>) -> Result<WriteStats> {
             }
         }
         let coll = kind.collection();
-        for chunk in chunks(upserts) {
+        let mut upserts = Vec::new();
+        for chunk in chunks(inserts, |(_, d)| d) {
+            let docs: Vec<&Document> = chunk.iter().map(|(_, d)| d).collect();
+            let reply = run_bulk(
+                db,
+                &mut stats,
+                doc! { "insert": coll, "documents": docs, "ordered": false },
+                Some(DUPLICATE_KEY),
+            )
+            .await?;
+            stats.inserted += count(&reply);
+            for i in failed_with(&reply, DUPLICATE_KEY) {
+                if let Some((filter, d)) = chunk.get(i) {
+                    upserts.push(doc! { "q": (*filter).clone(), "u": d, "upsert": true });
+                }
+            }
+        }
+        for chunk in chunks(upserts, |d| d) {
             let reply = run_bulk(
                 db,
                 &mut stats,
                 doc! { "update": coll, "updates": chunk, "ordered": false },
+                None,
             )
             .await?;
             let upserted = reply.get_array("upserted").map_or(0, |a| a.len()) as u64;
             stats.inserted += upserted;
             stats.updated += count(&reply).saturating_sub(upserted);
         }
-        for chunk in chunks(guarded) {
+        for chunk in chunks(guarded, |d| d) {
             let n = chunk.len() as u64;
             let reply = run_bulk(
                 db,
                 &mut stats,
                 doc! { "update": coll, "updates": chunk, "ordered": false },
+                None,
             )
             .await?;
             let matched = count(&reply);
             stats.updated += matched;
             stats.conflicts += n.saturating_sub(matched);
         }
-        for chunk in chunks(deletes) {
+        for chunk in chunks(deletes, |d| d) {
             let reply = run_bulk(
                 db,
                 &mut stats,
                 doc! { "delete": coll, "deletes": chunk, "ordered": false },
+                None,
             )
             .await?;
             stats.deleted += count(&reply);
@@ -332,16 +384,49 @@ pub async fn execute(db: &Database, writes: Vec<Write>) -> Result<WriteStats> {
     Ok(stats)
 }
 
+/// MongoDB's duplicate key error.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// The whole document a write leaves: its key fields, then `set`.
+fn whole(filter: &Document, set: &Document) -> Document {
+    let mut d = Document::new();
+    for (k, v) in filter {
+        if !set.contains_key(k) {
+            d.insert(k.clone(), v.clone());
+        }
+    }
+    d.extend(set.clone());
+    d
+}
+
+/// Indexes (in the command) of the operations that failed with `code`.
+fn failed_with(reply: &Document, code: i32) -> Vec<usize> {
+    let Ok(errors) = reply.get_array("writeErrors") else {
+        return Vec::new();
+    };
+    errors
+        .iter()
+        .filter_map(|e| match e {
+            Bson::Document(e) if int(e.get("code")) == Some(i64::from(code)) => {
+                int(e.get("index")).and_then(|i| usize::try_from(i).ok())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 fn count(reply: &Document) -> u64 {
     int(reply.get("n")).unwrap_or(0).max(0) as u64
 }
 
-fn chunks(ops: Vec<Document>) -> Vec<Vec<Document>> {
+/// Splits operations into bulk commands of at most [`BATCH_OPS`]
+/// operations and about [`BATCH_BYTES`] bytes.
+fn chunks<T>(ops: Vec<T>, doc: impl Fn(&T) -> &Document) -> Vec<Vec<T>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
     let mut bytes = 0;
     for op in ops {
-        let size = bson::to_vec(&op).map_or(0, |v| v.len());
+        let size = bson::to_vec(doc(&op)).map_or(0, |v| v.len());
         if !cur.is_empty() && (cur.len() >= BATCH_OPS || bytes + size > BATCH_BYTES) {
             out.push(std::mem::take(&mut cur));
             bytes = 0;
@@ -355,7 +440,14 @@ fn chunks(ops: Vec<Document>) -> Vec<Vec<Document>> {
     out
 }
 
-async fn run_bulk(db: &Database, stats: &mut WriteStats, cmd: Document) -> Result<Document> {
+/// Runs one bulk command; write errors other than `expected` (which the
+/// caller handles) are counted and logged.
+async fn run_bulk(
+    db: &Database,
+    stats: &mut WriteStats,
+    cmd: Document,
+    expected: Option<i32>,
+) -> Result<Document> {
     let started = Instant::now();
     let reply = db
         .run_command(cmd)
@@ -363,9 +455,16 @@ async fn run_bulk(db: &Database, stats: &mut WriteStats, cmd: Document) -> Resul
         .context("bulk write to the output collections")?;
     stats.server_time += started.elapsed();
     if let Ok(errors) = reply.get_array("writeErrors") {
-        stats.errors += errors.len() as u64;
-        if let Some(Bson::Document(first)) = errors.first() {
-            tracing::warn!(errors = errors.len(), first = %first, "Bulk write had errors.");
+        let unexpected: Vec<&Bson> = errors
+            .iter()
+            .filter(|e| {
+                expected.is_none()
+                    || !matches!(e, Bson::Document(d) if int(d.get("code")) == expected.map(i64::from))
+            })
+            .collect();
+        stats.errors += unexpected.len() as u64;
+        if let Some(Bson::Document(first)) = unexpected.first() {
+            tracing::warn!(errors = unexpected.len(), first = %first, "Bulk write had errors.");
         }
     }
     Ok(reply)

@@ -193,7 +193,11 @@ const HISTORY_LOST: i32 = 286;
 
 impl Tailer {
     async fn start(db: Database, opts: RunOptions) -> Result<Tailer> {
-        store::init(&db, false, opts.pre_images).await?;
+        for line in store::init(&db, false, opts.pre_images).await? {
+            if line.starts_with("suggestion") {
+                warn!("{line}");
+            }
+        }
         let mut checkpoint = state::load_checkpoint(&db).await?;
         let now = opts.clock.now();
         let today = opts.cal.day_of(now);
