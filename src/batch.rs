@@ -21,7 +21,7 @@ use crate::progress::Progress;
 use crate::reports::Kind;
 use crate::scan::{DocChange, Drift, Range, Scanner, Scope};
 use crate::source::RejectReason;
-use crate::store::{self, Write, WriteStats};
+use crate::store::{self, Prepared, Write, WriteStats};
 
 /// Writes flushed per bulk round trip.
 const FLUSH_AT: usize = 1000;
@@ -77,24 +77,27 @@ pub async fn backfill(
     Ok(summary)
 }
 
-fn spawn_writer(db: Database) -> (JoinHandle<Result<WriteStats>>, mpsc::Sender<Vec<Write>>) {
-    let (tx, mut rx) = mpsc::channel::<Vec<Write>>(4);
+/// The writer task: sends bulk commands the scanning side has already
+/// encoded ([`store::prepare`]), so encoding overlaps the server's work.
+fn spawn_writer(db: Database) -> (JoinHandle<Result<WriteStats>>, mpsc::Sender<Prepared>) {
+    let (tx, mut rx) = mpsc::channel::<Prepared>(4);
     let handle = tokio::spawn(async move {
         let mut stats = WriteStats::default();
         while let Some(batch) = rx.recv().await {
-            stats.add(store::execute(&db, batch).await?);
+            stats.add(store::execute_prepared(&db, batch).await?);
         }
         Ok(stats)
     });
     (handle, tx)
 }
 
-async fn send(sender: &mpsc::Sender<Vec<Write>>, batch: Vec<Write>) -> Result<()> {
+async fn send(sender: &mpsc::Sender<Prepared>, batch: Vec<Write>) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
+    let prepared = store::prepare(batch)?;
     // A closed channel means the writer failed; its error surfaces on join.
-    let _ = sender.send(batch).await;
+    let _ = sender.send(prepared).await;
     Ok(())
 }
 

@@ -355,8 +355,15 @@ impl Scanner {
         let filter = match scope {
             Scope::AllHistory => doc! {},
             Scope::Dependencies => {
+                // Dates from the start on, and every `date` that is not a
+                // datetime (missing, null, a string...): those are rejects
+                // to record, read here rather than by a second full scan.
+                // A range comparison only matches datetimes, so its `$not`
+                // matches them; servers serve it from the (user_id, date)
+                // index like the plain range.
                 let start = cal.day_start(earliest_dependency(range.from));
-                doc! { "date": { "$gte": bson::DateTime::from_millis(start.timestamp_millis()) } }
+                let start = bson::DateTime::from_millis(start.timestamp_millis());
+                doc! { "date": { "$not": { "$lt": start } } }
             }
             Scope::Since(day) => {
                 let start = cal.day_start(day);
@@ -612,10 +619,11 @@ impl Scanner {
         Ok(Some(result))
     }
 
-    /// Transactions whose `date` is not a datetime never match the scan's
-    /// date filter; this finds them so they are recorded, not lost.
+    /// Transactions whose `date` is not a datetime never match a
+    /// [`Scope::Since`] scan's date filter; this finds them so they are
+    /// recorded, not lost. The other scopes read them in the main scan.
     pub async fn scan_undated(&mut self, db: &Database) -> Result<()> {
-        if self.scope == Scope::AllHistory {
+        if !matches!(self.scope, Scope::Since(_)) {
             return Ok(());
         }
         let filter = doc! { "date": { "$not": { "$type": "date" } } };

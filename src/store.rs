@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use bson::{doc, Bson, DateTime as BsonDateTime, Document};
+use bson::{doc, Bson, DateTime as BsonDateTime, Document, RawArrayBuf, RawDocumentBuf};
 use chrono::{DateTime, NaiveDate, Utc};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Database, IndexModel};
@@ -301,17 +301,68 @@ const BATCH_BYTES: usize = 8 << 20;
 /// bookkeeping, a replacement is cheaper for the server than a `$set` of
 /// the same fields, and it drops fields no longer in the schema.
 pub async fn execute(db: &Database, writes: Vec<Write>) -> Result<WriteStats> {
-    let mut stats = WriteStats::default();
-    for kind in Kind::ALL {
+    execute_prepared(db, prepare(writes)?).await
+}
+
+/// Writes encoded as bulk commands, ready to send: [`prepare`] does the
+/// CPU work (building and encoding documents) so that a caller can do it
+/// while the server is still busy with earlier commands, and
+/// [`execute_prepared`] only sends.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    batches: Vec<Batch>,
+}
+
+impl Prepared {
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+}
+
+/// One bulk command's operations, each already encoded.
+#[derive(Debug)]
+struct Batch {
+    kind: Kind,
+    op: Op,
+    /// Insert: the documents; update and delete: the statements.
+    items: Vec<RawDocumentBuf>,
+    /// Insert: each document's key filter, for the upsert of a duplicate.
+    filters: Vec<Document>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Insert,
+    /// Upserts of inserts that found their key taken.
+    Upsert,
+    /// Guarded updates.
+    Update,
+    Delete,
+}
+
+/// Encodes `writes` as bulk commands (see [`execute`] for their shape).
+pub fn prepare(writes: Vec<Write>) -> Result<Prepared> {
+    let mut per_kind: Vec<(Kind, Vec<Write>)> =
+        Kind::ALL.iter().map(|k| (*k, Vec::new())).collect();
+    for w in writes {
+        if let Some((_, v)) = per_kind.iter_mut().find(|(k, _)| *k == w.kind()) {
+            v.push(w);
+        }
+    }
+    let mut out = Prepared::default();
+    for (kind, writes) in per_kind {
         let (mut inserts, mut guarded, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
-        for w in writes.iter().filter(|w| w.kind() == kind) {
+        for w in writes {
             match w {
                 Write::Upsert {
                     filter,
                     set,
                     if_revision: None,
                     ..
-                } => inserts.push((filter, whole(filter, set))),
+                } => {
+                    let d = RawDocumentBuf::from_document(&whole(&filter, set))?;
+                    inserts.push((d, filter));
+                }
                 Write::Upsert {
                     filter,
                     set,
@@ -319,84 +370,128 @@ pub async fn execute(db: &Database, writes: Vec<Write>) -> Result<WriteStats> {
                     ..
                 } => {
                     let mut q = filter.clone();
-                    q.insert("revision", *r);
-                    guarded.push(doc! { "q": q, "u": whole(filter, set) });
+                    q.insert("revision", r);
+                    let u = whole(&filter, set);
+                    guarded.push((
+                        RawDocumentBuf::from_document(&doc! { "q": q, "u": u })?,
+                        Document::new(),
+                    ));
                 }
                 Write::Delete { filter, .. } => {
-                    deletes.push(doc! { "q": filter.clone(), "limit": 1 })
+                    let stmt = doc! { "q": filter, "limit": 1 };
+                    deletes.push((RawDocumentBuf::from_document(&stmt)?, Document::new()));
                 }
             }
         }
-        let coll = kind.collection();
-        let mut upserts = Vec::new();
-        for chunk in chunks(inserts, |(_, d)| d) {
-            let docs: Vec<&Document> = chunk.iter().map(|(_, d)| d).collect();
-            let reply = run_bulk(
-                db,
-                &mut stats,
-                doc! { "insert": coll, "documents": docs, "ordered": false },
-                Some(DUPLICATE_KEY),
-            )
-            .await?;
-            stats.inserted += count(&reply);
-            for i in failed_with(&reply, DUPLICATE_KEY) {
-                if let Some((filter, d)) = chunk.get(i) {
-                    upserts.push(doc! { "q": (*filter).clone(), "u": d, "upsert": true });
-                }
+        for (op, items) in [
+            (Op::Insert, inserts),
+            (Op::Update, guarded),
+            (Op::Delete, deletes),
+        ] {
+            for chunk in chunks(items) {
+                let (items, filters) = chunk.into_iter().unzip();
+                let filters = if op == Op::Insert {
+                    filters
+                } else {
+                    Vec::new()
+                };
+                out.batches.push(Batch {
+                    kind,
+                    op,
+                    items,
+                    filters,
+                });
             }
         }
-        for chunk in chunks(upserts, |d| d) {
-            let reply = run_bulk(
-                db,
-                &mut stats,
-                doc! { "update": coll, "updates": chunk, "ordered": false },
-                None,
-            )
-            .await?;
-            let upserted = reply.get_array("upserted").map_or(0, |a| a.len()) as u64;
-            stats.inserted += upserted;
-            stats.updated += count(&reply).saturating_sub(upserted);
-        }
-        for chunk in chunks(guarded, |d| d) {
-            let n = chunk.len() as u64;
-            let reply = run_bulk(
-                db,
-                &mut stats,
-                doc! { "update": coll, "updates": chunk, "ordered": false },
-                None,
-            )
-            .await?;
-            let matched = count(&reply);
-            stats.updated += matched;
-            stats.conflicts += n.saturating_sub(matched);
-        }
-        for chunk in chunks(deletes, |d| d) {
-            let reply = run_bulk(
-                db,
-                &mut stats,
-                doc! { "delete": coll, "deletes": chunk, "ordered": false },
-                None,
-            )
-            .await?;
-            stats.deleted += count(&reply);
+    }
+    Ok(out)
+}
+
+/// Sends commands made by [`prepare`], in order.
+pub async fn execute_prepared(db: &Database, prepared: Prepared) -> Result<WriteStats> {
+    let mut stats = WriteStats::default();
+    let mut upserts = Vec::new();
+    let mut batches = prepared.batches.into_iter().peekable();
+    while let Some(batch) = batches.next() {
+        let coll = batch.kind.collection();
+        let reply = run_batch(db, &mut stats, coll, batch.op, &batch.items).await?;
+        match batch.op {
+            Op::Insert => {
+                stats.inserted += count(&reply);
+                for i in failed_with(&reply, DUPLICATE_KEY) {
+                    if let (Some(d), Some(filter)) = (batch.items.get(i), batch.filters.get(i)) {
+                        let mut stmt = RawDocumentBuf::from_document(&doc! { "q": filter })?;
+                        stmt.append("u", d.clone());
+                        stmt.append("upsert", true);
+                        upserts.push((stmt, ()));
+                    }
+                }
+                // A kind's duplicates are upserted after its last insert.
+                let last_insert = batches
+                    .peek()
+                    .is_none_or(|b| b.kind != batch.kind || b.op != Op::Insert);
+                if last_insert {
+                    for chunk in chunks(std::mem::take(&mut upserts)) {
+                        let items: Vec<RawDocumentBuf> =
+                            chunk.into_iter().map(|(s, ())| s).collect();
+                        let reply = run_batch(db, &mut stats, coll, Op::Upsert, &items).await?;
+                        let upserted = reply.get_array("upserted").map_or(0, |a| a.len()) as u64;
+                        stats.inserted += upserted;
+                        stats.updated += count(&reply).saturating_sub(upserted);
+                    }
+                }
+            }
+            Op::Upsert => {
+                let upserted = reply.get_array("upserted").map_or(0, |a| a.len()) as u64;
+                stats.inserted += upserted;
+                stats.updated += count(&reply).saturating_sub(upserted);
+            }
+            Op::Update => {
+                let matched = count(&reply);
+                stats.updated += matched;
+                stats.conflicts += (batch.items.len() as u64).saturating_sub(matched);
+            }
+            Op::Delete => stats.deleted += count(&reply),
         }
     }
     Ok(stats)
 }
 
+/// Sends one bulk command of already encoded operations.
+async fn run_batch(
+    db: &Database,
+    stats: &mut WriteStats,
+    coll: &str,
+    op: Op,
+    items: &[RawDocumentBuf],
+) -> Result<Document> {
+    let (name, key, expected) = match op {
+        Op::Insert => ("insert", "documents", Some(DUPLICATE_KEY)),
+        Op::Upsert | Op::Update => ("update", "updates", None),
+        Op::Delete => ("delete", "deletes", None),
+    };
+    let mut array = RawArrayBuf::new();
+    for item in items {
+        array.push(item.clone());
+    }
+    let mut cmd = RawDocumentBuf::new();
+    cmd.append(name, coll);
+    cmd.append(key, array);
+    cmd.append("ordered", false);
+    run_bulk(db, stats, cmd, expected).await
+}
+
 /// MongoDB's duplicate key error.
 const DUPLICATE_KEY: i32 = 11000;
 
-/// The whole document a write leaves: its key fields, then `set`.
-fn whole(filter: &Document, set: &Document) -> Document {
-    let mut d = Document::new();
+/// The whole document a write leaves: `set`, with any key field it lacks.
+fn whole(filter: &Document, mut set: Document) -> Document {
     for (k, v) in filter {
         if !set.contains_key(k) {
-            d.insert(k.clone(), v.clone());
+            set.insert(k.clone(), v.clone());
         }
     }
-    d.extend(set.clone());
-    d
+    set
 }
 
 /// Indexes (in the command) of the operations that failed with `code`.
@@ -419,14 +514,14 @@ fn count(reply: &Document) -> u64 {
     int(reply.get("n")).unwrap_or(0).max(0) as u64
 }
 
-/// Splits operations into bulk commands of at most [`BATCH_OPS`]
+/// Splits encoded operations into bulk commands of at most [`BATCH_OPS`]
 /// operations and about [`BATCH_BYTES`] bytes.
-fn chunks<T>(ops: Vec<T>, doc: impl Fn(&T) -> &Document) -> Vec<Vec<T>> {
+fn chunks<T>(ops: Vec<(RawDocumentBuf, T)>) -> Vec<Vec<(RawDocumentBuf, T)>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
     let mut bytes = 0;
     for op in ops {
-        let size = bson::to_vec(doc(&op)).map_or(0, |v| v.len());
+        let size = op.0.as_bytes().len();
         if !cur.is_empty() && (cur.len() >= BATCH_OPS || bytes + size > BATCH_BYTES) {
             out.push(std::mem::take(&mut cur));
             bytes = 0;
@@ -445,12 +540,12 @@ fn chunks<T>(ops: Vec<T>, doc: impl Fn(&T) -> &Document) -> Vec<Vec<T>> {
 async fn run_bulk(
     db: &Database,
     stats: &mut WriteStats,
-    cmd: Document,
+    cmd: RawDocumentBuf,
     expected: Option<i32>,
 ) -> Result<Document> {
     let started = Instant::now();
     let reply = db
-        .run_command(cmd)
+        .run_raw_command(cmd)
         .await
         .context("bulk write to the output collections")?;
     stats.server_time += started.elapsed();
