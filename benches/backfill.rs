@@ -5,6 +5,12 @@
 //! transactions over 60 days; `TALLY_BENCH_USERS`, `TALLY_BENCH_TX_PER_USER`
 //! change them). Under `cargo test` it runs a tiny dataset once as a smoke
 //! test. Figures are recorded in BENCHMARKS.md.
+//!
+//! Besides wall-clock times it prints the CPU time the server process and
+//! this process spent in each phase (from `/proc/<pid>/stat`; the server is
+//! found by its port, so only for a local server), because SecantusDB is a
+//! Python server that does one thing at a time: its CPU time is the floor
+//! of every phase.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -14,12 +20,14 @@ use std::time::{Duration, Instant};
 use bson::{doc, Document};
 use chrono::{Days, NaiveDate, TimeZone, Utc};
 use futures::TryStreamExt;
+use mongodb::options::Hint;
 use mongodb::{Client, Database};
 use tally::batch::backfill;
-use tally::calendar::Calendar;
+use tally::calendar::{date_label, first_of_month, Calendar};
 use tally::reports::{earliest_dependency, Kind};
 use tally::scan::Range;
 use tally::seed::{seed, SeedOptions};
+use tally::store::{self, Write};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -28,20 +36,99 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Reads every transaction the backfill reads, doing nothing with them.
-async fn bare_scan(db: &Database, filter: Document, sorted: bool) -> (Duration, u64) {
-    let started = Instant::now();
-    let coll = db.collection::<Document>("transactions");
-    let mut find = coll.find(filter).batch_size(10_000);
-    if sorted {
-        find = find.sort(doc! { "user_id": 1, "date": 1 });
+/// CPU seconds (user + system) of a process, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
+/// The local SecantusDB process listening on the URI's port, if any.
+fn server_pid(uri: &str) -> Option<String> {
+    let port = uri
+        .split("127.0.0.1:")
+        .nth(1)?
+        .split(['/', '?'])
+        .next()?
+        .to_owned();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_server = args.iter().any(|a| a.ends_with("secantusd-py"))
+            && !args.iter().any(|a| a == "-c") // not the watchdog
+            && args.windows(2).any(|w| w[0] == "--port" && w[1] == port);
+        if is_server {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Wall time, server CPU and own CPU of one phase.
+struct Phase {
+    wall: Duration,
+    server: Option<f64>,
+    own: f64,
+}
+
+struct Meter {
+    server_pid: Option<String>,
+}
+
+impl Meter {
+    async fn run<T>(&self, f: impl std::future::Future<Output = T>) -> (T, Phase) {
+        let server = self.server_pid.as_deref().and_then(cpu_seconds);
+        let own = cpu_seconds("self").unwrap_or(0.0);
+        let started = Instant::now();
+        let out = f.await;
+        let phase = Phase {
+            wall: started.elapsed(),
+            server: server.and_then(|s0| {
+                let s1 = self.server_pid.as_deref().and_then(cpu_seconds)?;
+                Some(s1 - s0)
+            }),
+            own: cpu_seconds("self").unwrap_or(0.0) - own,
+        };
+        (out, phase)
+    }
+}
+
+impl Phase {
+    fn cpu(&self) -> String {
+        match self.server {
+            Some(s) => format!("server cpu {s:>6.2} s, tally cpu {:>5.2} s", self.own),
+            None => format!("tally cpu {:>5.2} s", self.own),
+        }
+    }
+}
+
+/// Reads every document of `coll` matching `filter`, doing nothing with
+/// them; with `sort`, the way the scan reads it (sorted by user_id, the
+/// (user_id, `field`) index hinted).
+async fn bare_scan(db: &Database, coll: &str, filter: Document, sorted: Option<&str>) -> u64 {
+    let collection = db.collection::<Document>(coll);
+    let mut find = collection.find(filter).batch_size(10_000);
+    if let Some(field) = sorted {
+        find = find
+            .sort(doc! { "user_id": 1 })
+            .hint(Hint::Keys(doc! { "user_id": 1, field: 1 }));
     }
     let mut cursor = find.await.expect("scan");
     let mut n = 0;
     while let Some(d) = cursor.try_next().await.expect("scan") {
         n += u64::from(!d.is_empty());
     }
-    (started.elapsed(), n)
+    n
 }
 
 fn main() {
@@ -55,7 +142,9 @@ fn main() {
         (10, 5)
     };
     tokio::runtime::Runtime::new().expect("runtime").block_on(async move {
-        let client = Client::with_uri_str(support::uri()).await.expect("client");
+        let uri = support::uri();
+        let meter = Meter { server_pid: server_pid(&uri) };
+        let client = Client::with_uri_str(&uri).await.expect("client");
         let db = client.database(&support::unique_db("bench_bf"));
         let cal = Calendar::from_name("America/New_York").expect("zone");
         let to: NaiveDate = "2026-03-01".parse().expect("date");
@@ -68,23 +157,58 @@ fn main() {
         let start = cal.day_start(earliest_dependency(from));
         let filter = doc! { "date": { "$gte": bson::DateTime::from_millis(start.timestamp_millis()) } };
         // Warm the server's cache once, then measure.
-        bare_scan(&db, filter.clone(), false).await;
-        let (scan, scanned) = bare_scan(&db, filter.clone(), false).await;
-        let (sorted_scan, _) = bare_scan(&db, filter, true).await;
+        bare_scan(&db, "transactions", filter.clone(), None).await;
+        let (scanned, scan) = meter.run(bare_scan(&db, "transactions", filter.clone(), None)).await;
+        let (_, sorted_scan) =
+            meter.run(bare_scan(&db, "transactions", filter.clone(), Some("date"))).await;
 
         let range = Range { from, to, kinds: Kind::ALL.to_vec() };
-        let first = backfill(&db, cal, range.clone(), now, false).await.expect("backfill");
-        let second = backfill(&db, cal, range, now, false).await.expect("backfill");
+        let (first, first_phase) = meter.run(backfill(&db, cal, range.clone(), now, false)).await;
+        let first = first.expect("backfill");
+        // What the second run reads besides the transactions: the stored
+        // documents of the range, read the way the scan reads them.
+        let (_, outputs) = meter
+            .run(async {
+                for kind in Kind::ALL {
+                    let (lo, hi) = match kind {
+                        Kind::Monthly => (first_of_month(from), first_of_month(to)),
+                        _ => (from, to),
+                    };
+                    let f = doc! { kind.date_field(): { "$gte": date_label(lo), "$lte": date_label(hi) } };
+                    bare_scan(&db, kind.collection(), f, Some(kind.date_field())).await;
+                }
+            })
+            .await;
+        let (second, second_phase) = meter.run(backfill(&db, cal, range, now, false)).await;
+        let second = second.expect("backfill");
         assert!(first.writes.inserted > 0 && second.writes.changed() == 0, "second run writes nothing");
+        assert_eq!(first.writes.errors + first.writes.conflicts, 0, "{:?}", first.writes);
 
-        let own = first.elapsed.saturating_sub(first.writes.server_time);
+        // An insert whose key is taken falls back to the upsert: an
+        // unguarded write of a stored document updates it, no error.
+        let reports = db.collection::<Document>(Kind::Report.collection());
+        let mut stored = reports.find_one(doc! {}).await.expect("read").expect("a report");
+        stored.remove("_id");
+        let filter = doc! { "user_id": stored.get("user_id").unwrap(), "report_date": stored.get("report_date").unwrap() };
+        let stats = store::execute(&db, vec![Write::Upsert { kind: Kind::Report, filter, set: stored, if_revision: None }])
+            .await
+            .expect("execute");
+        assert_eq!((stats.inserted, stats.updated, stats.errors), (0, 1, 0), "{stats:?}");
+
+        let bare = scan.wall.as_secs_f64();
+        let own = first.elapsed.saturating_sub(first.writes.server_time).as_secs_f64();
+        let second_s = second.elapsed.as_secs_f64();
+        let reads = bare + outputs.wall.as_secs_f64();
         println!("backfill bench: {} users, {} transactions seeded, {scanned} scanned, {} documents", users, seeded.transactions, first.documents);
-        println!("  bare scan (unsorted)               {:>8.3} s", scan.as_secs_f64());
-        println!("  bare scan (sorted user_id, date)   {:>8.3} s", sorted_scan.as_secs_f64());
-        println!("  backfill, first run (all inserts)  {:>8.3} s", first.elapsed.as_secs_f64());
-        println!("    of which server taking writes    {:>8.3} s", first.writes.server_time.as_secs_f64());
-        println!("    backfill minus writes            {:>8.3} s  = {:.2}× the bare scan", own.as_secs_f64(), own.as_secs_f64() / scan.as_secs_f64());
-        println!("  backfill, second run (no writes)   {:>8.3} s  = {:.2}× the bare scan (also reads stored documents)", second.elapsed.as_secs_f64(), second.elapsed.as_secs_f64() / scan.as_secs_f64());
+        println!("  server process: {}", meter.server_pid.as_deref().map_or("not local (no CPU figures)".to_owned(), |p| format!("pid {p}")));
+        println!("  bare scan (unsorted)                  {:>8.3} s   {}", bare, scan.cpu());
+        println!("  bare scan (sorted as the scan reads)  {:>8.3} s   {}", sorted_scan.wall.as_secs_f64(), sorted_scan.cpu());
+        println!("  backfill, first run (all inserts)     {:>8.3} s   {}", first.elapsed.as_secs_f64(), first_phase.cpu());
+        println!("    of which server taking writes       {:>8.3} s", first.writes.server_time.as_secs_f64());
+        println!("    backfill minus writes               {:>8.3} s   = {:.2}× the bare scan", own, own / bare);
+        println!("  bare read of the stored documents     {:>8.3} s   {}", outputs.wall.as_secs_f64(), outputs.cpu());
+        println!("  backfill, second run (no writes)      {:>8.3} s   {}", second_s, second_phase.cpu());
+        println!("    = {:.2}× the bare scan, {:.2}× bare scan + bare read of the stored documents", second_s / bare, second_s / reads);
         client.database(db.name()).drop().await.ok();
     });
 }
