@@ -121,18 +121,22 @@ fn local_date(tz: Tz, millis: i64) -> NaiveDate {
 
 /// First instant (millis) whose local date is `day`, from the zone rules.
 fn exact_day_start(tz: Tz, day: NaiveDate) -> i64 {
-    let midnight = day.and_hms_opt(0, 0, 0).expect("midnight exists");
-    match tz.from_local_datetime(&midnight) {
-        LocalResult::Single(t) => t.timestamp_millis(),
-        LocalResult::Ambiguous(earliest, _) => earliest.timestamp_millis(),
+    local_instant(tz, day, chrono::NaiveTime::MIN).timestamp_millis()
+}
+
+/// The first instant at or after local `day` + `time`: a time skipped by a
+/// DST jump falls at the first local minute after it that exists (gaps are
+/// whole minutes), a repeated one at its first occurrence.
+pub fn local_instant(tz: Tz, day: NaiveDate, time: chrono::NaiveTime) -> DateTime<Utc> {
+    let local = day.and_time(time);
+    match tz.from_local_datetime(&local) {
+        LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.with_timezone(&Utc),
         LocalResult::None => {
-            // Midnight was skipped by a DST jump: the day starts at the
-            // first local minute that exists (gaps are whole minutes).
-            let mut t = midnight;
+            let mut t = local;
             loop {
                 t += chrono::Duration::minutes(1);
                 if let Some(found) = tz.from_local_datetime(&t).earliest() {
-                    return found.timestamp_millis();
+                    return found.with_timezone(&Utc);
                 }
             }
         }

@@ -11,11 +11,11 @@
 
 use anyhow::Result;
 use bson::{doc, DateTime as BsonDateTime, Document};
-use chrono::{DateTime, Datelike, LocalResult, Months, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Months, NaiveDate, NaiveTime, Utc};
 use chrono_tz::Tz;
 use mongodb::Database;
 
-use crate::calendar::{date_label, first_of_month, next_day, prev_day, Calendar};
+use crate::calendar::{date_label, first_of_month, local_instant, next_day, prev_day, Calendar};
 use crate::reports::Kind;
 use crate::scan::{scan_since, Focus, Range};
 use crate::store;
@@ -43,23 +43,6 @@ pub fn parse_time(s: &str) -> Result<NaiveTime, String> {
     NaiveTime::parse_from_str(s, "%H:%M")
         .or_else(|_| NaiveTime::parse_from_str(s, "%H:%M:%S"))
         .map_err(|_| format!("{s:?} is not a time of day: use HH:MM, e.g. 23:59"))
-}
-
-/// The first instant at or after local `day` + `time`.
-pub fn local_instant(tz: Tz, day: NaiveDate, time: NaiveTime) -> DateTime<Utc> {
-    let local = day.and_time(time);
-    match tz.from_local_datetime(&local) {
-        LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.with_timezone(&Utc),
-        LocalResult::None => {
-            let mut t = local;
-            loop {
-                t += chrono::Duration::minutes(1);
-                if let Some(found) = tz.from_local_datetime(&t).earliest() {
-                    return found.with_timezone(&Utc);
-                }
-            }
-        }
-    }
 }
 
 impl Schedule {
