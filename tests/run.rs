@@ -25,7 +25,7 @@ use mongodb::{Client, ClientSession, Database};
 use serde_json::Value;
 use tally::calendar::{date_label, Calendar};
 use tally::money::Money;
-use tally::schedule::local_instant;
+use tally::calendar::local_instant;
 use tally::seed::Rng;
 
 /// Settle delay given to `tally run` (seconds).
