@@ -23,9 +23,8 @@ use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
 use futures::{FutureExt, TryStreamExt};
 use mongodb::{Client, ClientSession, Database};
 use serde_json::Value;
-use tally::calendar::{date_label, Calendar};
+use tally::calendar::{date_label, local_instant, Calendar};
 use tally::money::Money;
-use tally::calendar::local_instant;
 use tally::seed::Rng;
 
 /// Settle delay given to `tally run` (seconds).
