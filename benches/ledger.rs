@@ -2,6 +2,10 @@
 //! - `fold`: transactions folded into per-(user, day, pocket) ledgers, in
 //!   random user and day order, ledgers dropped inside the timing
 //!   (target ≥ 1,000,000 transactions/s on one core);
+//! - `fold_no_drop`: `fold` without the time to drop the ledgers (criterion's
+//!   `iter_with_large_drop`), to show what freeing costs;
+//! - `fold_time_order`: the same transactions in date order (the order a
+//!   live stream delivers them), all users' ledgers at once;
 //! - `fold_scan_order`: the same transactions in the order a backfill scan
 //!   reads them (sorted by user, then date), one user's ledger at a time;
 //! - `day_of_millis`: the day of each transaction's date in the zone;
@@ -64,6 +68,8 @@ fn bench<M: Measurement>(c: &mut Criterion<M>) {
         .iter()
         .map(|d| decode_transaction(d).unwrap())
         .collect();
+    let mut time_order = txs.clone();
+    time_order.sort_by_key(|t| t.date);
     let mut scan_order = txs.clone();
     scan_order.sort_by_key(|t| (t.user_id.bytes(), t.date));
     let mut g = c.benchmark_group("ledger");
@@ -76,6 +82,24 @@ fn bench<M: Measurement>(c: &mut Criterion<M>) {
         b.iter(|| {
             let mut ledgers: HashMap<ObjectId, UserLedger> = HashMap::new();
             for t in &txs {
+                ledgers.entry(t.user_id).or_default().apply(&cal, t);
+            }
+            black_box(ledgers.len())
+        });
+    });
+    g.bench_function("fold_no_drop", |b| {
+        b.iter_with_large_drop(|| {
+            let mut ledgers: HashMap<ObjectId, UserLedger> = HashMap::new();
+            for t in &txs {
+                ledgers.entry(t.user_id).or_default().apply(&cal, t);
+            }
+            ledgers
+        });
+    });
+    g.bench_function("fold_time_order", |b| {
+        b.iter(|| {
+            let mut ledgers: HashMap<ObjectId, UserLedger> = HashMap::new();
+            for t in &time_order {
                 ledgers.entry(t.user_id).or_default().apply(&cal, t);
             }
             black_box(ledgers.len())

@@ -8,6 +8,7 @@
 //! property the tests check. No I/O and no clock reads here.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use bson::oid::ObjectId;
@@ -69,7 +70,237 @@ pub struct DayAgg {
 /// One user's ledger: the days that have live transactions.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct UserLedger {
-    pub days: BTreeMap<NaiveDate, DayAgg>,
+    pub days: Days,
+}
+
+/// The days of one ledger, in date order, read like a `BTreeMap<NaiveDate,
+/// DayAgg>` (`get`, `range`, `iter`, `keys`, `values`, `len`).
+///
+/// Stored as a window of slots, one per calendar day, around the days
+/// seen: finding a transaction's day is an index instead of a walk down a
+/// tree whose nodes are cold in memory when users come in random order
+/// (the fold's main cost), and a day's sums never move once created. A
+/// slot is one pointer, so gaps are cheap; the window spans at most
+/// [`Days::MAX_SPAN`] days, and days beyond it (far-off dates) go to an
+/// ordered map beside it. Equality is by content.
+#[derive(Clone, Default)]
+pub struct Days {
+    /// Day number (from the common era) of `slots[0]`.
+    first: i64,
+    slots: Vec<Option<Box<(NaiveDate, DayAgg)>>>,
+    /// Days outside the window.
+    far: BTreeMap<NaiveDate, DayAgg>,
+    len: usize,
+}
+
+impl Days {
+    /// Most days the window of slots covers (about 11 years; 32 KiB of slots).
+    pub const MAX_SPAN: usize = 4096;
+
+    pub fn get(&self, day: &NaiveDate) -> Option<&DayAgg> {
+        match self.slot(day_number(*day)) {
+            Some(i) => self.slots[i].as_deref().map(|(_, agg)| agg),
+            None => self.far.get(day),
+        }
+    }
+
+    pub fn contains_key(&self, day: &NaiveDate) -> bool {
+        self.get(day).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// (day, sums) in ascending date order.
+    pub fn iter(&self) -> DaysIter<'_> {
+        self.range(..)
+    }
+
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &NaiveDate> {
+        self.iter().map(|(d, _)| d)
+    }
+
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &DayAgg> {
+        self.iter().map(|(_, a)| a)
+    }
+
+    /// The days within `range`, in ascending date order.
+    pub fn range(&self, range: impl RangeBounds<NaiveDate>) -> DaysIter<'_> {
+        let lo = match range.start_bound() {
+            Bound::Included(d) => day_number(*d),
+            Bound::Excluded(d) => day_number(*d) + 1,
+            Bound::Unbounded => i64::MIN,
+        };
+        let hi = match range.end_bound() {
+            Bound::Included(d) => day_number(*d) + 1,
+            Bound::Excluded(d) => day_number(*d),
+            Bound::Unbounded => i64::MAX,
+        };
+        let end = self.first + self.slots.len() as i64;
+        let (a, b) = (lo.clamp(self.first, end), hi.clamp(self.first, end));
+        let dense = if a < b {
+            &self.slots[(a - self.first) as usize..(b - self.first) as usize]
+        } else {
+            &[]
+        };
+        // `far` holds no day of the window, so its days below and above the
+        // window bracket the dense ones.
+        let far = move |d: &NaiveDate| {
+            let n = day_number(*d);
+            lo <= n && n < hi
+        };
+        let first = self.first;
+        let below = self
+            .far
+            .iter()
+            .filter(move |(d, _)| far(d) && day_number(**d) < first);
+        let above = self
+            .far
+            .iter()
+            .filter(move |(d, _)| far(d) && day_number(**d) >= end);
+        DaysIter {
+            inner: Box::new(
+                below
+                    .chain(
+                        dense
+                            .iter()
+                            .filter_map(|s| s.as_deref().map(|(d, a)| (d, a))),
+                    )
+                    .chain(above),
+            ),
+        }
+    }
+
+    /// Index of day number `n` in `slots`, when the window covers it.
+    #[inline]
+    fn slot(&self, n: i64) -> Option<usize> {
+        let i = usize::try_from(n - self.first).ok()?;
+        (i < self.slots.len()).then_some(i)
+    }
+
+    /// The sums of `day`, created empty when absent.
+    fn entry(&mut self, day: NaiveDate) -> &mut DayAgg {
+        let n = day_number(day);
+        if self.slot(n).is_none() && !self.cover(n) {
+            let len = &mut self.len;
+            return self.far.entry(day).or_insert_with(|| {
+                *len += 1;
+                DayAgg::default()
+            });
+        }
+        let i = self.slot(n).expect("covered");
+        let slot = &mut self.slots[i];
+        if slot.is_none() {
+            *slot = Some(Box::new((day, DayAgg::default())));
+            self.len += 1;
+        }
+        &mut slot.as_mut().expect("filled").1
+    }
+
+    /// Widens the window to cover day number `n`, if that keeps it within
+    /// [`Days::MAX_SPAN`]; days of `far` it now covers move into it.
+    fn cover(&mut self, n: i64) -> bool {
+        let max = Self::MAX_SPAN as i64;
+        if self.slots.is_empty() {
+            self.first = n;
+            self.slots.push(None);
+        } else {
+            let end = self.first + self.slots.len() as i64;
+            let (lo, hi) = (self.first.min(n), end.max(n + 1));
+            if hi - lo > max {
+                return false;
+            }
+            // Grow geometrically, within the limit, on the side of `n`.
+            let room = (self.slots.len() as i64).min(max - (hi - lo));
+            if n < self.first {
+                let grow = (self.first - lo + room) as usize;
+                let mut slots = Vec::with_capacity(grow + self.slots.len());
+                slots.resize_with(grow, || None);
+                slots.append(&mut self.slots);
+                self.slots = slots;
+                self.first -= grow as i64;
+            } else {
+                let new_len = (hi - self.first + room) as usize;
+                self.slots.resize_with(new_len, || None);
+            }
+        }
+        if !self.far.is_empty() {
+            let (first, end) = (self.first, self.first + self.slots.len() as i64);
+            let inside: Vec<NaiveDate> = self
+                .far
+                .keys()
+                .filter(|d| (first..end).contains(&day_number(**d)))
+                .copied()
+                .collect();
+            for day in inside {
+                if let Some(agg) = self.far.remove(&day) {
+                    let i = (day_number(day) - first) as usize;
+                    self.slots[i] = Some(Box::new((day, agg)));
+                }
+            }
+        }
+        true
+    }
+
+    fn remove(&mut self, day: &NaiveDate) {
+        let removed = match self.slot(day_number(*day)) {
+            Some(i) => self.slots[i].take().is_some(),
+            None => self.far.remove(day).is_some(),
+        };
+        self.len -= usize::from(removed);
+        if self.len == 0 {
+            *self = Days::default();
+        }
+    }
+}
+
+fn day_number(day: NaiveDate) -> i64 {
+    i64::from(day.num_days_from_ce())
+}
+
+/// Iterator over [`Days`] in date order.
+pub struct DaysIter<'a> {
+    inner: Box<dyn DoubleEndedIterator<Item = (&'a NaiveDate, &'a DayAgg)> + 'a>,
+}
+
+impl<'a> Iterator for DaysIter<'a> {
+    type Item = (&'a NaiveDate, &'a DayAgg);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner.next()
+    }
+}
+
+impl DoubleEndedIterator for DaysIter<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.inner.next_back()
+    }
+}
+
+impl<'a> IntoIterator for &'a Days {
+    type Item = (&'a NaiveDate, &'a DayAgg);
+    type IntoIter = DaysIter<'a>;
+
+    fn into_iter(self) -> DaysIter<'a> {
+        self.iter()
+    }
+}
+
+impl PartialEq for Days {
+    fn eq(&self, other: &Days) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl std::fmt::Debug for Days {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
 }
 
 impl UserLedger {
@@ -96,7 +327,7 @@ impl UserLedger {
     }
 
     fn fold(&mut self, day: NaiveDate, tx: &Transaction, sign: i64) {
-        let agg = self.days.entry(day).or_default();
+        let agg = self.days.entry(day);
         let amount = if sign > 0 { tx.amount } else { -tx.amount };
         agg.count += sign;
         match tx.kind {
@@ -392,5 +623,57 @@ mod tests {
         assert_eq!(b.closing(&p, d(3)), Some("70".parse().unwrap()));
         assert_eq!(b.closing(&p, d(9)), Some("70".parse().unwrap()));
         assert_eq!(b.closing(&ObjectId::new(), d(9)), None);
+    }
+
+    /// `Days` behaves as the ordered map it stands for: against a BTreeMap
+    /// model, with days near each other, far apart (beyond the window) and
+    /// windows that grow both ways, through inserts and removals.
+    #[test]
+    fn days_behave_as_an_ordered_map() {
+        use std::collections::BTreeMap;
+        let mut rng = crate::seed::Rng::new(5);
+        let base: NaiveDate = "2026-01-01".parse().unwrap();
+        for round in 0..100 {
+            let mut days = Days::default();
+            let mut model: BTreeMap<NaiveDate, i64> = BTreeMap::new();
+            let spread = [10, 100, 3000, 5000, 20_000][round % 5];
+            for step in 0..200 {
+                let offset = rng.below(2 * spread) as i64 - spread as i64;
+                let day = base + chrono::Duration::days(offset);
+                if rng.chance(30) && !model.is_empty() {
+                    let k = *model
+                        .keys()
+                        .nth(rng.below(model.len() as u64) as usize)
+                        .unwrap();
+                    model.remove(&k);
+                    days.remove(&k);
+                } else {
+                    *model.entry(day).or_default() += 1;
+                    days.entry(day).count += 1;
+                }
+                assert_eq!(days.len(), model.len(), "round {round} step {step}");
+                let got: Vec<(NaiveDate, i64)> = days.iter().map(|(d, a)| (*d, a.count)).collect();
+                let want: Vec<(NaiveDate, i64)> = model.iter().map(|(d, c)| (*d, *c)).collect();
+                assert_eq!(got, want, "round {round} step {step}");
+                let back: Vec<NaiveDate> = days.keys().rev().copied().collect();
+                assert_eq!(back, model.keys().rev().copied().collect::<Vec<_>>());
+                let (a, b) = (
+                    day - chrono::Duration::days(7),
+                    day + chrono::Duration::days(40),
+                );
+                let got: Vec<NaiveDate> = days.range(a..=b).map(|(d, _)| *d).collect();
+                let want: Vec<NaiveDate> = model.range(a..=b).map(|(d, _)| *d).collect();
+                assert_eq!(got, want);
+                let got: Vec<NaiveDate> = days.range(a..b).map(|(d, _)| *d).collect();
+                assert_eq!(got, model.range(a..b).map(|(d, _)| *d).collect::<Vec<_>>());
+                assert_eq!(days.get(&day).map(|a| a.count), model.get(&day).copied());
+                assert!(days.slots.len() <= Days::MAX_SPAN);
+            }
+            for k in model.keys().copied().collect::<Vec<_>>() {
+                days.remove(&k);
+            }
+            assert_eq!(days, Days::default());
+            assert!(days.is_empty() && days.slots.is_empty() && days.far.is_empty());
+        }
     }
 }
