@@ -466,7 +466,7 @@ fn difference_name(d: &Difference) -> &'static str {
     match d {
         Difference::Missing => "missing",
         Difference::Surplus => "surplus",
-        Difference::Fields(_) => "differs",
+        Difference::Fields(_) | Difference::Content => "differs",
     }
 }
 

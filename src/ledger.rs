@@ -467,6 +467,25 @@ pub struct YtdBaseline {
     pub expense: Money,
 }
 
+impl YtdBaseline {
+    /// The baseline of a ledger that starts at `from`, computed from a
+    /// ledger (with its own baseline, if it starts after 1 January) that
+    /// holds the days before `from`.
+    pub fn at(from: NaiveDate, ledger: &UserLedger, baseline: Option<YtdBaseline>) -> YtdBaseline {
+        let (income, expense) = match from.pred_opt() {
+            Some(before) if before.year() == from.year() => {
+                YearToDate::with_baseline(ledger, baseline).through(before)
+            }
+            _ => (Money::ZERO, Money::ZERO),
+        };
+        YtdBaseline {
+            from,
+            income,
+            expense,
+        }
+    }
+}
+
 /// Year-to-date income and expense through any day, from prefix sums.
 #[derive(Debug, Default)]
 pub struct YearToDate {

@@ -9,6 +9,7 @@
 //! - [`source`] — decoding of source documents, validity and reject reasons.
 //! - [`vecmap`] — a small ordered map as a sorted vector (the ledger's maps).
 //! - [`ledger`] — pure per-user sums per day, category and pocket; balances.
+//! - [`live`] — the tailer's in-memory window: users' ledgers and stored fingerprints.
 //! - [`reports`] — builders of the three output documents (the schema).
 //! - [`diff`] — field-by-field comparison of expected and stored documents.
 //! - [`store`] — MongoDB connection, indexes, bulk writes, bookkeeping, rejects.
@@ -30,6 +31,7 @@ pub mod calendar;
 pub mod cli;
 pub mod diff;
 pub mod ledger;
+pub mod live;
 pub mod money;
 pub mod progress;
 pub mod reports;

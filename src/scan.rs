@@ -30,7 +30,7 @@ use crate::source::{
     decode_category, decode_pocket, decode_transaction, Pocket, RejectReason, SourceId,
 };
 use crate::store::{
-    self, key_filter, plan_write, same_content, Write, CATEGORIES, POCKETS, REJECTS, TRANSACTIONS,
+    self, key_filter, same_content, write_over, Write, CATEGORIES, POCKETS, REJECTS, TRANSACTIONS,
 };
 
 /// The periods a run covers.
@@ -50,6 +50,9 @@ pub enum Difference {
     Surplus,
     /// Both exist; the fields that differ.
     Fields(Vec<FieldDiff>),
+    /// Both exist and the content differs from what tally last stored
+    /// (the live path compares fingerprints, not fields).
+    Content,
 }
 
 impl Difference {
@@ -88,6 +91,103 @@ pub struct UserResult {
     /// A [`Scope::Since`] scan had no year-to-date baseline for this user:
     /// nothing was built; scan the user again with [`Scope::Dependencies`].
     pub needs_full_scope: bool,
+    /// With [`Focus::keep_from`]: what the tailer keeps in memory.
+    pub kept: Option<Kept>,
+}
+
+/// One user's inputs from a day on, as a scan read them: the tailer's
+/// in-memory copy ([`crate::live`]).
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// Valid transactions dated from the day on, live or soft-deleted.
+    pub transactions: Vec<crate::source::Transaction>,
+    pub pockets: BTreeMap<ObjectId, Pocket>,
+    /// Fingerprints of the stored documents from the day on.
+    pub stored: Vec<((Kind, NaiveDate), crate::live::StoredMeta)>,
+    /// Income and expense of the year before the day.
+    pub baseline: crate::ledger::YtdBaseline,
+}
+
+/// A stored document as a comparison sees it: the whole document (scans)
+/// or the tailer's fingerprint of it ([`crate::live::StoredMeta`]).
+pub trait StoredDoc {
+    /// How `content` differs from the stored document; `None` if it doesn't.
+    fn difference(&self, content: &Document) -> Option<Difference>;
+    /// The stored bookkeeping fields (revision, created_at, ...).
+    fn bookkeeping(&self, kind: Kind) -> std::borrow::Cow<'_, Document>;
+}
+
+impl StoredDoc for Document {
+    fn difference(&self, content: &Document) -> Option<Difference> {
+        if same_content(content, self) {
+            return None;
+        }
+        let fields = diff(content, self);
+        (!fields.is_empty()).then_some(Difference::Fields(fields))
+    }
+
+    fn bookkeeping(&self, _: Kind) -> std::borrow::Cow<'_, Document> {
+        std::borrow::Cow::Borrowed(self)
+    }
+}
+
+/// The changes that bring one user's stored documents (`stored`: those of
+/// the compared periods) to `expected`; reports before `reports_open_from`
+/// are final. Shared by scans and the live path.
+pub fn compare_user<S: StoredDoc>(
+    user: ObjectId,
+    expected: Vec<(Kind, NaiveDate, Document)>,
+    reports_open_from: NaiveDate,
+    mut stored: HashMap<(Kind, NaiveDate), S>,
+    now: DateTime<Utc>,
+    time_zone: &str,
+) -> Vec<DocChange> {
+    let mut changes = Vec::new();
+    for (kind, period, mut content) in expected {
+        if kind == Kind::Report && period < reports_open_from {
+            content.insert("is_final", true);
+        }
+        let old = stored.remove(&(kind, period));
+        let difference = match &old {
+            None => Difference::Missing,
+            Some(s) => match s.difference(&content) {
+                None => continue,
+                Some(d) => d,
+            },
+        };
+        let bookkeeping = old.as_ref().map(|s| s.bookkeeping(kind));
+        let write = write_over(
+            kind,
+            key_filter(kind, user, period),
+            content,
+            bookkeeping.as_deref(),
+            now,
+            time_zone,
+        );
+        changes.push(DocChange {
+            kind,
+            user,
+            period,
+            difference,
+            write,
+        });
+    }
+    let mut surplus: Vec<_> = stored.into_keys().collect();
+    surplus.sort();
+    for (kind, period) in surplus {
+        let write = Write::Delete {
+            kind,
+            filter: key_filter(kind, user, period),
+        };
+        changes.push(DocChange {
+            kind,
+            user,
+            period,
+            difference: Difference::Surplus,
+            write,
+        });
+    }
+    changes
 }
 
 /// Which transactions the scan reads.
@@ -119,6 +219,9 @@ pub struct Focus {
     /// For [`Scope::Since`]: each user's income and expense of the year
     /// before the scan's first day.
     pub ytd_baselines: Option<std::sync::Arc<HashMap<ObjectId, crate::ledger::YtdBaseline>>>,
+    /// Hand each user's inputs from this day (a 1st of month, not before
+    /// the scan's first day) to the caller: [`UserResult::kept`].
+    pub keep_from: Option<NaiveDate>,
 }
 
 impl Focus {
@@ -278,6 +381,7 @@ pub struct Scanner {
     pub users_done: u64,
     reports_open_from: NaiveDate,
     ytd_baselines: Option<std::sync::Arc<HashMap<ObjectId, crate::ledger::YtdBaseline>>>,
+    keep_from: Option<NaiveDate>,
 }
 
 impl Scanner {
@@ -340,17 +444,7 @@ impl Scanner {
         let mut pocket_users: Vec<ObjectId> = pockets.keys().copied().collect();
         pocket_users.sort_by_key(|u| u.bytes());
 
-        let mut categories = HashMap::new();
-        let mut cursor = db
-            .collection::<Document>(CATEGORIES)
-            .find(doc! {})
-            .await
-            .context("reading categories")?;
-        while let Some(raw) = cursor.try_next().await.context("reading categories")? {
-            if let Some((id, name)) = decode_category(&raw) {
-                categories.insert(id, name);
-            }
-        }
+        let categories = load_categories(db).await?;
 
         let filter = match scope {
             Scope::AllHistory => doc! {},
@@ -407,6 +501,7 @@ impl Scanner {
                 None => reports_open_from(db, &cal, now).await?,
             },
             ytd_baselines: focus.ytd_baselines.clone(),
+            keep_from: focus.keep_from,
             cal,
             range,
             now,
@@ -414,7 +509,7 @@ impl Scanner {
             pockets,
             pocket_users,
             next_pocket_user: 0,
-            categories: Categories(categories),
+            categories,
             transactions,
             pending_tx: None,
             stored,
@@ -499,8 +594,15 @@ impl Scanner {
             return Ok(None);
         };
         let mut ledger = UserLedger::default();
+        let keep_start = self
+            .keep_from
+            .map(|d| self.cal.day_start(d).timestamp_millis());
+        let mut kept_transactions = Vec::new();
         while let Some(tx) = self.pending_tx.as_ref().filter(|t| t.user_id == user) {
             ledger.apply(&self.cal, tx);
+            if keep_start.is_some_and(|start| tx.date >= start) {
+                kept_transactions.push(tx.clone());
+            }
             self.advance_tx().await?;
         }
         if self.pocket_users.get(self.next_pocket_user) == Some(&user) {
@@ -521,10 +623,14 @@ impl Scanner {
         let empty = BTreeMap::new();
         let pockets = self.pockets.get(&user).unwrap_or(&empty);
         let mut view = UserView::new(user, &ledger, pockets, &self.categories, &self.cal);
+        let mut baseline = None;
         // From 1 January the ledger holds the whole year: no baseline needed.
         if self.scope.needs_baseline() {
             match self.ytd_baselines.as_ref().and_then(|b| b.get(&user)) {
-                Some(b) => view = view.with_ytd_baseline(*b),
+                Some(b) => {
+                    baseline = Some(*b);
+                    view = view.with_ytd_baseline(*b);
+                }
                 None => {
                     self.users_done += 1;
                     return Ok(Some(UserResult {
@@ -541,62 +647,32 @@ impl Scanner {
             self.range.to,
             self.today,
         );
+        let kept = self.keep_from.map(|from| Kept {
+            transactions: kept_transactions,
+            pockets: pockets.clone(),
+            stored: stored
+                .iter()
+                .filter(|((_, period), _)| *period >= from)
+                .map(|(key, doc)| (*key, crate::live::StoredMeta::of(key.0, doc)))
+                .collect(),
+            baseline: crate::ledger::YtdBaseline::at(from, &ledger, baseline),
+        });
+        let documents = expected.len();
+        let changes = compare_user(
+            user,
+            expected,
+            self.reports_open_from,
+            stored,
+            self.now,
+            self.cal.name(),
+        );
         let mut result = UserResult {
             user: Some(user),
-            documents: expected.len(),
+            documents,
+            changes,
+            kept,
             ..UserResult::default()
         };
-        for (kind, period, mut content) in expected {
-            if kind == Kind::Report && period < self.reports_open_from {
-                content.insert("is_final", true);
-            }
-            let old = stored.remove(&(kind, period));
-            let difference = match &old {
-                None => Difference::Missing,
-                Some(s) => {
-                    if same_content(&content, s) {
-                        continue;
-                    }
-                    let fields = diff(&content, s);
-                    if fields.is_empty() {
-                        continue;
-                    }
-                    Difference::Fields(fields)
-                }
-            };
-            let write = plan_write(
-                kind,
-                key_filter(kind, user, period),
-                Some(content),
-                old.as_ref(),
-                self.now,
-                self.cal.name(),
-            );
-            if let Some(write) = write {
-                result.changes.push(DocChange {
-                    kind,
-                    user,
-                    period,
-                    difference,
-                    write,
-                });
-            }
-        }
-        let mut surplus: Vec<_> = stored.into_keys().collect();
-        surplus.sort();
-        for (kind, period) in surplus {
-            let write = Write::Delete {
-                kind,
-                filter: key_filter(kind, user, period),
-            };
-            result.changes.push(DocChange {
-                kind,
-                user,
-                period,
-                difference: Difference::Surplus,
-                write,
-            });
-        }
         if self.scope == Scope::AllHistory {
             let balances = Balances::new(&ledger, pockets.values());
             let before_all = NaiveDate::MIN;
@@ -684,14 +760,36 @@ pub async fn scan_since(
     now: DateTime<Utc>,
     since: NaiveDate,
     trusted_from: NaiveDate,
-    mut focus: Focus,
+    focus: Focus,
 ) -> Result<Scanned> {
+    let mut results = Vec::new();
+    let rejects = scan_since_with(db, cal, range, now, since, trusted_from, focus, |r| {
+        results.push(r)
+    })
+    .await?;
+    Ok(Scanned { results, rejects })
+}
+
+/// [`scan_since`] handing each user's result to `sink` as it comes, so
+/// the results of a large scan are never all in memory; returns the
+/// invalid documents seen.
+#[allow(clippy::too_many_arguments)]
+pub async fn scan_since_with(
+    db: &Database,
+    cal: Calendar,
+    range: Range,
+    now: DateTime<Utc>,
+    since: NaiveDate,
+    trusted_from: NaiveDate,
+    mut focus: Focus,
+    mut sink: impl FnMut(UserResult),
+) -> Result<Vec<(&'static str, SourceId, RejectReason)>> {
     let since = if crate::calendar::prev_day(since) < trusted_from {
         crate::calendar::first_of_year(since)
     } else {
         since
     };
-    let mut out = Scanned::default();
+    let mut rejects = Vec::new();
     let mut again = Vec::new();
     if Scope::Since(since).needs_baseline() {
         focus.ytd_baselines = Some(std::sync::Arc::new(
@@ -704,10 +802,10 @@ pub async fn scan_since(
     while let Some(r) = scanner.next_user().await? {
         match r.user {
             Some(user) if r.needs_full_scope => again.push(user),
-            _ => out.results.push(r),
+            _ => sink(r),
         }
     }
-    out.rejects.append(&mut scanner.rejects);
+    rejects.append(&mut scanner.rejects);
     if !again.is_empty() {
         let focus = Focus {
             users: Some(again),
@@ -717,11 +815,11 @@ pub async fn scan_since(
         let mut scanner =
             Scanner::open_focused(db, cal, range, now, Scope::Dependencies, focus).await?;
         while let Some(r) = scanner.next_user().await? {
-            out.results.push(r);
+            sink(r);
         }
-        out.rejects.append(&mut scanner.rejects);
+        rejects.append(&mut scanner.rejects);
     }
-    Ok(out)
+    Ok(rejects)
 }
 
 /// Each user's income and expense from 1 January to the day before `since`,
@@ -780,6 +878,22 @@ pub async fn reports_open_from(
         Some((day, _)) if day >= today => crate::calendar::next_day(day),
         _ => today,
     })
+}
+
+/// Every category's label, by id.
+pub async fn load_categories(db: &Database) -> Result<Categories> {
+    let mut categories = HashMap::new();
+    let mut cursor = db
+        .collection::<Document>(CATEGORIES)
+        .find(doc! {})
+        .await
+        .context("reading categories")?;
+    while let Some(raw) = cursor.try_next().await.context("reading categories")? {
+        if let Some((id, name)) = decode_category(&raw) {
+            categories.insert(id, name);
+        }
+    }
+    Ok(Categories(categories))
 }
 
 fn note_reject(

@@ -177,6 +177,18 @@ impl SourceId {
 
 impl Eq for SourceId {}
 
+impl std::hash::Hash for SourceId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            SourceId::Oid(o) => o.bytes().hash(state),
+            other => {
+                (other.element_type() as u8).hash(state);
+                other.sort_text().hash(state);
+            }
+        }
+    }
+}
+
 impl Ord for SourceId {
     fn cmp(&self, other: &Self) -> Ordering {
         match (self, other) {

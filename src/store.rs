@@ -187,7 +187,6 @@ pub fn plan_write(
     now: DateTime<Utc>,
     time_zone: &str,
 ) -> Option<Write> {
-    let now = BsonDateTime::from_millis(now.timestamp_millis());
     match (expected, stored) {
         (None, None) => None,
         (None, Some(_)) => Some(Write::Delete { kind, filter }),
@@ -197,37 +196,52 @@ pub fn plan_write(
                     return None;
                 }
             }
-            let now_final = content.get_bool(kind.final_field()).unwrap_or(false);
-            let was_final = stored.is_some_and(|s| s.get_bool(kind.final_field()).unwrap_or(false));
-            let revision = stored.and_then(|s| int(s.get("revision")));
-            let restatements = stored.and_then(|s| int(s.get("restatements"))).unwrap_or(0);
-            let mut set = content;
-            set.insert("time_zone", time_zone);
-            set.insert("revision", revision.unwrap_or(0) + 1);
-            set.insert("restatements", restatements + i64::from(was_final));
-            set.insert("generated_at", now);
-            set.insert("updated_at", now);
-            set.insert(
-                "created_at",
-                stored
-                    .and_then(|s| s.get("created_at").cloned())
-                    .unwrap_or(Bson::DateTime(now)),
-            );
-            if kind == Kind::Report {
-                let finalized_at = match stored.and_then(|s| s.get("finalized_at")) {
-                    Some(at @ Bson::DateTime(_)) if now_final && was_final => at.clone(),
-                    _ if now_final => Bson::DateTime(now),
-                    _ => Bson::Null,
-                };
-                set.insert("finalized_at", finalized_at);
-            }
-            Some(Write::Upsert {
-                kind,
-                filter,
-                set,
-                if_revision: stored.and(revision),
-            })
+            Some(write_over(kind, filter, content, stored, now, time_zone))
         }
+    }
+}
+
+/// The upsert that replaces `stored` (known to differ) by `content`:
+/// revision, restatements, created_at and finalized_at follow SPEC §5.
+/// Only the bookkeeping fields of `stored` are read.
+pub fn write_over(
+    kind: Kind,
+    filter: Document,
+    content: Document,
+    stored: Option<&Document>,
+    now: DateTime<Utc>,
+    time_zone: &str,
+) -> Write {
+    let now = BsonDateTime::from_millis(now.timestamp_millis());
+    let now_final = content.get_bool(kind.final_field()).unwrap_or(false);
+    let was_final = stored.is_some_and(|s| s.get_bool(kind.final_field()).unwrap_or(false));
+    let revision = stored.and_then(|s| int(s.get("revision")));
+    let restatements = stored.and_then(|s| int(s.get("restatements"))).unwrap_or(0);
+    let mut set = content;
+    set.insert("time_zone", time_zone);
+    set.insert("revision", revision.unwrap_or(0) + 1);
+    set.insert("restatements", restatements + i64::from(was_final));
+    set.insert("generated_at", now);
+    set.insert("updated_at", now);
+    set.insert(
+        "created_at",
+        stored
+            .and_then(|s| s.get("created_at").cloned())
+            .unwrap_or(Bson::DateTime(now)),
+    );
+    if kind == Kind::Report {
+        let finalized_at = match stored.and_then(|s| s.get("finalized_at")) {
+            Some(at @ Bson::DateTime(_)) if now_final && was_final => at.clone(),
+            _ if now_final => Bson::DateTime(now),
+            _ => Bson::Null,
+        };
+        set.insert("finalized_at", finalized_at);
+    }
+    Write::Upsert {
+        kind,
+        filter,
+        set,
+        if_revision: stored.and(revision),
     }
 }
 
@@ -250,7 +264,7 @@ pub fn same_content(expected: &Document, stored: &Document) -> bool {
     stored.keys().filter(|k| content(k)).count() == n
 }
 
-fn int(v: Option<&Bson>) -> Option<i64> {
+pub(crate) fn int(v: Option<&Bson>) -> Option<i64> {
     match v {
         Some(Bson::Int64(i)) => Some(*i),
         Some(Bson::Int32(i)) => Some(i64::from(*i)),

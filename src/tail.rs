@@ -39,12 +39,13 @@ use tracing::{error, info, warn};
 
 use crate::batch;
 use crate::calendar::{first_of_month, last_of_month, Calendar};
+use crate::live::Live;
 use crate::reports::Kind;
-use crate::scan::{scan_since, Difference, DocChange, Focus, Range};
+use crate::scan::{load_categories, scan_since_with, Difference, DocChange, Focus, Range};
 use crate::schedule::{self, Schedule};
 use crate::source::{decode_pocket, decode_transaction, SourceId};
 use crate::state::{self, Checkpoint, Claim};
-use crate::store::{self, POCKETS, TRANSACTIONS};
+use crate::store::{self, Write, POCKETS, TRANSACTIONS};
 
 /// The service's notion of now: real time, optionally shifted (tests and
 /// demos start the clock at a chosen instant; it then runs at real speed).
@@ -171,8 +172,13 @@ struct Tailer {
     stream: Option<ChangeStream<ChangeStreamEvent<Document>>>,
     /// Token after the last event handled (not yet necessarily flushed).
     token: Option<ResumeToken>,
+    /// Every user's inputs over the open window, and stored fingerprints.
+    live: Live,
     /// user → first day to recompute.
     dirty: HashMap<ObjectId, NaiveDate>,
+    /// Dirty users to rescan from the source (a change before the window,
+    /// or a user it does not hold); the others are rebuilt from memory.
+    rescan: HashSet<ObjectId>,
     /// user → (earliest day touched by a recent transaction event, when).
     floors: HashMap<ObjectId, (NaiveDate, Instant)>,
     /// Transactions whose old version must be located.
@@ -206,7 +212,9 @@ impl Tailer {
             checkpoint: Checkpoint::default(),
             stream: None,
             token: None,
+            live: Live::new(opts.cal, first_of_month(today), today, Default::default()),
             dirty: HashMap::new(),
+            rescan: HashSet::new(),
             floors: HashMap::new(),
             locate: Vec::new(),
             rejects: Vec::new(),
@@ -238,6 +246,7 @@ impl Tailer {
             tailer.checkpoint.managed_from = Some(today - Days::new(tailer.opts.initial_days));
         }
         tailer.token = tailer.checkpoint.resume_token.clone();
+        tailer.load_live().await?;
         let now = tailer.opts.clock.now();
         for (user, since) in tailer.checkpoint.pending.clone() {
             let _ = since;
@@ -290,6 +299,70 @@ impl Tailer {
         let s = batch::backfill(&self.db, self.opts.cal, range, now, false).await?;
         self.counters.documents_written += s.writes.changed();
         Ok(())
+    }
+
+    /// Reads the open window of every user into memory: the previous
+    /// month on (whole months), or the month tally started managing.
+    async fn load_live(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let now = self.opts.clock.now();
+        let today = self.opts.cal.day_of(now);
+        let managed_from = self.managed_from();
+        let previous_month = first_of_month(crate::calendar::prev_day(first_of_month(today)));
+        let from = previous_month.max(first_of_month(managed_from));
+        let live = Live::new(
+            self.opts.cal,
+            from,
+            managed_from,
+            load_categories(&self.db).await?,
+        );
+        let focus = Focus {
+            reports_open_from: Some(self.reports_open_from(today)),
+            keep_from: Some(from),
+            ..Focus::default()
+        };
+        let range = self.window(live.open_from(), today);
+        scan_since_with(
+            &self.db,
+            self.opts.cal,
+            range,
+            now,
+            from,
+            managed_from,
+            focus,
+            |r| {
+                if let (Some(user), Some(kept)) = (r.user, r.kept) {
+                    live.insert(user, kept);
+                }
+            },
+        )
+        .await?;
+        info!(
+            from = %from,
+            users = live.user_count(),
+            transactions = live.transaction_count(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Open window loaded into memory."
+        );
+        self.live = live;
+        self.rescan.clear();
+        Ok(())
+    }
+
+    /// Every kind of document from `from` to the horizon.
+    fn window(&self, from: NaiveDate, today: NaiveDate) -> Range {
+        Range {
+            from,
+            to: today + Days::new(self.opts.horizon_days),
+            kinds: Kind::ALL.to_vec(),
+        }
+    }
+
+    /// The first day whose reports are not final yet.
+    fn reports_open_from(&self, today: NaiveDate) -> NaiveDate {
+        self.checkpoint
+            .reports_final_through
+            .map_or(today, |d| d.succ_opt().unwrap_or(d).max(today))
     }
 
     async fn open_stream(&mut self) -> Result<()> {
@@ -379,15 +452,19 @@ impl Tailer {
         }
         self.flush().await?;
         let started = Instant::now();
-        let documents = schedule::finalize(
-            &self.db,
-            self.opts.cal,
-            kind,
-            period,
-            now,
-            self.managed_from(),
-        )
-        .await?;
+        let documents = if self.in_window(kind, period) {
+            self.finalize_live(kind, period).await?
+        } else {
+            schedule::finalize(
+                &self.db,
+                self.opts.cal,
+                kind,
+                period,
+                now,
+                self.managed_from(),
+            )
+            .await?
+        };
         state::finish(
             &self.db,
             kind.cli_name(),
@@ -405,6 +482,62 @@ impl Tailer {
             "Finalized."
         );
         Ok(())
+    }
+
+    /// Whether the open window holds everything a step's documents need.
+    fn in_window(&self, kind: Kind, period: NaiveDate) -> bool {
+        match kind {
+            Kind::Monthly => {
+                period >= self.live.from() && last_of_month(period) >= self.live.open_from()
+            }
+            Kind::Report | Kind::Snapshot => period >= self.live.open_from(),
+        }
+    }
+
+    /// A finalization step done from memory: every user's documents of
+    /// the period are built and compared with the stored fingerprints.
+    async fn finalize_live(&mut self, kind: Kind, period: NaiveDate) -> Result<u64> {
+        let now = self.opts.clock.now();
+        let today = self.opts.cal.day_of(now);
+        let (from, to) = match kind {
+            Kind::Monthly => (period, last_of_month(period)),
+            Kind::Report | Kind::Snapshot => (period, period),
+        };
+        let open = self.reports_open_from(today);
+        let mut writes = Vec::new();
+        for user in self.live.users() {
+            for c in self.live.compute(user, &[kind], from, to, today, open, now) {
+                writes.push((c.user, c.period, c.write));
+            }
+        }
+        Ok(self.write(writes).await?.changed())
+    }
+
+    /// Executes writes and keeps the in-memory fingerprints in step. Users
+    /// whose writes did not all land (an error, or a concurrent writer's
+    /// revision) are rescanned from the source on the next flush.
+    async fn write(
+        &mut self,
+        writes: Vec<(ObjectId, NaiveDate, Write)>,
+    ) -> Result<store::WriteStats> {
+        if writes.is_empty() {
+            return Ok(store::WriteStats::default());
+        }
+        self.live.record(&writes);
+        let users: HashSet<ObjectId> = writes.iter().map(|(u, _, _)| *u).collect();
+        let result =
+            store::execute(&self.db, writes.into_iter().map(|(_, _, w)| w).collect()).await;
+        let clean = matches!(&result, Ok(s) if s.errors == 0 && s.conflicts == 0);
+        if !clean {
+            let from = self.live.open_from();
+            for user in users {
+                self.mark(user, from, None);
+                self.rescan.insert(user);
+            }
+        }
+        let stats = result?;
+        self.counters.documents_written += stats.changed();
+        Ok(stats)
     }
 
     /// One turn: due timers, a batch of events, a flush when due.
@@ -535,6 +668,9 @@ impl Tailer {
     }
 
     fn mark(&mut self, user: ObjectId, day: NaiveDate, tx_day: Option<NaiveDate>) {
+        if day < self.live.open_from() || !self.live.holds(&user) {
+            self.rescan.insert(user);
+        }
         let e = self.dirty.entry(user).or_insert(day);
         *e = (*e).min(day);
         if let Some(d) = tx_day {
@@ -594,13 +730,13 @@ impl Tailer {
         match coll.as_str() {
             TRANSACTIONS => {
                 let mut new_user = None;
+                let mut new_tx = None;
                 if let Some(doc) = &event.full_document {
                     match decode_transaction(doc) {
                         Ok(tx) => {
-                            let day = cal.day_of_millis(tx.date);
                             new_user = Some(tx.user_id);
-                            self.mark(tx.user_id, day, Some(day));
-                            self.corrected.push((TRANSACTIONS, tx.id));
+                            self.corrected.push((TRANSACTIONS, tx.id.clone()));
+                            new_tx = Some(tx);
                         }
                         Err(r) => {
                             self.counters.rejects += 1;
@@ -610,30 +746,40 @@ impl Tailer {
                         }
                     }
                 }
-                if let Some(old) = &event.full_document_before_change {
-                    if let Ok(tx) = decode_transaction(old) {
+                let (touched, known) = self
+                    .live
+                    .set_transaction(&SourceId::from_bson(&id), new_tx.as_ref());
+                for (user, day) in touched {
+                    self.mark(user, day, Some(day));
+                }
+                if !known {
+                    // Not in memory: before the window, of a user the
+                    // window does not hold, invalid, or new.
+                    let old = event
+                        .full_document_before_change
+                        .as_ref()
+                        .and_then(|d| decode_transaction(d).ok());
+                    if let Some(tx) = old {
                         let day = cal.day_of_millis(tx.date);
                         self.mark(tx.user_id, day, Some(day));
+                    } else if !has_old && event.operation_type != OperationType::Insert {
+                        self.locate.push((id.clone(), new_user));
                     }
                 }
                 if is_delete {
                     self.corrected
                         .push((TRANSACTIONS, SourceId::from_bson(&id)));
                 }
-                if !has_old && event.operation_type != OperationType::Insert {
-                    self.locate.push((id, new_user));
-                }
             }
             POCKETS => {
-                let mut users = HashSet::new();
-                for doc in [&event.full_document, &event.full_document_before_change]
-                    .into_iter()
-                    .flatten()
-                {
-                    if let Ok(p) = decode_pocket(doc) {
-                        users.extend(p.user_id);
-                    }
-                }
+                let new = event
+                    .full_document
+                    .as_ref()
+                    .and_then(|d| decode_pocket(d).ok());
+                let old = event
+                    .full_document_before_change
+                    .as_ref()
+                    .and_then(|d| decode_pocket(d).ok());
                 match event.full_document.as_ref().map(decode_pocket) {
                     Some(Ok(p)) => match p.reject_reason() {
                         Some(r) => {
@@ -645,21 +791,22 @@ impl Tailer {
                     Some(Err(r)) => self.rejects.push((POCKETS, SourceId::from_bson(&id), r)),
                     None => self.corrected.push((POCKETS, SourceId::from_bson(&id))),
                 }
-                if users.is_empty() || (!has_old && event.operation_type != OperationType::Insert) {
+                let (mut users, known) = match id.as_object_id() {
+                    Some(pocket) => self.live.set_pocket(pocket, new.as_ref()),
+                    None => (Vec::new(), false),
+                };
+                users.extend(old.iter().chain(&new).filter_map(|p| p.user_id));
+                users.sort_by_key(|u| u.bytes());
+                users.dedup();
+                if users.is_empty()
+                    || (!known && !has_old && event.operation_type != OperationType::Insert)
+                {
                     // Without the old version the previous owner is unknown.
-                    self.locate.push((id, users.iter().next().copied()));
+                    self.locate.push((id, users.first().copied()));
                 }
                 // A pocket that opens, closes or changes owner moves the days
                 // from then on at once; a bare balance change waits (drift).
                 let from = self.managed_from();
-                let new = event
-                    .full_document
-                    .as_ref()
-                    .and_then(|d| decode_pocket(d).ok());
-                let old = event
-                    .full_document_before_change
-                    .as_ref()
-                    .and_then(|d| decode_pocket(d).ok());
                 let day = |t: Option<i64>| t.map_or(from, |t| cal.day_of_millis(t).max(from));
                 let floor = match (&new, &old) {
                     (Some(n), None) if event.operation_type == OperationType::Insert => {
@@ -678,8 +825,12 @@ impl Tailer {
                     }
                     _ => None,
                 };
+                // Balances are recomputed over the whole open window; a
+                // floor before it means a rescan from the source.
+                let open = self.live.open_from();
+                let first = floor.map_or(open, |f| f.min(open));
                 for user in users {
-                    self.mark(user, from, floor);
+                    self.mark(user, first, floor);
                 }
             }
             _ => {}
@@ -780,42 +931,46 @@ impl Tailer {
         self.resolve_locations().await?;
         let now = self.opts.clock.now();
         let today = self.opts.cal.day_of(now);
-        let to = today + Days::new(self.opts.horizon_days);
         let managed_from = self.managed_from();
         if self.full_refresh {
             self.counters.full_refreshes += 1;
             self.full_refresh = false;
             self.backfill_window(managed_from).await?;
+            self.load_live().await?;
             self.dirty.clear();
         }
-        let reports_open_from = self
-            .checkpoint
-            .reports_final_through
-            .map_or(today, |d| d.succ_opt().unwrap_or(d).max(today));
-        let mut by_day: BTreeMap<NaiveDate, Vec<ObjectId>> = BTreeMap::new();
-        for (user, day) in self.dirty.drain() {
-            by_day.entry(day).or_default().push(user);
+        let reports_open_from = self.reports_open_from(today);
+        let to = today + Days::new(self.opts.horizon_days);
+        // Users the window holds are rebuilt from memory; the others are
+        // rescanned from the source, which also reloads them into memory.
+        let mut per_user: Vec<(ObjectId, Vec<DocChange>)> = Vec::new();
+        let mut rescan: BTreeMap<NaiveDate, Vec<ObjectId>> = BTreeMap::new();
+        for (user, day) in std::mem::take(&mut self.dirty) {
+            if self.rescan.contains(&user) {
+                rescan.entry(day).or_default().push(user);
+            } else {
+                let changes =
+                    self.live
+                        .compute(user, &Kind::ALL, day, to, today, reports_open_from, now);
+                per_user.push((user, changes));
+            }
         }
-        let settle = chrono::Duration::from_std(self.opts.settle).unwrap_or_default();
-        let mut writes = Vec::new();
-        let mut pending: HashMap<ObjectId, DateTime<Utc>> =
-            self.checkpoint.pending.iter().copied().collect();
-        for (from, users) in by_day {
+        let rescanned: Vec<ObjectId> = rescan.values().flatten().copied().collect();
+        for (from, users) in rescan {
             for chunk in users.chunks(500) {
-                let range = Range {
-                    from,
-                    to,
-                    kinds: Kind::ALL.to_vec(),
-                };
+                // The month of `from` is rebuilt whole, and at least the
+                // window, so that the user is reloaded into memory; the year
+                // before comes from the final documents of the day before.
+                let range = self.window(from.min(self.live.open_from()), today);
+                let since = first_of_month(from).min(self.live.from());
                 let focus = Focus {
                     users: Some(chunk.to_vec()),
                     reports_open_from: Some(reports_open_from),
                     ytd_baselines: None,
+                    keep_from: Some(self.live.from()),
                 };
-                // The month of `from` is rebuilt whole; the year before it
-                // comes from the final documents of the day before.
-                let since = first_of_month(from);
-                let mut scanned = scan_since(
+                let live = &self.live;
+                let mut rejects = scan_since_with(
                     &self.db,
                     self.opts.cal,
                     range,
@@ -823,67 +978,29 @@ impl Tailer {
                     since,
                     managed_from,
                     focus,
+                    |r| {
+                        if let Some(user) = r.user {
+                            if let Some(kept) = r.kept {
+                                live.insert(user, kept);
+                            }
+                            per_user.push((user, r.changes));
+                        }
+                    },
                 )
                 .await?;
-                let mut held_users = HashSet::new();
-                for result in scanned.results {
-                    let mut held: Vec<DocChange> = Vec::new();
-                    for change in result.changes {
-                        if change.kind == Kind::Snapshot
-                            && change.period < managed_from
-                            && change.difference == Difference::Missing
-                        {
-                            continue;
-                        }
-                        let end = if change.kind == Kind::Monthly {
-                            last_of_month(change.period)
-                        } else {
-                            change.period
-                        };
-                        let floor = self
-                            .floors
-                            .get(&change.user)
-                            .filter(|(_, at)| at.elapsed() < self.opts.settle)
-                            .map(|(d, _)| *d);
-                        if floor.is_none_or(|f| end < f) {
-                            held.push(change);
-                        } else {
-                            writes.push(change.write);
-                        }
-                    }
-                    let Some(user) = held.first().map(|c| c.user) else {
-                        continue;
-                    };
-                    held_users.insert(user);
-                    match pending.get(&user) {
-                        Some(since) if now - *since >= settle => {
-                            self.counters.drift_applied += 1;
-                            info!(user = %user.to_hex(), documents = held.len(), "Balance drift settled; restating past documents.");
-                            writes.extend(held.into_iter().map(|c| c.write));
-                            pending.remove(&user);
-                        }
-                        Some(_) => {}
-                        None => {
-                            pending.insert(user, now);
-                        }
-                    }
-                }
-                for user in chunk {
-                    if !held_users.contains(user) {
-                        pending.remove(user);
-                    }
-                }
-                self.rejects.append(&mut scanned.rejects);
+                self.rejects.append(&mut rejects);
             }
         }
-        let stats = store::execute(&self.db, writes).await?;
-        self.counters.documents_written += stats.changed();
+        let writes = self.hold_past_changes(per_user, now);
+        self.write(writes).await?;
+        for user in &rescanned {
+            self.rescan.remove(user);
+        }
         self.counters.flushes += 1;
         store::record_rejects(&self.db, &self.rejects, now).await?;
         self.rejects.clear();
         store::clear_rejects(&self.db, &self.corrected).await?;
         self.corrected.clear();
-        self.checkpoint.pending = pending.into_iter().collect();
         self.first_dirty_at = None;
         if self.dirty.is_empty() && self.locate.is_empty() {
             self.checkpoint.resume_token =
@@ -891,6 +1008,65 @@ impl Tailer {
             self.save().await?;
         }
         Ok(())
+    }
+
+    /// The writes to do now: changes before the first day a user's recent
+    /// transaction events touched are past (SPEC §4) and are held until
+    /// they have persisted for the settle delay, then written as drift.
+    fn hold_past_changes(
+        &mut self,
+        per_user: Vec<(ObjectId, Vec<DocChange>)>,
+        now: DateTime<Utc>,
+    ) -> Vec<(ObjectId, NaiveDate, Write)> {
+        let managed_from = self.managed_from();
+        let settle = chrono::Duration::from_std(self.opts.settle).unwrap_or_default();
+        let mut pending: HashMap<ObjectId, DateTime<Utc>> =
+            self.checkpoint.pending.iter().copied().collect();
+        let mut writes = Vec::new();
+        for (user, changes) in per_user {
+            let floor = self
+                .floors
+                .get(&user)
+                .filter(|(_, at)| at.elapsed() < self.opts.settle)
+                .map(|(d, _)| *d);
+            let mut held: Vec<DocChange> = Vec::new();
+            for change in changes {
+                if change.kind == Kind::Snapshot
+                    && change.period < managed_from
+                    && change.difference == Difference::Missing
+                {
+                    continue;
+                }
+                let end = if change.kind == Kind::Monthly {
+                    last_of_month(change.period)
+                } else {
+                    change.period
+                };
+                if floor.is_none_or(|f| end < f) {
+                    held.push(change);
+                } else {
+                    writes.push((change.user, change.period, change.write));
+                }
+            }
+            if held.is_empty() {
+                pending.remove(&user);
+                continue;
+            }
+            match pending.get(&user) {
+                Some(since) if now - *since >= settle => {
+                    self.counters.drift_applied += 1;
+                    info!(user = %user.to_hex(), documents = held.len(), "Balance drift settled; restating past documents.");
+                    writes.extend(held.into_iter().map(|c| (c.user, c.period, c.write)));
+                    pending.remove(&user);
+                }
+                Some(_) => {}
+                None => {
+                    pending.insert(user, now);
+                }
+            }
+        }
+        self.checkpoint.pending = pending.into_iter().collect();
+        writes
     }
 
     async fn save(&mut self) -> Result<()> {

@@ -1,0 +1,422 @@
+//! The tailer's memory: every user's inputs over the open window, folded
+//! into ledgers, and a fingerprint of every stored document of the window.
+//!
+//! A change event updates this state at once (a transaction's old version
+//! is retracted and its new one applied: exact inverses, SPEC §4), so a
+//! flush builds the touched users' documents with the same builders as
+//! backfill, compares them with the fingerprints and writes only what
+//! differs — it reads nothing from the server. The window starts on a 1st
+//! of month (`from`), so every month in it is whole; the income and
+//! expense of the year before it are each user's baseline. Changes before
+//! the window, and users the window does not hold, go through a focused
+//! scan of the source (the batch path), which also reloads the user here.
+//!
+//! Events are applied as *states*, not deltas: "transaction X is now N"
+//! replaces whatever X was. Replaying an event, or applying one older than
+//! a reload that already saw its effect, converges on the latest state.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+
+use bson::oid::ObjectId;
+use bson::{Bson, Document};
+use chrono::{DateTime, NaiveDate, Utc};
+use dashmap::DashMap;
+
+use crate::calendar::{first_of_month, Calendar};
+use crate::ledger::{UserLedger, YtdBaseline};
+use crate::reports::{Categories, Kind, UserView, BOOKKEEPING};
+use crate::scan::{compare_user, Difference, DocChange, Kept, StoredDoc};
+use crate::source::{Pocket, SourceId, Transaction};
+use crate::store::{int, Write};
+
+/// What tally needs to know of a stored document: a fingerprint of its
+/// content and the bookkeeping its next write continues from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMeta {
+    fingerprint: u64,
+    revision: Option<i64>,
+    restatements: i64,
+    is_final: bool,
+    created_at: Option<bson::DateTime>,
+    finalized_at: Option<bson::DateTime>,
+}
+
+impl StoredMeta {
+    /// The meta of a stored document, or of the `set` of a write.
+    pub fn of(kind: Kind, doc: &Document) -> StoredMeta {
+        StoredMeta {
+            fingerprint: fingerprint(doc),
+            revision: int(doc.get("revision")),
+            restatements: int(doc.get("restatements")).unwrap_or(0),
+            is_final: doc.get_bool(kind.final_field()).unwrap_or(false),
+            created_at: doc.get_datetime("created_at").ok().copied(),
+            finalized_at: doc.get_datetime("finalized_at").ok().copied(),
+        }
+    }
+}
+
+impl StoredDoc for &StoredMeta {
+    fn difference(&self, content: &Document) -> Option<Difference> {
+        (fingerprint(content) != self.fingerprint).then_some(Difference::Content)
+    }
+
+    fn bookkeeping(&self, kind: Kind) -> Cow<'_, Document> {
+        let mut d = Document::new();
+        if let Some(r) = self.revision {
+            d.insert("revision", r);
+        }
+        d.insert("restatements", self.restatements);
+        d.insert(kind.final_field(), self.is_final);
+        if let Some(c) = self.created_at {
+            d.insert("created_at", c);
+        }
+        if let Some(f) = self.finalized_at {
+            d.insert("finalized_at", f);
+        }
+        Cow::Owned(d)
+    }
+}
+
+/// A hash of a document's content fields (bookkeeping aside), independent
+/// of their order at the top level; values compare exactly (type and bits).
+pub fn fingerprint(doc: &Document) -> u64 {
+    let mut fields: Vec<(&String, &Bson)> = doc
+        .iter()
+        .filter(|(k, _)| !BOOKKEEPING.contains(&k.as_str()))
+        .collect();
+    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (k, v) in fields {
+        k.hash(&mut h);
+        hash_bson(v, &mut h);
+    }
+    h.finish()
+}
+
+fn hash_bson(v: &Bson, h: &mut impl Hasher) {
+    (v.element_type() as u8).hash(h);
+    match v {
+        Bson::Double(d) => d.to_bits().hash(h),
+        Bson::String(s) => s.hash(h),
+        Bson::Document(d) => {
+            d.len().hash(h);
+            for (k, v) in d {
+                k.hash(h);
+                hash_bson(v, h);
+            }
+        }
+        Bson::Array(a) => {
+            a.len().hash(h);
+            for v in a {
+                hash_bson(v, h);
+            }
+        }
+        Bson::Boolean(b) => b.hash(h),
+        Bson::Null | Bson::Undefined | Bson::MinKey | Bson::MaxKey => {}
+        Bson::Int32(i) => i.hash(h),
+        Bson::Int64(i) => i.hash(h),
+        Bson::DateTime(t) => t.timestamp_millis().hash(h),
+        Bson::ObjectId(o) => o.bytes().hash(h),
+        Bson::Decimal128(d) => d.bytes().hash(h),
+        other => other.to_string().hash(h),
+    }
+}
+
+/// One user's inputs over the window.
+#[derive(Debug)]
+struct UserState {
+    /// Valid transactions dated in the window, live or soft-deleted.
+    transactions: BTreeMap<SourceId, Transaction>,
+    ledger: UserLedger,
+    pockets: BTreeMap<ObjectId, Pocket>,
+    stored: BTreeMap<(Kind, NaiveDate), StoredMeta>,
+    baseline: YtdBaseline,
+}
+
+/// Every user's state over the window `[from, ∞)`.
+pub struct Live {
+    cal: Calendar,
+    from: NaiveDate,
+    from_millis: i64,
+    /// The first day documents are kept for: `from`, or later when tally
+    /// manages only days after it (days before are not tally's to write).
+    open_from: NaiveDate,
+    categories: Categories,
+    users: DashMap<ObjectId, UserState>,
+    tx_owner: DashMap<SourceId, ObjectId>,
+    pocket_owner: DashMap<ObjectId, ObjectId>,
+}
+
+impl Live {
+    /// An empty window from `from` (a 1st of month); documents before
+    /// `managed_from` are left alone.
+    pub fn new(
+        cal: Calendar,
+        from: NaiveDate,
+        managed_from: NaiveDate,
+        categories: Categories,
+    ) -> Live {
+        debug_assert_eq!(from, first_of_month(from));
+        Live {
+            cal,
+            from,
+            from_millis: cal.day_start(from).timestamp_millis(),
+            open_from: from.max(managed_from),
+            categories,
+            users: DashMap::new(),
+            tx_owner: DashMap::new(),
+            pocket_owner: DashMap::new(),
+        }
+    }
+
+    /// First day of the window.
+    pub fn from(&self) -> NaiveDate {
+        self.from
+    }
+
+    /// First day whose documents the window computes.
+    pub fn open_from(&self) -> NaiveDate {
+        self.open_from
+    }
+
+    pub fn holds(&self, user: &ObjectId) -> bool {
+        self.users.contains_key(user)
+    }
+
+    pub fn users(&self) -> Vec<ObjectId> {
+        self.users.iter().map(|e| *e.key()).collect()
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn transaction_count(&self) -> usize {
+        self.tx_owner.len()
+    }
+
+    /// Replaces a user's state with what a scan kept of it.
+    pub fn insert(&self, user: ObjectId, kept: Kept) {
+        self.remove(&user);
+        let mut ledger = UserLedger::default();
+        let mut transactions = BTreeMap::new();
+        for tx in kept.transactions {
+            ledger.apply(&self.cal, &tx);
+            self.tx_owner.insert(tx.id.clone(), user);
+            transactions.insert(tx.id.clone(), tx);
+        }
+        for id in kept.pockets.keys() {
+            self.pocket_owner.insert(*id, user);
+        }
+        let state = UserState {
+            transactions,
+            ledger,
+            pockets: kept.pockets,
+            stored: kept.stored.into_iter().collect(),
+            baseline: kept.baseline,
+        };
+        self.users.insert(user, state);
+    }
+
+    fn remove(&self, user: &ObjectId) {
+        if let Some((_, old)) = self.users.remove(user) {
+            for id in old.transactions.keys() {
+                self.tx_owner.remove_if(id, |_, owner| owner == user);
+            }
+            for id in old.pockets.keys() {
+                self.pocket_owner.remove_if(id, |_, owner| owner == user);
+            }
+        }
+    }
+
+    /// Transaction `id` is now `new` (`None`: deleted or invalid). Returns
+    /// the (user, day) pairs it touched, and whether its previous version
+    /// was known here. A transaction before the window, or of a user the
+    /// window does not hold, is only reported: the caller rescans.
+    pub fn set_transaction(
+        &self,
+        id: &SourceId,
+        new: Option<&Transaction>,
+    ) -> (Vec<(ObjectId, NaiveDate)>, bool) {
+        let mut touched = Vec::new();
+        let mut known = false;
+        if let Some((_, owner)) = self.tx_owner.remove(id) {
+            if let Some(mut state) = self.users.get_mut(&owner) {
+                if let Some(old) = state.transactions.remove(id) {
+                    state.ledger.retract(&self.cal, &old);
+                    known = true;
+                    touched.push((owner, self.cal.day_of_millis(old.date)));
+                }
+            }
+        }
+        if let Some(tx) = new {
+            let mut held = false;
+            if tx.date >= self.from_millis {
+                if let Some(mut state) = self.users.get_mut(&tx.user_id) {
+                    state.ledger.apply(&self.cal, tx);
+                    state.transactions.insert(id.clone(), tx.clone());
+                    held = true;
+                }
+            }
+            if held {
+                self.tx_owner.insert(id.clone(), tx.user_id);
+            }
+            touched.push((tx.user_id, self.cal.day_of_millis(tx.date)));
+        }
+        (touched, known)
+    }
+
+    /// Pocket `id` is now `new` (`None`: deleted). Returns the users whose
+    /// pockets changed (its previous owner, if known here, and its owner
+    /// now), and whether its previous version was known here.
+    pub fn set_pocket(&self, id: ObjectId, new: Option<&Pocket>) -> (Vec<ObjectId>, bool) {
+        let mut users = Vec::new();
+        let mut known = false;
+        if let Some((_, owner)) = self.pocket_owner.remove(&id) {
+            if let Some(mut state) = self.users.get_mut(&owner) {
+                known = state.pockets.remove(&id).is_some();
+            }
+            users.push(owner);
+        }
+        if let Some(user) = new.and_then(|p| p.user_id) {
+            let held = match self.users.get_mut(&user) {
+                Some(mut state) => {
+                    state.pockets.insert(id, new.expect("has a user").clone());
+                    true
+                }
+                None => false,
+            };
+            if held {
+                self.pocket_owner.insert(id, user);
+            }
+            if !users.contains(&user) {
+                users.push(user);
+            }
+        }
+        (users, known)
+    }
+
+    /// The changes that bring `user`'s stored documents of `kinds` over
+    /// `[from, to]` (clamped to the window) to what its state builds now.
+    #[allow(clippy::too_many_arguments)]
+    pub fn compute(
+        &self,
+        user: ObjectId,
+        kinds: &[Kind],
+        from: NaiveDate,
+        to: NaiveDate,
+        today: NaiveDate,
+        reports_open_from: NaiveDate,
+        now: DateTime<Utc>,
+    ) -> Vec<DocChange> {
+        let Some(state) = self.users.get(&user) else {
+            return Vec::new();
+        };
+        let from = from.max(self.open_from);
+        if from > to {
+            return Vec::new();
+        }
+        let view = UserView::new(
+            user,
+            &state.ledger,
+            &state.pockets,
+            &self.categories,
+            &self.cal,
+        )
+        .with_ytd_baseline(state.baseline);
+        let expected = view.build_range(kinds, from, to, today);
+        let mut stored: HashMap<(Kind, NaiveDate), &StoredMeta> = HashMap::new();
+        for &kind in kinds {
+            let (lo, hi) = match kind {
+                Kind::Monthly => (first_of_month(from), first_of_month(to)),
+                _ => (from, to),
+            };
+            stored.extend(
+                state
+                    .stored
+                    .range((kind, lo)..=(kind, hi))
+                    .map(|(k, m)| (*k, m)),
+            );
+        }
+        compare_user(
+            user,
+            expected,
+            reports_open_from,
+            stored,
+            now,
+            self.cal.name(),
+        )
+    }
+
+    /// Records writes the server has taken, so the fingerprints match
+    /// what is stored.
+    pub fn record(&self, writes: &[(ObjectId, NaiveDate, Write)]) {
+        for (user, period, write) in writes {
+            let Some(mut state) = self.users.get_mut(user) else {
+                continue;
+            };
+            match write {
+                Write::Upsert { kind, set, .. } => {
+                    state
+                        .stored
+                        .insert((*kind, *period), StoredMeta::of(*kind, set));
+                }
+                Write::Delete { kind, .. } => {
+                    state.stored.remove(&(*kind, *period));
+                }
+            }
+        }
+    }
+
+    /// Drops everything (a full refresh reloads it).
+    pub fn clear(&self) {
+        self.users.clear();
+        self.tx_owner.clear();
+        self.pocket_owner.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    #[test]
+    fn fingerprint_ignores_bookkeeping_and_top_level_order() {
+        let a = doc! { "user_id": 1, "total_income": "5", "revision": 3 };
+        let b = doc! { "total_income": "5", "user_id": 1, "revision": 4, "updated_at": 9 };
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+    }
+
+    #[test]
+    fn fingerprint_sees_values_types_and_nested_order() {
+        let base = doc! { "n": 1_i64, "list": [ { "a": 1, "b": 2 } ] };
+        let other_value = doc! { "n": 2_i64, "list": [ { "a": 1, "b": 2 } ] };
+        let other_type = doc! { "n": 1_i32, "list": [ { "a": 1, "b": 2 } ] };
+        let nested_order = doc! { "n": 1_i64, "list": [ { "b": 2, "a": 1 } ] };
+        let fp = fingerprint(&base);
+        assert_ne!(fp, fingerprint(&other_value));
+        assert_ne!(fp, fingerprint(&other_type));
+        assert_ne!(fp, fingerprint(&nested_order));
+    }
+
+    #[test]
+    fn meta_keeps_the_bookkeeping_a_write_continues_from() {
+        let created = bson::DateTime::from_millis(1_000);
+        let stored = doc! {
+            "user_id": 1, "is_final": true, "revision": 4_i64, "restatements": 1_i64,
+            "created_at": created, "finalized_at": created,
+        };
+        let meta = &StoredMeta::of(Kind::Report, &stored);
+        let book = meta.bookkeeping(Kind::Report);
+        assert_eq!(book.get_i64("revision").unwrap(), 4);
+        assert_eq!(book.get_i64("restatements").unwrap(), 1);
+        assert!(book.get_bool("is_final").unwrap());
+        assert_eq!(book.get_datetime("created_at").unwrap(), &created);
+        assert_eq!(meta.difference(&stored), None);
+        let changed = doc! { "user_id": 2, "is_final": true };
+        assert_eq!(meta.difference(&changed), Some(Difference::Content));
+    }
+}
