@@ -381,7 +381,214 @@ impl Live {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::money::Money;
+    use crate::source::TxType;
     use bson::doc;
+
+    fn day(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    struct World {
+        cal: Calendar,
+        user: ObjectId,
+        other: ObjectId,
+        pocket: Pocket,
+        other_pocket: Pocket,
+    }
+
+    impl World {
+        fn new() -> World {
+            let cal = Calendar::from_name("Europe/Berlin").unwrap();
+            let (user, other) = (ObjectId::new(), ObjectId::new());
+            let pocket = |owner: ObjectId, balance: &str| Pocket {
+                id: ObjectId::new(),
+                user_id: Some(owner),
+                name: Some("main".into()),
+                kind: Some("cash".into()),
+                balance: Ok(balance.parse().unwrap()),
+                created_at: None,
+                deleted_at: None,
+            };
+            World {
+                cal,
+                user,
+                other,
+                pocket: pocket(user, "500"),
+                other_pocket: pocket(other, "70"),
+            }
+        }
+
+        fn tx(&self, user: ObjectId, amount: &str, date: &str, hour: i64) -> Transaction {
+            let pocket = if user == self.user {
+                &self.pocket
+            } else {
+                &self.other_pocket
+            };
+            Transaction {
+                id: SourceId::Oid(ObjectId::new()),
+                user_id: user,
+                kind: TxType::Expense,
+                amount: amount.parse().unwrap(),
+                pocket_from: Some(pocket.id),
+                pocket_to: None,
+                category_id: None,
+                note: None,
+                date: self.cal.day_start(day(date)).timestamp_millis() + hour * 3_600_000,
+                deleted: false,
+            }
+        }
+
+        /// A window holding `txs` as a fresh load would.
+        fn load(&self, txs: &[Transaction]) -> Live {
+            let live = Live::new(
+                self.cal,
+                day("2026-10-01"),
+                day("2026-10-01"),
+                Categories::default(),
+            );
+            for (user, pocket) in [(self.user, &self.pocket), (self.other, &self.other_pocket)] {
+                let baseline = YtdBaseline {
+                    from: day("2026-10-01"),
+                    income: Money::ZERO,
+                    expense: "100".parse().unwrap(),
+                };
+                live.insert(
+                    user,
+                    Kept {
+                        transactions: txs.iter().filter(|t| t.user_id == user).cloned().collect(),
+                        pockets: [(pocket.id, pocket.clone())].into_iter().collect(),
+                        stored: Vec::new(),
+                        baseline,
+                    },
+                );
+            }
+            live
+        }
+
+        /// Everything `live` builds for both users, as comparable text.
+        fn documents(&self, live: &Live) -> Vec<String> {
+            let now = self.cal.day_start(day("2026-11-20")).to_utc();
+            let today = day("2026-11-20");
+            let mut out = Vec::new();
+            for user in [self.user, self.other] {
+                for c in live.compute(
+                    user,
+                    &Kind::ALL,
+                    day("2026-10-01"),
+                    day("2026-12-31"),
+                    today,
+                    today,
+                    now,
+                ) {
+                    if let Write::Upsert { set, .. } = c.write {
+                        let content: Document = set
+                            .into_iter()
+                            .filter(|(k, _)| !BOOKKEEPING.contains(&k.as_str()))
+                            .collect();
+                        out.push(format!("{:?} {} {content}", c.kind, c.period));
+                    }
+                }
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn edits_applied_as_events_build_what_a_fresh_load_builds() {
+        let w = World::new();
+        let a = w.tx(w.user, "10", "2026-10-05", 9);
+        let b = w.tx(w.user, "20", "2026-11-02", 23);
+        let c = w.tx(w.other, "5", "2026-11-19", 1);
+        let live = w.load(&[a.clone(), b.clone(), c.clone()]);
+
+        // a moves a month and grows; b is soft-deleted; c changes owner;
+        // d is new; e is dated before the window (not held: reported).
+        let mut a2 = a.clone();
+        a2.date = w.tx(w.user, "0", "2026-11-10", 12).date;
+        a2.amount = "12.5".parse().unwrap();
+        let mut b2 = b.clone();
+        b2.deleted = true;
+        let mut c2 = c.clone();
+        c2.user_id = w.user;
+        c2.pocket_from = Some(w.pocket.id);
+        let d = w.tx(w.other, "7.25", "2026-11-20", 8);
+        let e = w.tx(w.user, "3", "2026-09-30", 8);
+
+        let (touched, known) = live.set_transaction(&a.id, Some(&a2));
+        assert!(known);
+        assert_eq!(
+            touched,
+            vec![(w.user, day("2026-10-05")), (w.user, day("2026-11-10"))]
+        );
+        assert!(live.set_transaction(&b.id, Some(&b2)).1);
+        let (touched, _) = live.set_transaction(&c.id, Some(&c2));
+        assert_eq!(
+            touched,
+            vec![(w.other, day("2026-11-19")), (w.user, day("2026-11-19"))]
+        );
+        assert!(!live.set_transaction(&d.id, Some(&d)).1);
+        // Replaying an event changes nothing.
+        live.set_transaction(&d.id, Some(&d));
+        let (touched, known) = live.set_transaction(&e.id, Some(&e));
+        assert!(!known);
+        assert_eq!(touched, vec![(w.user, day("2026-09-30"))]);
+        assert_eq!(live.transaction_count(), 4, "e is outside the window");
+
+        let fresh = w.load(&[a2, b2, c2, d.clone()]);
+        let incremental = w.documents(&live);
+        assert!(!incremental.is_empty());
+        assert_eq!(incremental, w.documents(&fresh));
+
+        // A hard delete retracts exactly what the transaction added.
+        live.set_transaction(&d.id, None);
+        let without_d = w.documents(&live);
+        assert_ne!(without_d, incremental);
+        live.set_transaction(&d.id, Some(&d));
+        assert_eq!(w.documents(&live), incremental);
+    }
+
+    #[test]
+    fn recorded_writes_make_the_next_compute_a_no_op() {
+        let w = World::new();
+        let live = w.load(&[w.tx(w.user, "10", "2026-11-05", 9)]);
+        let now = w.cal.day_start(day("2026-11-20")).to_utc();
+        let today = day("2026-11-20");
+        let compute = || {
+            live.compute(
+                w.user,
+                &Kind::ALL,
+                day("2026-10-01"),
+                day("2026-12-31"),
+                today,
+                today,
+                now,
+            )
+        };
+        let first = compute();
+        assert!(first.iter().all(|c| c.difference == Difference::Missing));
+        assert!(first.iter().any(|c| c.kind == Kind::Snapshot));
+        let writes: Vec<_> = first
+            .into_iter()
+            .map(|c| (c.user, c.period, c.write))
+            .collect();
+        live.record(&writes);
+        assert_eq!(compute(), Vec::new());
+
+        // A pocket balance change moves every closed day's balances.
+        let mut pocket = w.pocket.clone();
+        pocket.balance = Ok("400".parse().unwrap());
+        let (users, known) = live.set_pocket(pocket.id, Some(&pocket));
+        assert!(known);
+        assert_eq!(users, vec![w.user]);
+        let changes = compute();
+        assert!(changes.iter().all(|c| c.difference == Difference::Content));
+        let snapshots = changes.iter().filter(|c| c.kind == Kind::Snapshot).count();
+        assert_eq!(snapshots, 50, "every closed day from 1 October on");
+        // Revisions continue from the recorded ones.
+        assert!(changes.iter().all(|c| matches!(&c.write,
+            Write::Upsert { if_revision: Some(1), set, .. } if set.get_i64("revision") == Ok(2))));
+    }
 
     #[test]
     fn fingerprint_ignores_bookkeeping_and_top_level_order() {

@@ -907,11 +907,13 @@ fn note_reject(
     rejects.push((coll, id, reason));
 }
 
-fn reject_key(coll: &str, id: &SourceId) -> String {
+/// The key of a reject record in [`load_reject_keys`]' set.
+pub fn reject_key(coll: &str, id: &SourceId) -> String {
     format!("{coll}\u{0}{}", id.to_bson())
 }
 
-async fn load_reject_keys(db: &Database) -> Result<HashSet<String>> {
+/// The documents that have a reject record, by [`reject_key`].
+pub async fn load_reject_keys(db: &Database) -> Result<HashSet<String>> {
     let mut keys = HashSet::new();
     let mut cursor = db
         .collection::<Document>(REJECTS)

@@ -41,7 +41,10 @@ use crate::batch;
 use crate::calendar::{first_of_month, last_of_month, Calendar};
 use crate::live::Live;
 use crate::reports::Kind;
-use crate::scan::{load_categories, scan_since_with, Difference, DocChange, Focus, Range};
+use crate::scan::{
+    load_categories, load_reject_keys, reject_key, scan_since_with, Difference, DocChange, Focus,
+    Range,
+};
 use crate::schedule::{self, Schedule};
 use crate::source::{decode_pocket, decode_transaction, SourceId};
 use crate::state::{self, Checkpoint, Claim};
@@ -99,7 +102,7 @@ impl RunOptions {
             schedule: Schedule::default(),
             clock: Clock::real(),
             quiet: Duration::from_millis(200),
-            max_delay: Duration::from_secs(1),
+            max_delay: Duration::from_millis(500),
             settle: Duration::from_secs(20),
             initial_days: 60,
             horizon_days: 400,
@@ -127,6 +130,9 @@ pub struct Counters {
     pub reconnects: u64,
     pub full_refreshes: u64,
     pub finalizations: u64,
+    /// Dirty users rebuilt from memory, and rescanned from the source.
+    pub users_from_memory: u64,
+    pub users_rescanned: u64,
 }
 
 /// Runs until `shutdown` completes, then flushes, checkpoints and returns.
@@ -160,6 +166,8 @@ pub async fn run(
     info!(
         events = tailer.counters.events,
         documents = tailer.counters.documents_written,
+        users_from_memory = tailer.counters.users_from_memory,
+        users_rescanned = tailer.counters.users_rescanned,
         "Stopped cleanly."
     );
     Ok(tailer.counters)
@@ -183,8 +191,12 @@ struct Tailer {
     floors: HashMap<ObjectId, (NaiveDate, Instant)>,
     /// Transactions whose old version must be located.
     locate: Vec<(Bson, Option<ObjectId>)>,
-    rejects: Vec<(&'static str, SourceId, crate::source::RejectReason)>,
-    corrected: Vec<(&'static str, SourceId)>,
+    /// Validity of source documents seen, in event order: a reason, or
+    /// `None` for a valid (or deleted) document.
+    verdicts: Vec<(&'static str, SourceId, Option<crate::source::RejectReason>)>,
+    /// Documents with a reject record ([`reject_key`]): only those need
+    /// clearing when a valid version arrives.
+    known_rejects: HashSet<String>,
     full_refresh: bool,
     first_dirty_at: Option<Instant>,
     last_event_at: Instant,
@@ -217,8 +229,8 @@ impl Tailer {
             rescan: HashSet::new(),
             floors: HashMap::new(),
             locate: Vec::new(),
-            rejects: Vec::new(),
-            corrected: Vec::new(),
+            verdicts: Vec::new(),
+            known_rejects: HashSet::new(),
             full_refresh: false,
             first_dirty_at: None,
             last_event_at: Instant::now(),
@@ -247,6 +259,7 @@ impl Tailer {
         }
         tailer.token = tailer.checkpoint.resume_token.clone();
         tailer.load_live().await?;
+        tailer.known_rejects = load_reject_keys(&tailer.db).await?;
         let now = tailer.opts.clock.now();
         for (user, since) in tailer.checkpoint.pending.clone() {
             let _ = since;
@@ -735,13 +748,13 @@ impl Tailer {
                     match decode_transaction(doc) {
                         Ok(tx) => {
                             new_user = Some(tx.user_id);
-                            self.corrected.push((TRANSACTIONS, tx.id.clone()));
+                            self.verdicts.push((TRANSACTIONS, tx.id.clone(), None));
                             new_tx = Some(tx);
                         }
                         Err(r) => {
                             self.counters.rejects += 1;
-                            self.rejects
-                                .push((TRANSACTIONS, SourceId::from_bson(&id), r));
+                            self.verdicts
+                                .push((TRANSACTIONS, SourceId::from_bson(&id), Some(r)));
                             new_user = doc.get_object_id("user_id").ok();
                         }
                     }
@@ -767,8 +780,8 @@ impl Tailer {
                     }
                 }
                 if is_delete {
-                    self.corrected
-                        .push((TRANSACTIONS, SourceId::from_bson(&id)));
+                    self.verdicts
+                        .push((TRANSACTIONS, SourceId::from_bson(&id), None));
                 }
             }
             POCKETS => {
@@ -784,12 +797,17 @@ impl Tailer {
                     Some(Ok(p)) => match p.reject_reason() {
                         Some(r) => {
                             self.counters.rejects += 1;
-                            self.rejects.push((POCKETS, SourceId::Oid(p.id), r));
+                            self.verdicts.push((POCKETS, SourceId::Oid(p.id), Some(r)));
                         }
-                        None => self.corrected.push((POCKETS, SourceId::Oid(p.id))),
+                        None => self.verdicts.push((POCKETS, SourceId::Oid(p.id), None)),
                     },
-                    Some(Err(r)) => self.rejects.push((POCKETS, SourceId::from_bson(&id), r)),
-                    None => self.corrected.push((POCKETS, SourceId::from_bson(&id))),
+                    Some(Err(r)) => {
+                        self.verdicts
+                            .push((POCKETS, SourceId::from_bson(&id), Some(r)))
+                    }
+                    None => self
+                        .verdicts
+                        .push((POCKETS, SourceId::from_bson(&id), None)),
                 }
                 let (mut users, known) = match id.as_object_id() {
                     Some(pocket) => self.live.set_pocket(pocket, new.as_ref()),
@@ -956,6 +974,8 @@ impl Tailer {
             }
         }
         let rescanned: Vec<ObjectId> = rescan.values().flatten().copied().collect();
+        self.counters.users_rescanned += rescanned.len() as u64;
+        self.counters.users_from_memory += per_user.len() as u64;
         for (from, users) in rescan {
             for chunk in users.chunks(500) {
                 // The month of `from` is rebuilt whole, and at least the
@@ -970,7 +990,7 @@ impl Tailer {
                     keep_from: Some(self.live.from()),
                 };
                 let live = &self.live;
-                let mut rejects = scan_since_with(
+                let rejects = scan_since_with(
                     &self.db,
                     self.opts.cal,
                     range,
@@ -988,7 +1008,8 @@ impl Tailer {
                     },
                 )
                 .await?;
-                self.rejects.append(&mut rejects);
+                self.verdicts
+                    .extend(rejects.into_iter().map(|(c, id, r)| (c, id, Some(r))));
             }
         }
         let writes = self.hold_past_changes(per_user, now);
@@ -997,16 +1018,42 @@ impl Tailer {
             self.rescan.remove(user);
         }
         self.counters.flushes += 1;
-        store::record_rejects(&self.db, &self.rejects, now).await?;
-        self.rejects.clear();
-        store::clear_rejects(&self.db, &self.corrected).await?;
-        self.corrected.clear();
+        self.settle_rejects(now).await?;
         self.first_dirty_at = None;
         if self.dirty.is_empty() && self.locate.is_empty() {
             self.checkpoint.resume_token =
                 self.token.clone().or(self.checkpoint.resume_token.take());
             self.save().await?;
         }
+        Ok(())
+    }
+
+    /// Records the source documents last seen invalid, and removes the
+    /// records of those last seen valid or deleted (only those that have
+    /// one: most valid documents never had a record).
+    async fn settle_rejects(&mut self, now: DateTime<Utc>) -> Result<()> {
+        let mut last: HashMap<String, (&'static str, &SourceId, Option<_>)> = HashMap::new();
+        for (coll, id, verdict) in &self.verdicts {
+            last.insert(reject_key(coll, id), (*coll, id, *verdict));
+        }
+        let mut rejects = Vec::new();
+        let mut corrected = Vec::new();
+        for (key, (coll, id, verdict)) in &last {
+            match verdict {
+                Some(reason) => rejects.push((*coll, (*id).clone(), *reason)),
+                None if self.known_rejects.contains(key) => corrected.push((*coll, (*id).clone())),
+                None => {}
+            }
+        }
+        store::record_rejects(&self.db, &rejects, now).await?;
+        store::clear_rejects(&self.db, &corrected).await?;
+        for (key, (_, _, verdict)) in last {
+            match verdict {
+                Some(_) => self.known_rejects.insert(key),
+                None => self.known_rejects.remove(&key),
+            };
+        }
+        self.verdicts.clear();
         Ok(())
     }
 

@@ -1104,6 +1104,23 @@ async fn scripted_workload(prefix: &str, extra: &[&str]) {
     assert!(run.alive(), "tally run is still running:\n{}", run.tail(40));
     let status = run.terminate().await;
     assert!(status.success(), "clean exit: {status}\n{}", run.tail(20));
+    // Changes inside the open window were rebuilt from memory, not by
+    // rescanning the source (which the changes before it still need).
+    let log = run.log();
+    let count = |field: &str| -> u64 {
+        let line = log.lines().rev().find(|l| l.contains("Stopped cleanly."));
+        let value = line.and_then(|l| l.split(&format!("{field}=")).nth(1));
+        value
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{field} in the last log line:\n{}", run.tail(5)))
+    };
+    let (memory, rescanned) = (count("users_from_memory"), count("users_rescanned"));
+    eprintln!("users rebuilt from memory {memory}, rescanned {rescanned}");
+    assert!(
+        memory > rescanned,
+        "users rebuilt from memory {memory}, rescanned {rescanned}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
