@@ -292,7 +292,7 @@ impl Settings {
         };
         let http_addr = parsed("http_addr")?.parse().expect("validated");
         let lease_ttl =
-            Duration::from_secs(parsed("lease_ttl_seconds")?.parse().expect("validated"));
+            Duration::from_secs(seconds(parsed("lease_ttl_seconds")?).expect("validated"));
         Ok(Settings {
             file,
             entries,
@@ -458,6 +458,11 @@ fn locate(text: &str, offset: usize) -> (usize, Option<String>) {
     (line_no, key)
 }
 
+/// Whole seconds, `15` or `15s` (a flag may spell a duration with its unit).
+fn seconds(value: &str) -> Option<u64> {
+    value.strip_suffix('s').unwrap_or(value).parse().ok()
+}
+
 /// Checks one value as its key expects it. Messages never echo the URI.
 pub fn validate(name: &str, value: &str) -> Result<(), String> {
     match name {
@@ -481,8 +486,8 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
             .parse::<u64>()
             .map(|_| ())
             .map_err(|_| format!("{value:?} is not a whole number")),
-        "lease_ttl_seconds" => match value.parse::<u64>() {
-            Ok(n) if n >= 1 => Ok(()),
+        "lease_ttl_seconds" => match seconds(value) {
+            Some(n) if n >= 1 => Ok(()),
             _ => Err(format!(
                 "{value:?} is not a number of seconds of at least 1"
             )),
@@ -608,6 +613,14 @@ mod tests {
             locate("a = 1\ninitial_days = \"x\"\n", 21),
             (2, Some("initial_days".to_owned()))
         );
+    }
+
+    #[test]
+    fn lease_ttl_takes_plain_or_suffixed_seconds() {
+        assert_eq!(seconds("15"), Some(15));
+        assert_eq!(seconds("15s"), Some(15));
+        assert!(validate("lease_ttl_seconds", "0").is_err());
+        assert!(validate("lease_ttl_seconds", "1m").is_err());
     }
 
     #[test]
