@@ -264,6 +264,8 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// Checks the settings no flag carries yet and keeps their typed values;
+    /// an error names where the bad value came from (variable, file and key).
     fn typed(file: Option<PathBuf>, entries: Vec<Entry>) -> Result<Settings> {
         let get = |name: &str| -> (&Entry, String) {
             let e = entries
@@ -276,7 +278,8 @@ impl Settings {
                     "{}: {name}",
                     file.as_deref().unwrap_or(Path::new("")).display()
                 ),
-                _ => name.to_owned(),
+                Source::Flag => format!("--{}", name.replace('_', "-")),
+                Source::Default => name.to_owned(),
             };
             (e, label)
         };
