@@ -33,6 +33,13 @@ pub struct Cli {
     pub global: Global,
     #[command(subcommand)]
     pub command: Command,
+    /// Configuration file (TOML); flags and TALLY_* variables override it.
+    #[arg(long, global = true, env = "TALLY_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// The effective configuration with each value's source (`config`
+    /// module); filled by `config::parse_cli`.
+    #[arg(skip)]
+    pub settings: crate::config::Settings,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -76,6 +83,8 @@ pub enum Command {
     Finalize(FinalizeArgs),
     /// Checkpoint age, last event covered, finalizations, rejects.
     Status(StatusArgs),
+    /// Print the effective configuration (TOML, secrets redacted, sources).
+    Config(crate::config::ConfigArgs),
 }
 
 #[derive(Args, Debug)]
@@ -239,6 +248,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let now = g.now.unwrap_or_else(Utc::now);
     let cal = g.timezone;
     match &cli.command {
+        Command::Config(_) => {
+            print!("{}", cli.settings.render());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Init(a) => {
             let db = store::connect(&g.mongodb_uri, &g.database).await?;
             for line in store::init(&db, a.create_source_index, !a.no_pre_images).await? {

@@ -22,6 +22,8 @@
 //! - [`seed`] — a synthetic coin-shaped dataset, dirt included.
 //! - [`progress`] — progress bar on a terminal, log lines elsewhere.
 //! - [`cli`] — command-line interface and validated configuration.
+//! - [`config`] — the configuration file, precedence (flags > env > file >
+//!   defaults) and the effective configuration `tally config` prints.
 //!
 //! The pure core (`money`, `calendar`, `source`, `ledger`, `reports`,
 //! `diff`) does no I/O and never reads the clock: "now" is a parameter.
@@ -29,6 +31,7 @@
 pub mod batch;
 pub mod calendar;
 pub mod cli;
+pub mod config;
 pub mod diff;
 pub mod ledger;
 pub mod live;

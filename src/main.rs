@@ -2,14 +2,21 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = tally::cli::Cli::parse();
+    let cli = match tally::config::parse_cli(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(tally::config::LoadError::Usage(e)) => e.exit(),
+        Err(tally::config::LoadError::Invalid(e)) => {
+            eprintln!("tally: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env("TALLY_LOG")
+                .unwrap_or_else(|_| EnvFilter::new(&cli.settings.log)),
         )
         .with_writer(std::io::stderr)
         .init();
