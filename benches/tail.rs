@@ -6,7 +6,8 @@
 //! stays short), then the API's write pattern — a transaction, then its pocket
 //! balance — at 100 API calls per second for 30 s; `TALLY_BENCH_USERS`,
 //! `TALLY_BENCH_TX_PER_USER`, `TALLY_BENCH_RATE`, `TALLY_BENCH_SECONDS`
-//! change them). Every call is traced: its latency is the time from the
+//! change them; `TALLY_BENCH_RATE=0` sends as fast as the server takes
+//! them; `TALLY_BENCH_WORKERS` concurrent callers, default 16). Every call is traced: its latency is the time from the
 //! transaction insert until a report listing it is written (seen through a
 //! change stream on the reports, so tracing adds no polling load). Under
 //! `cargo test` it runs a tiny load once as a smoke test.
@@ -203,35 +204,68 @@ fn main() {
                 }
             })
         };
-        let mut rng = Rng::new(11);
-        let calls = (rate * seconds) as usize;
-        let period = Duration::from_secs_f64(1.0 / rate);
+        // The API's callers: `workers` concurrent tasks, each owning the
+        // pockets whose index it is congruent to (a pocket's balance has
+        // one writer), each sending its share of the calls on schedule.
+        // Rate 0: as fast as the server takes them.
+        let workers = env("TALLY_BENCH_WORKERS", 16.0) as usize;
+        let calls = if rate > 0.0 { (rate * seconds) as usize } else { usize::MAX };
+        let period = if rate > 0.0 { Duration::from_secs_f64(1.0 / rate) } else { Duration::ZERO };
         let load_start = Instant::now();
-        let mut late = 0usize;
-        for i in 0..calls {
-            let due = load_start + period * i as u32;
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                tokio::time::sleep(wait).await;
-            } else {
-                late += 1;
-            }
-            let k = rng.below(pockets.len() as u64) as usize;
-            let (user, pocket, balance) = pockets[k];
-            let amount = Money::new(rust_decimal::Decimal::new(100 + rng.below(10_000) as i64, 2));
-            let id = ObjectId::new();
-            written_at.lock().await.insert(id, Instant::now());
-            db.collection::<Document>("transactions")
-                .insert_one(doc! {
-                    "_id": id, "user_id": user, "type": "expense", "amount": amount.to_bson(),
-                    "pocket_from_id": pocket, "date": bson::DateTime::now(),
-                })
-                .await
-                .unwrap();
-            pockets[k].2 = balance - amount;
-            db.collection::<Document>("pockets")
-                .update_one(doc! { "_id": pocket }, doc! { "$set": { "balance": pockets[k].2.to_bson() } })
-                .await
-                .unwrap();
+        let stop_at = load_start + Duration::from_secs_f64(seconds);
+        let mut tasks = Vec::new();
+        for w in 0..workers {
+            let db = db.clone();
+            let written_at = written_at.clone();
+            let mut mine: Vec<(ObjectId, ObjectId, Money)> = pockets
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % workers == w)
+                .map(|(_, p)| *p)
+                .collect();
+            tasks.push(tokio::spawn(async move {
+                let mut rng = Rng::new(11 + w as u64);
+                let (mut sent, mut late) = (0usize, 0usize);
+                let mut i = w;
+                while i < calls && !mine.is_empty() {
+                    if rate > 0.0 {
+                        let due = load_start + period * i as u32;
+                        match due.checked_duration_since(Instant::now()) {
+                            Some(wait) => tokio::time::sleep(wait).await,
+                            None if Instant::now() > due + Duration::from_millis(100) => late += 1,
+                            None => {}
+                        }
+                    } else if Instant::now() >= stop_at {
+                        break;
+                    }
+                    let k = rng.below(mine.len() as u64) as usize;
+                    let (user, pocket, balance) = mine[k];
+                    let amount = Money::new(rust_decimal::Decimal::new(100 + rng.below(10_000) as i64, 2));
+                    let id = ObjectId::new();
+                    written_at.lock().await.insert(id, Instant::now());
+                    db.collection::<Document>("transactions")
+                        .insert_one(doc! {
+                            "_id": id, "user_id": user, "type": "expense", "amount": amount.to_bson(),
+                            "pocket_from_id": pocket, "date": bson::DateTime::now(),
+                        })
+                        .await
+                        .unwrap();
+                    mine[k].2 = balance - amount;
+                    db.collection::<Document>("pockets")
+                        .update_one(doc! { "_id": pocket }, doc! { "$set": { "balance": mine[k].2.to_bson() } })
+                        .await
+                        .unwrap();
+                    sent += 1;
+                    i += workers;
+                }
+                (sent, late)
+            }));
+        }
+        let (mut calls, mut late) = (0usize, 0usize);
+        for t in tasks {
+            let (s, l) = t.await.expect("worker");
+            calls += s;
+            late += l;
         }
         let load_elapsed = load_start.elapsed();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -246,9 +280,11 @@ fn main() {
         let mut l = latencies.lock().await.clone();
         l.sort();
         let traced = calls;
-        println!("tail bench: {users} users × {per_user} transactions seeded; load {rate}/s API calls (2 writes each) for {seconds}s");
+        println!("tail bench: {users} users × {per_user} transactions seeded; load {} API calls/s (2 writes each) for {seconds}s",
+            if rate > 0.0 { rate.to_string() } else { "max".to_owned() });
         println!("  tally start-up (first start: window backfill)  {:>8.2} s", startup.as_secs_f64());
-        println!("  API calls written                   {calls} in {:.2} s ({late} behind schedule)", load_elapsed.as_secs_f64());
+        println!("  API calls written                   {calls} in {:.2} s = {:.0} writes/s ({late} more than 100 ms behind schedule; {workers} callers)",
+            load_elapsed.as_secs_f64(), 2.0 * calls as f64 / load_elapsed.as_secs_f64());
         println!("  traced writes reflected             {}/{traced}", l.len());
         println!("  latency write → report   p50 {:>6.3} s   p99 {:>6.3} s   max {:>6.3} s",
             percentile(&l, 0.5).as_secs_f64(), percentile(&l, 0.99).as_secs_f64(), l.last().copied().unwrap_or_default().as_secs_f64());

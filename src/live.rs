@@ -370,6 +370,47 @@ impl Live {
         }
     }
 
+    /// Moves the window's start forward to `from` (a 1st of month): older
+    /// transactions and fingerprints are dropped, their income and expense
+    /// move into each user's baseline. Keeps memory bounded by the window,
+    /// not by how long tally has been running.
+    pub fn slide(&mut self, from: NaiveDate) {
+        debug_assert_eq!(from, first_of_month(from));
+        if from <= self.from {
+            return;
+        }
+        let start = self.cal.day_start(from).timestamp_millis();
+        let open_from = self.open_from.max(from);
+        for mut entry in self.users.iter_mut() {
+            let state = entry.value_mut();
+            state.baseline = YtdBaseline::at(from, &state.ledger, Some(state.baseline));
+            let old: Vec<SourceId> = state
+                .transactions
+                .iter()
+                .filter(|(_, tx)| tx.date < start)
+                .map(|(id, _)| id.clone())
+                .collect();
+            if !old.is_empty() {
+                for id in &old {
+                    state.transactions.remove(id);
+                    self.tx_owner.remove(id);
+                }
+                let mut ledger = UserLedger::default();
+                for tx in state.transactions.values() {
+                    ledger.apply(&self.cal, tx);
+                }
+                state.ledger = ledger;
+            }
+            state.stored.retain(|(kind, period), _| match kind {
+                Kind::Monthly => *period >= from,
+                Kind::Report | Kind::Snapshot => *period >= open_from,
+            });
+        }
+        self.from = from;
+        self.from_millis = start;
+        self.open_from = open_from;
+    }
+
     /// Drops everything (a full refresh reloads it).
     pub fn clear(&self) {
         self.users.clear();
@@ -546,6 +587,35 @@ mod tests {
         assert_ne!(without_d, incremental);
         live.set_transaction(&d.id, Some(&d));
         assert_eq!(w.documents(&live), incremental);
+    }
+
+    #[test]
+    fn sliding_the_window_keeps_every_later_document() {
+        let w = World::new();
+        let txs = [
+            w.tx(w.user, "10", "2026-10-05", 9),
+            w.tx(w.user, "20", "2026-10-31", 23),
+            w.tx(w.user, "5", "2026-11-03", 1),
+            w.tx(w.other, "7", "2026-11-19", 1),
+        ];
+        let mut live = w.load(&txs);
+        let from_november = |docs: Vec<String>| -> Vec<String> {
+            docs.into_iter()
+                .filter(|d| !d.contains(" 2026-10-"))
+                .collect()
+        };
+        let before = from_november(w.documents(&live));
+        live.slide(day("2026-11-01"));
+        assert_eq!(live.from(), day("2026-11-01"));
+        assert_eq!(live.transaction_count(), 2);
+        let after = w.documents(&live);
+        assert!(after.iter().all(|d| !d.contains(" 2026-10-")));
+        assert!(!after.is_empty());
+        // Year-to-date figures carry October's expense in the baseline.
+        assert_eq!(after, before);
+        // Sliding back is a no-op.
+        live.slide(day("2026-10-01"));
+        assert_eq!(live.from(), day("2026-11-01"));
     }
 
     #[test]

@@ -487,6 +487,12 @@ impl Tailer {
         )
         .await?;
         self.counters.finalizations += 1;
+        if kind == Kind::Monthly {
+            // A month closed: the window moves on to the previous month.
+            let today = self.opts.cal.day_of(self.opts.clock.now());
+            let month = first_of_month(crate::calendar::prev_day(first_of_month(today)));
+            self.live.slide(month);
+        }
         info!(
             kind = kind.cli_name(),
             period = %period,
