@@ -39,6 +39,7 @@ use tracing::{error, info, warn};
 
 use crate::batch;
 use crate::calendar::{first_of_month, last_of_month, Calendar};
+use crate::lease::{self, Fence, LostLease};
 use crate::reports::Kind;
 use crate::scan::{scan_since, Difference, DocChange, Focus, Range};
 use crate::schedule::{self, Schedule};
@@ -84,8 +85,11 @@ pub struct RunOptions {
     pub initial_days: u64,
     /// Days after today covered (future-dated transactions).
     pub horizon_days: u64,
-    /// Identifies this instance in finalization records.
+    /// Identifies this instance in the lease and finalization records.
     pub owner: String,
+    /// How long the lease lasts without renewal (renewed every third of
+    /// it): a standby takes over within this time of the leader's death.
+    pub lease_ttl: Duration,
     /// Enable and use change-stream pre-images (off: locate old values
     /// through the stored reports instead).
     pub pre_images: bool,
@@ -102,10 +106,20 @@ impl RunOptions {
             settle: Duration::from_secs(20),
             initial_days: 60,
             horizon_days: 400,
-            owner: format!("{}-{}", hostname(), std::process::id()),
+            owner: format!("{}-{}-{:04x}", hostname(), std::process::id(), nonce()),
+            lease_ttl: Duration::from_secs(15),
             pre_images: true,
         }
     }
+}
+
+/// 16 random bits, so that two processes with one hostname and pid
+/// (containers) are still two owners.
+fn nonce() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish() as u16
 }
 
 fn hostname() -> String {
@@ -128,7 +142,14 @@ pub struct Counters {
     pub finalizations: u64,
 }
 
-/// Runs until `shutdown` completes, then flushes, checkpoints and returns.
+/// Runs until `shutdown` completes, then flushes, checkpoints and returns
+/// (the counters of the last term as the active instance).
+///
+/// Several instances may run against one database: one is active, holding
+/// the lease ([`lease`]); the others stand by and take over from the stored
+/// checkpoint when it is released or expires. An instance that loses the
+/// lease stops at once, drops its unflushed work (its writes would be
+/// rejected anyway: they are fenced) and stands by again.
 pub async fn run(
     db: Database,
     opts: RunOptions,
@@ -140,8 +161,53 @@ pub async fn run(
         shutdown.await;
         flag.store(true, Ordering::SeqCst);
     });
-    let mut tailer = Tailer::start(db, opts).await?;
+    let ttl = opts.lease_ttl;
+    loop {
+        let Some(fence) = lease::acquire(&db, &opts.owner, ttl, &stop, is_transient).await? else {
+            return Ok(Counters::default());
+        };
+        lease::set_leader(true);
+        info!(owner = %fence.owner, token = fence.token, "Acquired leadership.");
+        let lost = Arc::new(AtomicBool::new(false));
+        let keeper = tokio::spawn(lease::keep(db.clone(), fence.clone(), ttl, lost.clone()));
+        let result = lead(db.clone(), opts.clone(), fence.clone(), &stop, &lost).await;
+        keeper.abort();
+        lease::set_leader(false);
+        match result {
+            Err(e) if lease::is_lost(&e) || lost.load(Ordering::SeqCst) => {
+                warn!(
+                    token = fence.token,
+                    "Lost leadership: dropping unflushed work and standing by."
+                );
+            }
+            other => {
+                match lease::release(&db, &fence).await {
+                    Ok(_) => info!(token = fence.token, "Released leadership."),
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), "Could not release the lease; it expires on its own.")
+                    }
+                }
+                return other;
+            }
+        }
+    }
+}
+
+/// The active instance's work, until `stop` (flush and checkpoint, then
+/// `Ok`) or until the lease is `lost` ([`LostLease`], nothing written).
+async fn lead(
+    db: Database,
+    opts: RunOptions,
+    fence: Fence,
+    stop: &AtomicBool,
+    lost: &AtomicBool,
+) -> Result<Counters> {
+    let token = fence.token;
+    let mut tailer = Tailer::start(db, opts, Some(fence)).await?;
     while !stop.load(Ordering::SeqCst) {
+        if lost.load(Ordering::SeqCst) {
+            return Err(LostLease { token }.into());
+        }
         if let Err(e) = tailer.step().await {
             // The server is away: keep the work, reopen the stream later.
             if !is_transient(&e) {
@@ -168,6 +234,8 @@ struct Tailer {
     db: Database,
     opts: RunOptions,
     checkpoint: Checkpoint,
+    /// Proof of the lease: every write goes behind it (`None`: unfenced).
+    fence: Option<Fence>,
     stream: Option<ChangeStream<ChangeStreamEvent<Document>>>,
     /// Token after the last event handled (not yet necessarily flushed).
     token: Option<ResumeToken>,
@@ -192,7 +260,7 @@ struct Tailer {
 const HISTORY_LOST: i32 = 286;
 
 impl Tailer {
-    async fn start(db: Database, opts: RunOptions) -> Result<Tailer> {
+    async fn start(db: Database, opts: RunOptions, fence: Option<Fence>) -> Result<Tailer> {
         for line in store::init(&db, false, opts.pre_images).await? {
             if line.starts_with("suggestion") {
                 warn!("{line}");
@@ -204,6 +272,7 @@ impl Tailer {
         let mut tailer = Tailer {
             db,
             checkpoint: Checkpoint::default(),
+            fence,
             stream: None,
             token: None,
             dirty: HashMap::new(),
@@ -287,7 +356,15 @@ impl Tailer {
             to,
             kinds: Kind::ALL.to_vec(),
         };
-        let s = batch::backfill(&self.db, self.opts.cal, range, now, false).await?;
+        let s = batch::backfill_fenced(
+            &self.db,
+            self.opts.cal,
+            range,
+            now,
+            false,
+            self.fence.clone(),
+        )
+        .await?;
         self.counters.documents_written += s.writes.changed();
         Ok(())
     }
@@ -364,6 +441,7 @@ impl Tailer {
             &self.opts.owner,
             now,
             chrono::Duration::minutes(10),
+            self.fence.as_ref(),
         )
         .await?;
         if kind == Kind::Report {
@@ -386,6 +464,7 @@ impl Tailer {
             period,
             now,
             self.managed_from(),
+            self.fence.as_ref(),
         )
         .await?;
         state::finish(
@@ -394,6 +473,7 @@ impl Tailer {
             period,
             documents,
             self.opts.clock.now(),
+            self.fence.as_ref(),
         )
         .await?;
         self.counters.finalizations += 1;
@@ -876,7 +956,7 @@ impl Tailer {
                 self.rejects.append(&mut scanned.rejects);
             }
         }
-        let stats = store::execute(&self.db, writes).await?;
+        let stats = store::execute(&self.db, writes, self.fence.as_ref()).await?;
         self.counters.documents_written += stats.changed();
         self.counters.flushes += 1;
         store::record_rejects(&self.db, &self.rejects, now).await?;
@@ -899,7 +979,13 @@ impl Tailer {
                 self.checkpoint.resume_token = Some(t.clone());
             }
         }
-        state::save_checkpoint(&self.db, &self.checkpoint, self.opts.clock.now()).await?;
+        state::save_checkpoint(
+            &self.db,
+            &self.checkpoint,
+            self.opts.clock.now(),
+            self.fence.as_ref(),
+        )
+        .await?;
         self.last_save = Instant::now();
         Ok(())
     }
@@ -907,7 +993,7 @@ impl Tailer {
 
 /// An error a server outage or failover causes, as opposed to a bug or a
 /// misconfiguration: worth retrying.
-fn is_transient(e: &anyhow::Error) -> bool {
+pub(crate) fn is_transient(e: &anyhow::Error) -> bool {
     use mongodb::error::ErrorKind;
     const LABELS: [&str; 5] = [
         "RetryableError",
