@@ -17,6 +17,16 @@
 //! next holder's acquisition, or fails with a write conflict and is retried
 //! (and then fails the check). The check is a real change (`$inc`), never a
 //! no-op, or the server would not take the document's write lock.
+//!
+//! What is fenced: the output documents (flushes, the window backfill,
+//! finalizations), the checkpoint, and the record of a finished
+//! finalization; a finalization claim records its token, so a claim made
+//! under an older lease is taken over at once. One transaction per bulk
+//! command (at most 1,000 operations), not per flush, keeps transactions
+//! small and short; a flush cut short by a lost lease is harmless, since
+//! its writes are recomputations and the checkpoint is saved only after
+//! them. Not fenced: `tally_rejects` (bookkeeping about source documents,
+//! rewritten whenever a document is seen) and index creation.
 
 use std::fmt;
 use std::future::Future;
@@ -236,21 +246,27 @@ pub async fn acquire(
     }
 }
 
-/// Renews the lease every `ttl / 3` until it is lost — taken by another
-/// instance, or not renewed for a whole TTL — then sets `lost`. Run it as a
-/// task beside the active instance's work and abort it when that ends.
+/// Renews the lease every `ttl / 3` until it is lost — another instance
+/// acquired it — then sets `lost`. Run it as a task beside the active
+/// instance's work and abort it when that ends.
+///
+/// A renewal that fails (the server is unreachable) is retried, and the
+/// instance stays active: once the server answers again, either nobody
+/// took the lease and work goes on where it was, or someone did and the
+/// next renewal says so. Meanwhile its writes are fenced, so an expired
+/// lease is never a risk — only the fence decides.
 pub async fn keep(db: Database, fence: Fence, ttl: Duration, lost: Arc<AtomicBool>) {
-    let mut renewed = Instant::now();
+    let mut failing = false;
     loop {
         tokio::time::sleep(ttl / 3).await;
-        let sent = Instant::now();
         match renew(&db, &fence, ttl).await {
-            Ok(true) => renewed = sent,
+            Ok(true) => failing = false,
             Ok(false) => break,
-            Err(e) if renewed.elapsed() < ttl => {
+            Err(e) if !failing => {
+                failing = true;
                 warn!(error = %crate::store::redact_uri(&format!("{e:#}")), "Cannot renew the lease; retrying.");
             }
-            Err(_) => break,
+            Err(_) => {}
         }
     }
     lost.store(true, Ordering::SeqCst);
