@@ -339,3 +339,16 @@ fn is_transient_transaction(e: &anyhow::Error) -> bool {
                 || m.contains_label("UnknownTransactionCommitResult")
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_lease_is_recognized_under_context() {
+        let e = anyhow::Error::from(LostLease { token: 7 }).context("writing the checkpoint");
+        assert!(is_lost(&e));
+        assert!(format!("{e:#}").contains("fencing token 7"));
+        assert!(!is_lost(&anyhow::anyhow!("something else")));
+    }
+}

@@ -948,3 +948,39 @@ async fn sigterm_of_the_leader_hands_over_at_once() {
     env.caught_up(&[&standby]).await;
     assert_eq!(standby.terminate().await.code(), Some(0));
 }
+
+/// The fence's cost on the live path, measured against the same server in
+/// one run: small flushes (5 new reports each) and checkpoint saves,
+/// unfenced and fenced. `cargo test --test ha -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, not a check"]
+async fn fence_cost_on_small_flushes() {
+    let env = Env::new("ha_cost", "UTC").await;
+    let db = &env.db;
+    store::init(db, false, false).await.expect("indexes");
+    let fence = lease::try_acquire(db, "bench", Duration::from_secs(600))
+        .await
+        .unwrap()
+        .expect("lease");
+    const ROUNDS: usize = 200;
+    for fenced in [false, true, false, true] {
+        let f = fenced.then_some(&fence);
+        let started = Instant::now();
+        for i in 0..ROUNDS {
+            // New documents: inserts, as most of a live flush's writes are.
+            let writes = (0..5)
+                .map(|_| report_write(ObjectId::new(), "2026-01-05", i as i64))
+                .collect();
+            store::execute(db, writes, f).await.expect("execute");
+        }
+        let flush = started.elapsed() / ROUNDS as u32;
+        let started = Instant::now();
+        for _ in 0..ROUNDS {
+            state::save_checkpoint(db, &Checkpoint::default(), Utc::now(), f)
+                .await
+                .expect("checkpoint");
+        }
+        let save = started.elapsed() / ROUNDS as u32;
+        eprintln!("fenced={fenced}: flush of 5 reports {flush:?}, checkpoint save {save:?}");
+    }
+}
