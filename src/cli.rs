@@ -489,8 +489,8 @@ fn lease_line(lease: Option<&LeaseInfo>, now: DateTime<Utc>) -> String {
             (t - now).num_milliseconds() as f64 / 1000.0
         ),
         Some(t) => format!(
-            "free (expired {} ago, last held by {owner}, token {})",
-            format_args!("{:.1} s", (now - t).num_milliseconds() as f64 / 1000.0),
+            "free (expired {:.1} s ago, last held by {owner}, token {})",
+            (now - t).num_milliseconds() as f64 / 1000.0,
             l.token
         ),
         None => format!("held by {owner} (token {}), no expiry", l.token),

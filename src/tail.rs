@@ -113,13 +113,11 @@ impl RunOptions {
     }
 }
 
-/// 16 random bits, so that two processes with one hostname and pid
-/// (containers) are still two owners.
+/// 16 random bits (std's randomly keyed hasher), so that two processes
+/// with one hostname and pid (containers) are still two lease owners.
 fn nonce() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish() as u16
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id()) as u16
 }
 
 fn hostname() -> String {
