@@ -190,7 +190,7 @@ fn main() {
         let mut stored = reports.find_one(doc! {}).await.expect("read").expect("a report");
         stored.remove("_id");
         let filter = doc! { "user_id": stored.get("user_id").unwrap(), "report_date": stored.get("report_date").unwrap() };
-        let stats = store::execute(&db, vec![Write::Upsert { kind: Kind::Report, filter, set: stored, if_revision: None }])
+        let stats = store::execute(&db, vec![Write::Upsert { kind: Kind::Report, filter, set: stored, if_revision: None }], None)
             .await
             .expect("execute");
         assert_eq!((stats.inserted, stats.updated, stats.errors), (0, 1, 0), "{stats:?}");

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::calendar::Calendar;
+use crate::lease::Fence;
 use crate::progress::Progress;
 use crate::reports::Kind;
 use crate::scan::{DocChange, Drift, Range, Scanner, Scope};
@@ -46,11 +47,24 @@ pub async fn backfill(
     now: DateTime<Utc>,
     show_progress: bool,
 ) -> Result<BackfillSummary> {
+    backfill_fenced(db, cal, range, now, show_progress, None).await
+}
+
+/// [`backfill`] whose output writes go behind the lease `fence` (the active
+/// instance of `tally run`): see [`store::execute`].
+pub async fn backfill_fenced(
+    db: &Database,
+    cal: Calendar,
+    range: Range,
+    now: DateTime<Utc>,
+    show_progress: bool,
+    fence: Option<Fence>,
+) -> Result<BackfillSummary> {
     let started = Instant::now();
     let days = (range.to - range.from).num_days() as u64 + 1;
     let mut scanner = Scanner::open(db, cal, range, now, Scope::Dependencies).await?;
     let mut progress = Progress::new("backfill", days, show_progress);
-    let (writer, sender) = spawn_writer(db.clone());
+    let (writer, sender) = spawn_writer(db.clone(), fence);
     let mut summary = BackfillSummary::default();
     let mut buffer = Vec::with_capacity(FLUSH_AT);
     while let Some(user) = scanner.next_user().await? {
@@ -79,12 +93,15 @@ pub async fn backfill(
 
 /// The writer task: sends bulk commands the scanning side has already
 /// encoded ([`store::prepare`]), so encoding overlaps the server's work.
-fn spawn_writer(db: Database) -> (JoinHandle<Result<WriteStats>>, mpsc::Sender<Prepared>) {
+fn spawn_writer(
+    db: Database,
+    fence: Option<Fence>,
+) -> (JoinHandle<Result<WriteStats>>, mpsc::Sender<Prepared>) {
     let (tx, mut rx) = mpsc::channel::<Prepared>(4);
     let handle = tokio::spawn(async move {
         let mut stats = WriteStats::default();
         while let Some(batch) = rx.recv().await {
-            stats.add(store::execute_prepared(&db, batch).await?);
+            stats.add(store::execute_prepared(&db, batch, fence.as_ref()).await?);
         }
         Ok(stats)
     });
@@ -163,7 +180,7 @@ pub async fn reconcile(
             .chain(&report.stale_labels)
             .map(|c| c.write.clone())
             .collect();
-        report.repaired = Some(store::execute(db, writes).await?);
+        report.repaired = Some(store::execute(db, writes, None).await?);
         scanner.flush_rejects(db).await?;
     }
     Ok(report)

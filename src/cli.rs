@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::batch::{self, ReconcileReport};
 use crate::calendar::Calendar;
+use crate::lease::{self, LeaseInfo};
 use crate::reports::Kind;
 use crate::scan::{Difference, Range};
 use crate::schedule::{self, Schedule};
@@ -108,6 +109,10 @@ pub struct RunArgs {
     /// Neither enable nor ask for change-stream pre-images.
     #[arg(long, env = "TALLY_NO_PRE_IMAGES")]
     pub no_pre_images: bool,
+    /// Seconds the leader lease lasts without renewal (renewed every third):
+    /// with several instances, a standby takes over within this time.
+    #[arg(long, env = "TALLY_LEASE_TTL", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_ttl: u64,
 }
 
 #[derive(Args, Debug)]
@@ -344,6 +349,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             opts.initial_days = a.initial_days;
             opts.settle = std::time::Duration::from_secs(a.settle_seconds);
             opts.pre_images = !a.no_pre_images;
+            opts.lease_ttl = std::time::Duration::from_secs(a.lease_ttl);
             tail::run(db, opts, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -362,6 +368,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 &owner,
                 now,
                 chrono::Duration::zero(),
+                None,
             )
             .await?;
             // Year-to-date baselines come from documents only where tally run keeps them.
@@ -369,8 +376,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 .await?
                 .managed_from
                 .unwrap_or(NaiveDate::MAX);
-            let n = schedule::finalize(&db, cal, a.kind, period, now, trusted).await?;
-            state::finish(&db, a.kind.cli_name(), period, n, Utc::now()).await?;
+            let n = schedule::finalize(&db, cal, a.kind, period, now, trusted, None).await?;
+            state::finish(&db, a.kind.cli_name(), period, n, Utc::now(), None).await?;
             println!(
                 "finalized {} {period}: {n} documents written",
                 a.kind.cli_name()
@@ -380,6 +387,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(a) => {
             let db = store::connect(&g.mongodb_uri, &g.database).await?;
             let c = state::load_checkpoint(&db).await?;
+            let lease = lease::read(&db).await?;
             let rejects = db
                 .collection::<bson::Document>(store::REJECTS)
                 .count_documents(bson::doc! {})
@@ -407,6 +415,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 "managed_from": c.managed_from.map(|d| d.to_string()),
                 "last_finalization": finals,
                 "rejects": rejects,
+                "lease": lease_json(lease.as_ref(), Utc::now()),
             });
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -431,6 +440,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
                 println!("rejected documents:    {rejects}");
+                println!(
+                    "leader lease:          {}",
+                    lease_line(lease.as_ref(), Utc::now())
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -455,6 +468,45 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+    }
+}
+
+/// The lease for `status --json`; seconds against the real clock, since
+/// the server computes the expiry.
+fn lease_json(lease: Option<&LeaseInfo>, now: DateTime<Utc>) -> Value {
+    let Some(l) = lease else { return Value::Null };
+    let left = l
+        .expires_at
+        .map(|t| (t - now).num_milliseconds() as f64 / 1000.0);
+    json!({
+        "owner": l.owner,
+        "token": l.token,
+        "expires_at": l.expires_at.map(|t| t.to_rfc3339()),
+        "expires_in_seconds": left,
+        "held": !l.released && left.is_some_and(|s| s > 0.0),
+    })
+}
+
+/// The lease for `status`: its owner and when it expires.
+fn lease_line(lease: Option<&LeaseInfo>, now: DateTime<Utc>) -> String {
+    let Some(l) = lease else {
+        return "never taken (no tally run yet)".to_owned();
+    };
+    let owner = l.owner.as_deref().unwrap_or("?");
+    match l.expires_at {
+        _ if l.released => format!("free (released by {owner}, token {})", l.token),
+        Some(t) if t > now => format!(
+            "held by {owner} (token {}), expires {} (in {:.1} s)",
+            l.token,
+            t.to_rfc3339(),
+            (t - now).num_milliseconds() as f64 / 1000.0
+        ),
+        Some(t) => format!(
+            "free (expired {:.1} s ago, last held by {owner}, token {})",
+            (now - t).num_milliseconds() as f64 / 1000.0,
+            l.token
+        ),
+        None => format!("held by {owner} (token {}), no expiry", l.token),
     }
 }
 

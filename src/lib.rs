@@ -19,6 +19,8 @@
 //! - [`state`] — the stream checkpoint and the once-only finalization records.
 //! - [`schedule`] — the 23:59 / 00:00 / 00:01 steps: when they are due, what they do.
 //! - [`tail`] — `tally run`: change streams, flushes, checkpoints, recovery.
+//! - [`lease`] — high availability: the leader lease, its fencing token and
+//!   fenced writes (one active `tally run` per database).
 //! - [`seed`] — a synthetic coin-shaped dataset, dirt included.
 //! - [`progress`] — progress bar on a terminal, log lines elsewhere.
 //! - [`cli`] — command-line interface and validated configuration.
@@ -33,6 +35,7 @@ pub mod calendar;
 pub mod cli;
 pub mod config;
 pub mod diff;
+pub mod lease;
 pub mod ledger;
 pub mod live;
 pub mod money;

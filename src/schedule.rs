@@ -16,6 +16,7 @@ use chrono_tz::Tz;
 use mongodb::Database;
 
 use crate::calendar::{date_label, first_of_month, local_instant, next_day, prev_day, Calendar};
+use crate::lease::{self, Fence};
 use crate::reports::Kind;
 use crate::scan::{scan_since, Focus, Range};
 use crate::store;
@@ -124,6 +125,7 @@ pub async fn finalize(
     period: NaiveDate,
     now: DateTime<Utc>,
     trusted_from: NaiveDate,
+    fence: Option<&Fence>,
 ) -> Result<u64> {
     match kind {
         Kind::Report => {
@@ -132,13 +134,21 @@ pub async fn finalize(
                 "is_final": true, "finalized_at": at, "updated_at": at, "generated_at": at,
                 "revision": { "$add": [ { "$ifNull": ["$revision", 0] }, 1 ] },
             } }];
-            let r = db
-                .collection::<Document>(kind.collection())
-                .update_many(
-                    doc! { "report_date": date_label(period), "is_final": { "$ne": true } },
-                    pipeline,
-                )
-                .await?;
+            let coll = db.collection::<Document>(kind.collection());
+            let filter = doc! { "report_date": date_label(period), "is_final": { "$ne": true } };
+            let r = match fence {
+                None => coll.update_many(filter, pipeline).await?,
+                Some(fence) => {
+                    lease::fenced(db, fence, |s| {
+                        let (coll, filter, pipeline) =
+                            (coll.clone(), filter.clone(), pipeline.clone());
+                        Box::pin(
+                            async move { Ok(coll.update_many(filter, pipeline).session(s).await?) },
+                        )
+                    })
+                    .await?
+                }
+            };
             Ok(r.modified_count)
         }
         Kind::Snapshot | Kind::Monthly => {
@@ -164,7 +174,7 @@ pub async fn finalize(
                 .flat_map(|u| u.changes)
                 .map(|c| c.write)
                 .collect();
-            let stats = store::execute(db, writes).await?;
+            let stats = store::execute(db, writes, fence).await?;
             Ok(stats.changed())
         }
     }

@@ -14,6 +14,7 @@ use mongodb::change_stream::event::ResumeToken;
 use mongodb::Database;
 
 use crate::calendar::{date_label, label_date};
+use crate::lease::{self, Fence};
 
 pub const STATE: &str = "tally_state";
 pub const FINALIZATIONS: &str = "tally_finalizations";
@@ -87,7 +88,14 @@ pub async fn load_checkpoint(db: &Database) -> Result<Checkpoint> {
     })
 }
 
-pub async fn save_checkpoint(db: &Database, c: &Checkpoint, now: DateTime<Utc>) -> Result<()> {
+/// Writes the checkpoint; with a `fence`, only while the lease is this
+/// instance's ([`lease::fenced`]).
+pub async fn save_checkpoint(
+    db: &Database,
+    c: &Checkpoint,
+    now: DateTime<Utc>,
+    fence: Option<&Fence>,
+) -> Result<()> {
     let token = match &c.resume_token {
         Some(t) => bson::to_bson(t).context("encoding the resume token")?,
         None => Bson::Null,
@@ -106,11 +114,30 @@ pub async fn save_checkpoint(db: &Database, c: &Checkpoint, now: DateTime<Utc>) 
         "reports_final_through": c.reports_final_through.map_or(Bson::Null, |d| Bson::DateTime(date_label(d))),
         "updated_at": millis(now),
     };
-    db.collection::<Document>(STATE)
-        .update_one(doc! { "_id": CHECKPOINT_ID }, doc! { "$set": set })
-        .upsert(true)
-        .await
-        .context("writing the checkpoint")?;
+    let coll = db.collection::<Document>(STATE);
+    let update = doc! { "$set": set };
+    match fence {
+        None => {
+            coll.update_one(doc! { "_id": CHECKPOINT_ID }, update)
+                .upsert(true)
+                .await
+                .context("writing the checkpoint")?;
+        }
+        Some(fence) => {
+            lease::fenced(db, fence, |s| {
+                let (coll, update) = (coll.clone(), update.clone());
+                Box::pin(async move {
+                    coll.update_one(doc! { "_id": CHECKPOINT_ID }, update)
+                        .upsert(true)
+                        .session(s)
+                        .await
+                        .context("writing the checkpoint")?;
+                    Ok(())
+                })
+            })
+            .await?;
+        }
+    }
     Ok(())
 }
 
@@ -131,6 +158,9 @@ pub enum Claim {
 /// Claims (kind, period) for this instance. A claim left running longer
 /// than `stale_after` (its owner died) can be taken over; a claim this
 /// instance already holds (its run failed and is retried) is still its own.
+/// With a `fence`, the claim records its token, and a claim made under an
+/// older lease (its maker was deposed, or died) is taken over at once; the
+/// maker's own later writes are fenced off.
 pub async fn claim(
     db: &Database,
     kind: &str,
@@ -138,25 +168,31 @@ pub async fn claim(
     owner: &str,
     now: DateTime<Utc>,
     stale_after: chrono::Duration,
+    fence: Option<&Fence>,
 ) -> Result<Claim> {
     let coll = db.collection::<Document>(FINALIZATIONS);
     let id = finalization_id(kind, period);
+    let token = fence.map_or(Bson::Null, |f| Bson::Int64(f.token));
     let fresh = doc! {
         "_id": &id, "kind": kind, "period": date_label(period), "status": "running",
-        "owner": owner, "started_at": millis(now),
+        "owner": owner, "started_at": millis(now), "token": token.clone(),
     };
     match coll.insert_one(fresh).await {
         Ok(_) => return Ok(Claim::Mine),
         Err(e) if is_duplicate_key(&e) => {}
         Err(e) => return Err(e).context("claiming a finalization"),
     }
+    let mut takeover = vec![
+        doc! { "owner": owner },
+        doc! { "started_at": { "$lt": millis(now - stale_after) } },
+    ];
+    if let Some(f) = fence {
+        takeover.push(doc! { "token": { "$lt": f.token } });
+    }
     let stale = coll
         .update_one(
-            doc! { "_id": &id, "status": "running", "$or": [
-                { "owner": owner },
-                { "started_at": { "$lt": millis(now - stale_after) } },
-            ] },
-            doc! { "$set": { "owner": owner, "started_at": millis(now) } },
+            doc! { "_id": &id, "status": "running", "$or": takeover },
+            doc! { "$set": { "owner": owner, "started_at": millis(now), "token": token } },
         )
         .await
         .context("taking over a stale finalization")?;
@@ -167,20 +203,39 @@ pub async fn claim(
     })
 }
 
+/// Records a finalization done; with a `fence`, only while the lease is
+/// this instance's.
 pub async fn finish(
     db: &Database,
     kind: &str,
     period: NaiveDate,
     documents: u64,
     now: DateTime<Utc>,
+    fence: Option<&Fence>,
 ) -> Result<()> {
-    db.collection::<Document>(FINALIZATIONS)
-        .update_one(
-            doc! { "_id": finalization_id(kind, period) },
-            doc! { "$set": { "status": "done", "finished_at": millis(now), "documents": documents as i64 } },
-        )
-        .await
-        .context("recording a finalization")?;
+    let coll = db.collection::<Document>(FINALIZATIONS);
+    let filter = doc! { "_id": finalization_id(kind, period) };
+    let update = doc! { "$set": { "status": "done", "finished_at": millis(now), "documents": documents as i64 } };
+    match fence {
+        None => {
+            coll.update_one(filter, update)
+                .await
+                .context("recording a finalization")?;
+        }
+        Some(fence) => {
+            lease::fenced(db, fence, |s| {
+                let (coll, filter, update) = (coll.clone(), filter.clone(), update.clone());
+                Box::pin(async move {
+                    coll.update_one(filter, update)
+                        .session(s)
+                        .await
+                        .context("recording a finalization")?;
+                    Ok(())
+                })
+            })
+            .await?;
+        }
+    }
     Ok(())
 }
 

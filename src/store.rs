@@ -13,10 +13,11 @@ use anyhow::{Context, Result};
 use bson::{doc, Bson, DateTime as BsonDateTime, Document, RawArrayBuf, RawDocumentBuf};
 use chrono::{DateTime, NaiveDate, Utc};
 use mongodb::options::{ClientOptions, IndexOptions};
-use mongodb::{Client, Database, IndexModel};
+use mongodb::{Client, ClientSession, Database, IndexModel};
 
 use crate::calendar::date_label;
 use crate::diff::diff;
+use crate::lease::{self, Fence};
 use crate::reports::{Kind, BOOKKEEPING};
 use crate::source::{RejectReason, SourceId};
 
@@ -314,8 +315,17 @@ const BATCH_BYTES: usize = 8 << 20;
 /// document (keeping `_id`): the written fields are all of its content and
 /// bookkeeping, a replacement is cheaper for the server than a `$set` of
 /// the same fields, and it drops fields no longer in the schema.
-pub async fn execute(db: &Database, writes: Vec<Write>) -> Result<WriteStats> {
-    execute_prepared(db, prepare(writes)?).await
+///
+/// With a `fence` (the active instance of several), each bulk command runs
+/// in a transaction behind the lease ([`lease::fenced`]): once another
+/// instance holds the lease, the writes fail with [`lease::LostLease`] and
+/// change nothing.
+pub async fn execute(
+    db: &Database,
+    writes: Vec<Write>,
+    fence: Option<&Fence>,
+) -> Result<WriteStats> {
+    execute_prepared(db, prepare(writes)?, fence).await
 }
 
 /// Writes encoded as bulk commands, ready to send: [`prepare`] does the
@@ -421,8 +431,15 @@ pub fn prepare(writes: Vec<Write>) -> Result<Prepared> {
     Ok(out)
 }
 
-/// Sends commands made by [`prepare`], in order.
-pub async fn execute_prepared(db: &Database, prepared: Prepared) -> Result<WriteStats> {
+/// Sends commands made by [`prepare`], in order (fenced: see [`execute`]).
+pub async fn execute_prepared(
+    db: &Database,
+    prepared: Prepared,
+    fence: Option<&Fence>,
+) -> Result<WriteStats> {
+    if let Some(fence) = fence {
+        return execute_fenced(db, prepared, fence).await;
+    }
     let mut stats = WriteStats::default();
     let mut upserts = Vec::new();
     let mut batches = prepared.batches.into_iter().peekable();
@@ -479,6 +496,13 @@ async fn run_batch(
     op: Op,
     items: &[RawDocumentBuf],
 ) -> Result<Document> {
+    let (cmd, expected) = bulk_command(coll, op, items);
+    run_bulk(db, stats, cmd, expected, None).await
+}
+
+/// The bulk command of `items`, and the write error code its caller
+/// handles itself.
+fn bulk_command(coll: &str, op: Op, items: &[RawDocumentBuf]) -> (RawDocumentBuf, Option<i32>) {
     let (name, key, expected) = match op {
         Op::Insert => ("insert", "documents", Some(DUPLICATE_KEY)),
         Op::Upsert | Op::Update => ("update", "updates", None),
@@ -492,7 +516,94 @@ async fn run_batch(
     cmd.append(name, coll);
     cmd.append(key, array);
     cmd.append("ordered", false);
-    run_bulk(db, stats, cmd, expected).await
+    (cmd, expected)
+}
+
+/// A duplicate key inside a transaction (which the server then aborts).
+#[derive(Debug)]
+struct DuplicateInTransaction;
+
+impl std::fmt::Display for DuplicateInTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("duplicate key in a fenced insert")
+    }
+}
+
+impl std::error::Error for DuplicateInTransaction {}
+
+/// [`execute_prepared`] behind the lease: one transaction per bulk command,
+/// which bounds a transaction's size and time. Any write error aborts a
+/// transaction, so an insert batch that meets a duplicate key is sent again
+/// as upserts, and another write error fails the whole call (the caller
+/// keeps its work queued).
+async fn execute_fenced(db: &Database, prepared: Prepared, fence: &Fence) -> Result<WriteStats> {
+    let mut stats = WriteStats::default();
+    for batch in prepared.batches {
+        let coll = batch.kind.collection();
+        let (mut op, mut items) = (batch.op, batch.items);
+        if op == Op::Insert {
+            match fenced_batch(db, fence, coll, op, &items).await {
+                Ok((reply, s)) => {
+                    stats.add(s);
+                    stats.inserted += count(&reply);
+                    continue;
+                }
+                Err(e) if e.is::<DuplicateInTransaction>() => {
+                    let mut upserts = Vec::with_capacity(items.len());
+                    for (d, filter) in items.iter().zip(&batch.filters) {
+                        let mut stmt = RawDocumentBuf::from_document(&doc! { "q": filter })?;
+                        stmt.append("u", d.clone());
+                        stmt.append("upsert", true);
+                        upserts.push(stmt);
+                    }
+                    (op, items) = (Op::Upsert, upserts);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (reply, s) = fenced_batch(db, fence, coll, op, &items).await?;
+        stats.add(s);
+        match op {
+            Op::Insert | Op::Upsert => {
+                let upserted = reply.get_array("upserted").map_or(0, |a| a.len()) as u64;
+                stats.inserted += upserted;
+                stats.updated += count(&reply).saturating_sub(upserted);
+            }
+            Op::Update => {
+                let matched = count(&reply);
+                stats.updated += matched;
+                stats.conflicts += (items.len() as u64).saturating_sub(matched);
+            }
+            Op::Delete => stats.deleted += count(&reply),
+        }
+    }
+    Ok(stats)
+}
+
+/// One bulk command in a fenced transaction.
+async fn fenced_batch(
+    db: &Database,
+    fence: &Fence,
+    coll: &str,
+    op: Op,
+    items: &[RawDocumentBuf],
+) -> Result<(Document, WriteStats)> {
+    let (cmd, expected) = bulk_command(coll, op, items);
+    lease::fenced(db, fence, |s| {
+        let (db, cmd, coll) = (db.clone(), cmd.clone(), coll.to_owned());
+        Box::pin(async move {
+            let mut stats = WriteStats::default();
+            let reply = run_bulk(&db, &mut stats, cmd, expected, Some(s)).await?;
+            if !failed_with(&reply, DUPLICATE_KEY).is_empty() {
+                return Err(DuplicateInTransaction.into());
+            }
+            if stats.errors > 0 {
+                anyhow::bail!("a fenced bulk write to {coll} had write errors");
+            }
+            Ok((reply, stats))
+        })
+    })
+    .await
 }
 
 /// MongoDB's duplicate key error.
@@ -556,12 +667,14 @@ async fn run_bulk(
     stats: &mut WriteStats,
     cmd: RawDocumentBuf,
     expected: Option<i32>,
+    session: Option<&mut ClientSession>,
 ) -> Result<Document> {
     let started = Instant::now();
-    let reply = db
-        .run_raw_command(cmd)
-        .await
-        .context("bulk write to the output collections")?;
+    let reply = match session {
+        Some(s) => db.run_raw_command(cmd).session(s).await,
+        None => db.run_raw_command(cmd).await,
+    }
+    .context("bulk write to the output collections")?;
     stats.server_time += started.elapsed();
     if let Ok(errors) = reply.get_array("writeErrors") {
         let unexpected: Vec<&Bson> = errors

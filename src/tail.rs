@@ -39,6 +39,7 @@ use tracing::{error, info, warn};
 
 use crate::batch;
 use crate::calendar::{first_of_month, last_of_month, Calendar};
+use crate::lease::{self, Fence, LostLease};
 use crate::live::Live;
 use crate::reports::Kind;
 use crate::scan::{
@@ -88,8 +89,11 @@ pub struct RunOptions {
     pub initial_days: u64,
     /// Days after today covered (future-dated transactions).
     pub horizon_days: u64,
-    /// Identifies this instance in finalization records.
+    /// Identifies this instance in the lease and finalization records.
     pub owner: String,
+    /// How long the lease lasts without renewal (renewed every third of
+    /// it): a standby takes over within this time of the leader's death.
+    pub lease_ttl: Duration,
     /// Enable and use change-stream pre-images (off: locate old values
     /// through the stored reports instead).
     pub pre_images: bool,
@@ -106,10 +110,18 @@ impl RunOptions {
             settle: Duration::from_secs(20),
             initial_days: 60,
             horizon_days: 400,
-            owner: format!("{}-{}", hostname(), std::process::id()),
+            owner: format!("{}-{}-{:04x}", hostname(), std::process::id(), nonce()),
+            lease_ttl: Duration::from_secs(15),
             pre_images: true,
         }
     }
+}
+
+/// 16 random bits (std's randomly keyed hasher), so that two processes
+/// with one hostname and pid (containers) are still two lease owners.
+fn nonce() -> u16 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id()) as u16
 }
 
 fn hostname() -> String {
@@ -135,7 +147,14 @@ pub struct Counters {
     pub users_rescanned: u64,
 }
 
-/// Runs until `shutdown` completes, then flushes, checkpoints and returns.
+/// Runs until `shutdown` completes, then flushes, checkpoints and returns
+/// (the counters of the last term as the active instance).
+///
+/// Several instances may run against one database: one is active, holding
+/// the lease ([`lease`]); the others stand by and take over from the stored
+/// checkpoint when it is released or expires. An instance that loses the
+/// lease stops at once, drops its unflushed work (its writes would be
+/// rejected anyway: they are fenced) and stands by again.
 pub async fn run(
     db: Database,
     opts: RunOptions,
@@ -147,8 +166,53 @@ pub async fn run(
         shutdown.await;
         flag.store(true, Ordering::SeqCst);
     });
-    let mut tailer = Tailer::start(db, opts).await?;
+    let ttl = opts.lease_ttl;
+    loop {
+        let Some(fence) = lease::acquire(&db, &opts.owner, ttl, &stop, is_transient).await? else {
+            return Ok(Counters::default());
+        };
+        lease::set_leader(true);
+        info!(owner = %fence.owner, token = fence.token, "Acquired leadership.");
+        let lost = Arc::new(AtomicBool::new(false));
+        let keeper = tokio::spawn(lease::keep(db.clone(), fence.clone(), ttl, lost.clone()));
+        let result = lead(db.clone(), opts.clone(), fence.clone(), &stop, &lost).await;
+        keeper.abort();
+        lease::set_leader(false);
+        match result {
+            Err(e) if lease::is_lost(&e) || lost.load(Ordering::SeqCst) => {
+                warn!(
+                    token = fence.token,
+                    "Lost leadership: dropping unflushed work and standing by."
+                );
+            }
+            other => {
+                match lease::release(&db, &fence).await {
+                    Ok(_) => info!(token = fence.token, "Released leadership."),
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), "Could not release the lease; it expires on its own.")
+                    }
+                }
+                return other;
+            }
+        }
+    }
+}
+
+/// The active instance's work, until `stop` (flush and checkpoint, then
+/// `Ok`) or until the lease is `lost` ([`LostLease`], nothing written).
+async fn lead(
+    db: Database,
+    opts: RunOptions,
+    fence: Fence,
+    stop: &AtomicBool,
+    lost: &AtomicBool,
+) -> Result<Counters> {
+    let token = fence.token;
+    let mut tailer = Tailer::start(db, opts, Some(fence)).await?;
     while !stop.load(Ordering::SeqCst) {
+        if lost.load(Ordering::SeqCst) {
+            return Err(LostLease { token }.into());
+        }
         if let Err(e) = tailer.step().await {
             // The server is away: keep the work, reopen the stream later.
             if !is_transient(&e) {
@@ -177,6 +241,8 @@ struct Tailer {
     db: Database,
     opts: RunOptions,
     checkpoint: Checkpoint,
+    /// Proof of the lease: every write goes behind it (`None`: unfenced).
+    fence: Option<Fence>,
     stream: Option<ChangeStream<ChangeStreamEvent<Document>>>,
     /// Token after the last event handled (not yet necessarily flushed).
     token: Option<ResumeToken>,
@@ -210,7 +276,7 @@ struct Tailer {
 const HISTORY_LOST: i32 = 286;
 
 impl Tailer {
-    async fn start(db: Database, opts: RunOptions) -> Result<Tailer> {
+    async fn start(db: Database, opts: RunOptions, fence: Option<Fence>) -> Result<Tailer> {
         for line in store::init(&db, false, opts.pre_images).await? {
             if line.starts_with("suggestion") {
                 warn!("{line}");
@@ -222,6 +288,7 @@ impl Tailer {
         let mut tailer = Tailer {
             db,
             checkpoint: Checkpoint::default(),
+            fence,
             stream: None,
             token: None,
             live: Live::new(opts.cal, first_of_month(today), today, Default::default()),
@@ -309,7 +376,15 @@ impl Tailer {
             to,
             kinds: Kind::ALL.to_vec(),
         };
-        let s = batch::backfill(&self.db, self.opts.cal, range, now, false).await?;
+        let s = batch::backfill_fenced(
+            &self.db,
+            self.opts.cal,
+            range,
+            now,
+            false,
+            self.fence.clone(),
+        )
+        .await?;
         self.counters.documents_written += s.writes.changed();
         Ok(())
     }
@@ -450,6 +525,7 @@ impl Tailer {
             &self.opts.owner,
             now,
             chrono::Duration::minutes(10),
+            self.fence.as_ref(),
         )
         .await?;
         if kind == Kind::Report {
@@ -475,6 +551,7 @@ impl Tailer {
                 period,
                 now,
                 self.managed_from(),
+                self.fence.as_ref(),
             )
             .await?
         };
@@ -484,6 +561,7 @@ impl Tailer {
             period,
             documents,
             self.opts.clock.now(),
+            self.fence.as_ref(),
         )
         .await?;
         self.counters.finalizations += 1;
@@ -544,8 +622,8 @@ impl Tailer {
         }
         self.live.record(&writes);
         let users: HashSet<ObjectId> = writes.iter().map(|(u, _, _)| *u).collect();
-        let result =
-            store::execute(&self.db, writes.into_iter().map(|(_, _, w)| w).collect()).await;
+        let writes = writes.into_iter().map(|(_, _, w)| w).collect();
+        let result = store::execute(&self.db, writes, self.fence.as_ref()).await;
         let clean = matches!(&result, Ok(s) if s.errors == 0 && s.conflicts == 0);
         if !clean {
             let from = self.live.open_from();
@@ -1128,7 +1206,13 @@ impl Tailer {
                 self.checkpoint.resume_token = Some(t.clone());
             }
         }
-        state::save_checkpoint(&self.db, &self.checkpoint, self.opts.clock.now()).await?;
+        state::save_checkpoint(
+            &self.db,
+            &self.checkpoint,
+            self.opts.clock.now(),
+            self.fence.as_ref(),
+        )
+        .await?;
         self.last_save = Instant::now();
         Ok(())
     }
@@ -1136,7 +1220,7 @@ impl Tailer {
 
 /// An error a server outage or failover causes, as opposed to a bug or a
 /// misconfiguration: worth retrying.
-fn is_transient(e: &anyhow::Error) -> bool {
+pub(crate) fn is_transient(e: &anyhow::Error) -> bool {
     use mongodb::error::ErrorKind;
     const LABELS: [&str; 5] = [
         "RetryableError",

@@ -134,6 +134,8 @@ impl Env {
             .env("TALLY_DATABASE", &self.name)
             .env("TALLY_TIMEZONE", self.cal.name())
             .env("TALLY_NOW", self.clock.rfc3339())
+            // A restart after kill -9 waits for the dead instance's lease.
+            .env("TALLY_LEASE_TTL", "5")
             .env("TALLY_LOG", "tally=info,warn")
             .stdin(Stdio::null());
         c
@@ -1314,26 +1316,28 @@ async fn a_failed_finalization_can_be_retried_by_its_owner_and_only_by_it() {
         env.clock.now(),
         chrono::Duration::minutes(10),
     );
-    let mine = claim(&env.db, "snapshots", day, "a", now, stale)
+    let mine = claim(&env.db, "snapshots", day, "a", now, stale, None)
         .await
         .unwrap();
     assert_eq!(mine, Claim::Mine);
     // The run failed before `finish`; the same instance retries.
-    let again = claim(&env.db, "snapshots", day, "a", now, stale)
+    let again = claim(&env.db, "snapshots", day, "a", now, stale, None)
         .await
         .unwrap();
     assert_eq!(again, Claim::Mine);
-    let other = claim(&env.db, "snapshots", day, "b", now, stale)
+    let other = claim(&env.db, "snapshots", day, "b", now, stale, None)
         .await
         .unwrap();
     assert_eq!(other, Claim::Taken);
-    finish(&env.db, "snapshots", day, 3, now).await.unwrap();
-    let done = claim(&env.db, "snapshots", day, "a", now, stale)
+    finish(&env.db, "snapshots", day, 3, now, None)
+        .await
+        .unwrap();
+    let done = claim(&env.db, "snapshots", day, "a", now, stale, None)
         .await
         .unwrap();
     assert_eq!(done, Claim::Taken, "done: nobody runs it again");
     let later = now + chrono::Duration::hours(1);
-    let stale_done = claim(&env.db, "snapshots", day, "b", later, stale)
+    let stale_done = claim(&env.db, "snapshots", day, "b", later, stale, None)
         .await
         .unwrap();
     assert_eq!(stale_done, Claim::Taken, "a done record is never stale");

@@ -1,0 +1,986 @@
+//! High availability of `tally run`: several instances against one
+//! database, one active through the lease in `tally_lease`, its writes
+//! fenced by the lease's token (see `src/lease.rs`).
+//!
+//! The real binary as child processes against a real SecantusDB, fed by the
+//! coin API's write pattern (a trimmed copy of `tests/run.rs`'s workload);
+//! the correctness check is the oracle: `tally reconcile` exits 0, twice,
+//! once the workload stops.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bson::oid::ObjectId;
+use bson::{doc, Bson, DateTime as BsonDateTime, Document};
+use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
+use futures::TryStreamExt;
+use mongodb::{Client, Database};
+use serde_json::Value;
+use tally::calendar::{local_instant, Calendar};
+use tally::lease::{self, Fence};
+use tally::money::Money;
+use tally::reports::Kind;
+use tally::seed::Rng;
+use tally::state::{self, Checkpoint, Claim};
+use tally::store::{self, Write};
+
+const SETTLE_SECONDS: u64 = 2;
+const CATCH_UP: Duration = Duration::from_secs(60);
+const TAILING: &str = "Tailing transactions and pockets.";
+const ACQUIRED: &str = "Acquired leadership.";
+const STANDING_BY: &str = "Standing by";
+const LOST: &str = "Lost leadership";
+const NOON_NY: &str = "2026-03-15T16:00:00Z";
+const OUTPUTS: [&str; 3] = [
+    "daily_financial_reports",
+    "daily_financial_snapshots",
+    "monthly_financial_summaries",
+];
+
+// ---------------------------------------------------------------------------
+// Clock, environment, child processes (as in tests/run.rs)
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+struct TestClock {
+    base: DateTime<Utc>,
+    started: Instant,
+}
+
+impl TestClock {
+    fn at(base: DateTime<Utc>) -> TestClock {
+        TestClock {
+            base,
+            started: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.base + chrono::Duration::from_std(self.started.elapsed()).expect("elapsed")
+    }
+
+    fn rfc3339(&self) -> String {
+        self.now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+}
+
+fn instant(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("RFC 3339")
+        .with_timezone(&Utc)
+}
+
+struct Env {
+    uri: String,
+    name: String,
+    cal: Calendar,
+    tz: chrono_tz::Tz,
+    clock: TestClock,
+    db: Database,
+}
+
+impl Env {
+    async fn new(prefix: &str, zone: &str) -> Env {
+        let uri = support::uri();
+        let name = support::unique_db(prefix);
+        let client = Client::with_uri_str(&uri).await.expect("client");
+        let db = client.database(&name);
+        Env {
+            uri,
+            name,
+            cal: Calendar::from_name(zone).expect("zone"),
+            tz: zone.parse().expect("zone"),
+            clock: TestClock::at(instant(NOON_NY)),
+            db,
+        }
+    }
+
+    fn day(&self, offset: i64) -> NaiveDate {
+        let t = self.cal.day_of(self.clock.now());
+        if offset >= 0 {
+            t + Days::new(offset as u64)
+        } else {
+            t - Days::new(offset.unsigned_abs())
+        }
+    }
+
+    fn at(&self, day: NaiveDate, hh: u32, mm: u32) -> DateTime<Utc> {
+        local_instant(
+            self.tz,
+            day,
+            NaiveTime::from_hms_opt(hh, mm, 0).expect("time"),
+        )
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
+        c.args(args)
+            .env("TALLY_MONGODB_URI", &self.uri)
+            .env("TALLY_DATABASE", &self.name)
+            .env("TALLY_TIMEZONE", self.cal.name())
+            .env("TALLY_NOW", self.clock.rfc3339())
+            .env("TALLY_LOG", "tally=info,warn")
+            .stdin(Stdio::null());
+        c
+    }
+
+    async fn tally(&self, args: &[&str]) -> std::process::Output {
+        let mut c = tokio::process::Command::from(self.command(args));
+        c.arg("--quiet").output().await.expect("tally runs")
+    }
+
+    /// `tally run --settle-seconds 2 --initial-days 20 --lease-ttl TTL`.
+    fn start(&self, label: &str, ttl: u64) -> Running {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tally-ha");
+        std::fs::create_dir_all(&dir).expect("log dir");
+        let log = dir.join(format!("{}-{label}.log", self.name));
+        let file = std::fs::File::create(&log).expect("log file");
+        let (settle, ttl) = (SETTLE_SECONDS.to_string(), ttl.to_string());
+        let args = [
+            "run",
+            "--settle-seconds",
+            &settle,
+            "--initial-days",
+            "20",
+            "--lease-ttl",
+            &ttl,
+        ];
+        let child = self
+            .command(&args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("tally run starts");
+        Running {
+            child,
+            log,
+            label: label.to_owned(),
+        }
+    }
+
+    /// `reconcile` over the managed window exits 0, and again after the
+    /// settle delay.
+    async fn caught_up(&self, runs: &[&Running]) {
+        let (from, to) = (self.day(-20).to_string(), self.day(30).to_string());
+        let deadline = Instant::now() + CATCH_UP;
+        let mut clean_once = false;
+        loop {
+            let o = self
+                .tally(&["reconcile", "--from", &from, "--to", &to, "--json"])
+                .await;
+            match o.status.code() {
+                Some(0) if clean_once => return,
+                Some(0) => {
+                    clean_once = true;
+                    tokio::time::sleep(Duration::from_millis(SETTLE_SECONDS * 1000 + 1500)).await;
+                    continue;
+                }
+                _ => clean_once = false,
+            }
+            if Instant::now() > deadline {
+                let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+                text.truncate(6000);
+                let logs: String = runs
+                    .iter()
+                    .map(|r| format!("--- {} ---\n{}\n", r.label, r.tail(40)))
+                    .collect();
+                panic!("reconcile {from}..{to} not clean after {CATCH_UP:?}:\n{text}\n{logs}");
+            }
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+    }
+
+    async fn all(&self, coll: &str, filter: Document) -> Vec<Document> {
+        self.db
+            .collection::<Document>(coll)
+            .find(filter)
+            .await
+            .expect("find")
+            .try_collect()
+            .await
+            .expect("cursor")
+    }
+
+    async fn lease_doc(&self) -> Document {
+        self.db
+            .collection::<Document>(lease::LEASE)
+            .find_one(doc! { "_id": "tally" })
+            .await
+            .expect("lease")
+            .expect("a lease document")
+    }
+
+    /// Every output document (and the checkpoint), keyed by collection and _id.
+    async fn outputs(&self) -> BTreeMap<String, Document> {
+        let mut out = BTreeMap::new();
+        for coll in OUTPUTS.into_iter().chain(["tally_state"]) {
+            for d in self.all(coll, doc! {}).await {
+                out.insert(format!("{coll}/{}", d.get("_id").expect("_id")), d);
+            }
+        }
+        out
+    }
+}
+
+struct Running {
+    child: Child,
+    log: PathBuf,
+    label: String,
+}
+
+impl Running {
+    fn log(&self) -> String {
+        let raw = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn tail(&self, n: usize) -> String {
+        let text = self.log();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    async fn wait_log(&mut self, needle: &str, timeout: Duration) {
+        self.wait_count(needle, 1, timeout).await;
+    }
+
+    /// Waits until `needle` appears `n` times in the log.
+    async fn wait_count(&mut self, needle: &str, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.count(needle) < n {
+            assert!(
+                self.alive(),
+                "{} exited while waiting for {needle:?}:\n{}",
+                self.label,
+                self.tail(40)
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{} did not log {needle:?} ×{n} within {timeout:?}:\n{}",
+                self.label,
+                self.tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The owner this process acquired the lease as (from its log).
+    fn owner(&self) -> Option<String> {
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains(ACQUIRED))?;
+        Some(line.split("owner=").nth(1)?.split(' ').next()?.to_owned())
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    async fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still running 10 s after SIGTERM:\n{}",
+                self.label,
+                self.tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.alive() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if !std::thread::panicking() && std::env::var_os("TALLY_TEST_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// Waits until one of `runs` logs `needle`; returns its index.
+async fn first_to_log(runs: &mut [&mut Running], needle: &str, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(i) = runs.iter().position(|r| r.log().contains(needle)) {
+            return i;
+        }
+        for r in runs.iter_mut() {
+            assert!(r.alive(), "{} exited:\n{}", r.label, r.tail(30));
+        }
+        assert!(Instant::now() < deadline, "nobody logged {needle:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The workload: coin's API write pattern (trimmed from tests/run.rs)
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+struct Tx {
+    id: ObjectId,
+    user: ObjectId,
+    kind: &'static str,
+    amount: Money,
+    from: Option<ObjectId>,
+    to: Option<ObjectId>,
+    category: Option<ObjectId>,
+    date: DateTime<Utc>,
+    deleted: bool,
+}
+
+fn money(s: &str) -> Money {
+    s.parse().expect("money")
+}
+
+fn bdt(t: DateTime<Utc>) -> BsonDateTime {
+    BsonDateTime::from_millis(t.timestamp_millis())
+}
+
+fn opt(o: Option<ObjectId>) -> Bson {
+    o.map_or(Bson::Null, Bson::ObjectId)
+}
+
+impl Tx {
+    fn fields(&self, now: DateTime<Utc>) -> Document {
+        doc! {
+            "user_id": self.user,
+            "type": self.kind,
+            "amount": self.amount.to_bson(),
+            "pocket_from_id": opt(self.from),
+            "pocket_to_id": opt(self.to),
+            "category_id": opt(self.category),
+            "note": format!("{} {}", self.kind, self.amount),
+            "date": bdt(self.date),
+            "deleted_at": if self.deleted { Bson::DateTime(bdt(now)) } else { Bson::Null },
+            "updated_at": bdt(now),
+        }
+    }
+
+    fn effects(&self, owner: &HashMap<ObjectId, ObjectId>) -> Vec<(ObjectId, Money)> {
+        if self.deleted {
+            return Vec::new();
+        }
+        let (out, inn) = match self.kind {
+            "income" => (false, true),
+            "expense" | "dp" | "withdraw" => (true, false),
+            "transfer" => (true, true),
+            _ => (false, false),
+        };
+        let mine = |p: &Option<ObjectId>| p.filter(|p| owner.get(p) == Some(&self.user));
+        let mut e = Vec::new();
+        if out {
+            e.extend(mine(&self.from).map(|p| (p, Money::ZERO - self.amount)));
+        }
+        if inn {
+            e.extend(mine(&self.to).map(|p| (p, self.amount)));
+        }
+        e
+    }
+}
+
+struct Coin {
+    db: Database,
+    clock: TestClock,
+    balances: BTreeMap<ObjectId, Money>,
+    owner: HashMap<ObjectId, ObjectId>,
+    pockets: BTreeMap<ObjectId, Vec<ObjectId>>,
+    txs: BTreeMap<ObjectId, Tx>,
+    categories: Vec<ObjectId>,
+}
+
+impl Coin {
+    async fn new(env: &Env) -> Coin {
+        let categories: Vec<ObjectId> = (0..3).map(|_| ObjectId::new()).collect();
+        let docs: Vec<Document> = categories
+            .iter()
+            .zip(["Groceries", "Salary", "Rent"])
+            .map(|(id, name)| doc! { "_id": *id, "name": name })
+            .collect();
+        env.db
+            .collection::<Document>("user_categories")
+            .insert_many(docs)
+            .await
+            .expect("categories");
+        Coin {
+            db: env.db.clone(),
+            clock: env.clock,
+            balances: BTreeMap::new(),
+            owner: HashMap::new(),
+            pockets: BTreeMap::new(),
+            txs: BTreeMap::new(),
+            categories,
+        }
+    }
+
+    fn users(&self) -> Vec<ObjectId> {
+        self.pockets.keys().copied().collect()
+    }
+
+    async fn pocket(&mut self, user: ObjectId, kind: &str, balance: &str) -> ObjectId {
+        let id = ObjectId::new();
+        let b = money(balance);
+        self.db
+            .collection::<Document>("pockets")
+            .insert_one(doc! {
+                "_id": id, "user_id": user, "name": format!("{kind} {}", &id.to_hex()[18..]),
+                "type": kind, "balance": b.to_bson(), "is_active": true,
+                "created_at": Bson::Null, "deleted_at": Bson::Null,
+            })
+            .await
+            .expect("pocket");
+        self.balances.insert(id, b);
+        self.owner.insert(id, user);
+        self.pockets.entry(user).or_default().push(id);
+        id
+    }
+
+    /// The transaction (insert, or `$set` of its fields), then each
+    /// affected pocket's balance.
+    async fn save(&mut self, tx: Tx) {
+        let now = self.clock.now();
+        let coll = self.db.collection::<Document>("transactions");
+        let old = self.txs.get(&tx.id).cloned();
+        if old.is_none() {
+            let mut d = doc! { "_id": tx.id, "created_at": bdt(now) };
+            d.extend(tx.fields(now));
+            coll.insert_one(d).await.expect("insert transaction");
+        } else {
+            coll.update_one(doc! { "_id": tx.id }, doc! { "$set": tx.fields(now) })
+                .await
+                .expect("update transaction");
+        }
+        let mut delta: BTreeMap<ObjectId, Money> = BTreeMap::new();
+        for (p, m) in tx.effects(&self.owner) {
+            *delta.entry(p).or_insert(Money::ZERO) += m;
+        }
+        if let Some(old) = &old {
+            for (p, m) in old.effects(&self.owner) {
+                *delta.entry(p).or_insert(Money::ZERO) -= m;
+            }
+        }
+        self.txs.insert(tx.id, tx);
+        self.apply(delta).await;
+    }
+
+    async fn apply(&mut self, delta: BTreeMap<ObjectId, Money>) {
+        let pockets = self.db.collection::<Document>("pockets");
+        for (p, m) in delta {
+            if m.is_zero() {
+                continue;
+            }
+            let b = self.balances.get_mut(&p).expect("known pocket");
+            *b += m;
+            pockets
+                .update_one(
+                    doc! { "_id": p },
+                    doc! { "$set": { "balance": b.to_bson(), "updated_at": bdt(self.clock.now()) } },
+                )
+                .await
+                .expect("balance");
+        }
+    }
+
+    async fn hard_delete(&mut self, id: ObjectId) {
+        let old = self.txs.remove(&id).expect("known transaction");
+        self.db
+            .collection::<Document>("transactions")
+            .delete_one(doc! { "_id": id })
+            .await
+            .expect("delete");
+        let delta = old
+            .effects(&self.owner)
+            .into_iter()
+            .map(|(p, m)| (p, Money::ZERO - m))
+            .collect();
+        self.apply(delta).await;
+    }
+
+    async fn population(&mut self, env: &Env, users: usize, per_user: usize, seed: u64) {
+        let mut rng = Rng::new(seed);
+        for _ in 0..users {
+            let user = ObjectId::new();
+            self.pocket(user, "main", "250").await;
+            self.pocket(user, "saving", "0").await;
+        }
+        for user in self.users() {
+            for _ in 0..per_user {
+                let day = env.day(-1 - rng.below(15) as i64);
+                let tx = self.random_tx(env, &mut rng, user, day);
+                self.save(tx).await;
+            }
+        }
+    }
+
+    fn random_tx(&self, env: &Env, rng: &mut Rng, user: ObjectId, day: NaiveDate) -> Tx {
+        let pockets = &self.pockets[&user];
+        let pick = |rng: &mut Rng| pockets[rng.below(pockets.len() as u64) as usize];
+        let kind =
+            ["income", "expense", "expense", "transfer", "dp", "withdraw"][rng.below(6) as usize];
+        let cents = 1 + rng.below(40_000);
+        let mut tx = Tx {
+            id: ObjectId::new(),
+            user,
+            kind,
+            amount: money(&format!("{}.{:02}", cents / 100, cents % 100)),
+            from: None,
+            to: None,
+            category: None,
+            date: env.at(day, rng.below(24) as u32, rng.below(60) as u32),
+            deleted: false,
+        };
+        match kind {
+            "income" => tx.to = Some(pick(rng)),
+            "transfer" => {
+                tx.from = Some(pick(rng));
+                tx.to = Some(pick(rng));
+            }
+            _ => tx.from = Some(pick(rng)),
+        }
+        if rng.chance(70) {
+            tx.category = Some(self.categories[rng.below(3) as usize]);
+        }
+        tx
+    }
+
+    /// `n` API operations: inserts (mostly today, some back-dated), edits
+    /// of amount and date, soft and hard deletes.
+    async fn random_ops(&mut self, env: &Env, rng: &mut Rng, n: usize) {
+        let users = self.users();
+        for _ in 0..n {
+            let roll = rng.below(100);
+            let existing: Vec<ObjectId> = self.txs.keys().copied().collect();
+            let any = |rng: &mut Rng| existing[rng.below(existing.len() as u64) as usize];
+            match roll {
+                _ if roll < 50 || existing.is_empty() => {
+                    let user = users[rng.below(users.len() as u64) as usize];
+                    let offset = 2 - rng.below(15) as i64;
+                    let tx = self.random_tx(env, rng, user, env.day(offset));
+                    self.save(tx).await;
+                }
+                50..=69 => {
+                    let mut tx = self.txs[&any(rng)].clone();
+                    let cents = 1 + rng.below(90_000);
+                    tx.amount = money(&format!("{}.{:02}", cents / 100, cents % 100));
+                    self.save(tx).await;
+                }
+                70..=79 => {
+                    let mut tx = self.txs[&any(rng)].clone();
+                    tx.date = env.at(env.day(1 - rng.below(12) as i64), rng.below(24) as u32, 30);
+                    self.save(tx).await;
+                }
+                80..=91 => {
+                    let mut tx = self.txs[&any(rng)].clone();
+                    tx.deleted = !tx.deleted;
+                    self.save(tx).await;
+                }
+                _ => self.hard_delete(any(rng)).await,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The store-level fence
+// ---------------------------------------------------------------------------
+
+fn report_write(user: ObjectId, day: &str, total: i64) -> Write {
+    let day: NaiveDate = day.parse().expect("date");
+    let filter = store::key_filter(Kind::Report, user, day);
+    let mut set = filter.clone();
+    set.insert("total_income", total);
+    Write::Upsert {
+        kind: Kind::Report,
+        filter,
+        set,
+        if_revision: None,
+    }
+}
+
+/// What a new leader does to the lease: another owner, the next token.
+async fn steal(env: &Env, thief: &str, ttl_ms: i64) -> Fence {
+    let d = env
+        .db
+        .collection::<Document>(lease::LEASE)
+        .find_one_and_update(
+            doc! { "_id": "tally" },
+            vec![doc! { "$set": {
+                "owner": thief,
+                "token": { "$add": ["$token", 1_i64] },
+                "expires_at": { "$add": ["$$NOW", ttl_ms] },
+                "released": false,
+            } }],
+        )
+        .return_document(mongodb::options::ReturnDocument::After)
+        .await
+        .expect("steal")
+        .expect("a lease to steal");
+    Fence {
+        owner: thief.to_owned(),
+        token: d.get_i64("token").expect("token"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_behind_a_stale_fence_fails_with_lost_lease_and_writes_nothing() {
+    let env = Env::new("ha_fence", "UTC").await;
+    let db = &env.db;
+    store::init(db, false, false).await.expect("indexes");
+    let ttl = Duration::from_secs(60);
+    let a = lease::try_acquire(db, "a", ttl)
+        .await
+        .unwrap()
+        .expect("a free lease is acquired");
+    assert_eq!(a.token, 1);
+    assert_eq!(
+        lease::try_acquire(db, "b", ttl).await.unwrap(),
+        None,
+        "held: b stands by"
+    );
+    let (u1, u2) = (ObjectId::new(), ObjectId::new());
+    let reports = db.collection::<Document>(Kind::Report.collection());
+
+    // Current fence: the writes land, the checkpoint too.
+    let stats = store::execute(db, vec![report_write(u1, "2026-03-01", 1)], Some(&a))
+        .await
+        .expect("a fenced write while holding the lease");
+    assert_eq!(stats.inserted, 1);
+    // A document that exists without a revision: the insert meets a
+    // duplicate key, which aborts its transaction; it is upserted instead.
+    let stats = store::execute(db, vec![report_write(u1, "2026-03-01", 2)], Some(&a))
+        .await
+        .expect("duplicate key path");
+    assert_eq!((stats.inserted, stats.updated, stats.errors), (0, 1, 0));
+    let checkpoint = Checkpoint {
+        last_event_at: Some(env.clock.now()),
+        ..Checkpoint::default()
+    };
+    state::save_checkpoint(db, &checkpoint, env.clock.now(), Some(&a))
+        .await
+        .expect("fenced checkpoint");
+    assert!(lease::renew(db, &a, ttl).await.unwrap());
+    let saved = env.all("tally_state", doc! {}).await;
+
+    // Another instance takes the lease: every write behind a's fence fails.
+    let b = steal(&env, "b", 60_000).await;
+    assert_eq!(b.token, 2);
+    let e = store::execute(
+        db,
+        vec![
+            report_write(u1, "2026-03-01", 3),
+            report_write(u2, "2026-03-02", 4),
+        ],
+        Some(&a),
+    )
+    .await
+    .expect_err("a stale fence");
+    assert!(lease::is_lost(&e), "{e:#}");
+    assert!(
+        e.chain().any(|c| c.is::<lease::LostLease>()),
+        "a typed error: {e:#}"
+    );
+    let stored = env.all(Kind::Report.collection(), doc! {}).await;
+    assert_eq!(stored.len(), 1, "nothing inserted: {stored:?}");
+    assert_eq!(stored[0].get_i64("total_income"), Ok(2), "nothing updated");
+    let later = Checkpoint {
+        last_event_at: Some(env.clock.now() + chrono::Duration::hours(1)),
+        ..Checkpoint::default()
+    };
+    let e = state::save_checkpoint(db, &later, env.clock.now(), Some(&a))
+        .await
+        .expect_err("a stale checkpoint");
+    assert!(lease::is_lost(&e), "{e:#}");
+    assert_eq!(
+        env.all("tally_state", doc! {}).await,
+        saved,
+        "checkpoint kept"
+    );
+    let e = state::finish(
+        db,
+        "snapshots",
+        "2026-03-01".parse().unwrap(),
+        1,
+        env.clock.now(),
+        Some(&a),
+    )
+    .await
+    .expect_err("a stale finalization record");
+    assert!(lease::is_lost(&e), "{e:#}");
+    assert!(!lease::renew(db, &a, ttl).await.unwrap(), "a cannot renew");
+    assert!(!lease::release(db, &a).await.unwrap(), "nor release");
+    assert_eq!(reports.count_documents(doc! {}).await.unwrap(), 1);
+
+    // The new holder writes; a claim made under the old token is taken
+    // over at once.
+    let day: NaiveDate = "2026-03-02".parse().unwrap();
+    let stale = chrono::Duration::minutes(10);
+    let now = env.clock.now();
+    let claimed = state::claim(db, "snapshots", day, "a", now, stale, Some(&a)).await;
+    assert_eq!(claimed.unwrap(), Claim::Mine);
+    let taken = state::claim(db, "snapshots", day, "b", now, stale, Some(&b)).await;
+    assert_eq!(
+        taken.unwrap(),
+        Claim::Mine,
+        "an older lease's claim is dead"
+    );
+    let again = state::claim(db, "snapshots", day, "a", now, stale, Some(&a)).await;
+    assert_eq!(again.unwrap(), Claim::Taken);
+    store::execute(db, vec![report_write(u2, "2026-03-02", 5)], Some(&b))
+        .await
+        .expect("the new holder writes");
+    assert_eq!(reports.count_documents(doc! {}).await.unwrap(), 2);
+
+    // Released: the next acquisition is immediate, with the next token.
+    assert!(lease::release(db, &b).await.unwrap());
+    let c = lease::try_acquire(db, "c", ttl)
+        .await
+        .unwrap()
+        .expect("free");
+    assert_eq!(c.token, 3);
+    let info = lease::read(db).await.unwrap().expect("lease");
+    assert_eq!(info.owner.as_deref(), Some("c"));
+    assert!(info.expires_at.expect("expiry") > Utc::now() + chrono::Duration::seconds(50));
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+/// Two instances with a 3 s lease: one active; kill -9 it mid-workload and
+/// the other takes over within the TTL (plus the standby's poll and a
+/// margin); the oracle agrees afterwards, nothing lost or doubled.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_the_leader_hands_over_within_the_ttl() {
+    const TTL: u64 = 3;
+    let env = Env::new("ha_kill", "Europe/Paris").await;
+    let mut coin = Coin::new(&env).await;
+    coin.population(&env, 5, 8, 21).await;
+    let mut rng = Rng::new(5);
+    let mut one = env.start("one", TTL);
+    let mut two = env.start("two", TTL);
+    let first = first_to_log(&mut [&mut one, &mut two], ACQUIRED, CATCH_UP).await;
+    let (mut leader, mut standby) = if first == 0 { (one, two) } else { (two, one) };
+    standby.wait_log(STANDING_BY, CATCH_UP).await;
+    leader.wait_log(TAILING, CATCH_UP).await;
+    let owner = leader.owner().expect("owner in the log");
+    let lease = env.lease_doc().await;
+    assert_eq!(lease.get_str("owner"), Ok(owner.as_str()), "{lease}");
+    let token = lease.get_i64("token").expect("token");
+
+    coin.random_ops(&env, &mut rng, 30).await;
+    tokio::time::sleep(Duration::from_secs(TTL)).await; // renewals go on
+    assert_eq!(standby.count(ACQUIRED), 0, "one active at a time");
+    assert_eq!(env.lease_doc().await.get_i64("token"), Ok(token));
+
+    // Killed in the middle of a burst; the workload goes on.
+    coin.random_ops(&env, &mut rng, 15).await;
+    leader.kill9();
+    let killed = Instant::now();
+    let ops = coin.random_ops(&env, &mut rng, 15);
+    let took_over = async {
+        standby
+            .wait_log(ACQUIRED, Duration::from_secs(TTL * 4))
+            .await;
+        killed.elapsed()
+    };
+    let ((), took) = futures::join!(ops, took_over);
+    let bound = Duration::from_secs(TTL) + Duration::from_secs(TTL) / 3 + Duration::from_secs(2);
+    assert!(took <= bound, "took over after {took:?} (bound {bound:?})");
+    eprintln!("standby took over {took:?} after kill -9 (TTL {TTL} s)");
+    standby.wait_log(TAILING, CATCH_UP).await;
+    assert!(
+        standby.log().contains("resumed=true"),
+        "{}",
+        standby.tail(10)
+    );
+    let lease = env.lease_doc().await;
+    assert_eq!(lease.get_str("owner").ok(), standby.owner().as_deref());
+    assert_eq!(lease.get_i64("token"), Ok(token + 1), "{lease}");
+
+    coin.random_ops(&env, &mut rng, 15).await;
+    env.caught_up(&[&standby]).await;
+    assert_eq!(standby.count(LOST), 0, "{}", standby.tail(20));
+    assert_eq!(standby.terminate().await.code(), Some(0));
+}
+
+/// A partitioned leader: its lease is taken in the database (as a new
+/// leader would) while it runs and events keep coming. None of its later
+/// writes lands; it notices, stands by, and takes over again once the
+/// thief releases the lease.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deposed_leader_writes_nothing_and_stands_by() {
+    let env = Env::new("ha_steal", "UTC").await;
+    let mut coin = Coin::new(&env).await;
+    coin.population(&env, 4, 6, 31).await;
+    let mut rng = Rng::new(8);
+    // A long TTL: no renewal during the test, so only the fence can stop it.
+    let mut run = env.start("a", 600);
+    run.wait_log(TAILING, CATCH_UP).await;
+    coin.random_ops(&env, &mut rng, 20).await;
+    env.caught_up(&[&run]).await;
+
+    let thief = steal(&env, "thief", 600_000).await;
+    let before = env.outputs().await;
+    coin.random_ops(&env, &mut rng, 25).await;
+    run.wait_log(LOST, CATCH_UP).await;
+    run.wait_log(STANDING_BY, CATCH_UP).await;
+    coin.random_ops(&env, &mut rng, 10).await;
+    tokio::time::sleep(Duration::from_secs(SETTLE_SECONDS + 2)).await;
+    let after = env.outputs().await;
+    assert!(run.alive(), "{}", run.tail(20));
+    let changed: Vec<&String> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(v))
+        .map(|(k, _)| k)
+        .chain(before.keys().filter(|k| !after.contains_key(*k)))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "written after the steal: {changed:?}\n{}",
+        run.tail(30)
+    );
+    assert_eq!(run.count(LOST), 1, "{}", run.tail(20));
+    assert_eq!(env.lease_doc().await.get_str("owner"), Ok("thief"));
+
+    // The thief lets go: the standby takes over at once and catches up.
+    assert!(lease::release(&env.db, &thief).await.unwrap());
+    let released = Instant::now();
+    run.wait_count(ACQUIRED, 2, CATCH_UP).await;
+    assert!(
+        released.elapsed() < Duration::from_secs(10),
+        "woken by the release, not the 200 s poll"
+    );
+    run.wait_count(TAILING, 2, CATCH_UP).await;
+    env.caught_up(&[&run]).await;
+    assert_eq!(run.terminate().await.code(), Some(0));
+}
+
+/// SIGTERM of the leader: it flushes, checkpoints, releases the lease and
+/// exits 0 within 10 s; the standby takes over well under the TTL.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_of_the_leader_hands_over_at_once() {
+    const TTL: u64 = 15;
+    let env = Env::new("ha_term", "America/New_York").await;
+    let mut coin = Coin::new(&env).await;
+    coin.population(&env, 4, 6, 41).await;
+    let mut rng = Rng::new(9);
+    let mut leader = env.start("leader", TTL);
+    leader.wait_log(TAILING, CATCH_UP).await;
+    let mut standby = env.start("standby", TTL);
+    standby.wait_log(STANDING_BY, CATCH_UP).await;
+
+    let o = env.tally(&["status", "--json"]).await;
+    assert_eq!(o.status.code(), Some(0));
+    let status: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(
+        status["lease"]["owner"].as_str(),
+        leader.owner().as_deref(),
+        "{status}"
+    );
+    assert_eq!(status["lease"]["held"], Value::Bool(true), "{status}");
+    let o = env.tally(&["status"]).await;
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("leader lease:") && text.contains("held by"),
+        "{text}"
+    );
+
+    coin.random_ops(&env, &mut rng, 20).await;
+    // Measured from the signal: the leader's last flush and checkpoint
+    // come first, then the release wakes the standby.
+    let signalled = Instant::now();
+    let status = leader.terminate().await;
+    assert_eq!(status.code(), Some(0), "{}", leader.tail(20));
+    let log = leader.log();
+    assert!(
+        log.contains("Stopped cleanly.") && log.contains("Released leadership."),
+        "{log}"
+    );
+    standby.wait_log(ACQUIRED, Duration::from_secs(TTL)).await;
+    let took = signalled.elapsed();
+    eprintln!("standby took over {took:?} after SIGTERM (TTL {TTL} s)");
+    assert!(
+        took < Duration::from_secs(TTL / 3),
+        "took over {took:?} after SIGTERM"
+    );
+    standby.wait_log(TAILING, CATCH_UP).await;
+    coin.random_ops(&env, &mut rng, 20).await;
+    env.caught_up(&[&standby]).await;
+    assert_eq!(standby.terminate().await.code(), Some(0));
+}
+
+/// The fence's cost on the live path, measured against the same server in
+/// one run: small flushes (5 new reports each) and checkpoint saves,
+/// unfenced and fenced. `cargo test --test ha -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, not a check"]
+async fn fence_cost_on_small_flushes() {
+    let env = Env::new("ha_cost", "UTC").await;
+    let db = &env.db;
+    store::init(db, false, false).await.expect("indexes");
+    let fence = lease::try_acquire(db, "bench", Duration::from_secs(600))
+        .await
+        .unwrap()
+        .expect("lease");
+    const ROUNDS: usize = 200;
+    for fenced in [false, true, false, true] {
+        let f = fenced.then_some(&fence);
+        let started = Instant::now();
+        for i in 0..ROUNDS {
+            // New documents: inserts, as most of a live flush's writes are.
+            let writes = (0..5)
+                .map(|_| report_write(ObjectId::new(), "2026-01-05", i as i64))
+                .collect();
+            store::execute(db, writes, f).await.expect("execute");
+        }
+        let flush = started.elapsed() / ROUNDS as u32;
+        let started = Instant::now();
+        for _ in 0..ROUNDS {
+            state::save_checkpoint(db, &Checkpoint::default(), Utc::now(), f)
+                .await
+                .expect("checkpoint");
+        }
+        let save = started.elapsed() / ROUNDS as u32;
+        eprintln!("fenced={fenced}: flush of 5 reports {flush:?}, checkpoint save {save:?}");
+    }
+}
