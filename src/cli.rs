@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::batch::{self, ReconcileReport};
 use crate::calendar::Calendar;
+use crate::logging::LogFormat;
 use crate::reports::Kind;
 use crate::scan::{Difference, Range};
 use crate::schedule::{self, Schedule};
@@ -58,6 +59,9 @@ pub struct Global {
     /// No progress bar or progress lines.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// Log lines on stderr as text or one JSON object per line.
+    #[arg(long, global = true, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Subcommand, Debug)]
@@ -99,6 +103,8 @@ pub struct RunArgs {
     /// Neither enable nor ask for change-stream pre-images.
     #[arg(long, env = "TALLY_NO_PRE_IMAGES")]
     pub no_pre_images: bool,
+    #[command(flatten)]
+    pub http: crate::http::HttpArgs,
 }
 
 #[derive(Args, Debug)]
@@ -320,8 +326,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(a) => {
+            // Until the HA lease decides, this instance is the leader.
+            let telemetry = std::sync::Arc::new(crate::telemetry::Telemetry::new());
+            let http = crate::http::start(&a.http, telemetry.clone()).await?;
+            tracing::info!(version = env!("CARGO_PKG_VERSION"), uri = %store::redact_uri(&g.mongodb_uri), database = %g.database, time_zone = cal.name(), http = %http.map_or("off".to_owned(), |a| a.to_string()), "Starting tally run.");
+            telemetry.set_leader(true);
             let db = store::connect(&g.mongodb_uri, &g.database).await?;
             let mut opts = RunOptions::new(cal);
+            opts.telemetry = telemetry;
             opts.schedule = Schedule {
                 report_at: a.daily_report_at,
                 snapshot_at: a.snapshot_at,

@@ -18,6 +18,10 @@
 //! - [`state`] — the stream checkpoint and the once-only finalization records.
 //! - [`schedule`] — the 23:59 / 00:00 / 00:01 steps: when they are due, what they do.
 //! - [`tail`] — `tally run`: change streams, flushes, checkpoints, recovery.
+//! - [`telemetry`] — counters, gauges, histograms and recent events of `tally run`.
+//! - [`exposition`] — telemetry as Prometheus text and as the status page's JSON.
+//! - [`http`] — `/healthz`, `/readyz`, `/metrics` and the status page.
+//! - [`logging`] — text or JSON log lines on stderr.
 //! - [`seed`] — a synthetic coin-shaped dataset, dirt included.
 //! - [`progress`] — progress bar on a terminal, log lines elsewhere.
 //! - [`cli`] — command-line interface and validated configuration.
@@ -29,7 +33,10 @@ pub mod batch;
 pub mod calendar;
 pub mod cli;
 pub mod diff;
+pub mod exposition;
+pub mod http;
 pub mod ledger;
+pub mod logging;
 pub mod money;
 pub mod progress;
 pub mod reports;
@@ -40,4 +47,5 @@ pub mod source;
 pub mod state;
 pub mod store;
 pub mod tail;
+pub mod telemetry;
 pub mod vecmap;

@@ -45,6 +45,7 @@ use crate::schedule::{self, Schedule};
 use crate::source::{decode_pocket, decode_transaction, SourceId};
 use crate::state::{self, Checkpoint, Claim};
 use crate::store::{self, POCKETS, TRANSACTIONS};
+use crate::telemetry::{Recovery, Telemetry, WriteMix};
 
 /// The service's notion of now: real time, optionally shifted (tests and
 /// demos start the clock at a chosen instant; it then runs at real speed).
@@ -89,6 +90,8 @@ pub struct RunOptions {
     /// Enable and use change-stream pre-images (off: locate old values
     /// through the stored reports instead).
     pub pre_images: bool,
+    /// Where the tailer reports what it does (metrics, status page).
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl RunOptions {
@@ -104,6 +107,7 @@ impl RunOptions {
             horizon_days: 400,
             owner: format!("{}-{}", hostname(), std::process::id()),
             pre_images: true,
+            telemetry: Arc::new(Telemetry::new()),
         }
     }
 }
@@ -142,6 +146,7 @@ pub async fn run(
     });
     let mut tailer = Tailer::start(db, opts).await?;
     while !stop.load(Ordering::SeqCst) {
+        tailer.opts.telemetry.turn(tailer.stream.is_some());
         if let Err(e) = tailer.step().await {
             // The server is away: keep the work, reopen the stream later.
             if !is_transient(&e) {
@@ -332,6 +337,7 @@ impl Tailer {
         for kind in Kind::ALL {
             let done = state::last_finalized(&self.db, kind.cli_name())
                 .await?
+                .inspect(|(p, at)| self.opts.telemetry.schedule_last(kind, *p, *at))
                 .map(|(p, _)| p);
             let due = self
                 .opts
@@ -351,6 +357,9 @@ impl Tailer {
                 next,
                 self.opts.schedule.due_at(&self.opts.cal, kind, next),
             ));
+            if let Some(&(k, p, at)) = self.next_steps.last() {
+                self.opts.telemetry.schedule_next(k, p, at);
+            }
         }
         Ok(())
     }
@@ -375,10 +384,12 @@ impl Tailer {
             self.checkpoint.reports_final_through = Some(through);
         }
         if claim == Claim::Taken {
+            self.opts.telemetry.finalization_taken(kind);
             return Ok(());
         }
         self.flush().await?;
         let started = Instant::now();
+        let outcome = self.opts.telemetry.finalization(kind, period);
         let documents = schedule::finalize(
             &self.db,
             self.opts.cal,
@@ -397,6 +408,8 @@ impl Tailer {
         )
         .await?;
         self.counters.finalizations += 1;
+        self.opts.telemetry.written_to(kind, documents);
+        outcome.done();
         info!(
             kind = kind.cli_name(),
             period = %period,
@@ -420,6 +433,8 @@ impl Tailer {
                     next,
                     self.opts.schedule.due_at(&self.opts.cal, kind, next),
                 );
+                let (_, _, due) = self.next_steps[i];
+                self.opts.telemetry.schedule_next(kind, next, due);
             }
         }
         for _ in 0..1000 {
@@ -435,6 +450,7 @@ impl Tailer {
                 Ok(None) => {
                     if self.dirty.is_empty() && self.locate.is_empty() {
                         self.token = stream.resume_token().or(self.token.take());
+                        self.opts.telemetry.caught_up();
                     }
                     self.backoff = Duration::from_millis(100);
                     break;
@@ -496,6 +512,7 @@ impl Tailer {
         self.counters.reconnects += 1;
         match self.open_stream().await {
             Ok(()) => {
+                self.opts.telemetry.recovery(Recovery::Reconnect);
                 info!(
                     reconnects = self.counters.reconnects,
                     "Change stream reopened."
@@ -519,6 +536,7 @@ impl Tailer {
     /// window from the source, then stream from a fresh operation time.
     async fn recover_history_lost(&mut self, e: &mongodb::error::Error) -> Result<()> {
         self.counters.history_lost += 1;
+        self.opts.telemetry.recovery(Recovery::HistoryLost);
         error!(error = %e, recoveries = self.counters.history_lost, "Change stream history lost: recomputing the window from the source.");
         let start_at = self.operation_time().await?;
         self.backfill_window(self.managed_from()).await?;
@@ -560,6 +578,10 @@ impl Tailer {
             .as_ref()
             .and_then(|n| n.coll.clone())
             .unwrap_or_default();
+        let wall = event.wall_time.map(|w| w.timestamp_millis());
+        self.opts
+            .telemetry
+            .change_event(&coll, &event.operation_type, wall);
         match event.operation_type {
             OperationType::Insert
             | OperationType::Update
@@ -604,6 +626,9 @@ impl Tailer {
                         }
                         Err(r) => {
                             self.counters.rejects += 1;
+                            self.opts
+                                .telemetry
+                                .reject(TRANSACTIONS, &SourceId::from_bson(&id), r);
                             self.rejects
                                 .push((TRANSACTIONS, SourceId::from_bson(&id), r));
                             new_user = doc.get_object_id("user_id").ok();
@@ -638,11 +663,17 @@ impl Tailer {
                     Some(Ok(p)) => match p.reject_reason() {
                         Some(r) => {
                             self.counters.rejects += 1;
+                            self.opts.telemetry.reject(POCKETS, &SourceId::Oid(p.id), r);
                             self.rejects.push((POCKETS, SourceId::Oid(p.id), r));
                         }
                         None => self.corrected.push((POCKETS, SourceId::Oid(p.id))),
                     },
-                    Some(Err(r)) => self.rejects.push((POCKETS, SourceId::from_bson(&id), r)),
+                    Some(Err(r)) => {
+                        self.opts
+                            .telemetry
+                            .reject(POCKETS, &SourceId::from_bson(&id), r);
+                        self.rejects.push((POCKETS, SourceId::from_bson(&id), r))
+                    }
                     None => self.corrected.push((POCKETS, SourceId::from_bson(&id))),
                 }
                 if users.is_empty() || (!has_old && event.operation_type != OperationType::Insert) {
@@ -764,7 +795,9 @@ impl Tailer {
     async fn flush(&mut self) -> Result<()> {
         let dirty = self.dirty.clone();
         let full_refresh = self.full_refresh;
+        let started = Instant::now();
         let result = self.flush_dirty().await;
+        self.opts.telemetry.flushed(started.elapsed());
         if result.is_err() {
             for (user, day) in dirty {
                 let e = self.dirty.entry(user).or_insert(day);
@@ -784,6 +817,7 @@ impl Tailer {
         let managed_from = self.managed_from();
         if self.full_refresh {
             self.counters.full_refreshes += 1;
+            self.opts.telemetry.recovery(Recovery::FullRefresh);
             self.full_refresh = false;
             self.backfill_window(managed_from).await?;
             self.dirty.clear();
@@ -858,6 +892,7 @@ impl Tailer {
                     match pending.get(&user) {
                         Some(since) if now - *since >= settle => {
                             self.counters.drift_applied += 1;
+                            self.opts.telemetry.drift_applied();
                             info!(user = %user.to_hex(), documents = held.len(), "Balance drift settled; restating past documents.");
                             writes.extend(held.into_iter().map(|c| c.write));
                             pending.remove(&user);
@@ -876,7 +911,9 @@ impl Tailer {
                 self.rejects.append(&mut scanned.rejects);
             }
         }
+        let mix = WriteMix::of(&writes);
         let stats = store::execute(&self.db, writes).await?;
+        self.opts.telemetry.written(&mix, &stats);
         self.counters.documents_written += stats.changed();
         self.counters.flushes += 1;
         store::record_rejects(&self.db, &self.rejects, now).await?;
@@ -900,6 +937,7 @@ impl Tailer {
             }
         }
         state::save_checkpoint(&self.db, &self.checkpoint, self.opts.clock.now()).await?;
+        self.opts.telemetry.checkpoint_saved();
         self.last_save = Instant::now();
         Ok(())
     }
