@@ -525,7 +525,7 @@ impl Tailer {
                     self.recover_history_lost(&m).await
                 }
                 _ => {
-                    warn!(error = %format!("{e:#}"), backoff_ms = self.backoff.as_millis() as u64, "Cannot reopen the change stream yet.");
+                    warn!(error = %store::redact_uri(&format!("{e:#}")), backoff_ms = self.backoff.as_millis() as u64, "Cannot reopen the change stream yet.");
                     Ok(())
                 }
             },
