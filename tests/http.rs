@@ -292,7 +292,11 @@ async fn user_with_pocket(db: &Database) -> (ObjectId, ObjectId) {
 
 /// `n` incomes of 10 into `pocket`, dated now.
 async fn incomes(db: &Database, user: ObjectId, pocket: ObjectId, n: usize) {
-    let now = BsonDateTime::now();
+    incomes_on(db, user, pocket, n, BsonDateTime::now()).await;
+}
+
+async fn incomes_on(db: &Database, user: ObjectId, pocket: ObjectId, n: usize, date: BsonDateTime) {
+    let now = date;
     let docs: Vec<Document> = (0..n)
         .map(|i| {
             doc! {
@@ -309,12 +313,51 @@ async fn incomes(db: &Database, user: ObjectId, pocket: ObjectId, n: usize) {
         .expect("transactions");
 }
 
+/// Waits until `tally_restatements_total` is at least `min` and equals the
+/// sum of the `restatements` fields of every output document.
+async fn restatements_agree(tally: &Tally, db: &Database, min: f64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metric = value(
+            &checked_metrics(tally.port),
+            "tally_restatements_total",
+            &[],
+        );
+        let mut stored = 0;
+        for coll in [
+            "daily_financial_reports",
+            "daily_financial_snapshots",
+            "monthly_financial_summaries",
+        ] {
+            let mut cursor = db
+                .collection::<Document>(coll)
+                .find(doc! {})
+                .await
+                .expect("find");
+            while cursor.advance().await.expect("cursor") {
+                let d = cursor.deserialize_current().expect("document");
+                stored += d.get_i64("restatements").unwrap_or(0);
+            }
+        }
+        if metric >= min && metric == stored as f64 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tally_restatements_total {metric}, stored restatements {stored}; log:\n{}",
+            tally.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn health_ready_and_metrics_follow_the_stream() {
     let uri = support::uri();
     let name = support::unique_db("http_metrics");
     let db = database(&uri, &name).await;
     let (user, pocket) = user_with_pocket(&db).await;
+    let (_, other_pocket) = user_with_pocket(&db).await;
     let mut tally = Tally::start(&uri, &name, &[]);
 
     let body = tally.wait("/healthz", STARTUP, |code, _| code == 200);
@@ -379,6 +422,40 @@ async fn health_ready_and_metrics_follow_the_stream() {
         .collect();
     assert_eq!(kinds, ["reports", "snapshots", "monthly"]);
     assert!(status["schedule"][0]["next_due"].is_string(), "{status}");
+    // The start-up catch-up finalized the days before today.
+    let done = [("kind", "snapshots"), ("outcome", "done")];
+    assert!(value(&after, "tally_finalizations_total", &done) >= 1.0);
+    assert!(
+        value(
+            &after,
+            "tally_finalization_duration_seconds_count",
+            &[("kind", "snapshots")]
+        ) >= 1.0
+    );
+
+    // A back-dated income restates the final snapshots from its day on:
+    // the metric agrees with the `restatements` fields tally wrote.
+    let two_days_ago =
+        BsonDateTime::from_millis(BsonDateTime::now().timestamp_millis() - 2 * 86_400_000);
+    incomes_on(&db, user, pocket, 1, two_days_ago).await;
+    restatements_agree(&tally, &db, 1.0).await;
+
+    // A balance change no transaction explains is drift, applied after
+    // the settle delay (2 s here).
+    db.collection::<Document>("pockets")
+        .update_one(
+            doc! { "_id": other_pocket },
+            doc! { "$set": { "balance": money("123") } },
+        )
+        .await
+        .expect("a balance change");
+    tally.wait("/metrics", Duration::from_secs(60), |_, body| {
+        body.lines()
+            .any(|l| l.starts_with("tally_drift_total ") && l != "tally_drift_total 0")
+    });
+
+    restatements_agree(&tally, &db, 2.0).await;
+
     let (code, page) = get(tally.port, "/").expect("status page");
     assert_eq!(code, 200);
     assert!(page.contains("<svg id=\"rate-chart\""), "{page}");
