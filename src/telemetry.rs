@@ -11,10 +11,16 @@
 //! never carry a user. Times are the real wall clock, not the tailer's
 //! (possibly shifted) [`Clock`](crate::tail::Clock): lag compares with the
 //! server's event wall times.
+//!
+//! Who calls what: the tailer reports events, writes, rejects, drift,
+//! flushes, checkpoints, finalizations, recoveries and the schedule; the
+//! HA lease reports the role with [`Telemetry::set_leader`] and
+//! [`Telemetry::set_role_known`]; the run loop calls [`Telemetry::turn`]
+//! once per turn (liveness and connection).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -23,7 +29,13 @@ use tracing::info;
 
 use crate::reports::Kind;
 use crate::source::{RejectReason, SourceId};
-use crate::store::{Write, WriteStats, POCKETS, TRANSACTIONS};
+use crate::store::{WriteStats, POCKETS, TRANSACTIONS};
+
+mod series;
+mod writes;
+
+pub use series::{CounterVec, Histogram};
+pub use writes::{restates, WriteMix};
 
 /// How many recent rejects and recoveries the status page lists.
 pub const RECENT: usize = 20;
@@ -62,96 +74,6 @@ impl Recovery {
             Recovery::Reconnect => "reconnect",
             Recovery::FullRefresh => "full_refresh",
         }
-    }
-}
-
-/// A counter per label set; label values are static, so the set is bounded.
-pub struct CounterVec<const N: usize> {
-    series: RwLock<Vec<([&'static str; N], AtomicU64)>>,
-}
-
-impl<const N: usize> CounterVec<N> {
-    fn new() -> Self {
-        CounterVec {
-            series: RwLock::new(Vec::new()),
-        }
-    }
-
-    pub fn add(&self, labels: [&'static str; N], n: u64) {
-        {
-            let series = self.series.read().unwrap_or_else(|e| e.into_inner());
-            if let Some((_, c)) = series.iter().find(|(l, _)| *l == labels) {
-                c.fetch_add(n, Ordering::Relaxed);
-                return;
-            }
-        }
-        let mut series = self.series.write().unwrap_or_else(|e| e.into_inner());
-        match series.iter().find(|(l, _)| *l == labels) {
-            Some((_, c)) => {
-                c.fetch_add(n, Ordering::Relaxed);
-            }
-            None => series.push((labels, AtomicU64::new(n))),
-        }
-    }
-
-    /// Every series, sorted by labels.
-    pub fn values(&self) -> Vec<([&'static str; N], u64)> {
-        let series = self.series.read().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<_> = series
-            .iter()
-            .map(|(l, c)| (*l, c.load(Ordering::Relaxed)))
-            .collect();
-        out.sort();
-        out
-    }
-
-    pub fn sum(&self) -> u64 {
-        self.values().iter().map(|(_, v)| v).sum()
-    }
-}
-
-/// A histogram with fixed upper bounds (seconds).
-pub struct Histogram {
-    pub bounds: &'static [f64],
-    /// Per bucket (not cumulative), plus one for +Inf.
-    counts: Vec<AtomicU64>,
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        let i = self
-            .bounds
-            .iter()
-            .position(|b| s <= *b)
-            .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    /// Cumulative counts per bound (the last is +Inf), and the sum in seconds.
-    pub fn snapshot(&self) -> (Vec<u64>, f64) {
-        let mut acc = 0;
-        let cumulative = self
-            .counts
-            .iter()
-            .map(|c| {
-                acc += c.load(Ordering::Relaxed);
-                acc
-            })
-            .collect();
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        (cumulative, sum)
     }
 }
 
@@ -255,64 +177,6 @@ pub fn operation_label(op: &OperationType) -> &'static str {
         OperationType::DropDatabase => "drop_database",
         OperationType::Invalidate => "invalidate",
         _ => "other",
-    }
-}
-
-/// What a list of planned writes will do, per output collection: taken
-/// before [`store::execute`](crate::store::execute) consumes the list.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WriteMix {
-    /// Writes per [`Kind`], in `Kind::ALL` order.
-    pub by_kind: [u64; 3],
-    /// Upserts that raise `restatements` (see [`restates`]).
-    pub restatements: u64,
-}
-
-impl WriteMix {
-    pub fn of(writes: &[Write]) -> WriteMix {
-        let mut mix = WriteMix::default();
-        for w in writes {
-            mix.by_kind[kind_index(w.kind())] += 1;
-            mix.restatements += u64::from(restates(w));
-        }
-        mix
-    }
-}
-
-fn kind_index(kind: Kind) -> usize {
-    Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
-}
-
-/// Whether a write planned by [`store::plan_write`](crate::store::plan_write)
-/// raises `restatements`: it replaces a stored document (it guards a stored
-/// revision) that was final. The write does not carry the stored document,
-/// so "was final" is read from what plan_write leaves in it: a report keeps
-/// its earlier `finalized_at` only when it was final already (a report
-/// becoming final gets `finalized_at` = `generated_at`); a snapshot is final
-/// from its first write; a monthly summary rewritten complete counts — off
-/// only for one written open and closed by a flush before the 00:01 step.
-pub fn restates(w: &Write) -> bool {
-    let Write::Upsert {
-        kind,
-        set,
-        if_revision: Some(_),
-        ..
-    } = w
-    else {
-        return false;
-    };
-    if !set.get_bool(kind.final_field()).unwrap_or(false) {
-        return false;
-    }
-    match kind {
-        Kind::Report => match (
-            set.get_datetime("finalized_at"),
-            set.get_datetime("generated_at"),
-        ) {
-            (Ok(fin), Ok(gen)) => fin != gen,
-            _ => false,
-        },
-        Kind::Snapshot | Kind::Monthly => true,
     }
 }
 
@@ -663,7 +527,6 @@ pub(crate) fn recent_recoveries(t: &Telemetry) -> Vec<RecoveryNote> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bson::doc;
 
     #[test]
     fn counters_keep_one_series_per_label_set() {
@@ -719,38 +582,6 @@ mod tests {
         let schedule = lock(&t.schedule);
         let row = &schedule.iter().find(|(k, _)| *k == "snapshots").unwrap().1;
         assert_eq!(row.last_period, Some(day));
-    }
-
-    #[test]
-    fn restatements_are_updates_of_documents_that_were_final() {
-        let at = bson::DateTime::from_millis(1_000);
-        let later = bson::DateTime::from_millis(2_000);
-        let report = |final_: bool, finalized_at: bson::DateTime, rev: Option<i64>| Write::Upsert {
-            kind: Kind::Report,
-            filter: doc! {},
-            set: doc! { "is_final": final_, "finalized_at": finalized_at, "generated_at": later },
-            if_revision: rev,
-        };
-        assert!(
-            restates(&report(true, at, Some(3))),
-            "final before, kept finalized_at"
-        );
-        assert!(
-            !restates(&report(true, later, Some(3))),
-            "becomes final now"
-        );
-        assert!(!restates(&report(true, at, None)), "a new document");
-        assert!(!restates(&report(false, at, Some(3))), "open");
-        let snapshot = Write::Upsert {
-            kind: Kind::Snapshot,
-            filter: doc! {},
-            set: doc! { "is_complete": true },
-            if_revision: Some(1),
-        };
-        assert!(restates(&snapshot));
-        let mix = WriteMix::of(&[snapshot, report(true, at, Some(1))]);
-        assert_eq!(mix.by_kind, [1, 1, 0]);
-        assert_eq!(mix.restatements, 2);
     }
 
     #[test]
