@@ -44,6 +44,7 @@ fn start_tally(uri: &str, db: &str) -> Child {
         .env("TALLY_MONGODB_URI", uri)
         .env("TALLY_DATABASE", db)
         .env("TALLY_LOG", "warn")
+        .env("TALLY_HTTP_ADDR", "off")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use crate::batch::{self, ReconcileReport};
 use crate::calendar::Calendar;
 use crate::lease::{self, LeaseInfo};
+use crate::logging::LogFormat;
 use crate::reports::Kind;
 use crate::scan::{Difference, Range};
 use crate::schedule::{self, Schedule};
@@ -66,6 +67,9 @@ pub struct Global {
     /// No progress bar or progress lines.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// Log lines on stderr as text or one JSON object per line.
+    #[arg(long, global = true, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Subcommand, Debug)]
@@ -113,6 +117,8 @@ pub struct RunArgs {
     /// with several instances, a standby takes over within this time.
     #[arg(long, env = "TALLY_LEASE_TTL", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_ttl: u64,
+    #[command(flatten)]
+    pub http: crate::http::HttpArgs,
 }
 
 #[derive(Args, Debug)]
@@ -338,8 +344,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(a) => {
+            let telemetry = std::sync::Arc::new(crate::telemetry::Telemetry::new());
+            tracing::info!(version = env!("CARGO_PKG_VERSION"), uri = %store::redact_uri(&g.mongodb_uri), database = %g.database, time_zone = cal.name(), "Starting tally run.");
+            crate::http::start(&a.http, telemetry.clone()).await?;
+            // Until the HA lease decides, this instance is the leader.
+            telemetry.set_leader(true);
             let db = store::connect(&g.mongodb_uri, &g.database).await?;
             let mut opts = RunOptions::new(cal);
+            opts.telemetry = telemetry;
             opts.schedule = Schedule {
                 report_at: a.daily_report_at,
                 snapshot_at: a.snapshot_at,

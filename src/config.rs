@@ -201,13 +201,7 @@ file_config! {
     lease_ttl_seconds: u64,
 }
 
-/// Log line format (consumed by the logging set-up).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
+pub use crate::logging::LogFormat;
 
 /// Where an effective value came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,7 +239,8 @@ pub struct Settings {
     pub entries: Vec<Entry>,
     pub log: String,
     pub log_format: LogFormat,
-    pub http_addr: SocketAddr,
+    /// `None`: `off`.
+    pub http_addr: Option<SocketAddr>,
     pub lease_ttl: Duration,
 }
 
@@ -293,7 +288,7 @@ impl Settings {
             "json" => LogFormat::Json,
             _ => LogFormat::Text,
         };
-        let http_addr = parsed("http_addr")?.parse().expect("validated");
+        let http_addr = parsed("http_addr")?.parse().ok();
         let lease_ttl =
             Duration::from_secs(seconds(parsed("lease_ttl_seconds")?).expect("validated"));
         Ok(Settings {
@@ -499,10 +494,13 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
             .parse::<bool>()
             .map(|_| ())
             .map_err(|_| format!("{value:?} is not true or false")),
-        "http_addr" => value
-            .parse::<SocketAddr>()
-            .map(|_| ())
-            .map_err(|_| format!("{value:?} is not an address such as 127.0.0.1:9187")),
+        "http_addr" => match value {
+            "off" => Ok(()),
+            _ => value
+                .parse::<SocketAddr>()
+                .map(|_| ())
+                .map_err(|_| format!("{value:?} is not an address such as 127.0.0.1:9187, or off")),
+        },
         "log_format" => match value {
             "text" | "json" => Ok(()),
             _ => Err(format!("{value:?} is not a log format: use text or json")),

@@ -21,6 +21,10 @@
 //! - [`tail`] — `tally run`: change streams, flushes, checkpoints, recovery.
 //! - [`lease`] — high availability: the leader lease, its fencing token and
 //!   fenced writes (one active `tally run` per database).
+//! - [`telemetry`] — counters, gauges, histograms and recent events of `tally run`.
+//! - [`exposition`] — telemetry as Prometheus text and as the status page's JSON.
+//! - [`http`] — `/healthz`, `/readyz`, `/metrics` and the status page.
+//! - [`logging`] — text or JSON log lines on stderr.
 //! - [`seed`] — a synthetic coin-shaped dataset, dirt included.
 //! - [`progress`] — progress bar on a terminal, log lines elsewhere.
 //! - [`cli`] — command-line interface and validated configuration.
@@ -35,9 +39,12 @@ pub mod calendar;
 pub mod cli;
 pub mod config;
 pub mod diff;
+pub mod exposition;
+pub mod http;
 pub mod lease;
 pub mod ledger;
 pub mod live;
+pub mod logging;
 pub mod money;
 pub mod progress;
 pub mod reports;
@@ -48,4 +55,5 @@ pub mod source;
 pub mod state;
 pub mod store;
 pub mod tail;
+pub mod telemetry;
 pub mod vecmap;

@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use tracing_subscriber::EnvFilter;
-
 fn main() -> ExitCode {
     let cli = match tally::config::parse_cli(std::env::args_os()) {
         Ok(cli) => cli,
@@ -13,24 +11,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("TALLY_LOG")
-                .unwrap_or_else(|_| EnvFilter::new(&cli.settings.log)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let log_format = cli.global.log_format;
+    tally::logging::init(log_format, &cli.settings.log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("tally: error: cannot start the async runtime: {e}");
+            let message = format!("cannot start the async runtime: {e}");
+            tally::logging::fatal(log_format, &message);
             return ExitCode::from(2);
         }
     };
     match runtime.block_on(tally::cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tally: error: {e:#}");
+            let message = tally::store::redact_uri(&format!("{e:#}"));
+            tally::logging::fatal(log_format, &message);
             ExitCode::from(2)
         }
     }

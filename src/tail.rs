@@ -50,6 +50,7 @@ use crate::schedule::{self, Schedule};
 use crate::source::{decode_pocket, decode_transaction, SourceId};
 use crate::state::{self, Checkpoint, Claim};
 use crate::store::{self, Write, POCKETS, TRANSACTIONS};
+use crate::telemetry::{Recovery, Telemetry, WriteMix};
 
 /// The service's notion of now: real time, optionally shifted (tests and
 /// demos start the clock at a chosen instant; it then runs at real speed).
@@ -97,6 +98,8 @@ pub struct RunOptions {
     /// Enable and use change-stream pre-images (off: locate old values
     /// through the stored reports instead).
     pub pre_images: bool,
+    /// Where the tailer reports what it does (metrics, status page).
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl RunOptions {
@@ -113,6 +116,7 @@ impl RunOptions {
             owner: format!("{}-{}-{:04x}", hostname(), std::process::id(), nonce()),
             lease_ttl: Duration::from_secs(15),
             pre_images: true,
+            telemetry: Arc::new(Telemetry::new()),
         }
     }
 }
@@ -168,16 +172,22 @@ pub async fn run(
     });
     let ttl = opts.lease_ttl;
     loop {
-        let Some(fence) = lease::acquire(&db, &opts.owner, ttl, &stop, is_transient).await? else {
+        opts.telemetry.set_leader(false);
+        let heartbeat = tokio::spawn(standby_heartbeat(db.clone(), opts.telemetry.clone()));
+        let acquired = lease::acquire(&db, &opts.owner, ttl, &stop, is_transient).await;
+        heartbeat.abort();
+        let Some(fence) = acquired? else {
             return Ok(Counters::default());
         };
         lease::set_leader(true);
+        opts.telemetry.set_leader(true);
         info!(owner = %fence.owner, token = fence.token, "Acquired leadership.");
         let lost = Arc::new(AtomicBool::new(false));
         let keeper = tokio::spawn(lease::keep(db.clone(), fence.clone(), ttl, lost.clone()));
         let result = lead(db.clone(), opts.clone(), fence.clone(), &stop, &lost).await;
         keeper.abort();
         lease::set_leader(false);
+        opts.telemetry.set_leader(false);
         match result {
             Err(e) if lease::is_lost(&e) || lost.load(Ordering::SeqCst) => {
                 warn!(
@@ -198,6 +208,16 @@ pub async fn run(
     }
 }
 
+/// While standing by: tells the health endpoints the process is alive and
+/// whether the server answers (a standby is ready when it could take over).
+async fn standby_heartbeat(db: Database, telemetry: Arc<Telemetry>) {
+    loop {
+        let connected = db.run_command(doc! { "ping": 1 }).await.is_ok();
+        telemetry.turn(connected);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 /// The active instance's work, until `stop` (flush and checkpoint, then
 /// `Ok`) or until the lease is `lost` ([`LostLease`], nothing written).
 async fn lead(
@@ -213,6 +233,7 @@ async fn lead(
         if lost.load(Ordering::SeqCst) {
             return Err(LostLease { token }.into());
         }
+        tailer.opts.telemetry.turn(tailer.stream.is_some());
         if let Err(e) = tailer.step().await {
             // The server is away: keep the work, reopen the stream later.
             if !is_transient(&e) {
@@ -493,6 +514,7 @@ impl Tailer {
         for kind in Kind::ALL {
             let done = state::last_finalized(&self.db, kind.cli_name())
                 .await?
+                .inspect(|(p, at)| self.opts.telemetry.schedule_last(kind, *p, *at))
                 .map(|(p, _)| p);
             let due = self
                 .opts
@@ -512,6 +534,9 @@ impl Tailer {
                 next,
                 self.opts.schedule.due_at(&self.opts.cal, kind, next),
             ));
+            if let Some(&(k, p, at)) = self.next_steps.last() {
+                self.opts.telemetry.schedule_next(k, p, at);
+            }
         }
         Ok(())
     }
@@ -537,14 +562,17 @@ impl Tailer {
             self.checkpoint.reports_final_through = Some(through);
         }
         if claim == Claim::Taken {
+            self.opts.telemetry.finalization_taken(kind);
             return Ok(());
         }
         self.flush().await?;
         let started = Instant::now();
+        let telemetry = self.opts.telemetry.clone();
+        let outcome = telemetry.finalization(kind, period);
         let documents = if self.in_window(kind, period) {
             self.finalize_live(kind, period).await?
         } else {
-            schedule::finalize(
+            let documents = schedule::finalize(
                 &self.db,
                 self.opts.cal,
                 kind,
@@ -553,7 +581,9 @@ impl Tailer {
                 self.managed_from(),
                 self.fence.as_ref(),
             )
-            .await?
+            .await?;
+            self.opts.telemetry.written_to(kind, documents);
+            documents
         };
         state::finish(
             &self.db,
@@ -571,6 +601,7 @@ impl Tailer {
             let month = first_of_month(crate::calendar::prev_day(first_of_month(today)));
             self.live.slide(month);
         }
+        outcome.done();
         info!(
             kind = kind.cli_name(),
             period = %period,
@@ -622,8 +653,12 @@ impl Tailer {
         }
         self.live.record(&writes);
         let users: HashSet<ObjectId> = writes.iter().map(|(u, _, _)| *u).collect();
-        let writes = writes.into_iter().map(|(_, _, w)| w).collect();
+        let writes: Vec<Write> = writes.into_iter().map(|(_, _, w)| w).collect();
+        let mix = WriteMix::of(&writes);
         let result = store::execute(&self.db, writes, self.fence.as_ref()).await;
+        if let Ok(stats) = &result {
+            self.opts.telemetry.written(&mix, stats);
+        }
         let clean = matches!(&result, Ok(s) if s.errors == 0 && s.conflicts == 0);
         if !clean {
             let from = self.live.open_from();
@@ -650,6 +685,8 @@ impl Tailer {
                     next,
                     self.opts.schedule.due_at(&self.opts.cal, kind, next),
                 );
+                let (_, _, due) = self.next_steps[i];
+                self.opts.telemetry.schedule_next(kind, next, due);
             }
         }
         for _ in 0..1000 {
@@ -665,6 +702,7 @@ impl Tailer {
                 Ok(None) => {
                     if self.dirty.is_empty() && self.locate.is_empty() {
                         self.token = stream.resume_token().or(self.token.take());
+                        self.opts.telemetry.caught_up();
                     }
                     self.backoff = Duration::from_millis(100);
                     break;
@@ -726,6 +764,7 @@ impl Tailer {
         self.counters.reconnects += 1;
         match self.open_stream().await {
             Ok(()) => {
+                self.opts.telemetry.recovery(Recovery::Reconnect);
                 info!(
                     reconnects = self.counters.reconnects,
                     "Change stream reopened."
@@ -738,7 +777,7 @@ impl Tailer {
                     self.recover_history_lost(&m).await
                 }
                 _ => {
-                    warn!(error = %format!("{e:#}"), backoff_ms = self.backoff.as_millis() as u64, "Cannot reopen the change stream yet.");
+                    warn!(error = %store::redact_uri(&format!("{e:#}")), backoff_ms = self.backoff.as_millis() as u64, "Cannot reopen the change stream yet.");
                     Ok(())
                 }
             },
@@ -749,6 +788,7 @@ impl Tailer {
     /// window from the source, then stream from a fresh operation time.
     async fn recover_history_lost(&mut self, e: &mongodb::error::Error) -> Result<()> {
         self.counters.history_lost += 1;
+        self.opts.telemetry.recovery(Recovery::HistoryLost);
         error!(error = %e, recoveries = self.counters.history_lost, "Change stream history lost: recomputing the window from the source.");
         let start_at = self.operation_time().await?;
         self.backfill_window(self.managed_from()).await?;
@@ -793,6 +833,10 @@ impl Tailer {
             .as_ref()
             .and_then(|n| n.coll.clone())
             .unwrap_or_default();
+        let wall = event.wall_time.map(|w| w.timestamp_millis());
+        self.opts
+            .telemetry
+            .change_event(&coll, &event.operation_type, wall);
         match event.operation_type {
             OperationType::Insert
             | OperationType::Update
@@ -837,6 +881,9 @@ impl Tailer {
                         }
                         Err(r) => {
                             self.counters.rejects += 1;
+                            self.opts
+                                .telemetry
+                                .reject(TRANSACTIONS, &SourceId::from_bson(&id), r);
                             self.verdicts
                                 .push((TRANSACTIONS, SourceId::from_bson(&id), Some(r)));
                             new_user = doc.get_object_id("user_id").ok();
@@ -881,11 +928,15 @@ impl Tailer {
                     Some(Ok(p)) => match p.reject_reason() {
                         Some(r) => {
                             self.counters.rejects += 1;
+                            self.opts.telemetry.reject(POCKETS, &SourceId::Oid(p.id), r);
                             self.verdicts.push((POCKETS, SourceId::Oid(p.id), Some(r)));
                         }
                         None => self.verdicts.push((POCKETS, SourceId::Oid(p.id), None)),
                     },
                     Some(Err(r)) => {
+                        self.opts
+                            .telemetry
+                            .reject(POCKETS, &SourceId::from_bson(&id), r);
                         self.verdicts
                             .push((POCKETS, SourceId::from_bson(&id), Some(r)))
                     }
@@ -1017,7 +1068,9 @@ impl Tailer {
     async fn flush(&mut self) -> Result<()> {
         let dirty = self.dirty.clone();
         let full_refresh = self.full_refresh;
+        let started = Instant::now();
         let result = self.flush_dirty().await;
+        self.opts.telemetry.flushed(started.elapsed());
         if result.is_err() {
             for (user, day) in dirty {
                 let e = self.dirty.entry(user).or_insert(day);
@@ -1036,6 +1089,7 @@ impl Tailer {
         let managed_from = self.managed_from();
         if self.full_refresh {
             self.counters.full_refreshes += 1;
+            self.opts.telemetry.recovery(Recovery::FullRefresh);
             self.full_refresh = false;
             self.backfill_window(managed_from).await?;
             self.load_live().await?;
@@ -1186,6 +1240,7 @@ impl Tailer {
             match pending.get(&user) {
                 Some(since) if now - *since >= settle => {
                     self.counters.drift_applied += 1;
+                    self.opts.telemetry.drift_applied();
                     info!(user = %user.to_hex(), documents = held.len(), "Balance drift settled; restating past documents.");
                     writes.extend(held.into_iter().map(|c| (c.user, c.period, c.write)));
                     pending.remove(&user);
@@ -1213,6 +1268,7 @@ impl Tailer {
             self.fence.as_ref(),
         )
         .await?;
+        self.opts.telemetry.checkpoint_saved();
         self.last_save = Instant::now();
         Ok(())
     }

@@ -137,6 +137,7 @@ impl Env {
             // A restart after kill -9 waits for the dead instance's lease.
             .env("TALLY_LEASE_TTL", "5")
             .env("TALLY_LOG", "tally=info,warn")
+            .env("TALLY_HTTP_ADDR", "127.0.0.1:0")
             .stdin(Stdio::null());
         c
     }
