@@ -90,6 +90,7 @@ fn main() {
                 .env("TALLY_TIMEZONE", "UTC")
                 .env("TALLY_NOW", "2026-11-30T23:59:45Z")
                 .env("TALLY_LOG", "info")
+                .env("TALLY_HTTP_ADDR", "off")
                 .env("NO_COLOR", "1")
                 .stdout(Stdio::null())
                 .stderr(log)

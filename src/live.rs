@@ -350,6 +350,27 @@ impl Live {
         )
     }
 
+    /// Whether `change` only closes its period: the stored document is open
+    /// and differs from the expected one by its final flag alone (what the
+    /// nightly steps find for almost every document).
+    pub fn only_closes(&self, change: &DocChange) -> bool {
+        let Write::Upsert { kind, set, .. } = &change.write else {
+            return false;
+        };
+        let Some(state) = self.users.get(&change.user) else {
+            return false;
+        };
+        let Some(meta) = state.stored.get(&(*kind, change.period)) else {
+            return false;
+        };
+        if meta.is_final || !set.get_bool(kind.final_field()).unwrap_or(false) {
+            return false;
+        }
+        let mut open = set.clone();
+        open.insert(kind.final_field(), false);
+        fingerprint(&open) == meta.fingerprint
+    }
+
     /// Records writes the server has taken, so the fingerprints match
     /// what is stored.
     pub fn record(&self, writes: &[(ObjectId, NaiveDate, Write)]) {

@@ -113,6 +113,40 @@ pub fn next(kind: Kind, period: NaiveDate) -> NaiveDate {
 
 /// Runs one finalization step; returns the number of documents written.
 ///
+/// Marks every stored document of `kind` and `period` final in one update
+/// (bookkeeping as [`crate::store::write_over`] sets it); the number changed.
+pub async fn mark_final(
+    db: &Database,
+    kind: Kind,
+    period: NaiveDate,
+    now: DateTime<Utc>,
+    fence: Option<&Fence>,
+) -> Result<u64> {
+    let at = BsonDateTime::from_millis(now.timestamp_millis());
+    let mut set = doc! {
+        kind.final_field(): true, "updated_at": at, "generated_at": at,
+        "revision": { "$add": [ { "$ifNull": ["$revision", 0] }, 1 ] },
+    };
+    if kind == Kind::Report {
+        set.insert("finalized_at", at);
+    }
+    let pipeline = vec![doc! { "$set": set }];
+    let coll = db.collection::<Document>(kind.collection());
+    let filter =
+        doc! { kind.date_field(): date_label(period), kind.final_field(): { "$ne": true } };
+    let r = match fence {
+        None => coll.update_many(filter, pipeline).await?,
+        Some(fence) => {
+            lease::fenced(db, fence, |s| {
+                let (coll, filter, pipeline) = (coll.clone(), filter.clone(), pipeline.clone());
+                Box::pin(async move { Ok(coll.update_many(filter, pipeline).session(s).await?) })
+            })
+            .await?
+        }
+    };
+    Ok(r.modified_count)
+}
+
 /// Reports: the day's reports are already current (the tailer keeps them),
 /// so one update marks them all final. Snapshots and monthly summaries are
 /// computed for every user by the same scan backfill uses, reading only the
@@ -128,29 +162,7 @@ pub async fn finalize(
     fence: Option<&Fence>,
 ) -> Result<u64> {
     match kind {
-        Kind::Report => {
-            let at = BsonDateTime::from_millis(now.timestamp_millis());
-            let pipeline = vec![doc! { "$set": {
-                "is_final": true, "finalized_at": at, "updated_at": at, "generated_at": at,
-                "revision": { "$add": [ { "$ifNull": ["$revision", 0] }, 1 ] },
-            } }];
-            let coll = db.collection::<Document>(kind.collection());
-            let filter = doc! { "report_date": date_label(period), "is_final": { "$ne": true } };
-            let r = match fence {
-                None => coll.update_many(filter, pipeline).await?,
-                Some(fence) => {
-                    lease::fenced(db, fence, |s| {
-                        let (coll, filter, pipeline) =
-                            (coll.clone(), filter.clone(), pipeline.clone());
-                        Box::pin(
-                            async move { Ok(coll.update_many(filter, pipeline).session(s).await?) },
-                        )
-                    })
-                    .await?
-                }
-            };
-            Ok(r.modified_count)
-        }
+        Kind::Report => mark_final(db, kind, period, now, fence).await,
         Kind::Snapshot | Kind::Monthly => {
             let (from, to) = match kind {
                 Kind::Monthly => (

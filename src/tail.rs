@@ -21,7 +21,7 @@
 //!   through the reports that list it, and falls back to a full refresh of
 //!   the window when nothing can locate it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -633,12 +633,30 @@ impl Tailer {
         };
         let open = self.reports_open_from(today);
         let mut writes = Vec::new();
+        let mut closes = Vec::new();
         for user in self.live.users() {
             for c in self.live.compute(user, &[kind], from, to, today, open, now) {
-                writes.push((c.user, c.period, c.write));
+                let write = (c.user, c.period, c.write.clone());
+                if self.live.only_closes(&c) {
+                    closes.push(write);
+                } else {
+                    writes.push(write);
+                }
             }
         }
-        Ok(self.write(writes).await?.changed())
+        // Documents whose content changed are replaced first (final from
+        // then on); the rest are only closed, by one update of the period.
+        let mut documents = self.write(writes).await?.changed();
+        let mut closed = 0;
+        for period in closes.iter().map(|(_, p, _)| *p).collect::<BTreeSet<_>>() {
+            closed +=
+                schedule::mark_final(&self.db, kind, period, now, self.fence.as_ref()).await?;
+        }
+        self.live.record(&closes);
+        self.opts.telemetry.written_to(kind, closed);
+        self.counters.documents_written += closed;
+        documents += closed;
+        Ok(documents)
     }
 
     /// Executes writes and keeps the in-memory fingerprints in step. Users

@@ -125,6 +125,7 @@ impl Env {
             .env("TALLY_TIMEZONE", self.cal.name())
             .env("TALLY_NOW", self.clock.rfc3339())
             .env("TALLY_LOG", "tally=info,warn")
+            .env("TALLY_HTTP_ADDR", "127.0.0.1:0")
             .stdin(Stdio::null());
         c
     }

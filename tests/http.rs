@@ -378,7 +378,10 @@ async fn health_ready_and_metrics_follow_the_stream() {
     let after = loop {
         let m = checked_metrics(tally.port);
         let events = value(&m, "tally_change_events_total", &inserts);
-        let written = value(&m, "tally_documents_written_total", &[]);
+        // Reports: the flush of these events (start-up steps may write
+        // other collections first).
+        let reports = [("collection", "daily_financial_reports")];
+        let written = value(&m, "tally_documents_written_total", &reports);
         if events >= (N + 1) as f64 && written > 0.0 {
             break m;
         }
