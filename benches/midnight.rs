@@ -31,8 +31,9 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// `elapsed_ms` and `documents` of the "Finalized." line of (kind, period).
-fn step(log: &str, kind: &str, period: &str) -> Option<(u64, u64)> {
+/// `elapsed_ms`, `documents` and `closed_only` of the "Finalized." line of
+/// (kind, period).
+fn step(log: &str, kind: &str, period: &str) -> Option<(u64, u64, u64)> {
     let line = log.lines().find(|l| {
         l.contains("Finalized.")
             && l.contains(&format!("kind=\"{kind}\""))
@@ -46,7 +47,11 @@ fn step(log: &str, kind: &str, period: &str) -> Option<(u64, u64)> {
             .parse()
             .ok()
     };
-    Some((field("elapsed_ms")?, field("documents")?))
+    Some((
+        field("elapsed_ms")?,
+        field("documents")?,
+        field("closed_only").unwrap_or(0),
+    ))
 }
 
 fn main() {
@@ -108,6 +113,14 @@ fn main() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             let night = started.elapsed();
+            let status_file = std::fs::read_to_string(format!("/proc/{}/status", tally.id()))
+                .unwrap_or_default();
+            let peak_rss_kib: u64 = status_file
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             let _ = Command::new("kill")
                 .args(["-TERM", &tally.id().to_string()])
                 .status();
@@ -143,15 +156,17 @@ fn main() {
             }
             let bare = t.elapsed();
 
-            let (reports_ms, reports) = step(&log, "reports", "2026-11-30").expect("reports step");
-            let (snap_ms, snap) = step(&log, "snapshots", "2026-11-30").expect("snapshots step");
-            let (month_ms, month) = step(&log, "monthly", "2026-11-01").expect("monthly step");
+            let (reports_ms, reports, reports_closed) =
+                step(&log, "reports", "2026-11-30").expect("reports step");
+            let (snap_ms, snap, _) = step(&log, "snapshots", "2026-11-30").expect("snapshots step");
+            let (month_ms, month, month_closed) =
+                step(&log, "monthly", "2026-11-01").expect("monthly step");
             println!(
                 "midnight bench: {} users, {} transactions (November), steps of 30 Nov → 1 Dec",
                 seeded.users, seeded.transactions
             );
             println!(
-                "  23:59 reports final     {reports:>6} documents  {:>8.2} s",
+                "  23:59 reports final     {reports:>6} documents  {:>8.2} s  ({reports_closed} only marked final)",
                 reports_ms as f64 / 1e3
             );
             println!(
@@ -159,7 +174,7 @@ fn main() {
                 snap_ms as f64 / 1e3
             );
             println!(
-                "  00:01 monthly summaries {month:>6} documents  {:>8.2} s",
+                "  00:01 monthly summaries {month:>6} documents  {:>8.2} s  ({month_closed} only marked final)",
                 month_ms as f64 / 1e3
             );
             println!(
@@ -169,8 +184,9 @@ fn main() {
                 snap_ms as f64 / 1e3 / bare.as_secs_f64().max(1e-9)
             );
             println!(
-                "  whole run (first-start window build + the night)  {:.1} s",
-                night.as_secs_f64()
+                "  whole run (first-start window build + the night)  {:.1} s; tally peak RSS {:.0} MiB",
+                night.as_secs_f64(),
+                peak_rss_kib as f64 / 1024.0
             );
             assert!(status.success(), "clean exit: {status}");
             assert_eq!(snap as usize, snapshots.len(), "the step wrote the snapshots");

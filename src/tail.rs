@@ -569,8 +569,11 @@ impl Tailer {
         let started = Instant::now();
         let telemetry = self.opts.telemetry.clone();
         let outcome = telemetry.finalization(kind, period);
+        let mut closed_only = 0;
         let documents = if self.in_window(kind, period) {
-            self.finalize_live(kind, period).await?
+            let (replaced, closed) = self.finalize_live(kind, period).await?;
+            closed_only = closed;
+            replaced + closed
         } else {
             let documents = schedule::finalize(
                 &self.db,
@@ -606,6 +609,7 @@ impl Tailer {
             kind = kind.cli_name(),
             period = %period,
             documents,
+            closed_only,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Finalized."
         );
@@ -624,7 +628,9 @@ impl Tailer {
 
     /// A finalization step done from memory: every user's documents of
     /// the period are built and compared with the stored fingerprints.
-    async fn finalize_live(&mut self, kind: Kind, period: NaiveDate) -> Result<u64> {
+    /// Returns the documents replaced (content changed or new) and those
+    /// only marked final.
+    async fn finalize_live(&mut self, kind: Kind, period: NaiveDate) -> Result<(u64, u64)> {
         let now = self.opts.clock.now();
         let today = self.opts.cal.day_of(now);
         let (from, to) = match kind {
@@ -646,7 +652,7 @@ impl Tailer {
         }
         // Documents whose content changed are replaced first (final from
         // then on); the rest are only closed, by one update of the period.
-        let mut documents = self.write(writes).await?.changed();
+        let replaced = self.write(writes).await?.changed();
         let mut closed = 0;
         for period in closes.iter().map(|(_, p, _)| *p).collect::<BTreeSet<_>>() {
             closed +=
@@ -655,8 +661,7 @@ impl Tailer {
         self.live.record(&closes);
         self.opts.telemetry.written_to(kind, closed);
         self.counters.documents_written += closed;
-        documents += closed;
-        Ok(documents)
+        Ok((replaced, closed))
     }
 
     /// Executes writes and keeps the in-memory fingerprints in step. Users
