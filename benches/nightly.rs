@@ -180,6 +180,7 @@ fn main() {
             memory_phase(&client, &db, &uri, &sizes, &night, &meter).await;
             let baseline = baseline_phase(&db, &night, &meter).await;
             finalize_phase(&db, &night, &meter, baseline).await;
+            finalize_reads(&db, &night, &meter).await;
             client.database(db.name()).drop().await.ok();
         });
 }
@@ -595,6 +596,63 @@ async fn finalize_phase(db: &Database, night: &Night, meter: &Meter, baseline: P
         ),
         &total.bound("tally"),
     );
+}
+
+/// What the snapshot and monthly steps ask the server for, read bare: the
+/// period's transactions and stored documents with the scan's filters,
+/// sorted by user and hinted to the (user_id, date) indexes as a whole scan
+/// is, then the same filters without sort or hint. Shows whether the
+/// server's time goes into the period's data or into walking the index of
+/// the whole history.
+async fn finalize_reads(db: &Database, night: &Night, meter: &Meter) {
+    let since =
+        |d: NaiveDate| bson::DateTime::from_millis(night.cal.day_start(d).timestamp_millis());
+    let month = first_of_month(night.day);
+    let label = tally::calendar::date_label;
+    let steps = [
+        (
+            "snapshots",
+            night.day,
+            "daily_financial_snapshots",
+            "snapshot_date",
+            night.day,
+        ),
+        (
+            "monthly",
+            month,
+            "monthly_financial_summaries",
+            "month",
+            month,
+        ),
+    ];
+    for (step, from, coll, field, period) in steps {
+        for hinted in [true, false] {
+            let (n, p) = meter
+                .run(async {
+                    let tx = doc! { "date": { "$gte": since(from) } };
+                    let stored = doc! { field: { "$gte": label(period), "$lte": label(period) } };
+                    bare_scan(db, "transactions", tx, hinted.then_some("date")).await
+                        + bare_scan(db, coll, stored, hinted.then_some(field)).await
+                })
+                .await;
+            let how = if hinted {
+                "sorted by user, (user_id, date) indexes hinted, as the scan reads"
+            } else {
+                "same filters, no sort or hint"
+            };
+            println!(
+                "  bare reads of the {step} step ({how}): {n} documents, {:.3} s, {}",
+                p.wall.as_secs_f64(),
+                p.cpu()
+            );
+            row(
+                common::FINALIZE,
+                &format!("… bare reads of the {step} step's inputs from {from} on, {how} ({n} documents)"),
+                &secs(p.wall),
+                &p.bound("bench"),
+            );
+        }
+    }
 }
 
 /// The three nightly cron jobs tally replaces, re-created **for comparison

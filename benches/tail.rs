@@ -257,20 +257,26 @@ impl Outcome {
         }
     }
 
+    /// The server when it was busy most of the time, tally when it was;
+    /// otherwise neither: the flush timing (a flush 200 ms after the last
+    /// event, at most 1 s after the first) and round trips.
     fn bound(&self) -> String {
         let wall = self.span.max(self.elapsed).as_secs_f64().max(1e-9);
-        match self.server_cpu {
-            Some(s) if s >= self.tally_cpu => format!(
-                "server: cpu {s:.2} s ({:.0}% of {wall:.1} s), tally cpu {:.2} s",
-                100.0 * s / wall,
-                self.tally_cpu
-            ),
-            _ => format!(
-                "tally: cpu {:.2} s over {wall:.1} s; {}",
-                self.tally_cpu,
-                self.cpu()
-            ),
-        }
+        let s = self.server_cpu.unwrap_or(0.0);
+        let verdict = if s >= self.tally_cpu && s >= 0.5 * wall {
+            "server"
+        } else if self.tally_cpu > s && self.tally_cpu >= 0.5 * wall {
+            "tally"
+        } else {
+            "neither side busy (flush timing, round trips)"
+        };
+        format!(
+            "{verdict}: server cpu {} ({:.0}% of {wall:.1} s), tally cpu {:.2} s",
+            self.server_cpu
+                .map_or("?".to_owned(), |s| format!("{s:.2} s")),
+            100.0 * s / wall,
+            self.tally_cpu
+        )
     }
 
     fn applied_per_second(&self) -> f64 {
