@@ -12,16 +12,14 @@
 //! Python server that does one thing at a time: its CPU time is the floor
 //! of every phase.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::time::{Duration, Instant};
-
 use bson::{doc, Document};
 use chrono::{Days, NaiveDate, TimeZone, Utc};
-use futures::TryStreamExt;
-use mongodb::options::Hint;
-use mongodb::{Client, Database};
+use common::{bare_scan, benching, env, Meter};
+use mongodb::Client;
 use tally::batch::backfill;
 use tally::calendar::{date_label, first_of_month, Calendar};
 use tally::reports::{earliest_dependency, Kind};
@@ -29,111 +27,8 @@ use tally::scan::Range;
 use tally::seed::{seed, SeedOptions};
 use tally::store::{self, Write};
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// CPU seconds (user + system) of a process, from `/proc/<pid>/stat`.
-fn cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0) // USER_HZ is 100 on Linux
-}
-
-/// The local SecantusDB process listening on the URI's port, if any.
-fn server_pid(uri: &str) -> Option<String> {
-    let port = uri
-        .split("127.0.0.1:")
-        .nth(1)?
-        .split(['/', '?'])
-        .next()?
-        .to_owned();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let pid = entry.file_name().to_string_lossy().into_owned();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let is_server = args.iter().any(|a| a.ends_with("secantusd-py"))
-            && !args.iter().any(|a| a == "-c") // not the watchdog
-            && args.windows(2).any(|w| w[0] == "--port" && w[1] == port);
-        if is_server {
-            return Some(pid);
-        }
-    }
-    None
-}
-
-/// Wall time, server CPU and own CPU of one phase.
-struct Phase {
-    wall: Duration,
-    server: Option<f64>,
-    own: f64,
-}
-
-struct Meter {
-    server_pid: Option<String>,
-}
-
-impl Meter {
-    async fn run<T>(&self, f: impl std::future::Future<Output = T>) -> (T, Phase) {
-        let server = self.server_pid.as_deref().and_then(cpu_seconds);
-        let own = cpu_seconds("self").unwrap_or(0.0);
-        let started = Instant::now();
-        let out = f.await;
-        let phase = Phase {
-            wall: started.elapsed(),
-            server: server.and_then(|s0| {
-                let s1 = self.server_pid.as_deref().and_then(cpu_seconds)?;
-                Some(s1 - s0)
-            }),
-            own: cpu_seconds("self").unwrap_or(0.0) - own,
-        };
-        (out, phase)
-    }
-}
-
-impl Phase {
-    fn cpu(&self) -> String {
-        match self.server {
-            Some(s) => format!("server cpu {s:>6.2} s, tally cpu {:>5.2} s", self.own),
-            None => format!("tally cpu {:>5.2} s", self.own),
-        }
-    }
-}
-
-/// Reads every document of `coll` matching `filter`, doing nothing with
-/// them; with `sort`, the way the scan reads it (sorted by user_id, the
-/// (user_id, `field`) index hinted).
-async fn bare_scan(db: &Database, coll: &str, filter: Document, sorted: Option<&str>) -> u64 {
-    let collection = db.collection::<Document>(coll);
-    let mut find = collection.find(filter).batch_size(10_000);
-    if let Some(field) = sorted {
-        find = find
-            .sort(doc! { "user_id": 1 })
-            .hint(Hint::Keys(doc! { "user_id": 1, field: 1 }));
-    }
-    let mut cursor = find.await.expect("scan");
-    let mut n = 0;
-    while let Some(d) = cursor.try_next().await.expect("scan") {
-        n += u64::from(!d.is_empty());
-    }
-    n
-}
-
 fn main() {
-    let benching = std::env::args().any(|a| a == "--bench");
-    let (users, per_user) = if benching {
+    let (users, per_user) = if benching() {
         (
             env("TALLY_BENCH_USERS", 600),
             env("TALLY_BENCH_TX_PER_USER", 40),
@@ -143,7 +38,7 @@ fn main() {
     };
     tokio::runtime::Runtime::new().expect("runtime").block_on(async move {
         let uri = support::uri();
-        let meter = Meter { server_pid: server_pid(&uri) };
+        let meter = Meter::new(&uri);
         let client = Client::with_uri_str(&uri).await.expect("client");
         let db = client.database(&support::unique_db("bench_bf"));
         let cal = Calendar::from_name("America/New_York").expect("zone");

@@ -6,12 +6,17 @@
 //! stays short), then the API's write pattern — a transaction, then its pocket
 //! balance — at 100 API calls per second for 30 s; `TALLY_BENCH_USERS`,
 //! `TALLY_BENCH_TX_PER_USER`, `TALLY_BENCH_RATE`, `TALLY_BENCH_SECONDS`
-//! change them; `TALLY_BENCH_RATE=0` sends as fast as the server takes
-//! them; `TALLY_BENCH_WORKERS` concurrent callers, default 16). Every call is traced: its latency is the time from the
+//! change them). Every call is traced: its latency is the time from the
 //! transaction insert until a report listing it is written (seen through a
-//! change stream on the reports, so tracing adds no polling load). Under
-//! `cargo test` it runs a tiny load once as a smoke test.
+//! change stream on the reports, so tracing adds no polling load).
+//! `TALLY_BENCH_MAX_SECONDS=S` then adds a max-rate load: the same calls
+//! one after the other, as fast as the server accepts them, for S seconds,
+//! reporting the transactions per second tally applied (reflected in a
+//! report). Each load waits up to `TALLY_BENCH_DRAIN_SECONDS` (60) for the
+//! last report. Under `cargo test` it runs a tiny load of each kind once as
+//! a smoke test. `@row` lines are for `scripts/bench`'s table.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -121,6 +126,233 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// How the load is paced: the API's calls at a fixed rate, or as fast as
+/// the server accepts them (one call at a time, each awaited).
+enum Pace {
+    Rate { rate: f64, calls: usize },
+    Max { seconds: f64 },
+}
+
+/// The API's write pattern against the seeded pockets, every call traced.
+struct Load<'a> {
+    db: &'a Database,
+    pockets: Vec<(ObjectId, ObjectId, Money)>,
+    written_at: &'a Mutex<HashMap<ObjectId, Instant>>,
+    reflected: &'a Mutex<Vec<(Instant, Duration)>>,
+}
+
+/// What one load phase measured.
+struct Outcome {
+    calls: usize,
+    elapsed: Duration,
+    late: usize,
+    reflected: usize,
+    /// From the first write until the last write was reflected.
+    span: Duration,
+    latencies: Vec<Duration>,
+    /// From the first write until the drain ended: the CPU times' window.
+    measured: Duration,
+    tally_cpu: f64,
+    server_cpu: Option<f64>,
+}
+
+impl Load<'_> {
+    async fn run(&mut self, rng: &mut Rng, pace: Pace, tally: u32, server: Option<u32>) -> Outcome {
+        self.reflected.lock().await.clear();
+        let (tally0, server0) = (cpu_seconds(tally), server.map(cpu_seconds));
+        let start = Instant::now();
+        let mut late = 0usize;
+        let mut calls = 0usize;
+        loop {
+            match pace {
+                Pace::Rate { rate, calls: total } => {
+                    if calls == total {
+                        break;
+                    }
+                    let due = start + Duration::from_secs_f64(calls as f64 / rate);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        tokio::time::sleep(wait).await;
+                    } else {
+                        late += 1;
+                    }
+                }
+                Pace::Max { seconds } => {
+                    if start.elapsed().as_secs_f64() >= seconds {
+                        break;
+                    }
+                }
+            }
+            self.call(rng).await;
+            calls += 1;
+        }
+        let elapsed = start.elapsed();
+        let drain = Duration::from_secs_f64(env("TALLY_BENCH_DRAIN_SECONDS", 60.0));
+        let deadline = Instant::now() + drain;
+        while !self.written_at.lock().await.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.written_at.lock().await.clear();
+        let measured = start.elapsed();
+        let tally_cpu = cpu_seconds(tally) - tally0;
+        let server_cpu = server.map(cpu_seconds).zip(server0).map(|(s1, s0)| s1 - s0);
+        let reflected = std::mem::take(&mut *self.reflected.lock().await);
+        let span = reflected
+            .iter()
+            .map(|(at, _)| at.duration_since(start))
+            .max()
+            .unwrap_or_default();
+        let mut latencies: Vec<Duration> = reflected.into_iter().map(|(_, l)| l).collect();
+        latencies.sort();
+        Outcome {
+            calls,
+            elapsed,
+            late,
+            reflected: latencies.len(),
+            span,
+            latencies,
+            measured,
+            tally_cpu,
+            server_cpu,
+        }
+    }
+
+    /// One API call: a transaction insert, then the pocket's balance.
+    async fn call(&mut self, rng: &mut Rng) {
+        let k = rng.below(self.pockets.len() as u64) as usize;
+        let (user, pocket, balance) = self.pockets[k];
+        let amount = Money::new(rust_decimal::Decimal::new(
+            100 + rng.below(10_000) as i64,
+            2,
+        ));
+        let id = ObjectId::new();
+        self.written_at.lock().await.insert(id, Instant::now());
+        self.db
+            .collection::<Document>("transactions")
+            .insert_one(doc! {
+                "_id": id, "user_id": user, "type": "expense", "amount": amount.to_bson(),
+                "pocket_from_id": pocket, "date": bson::DateTime::now(),
+            })
+            .await
+            .unwrap();
+        self.pockets[k].2 = balance - amount;
+        self.db
+            .collection::<Document>("pockets")
+            .update_one(
+                doc! { "_id": pocket },
+                doc! { "$set": { "balance": self.pockets[k].2.to_bson() } },
+            )
+            .await
+            .unwrap();
+    }
+}
+
+impl Outcome {
+    fn p(&self, q: f64) -> f64 {
+        percentile(&self.latencies, q).as_secs_f64()
+    }
+
+    fn cpu(&self) -> String {
+        match self.server_cpu {
+            Some(s) => format!(
+                "tally {:.2} s, server {s:.2} s ({:.0}% of the server's)",
+                self.tally_cpu,
+                100.0 * self.tally_cpu / s.max(1e-9)
+            ),
+            None => format!("tally {:.2} s (server not local)", self.tally_cpu),
+        }
+    }
+
+    /// The server when it was busy most of the time, tally when it was;
+    /// otherwise neither: the flush timing (a flush 200 ms after the last
+    /// event, at most 1 s after the first) and round trips.
+    fn bound(&self) -> String {
+        let wall = self.measured.as_secs_f64().max(1e-9);
+        let s = self.server_cpu.unwrap_or(0.0);
+        let verdict = if s >= self.tally_cpu && s >= 0.5 * wall {
+            "server"
+        } else if self.tally_cpu > s && self.tally_cpu >= 0.5 * wall {
+            "tally"
+        } else {
+            "neither side busy (flush timing, round trips)"
+        };
+        format!(
+            "{verdict}: server cpu {} ({:.0}% of {wall:.1} s), tally cpu {:.2} s",
+            self.server_cpu
+                .map_or("?".to_owned(), |s| format!("{s:.2} s")),
+            100.0 * s / wall,
+            self.tally_cpu
+        )
+    }
+
+    fn applied_per_second(&self) -> f64 {
+        self.reflected as f64 / self.span.as_secs_f64().max(1e-9)
+    }
+
+    fn print(&self, label: &str) {
+        println!(
+            "  [{label}] API calls written          {} in {:.2} s ({:.1}/s, {} behind schedule)",
+            self.calls,
+            self.elapsed.as_secs_f64(),
+            self.calls as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            self.late
+        );
+        println!("  [{label}] traced writes reflected    {}/{} in {:.2} s ({:.1} transactions/s applied)", self.reflected, self.calls, self.span.as_secs_f64(), self.applied_per_second());
+        println!(
+            "  [{label}] latency write → report   p50 {:>6.3} s   p99 {:>6.3} s   max {:>6.3} s",
+            self.p(0.5),
+            self.p(0.99),
+            self.latencies
+                .last()
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64()
+        );
+        println!("  [{label}] CPU during load: {}", self.cpu());
+    }
+
+    fn rows(&self, label: &str) {
+        common::row(
+            common::TAIL,
+            &format!("tail, {label}: API calls written (2 writes each)"),
+            &format!(
+                "{} in {:.1} s = {:.1}/s ({} behind schedule)",
+                self.calls,
+                self.elapsed.as_secs_f64(),
+                self.calls as f64 / self.elapsed.as_secs_f64().max(1e-9),
+                self.late
+            ),
+            "the bench's writes wait for the server",
+        );
+        common::row(
+            common::TAIL,
+            &format!("tail, {label}: latency write → report"),
+            &format!(
+                "p50 {:.3} s, **p99 {:.3} s**, max {:.3} s ({}/{} reflected)",
+                self.p(0.5),
+                self.p(0.99),
+                self.latencies
+                    .last()
+                    .copied()
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+                self.reflected,
+                self.calls
+            ),
+            &self.bound(),
+        );
+        common::row(
+            common::TAIL,
+            &format!("tail, {label}: applied"),
+            &format!(
+                "{:.1} transactions/s ({:.1} change events/s)",
+                self.applied_per_second(),
+                2.0 * self.applied_per_second()
+            ),
+            &self.bound(),
+        );
+    }
+}
+
 fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
     let users = if benching {
@@ -142,6 +374,11 @@ fn main() {
         env("TALLY_BENCH_SECONDS", 30.0)
     } else {
         3.0
+    };
+    let max_seconds = if benching {
+        env("TALLY_BENCH_MAX_SECONDS", 0.0)
+    } else {
+        1.0
     };
     tokio::runtime::Runtime::new().expect("runtime").block_on(async move {
         let mut server = support::start_server(&[], None);
@@ -176,15 +413,13 @@ fn main() {
         let mut tally = start_tally(&uri, &name);
         wait_started(&db).await;
         let startup = started.elapsed();
-        let tally_cpu0 = cpu_seconds(tally.id());
         let spid = server_pid(server.port());
-        let server_cpu0 = spid.map_or(0.0, cpu_seconds);
 
         // Watch tally's report writes; a write is reflected when a report
         // listing its transaction id comes by. Pushed, not polled, so the
         // measurement adds no load to the server.
         let written_at: Arc<Mutex<HashMap<ObjectId, Instant>>> = Arc::default();
-        let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+        let reflected: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::default();
         let mut watch = db
             .collection::<Document>("daily_financial_reports")
             .watch()
@@ -192,106 +427,47 @@ fn main() {
             .await
             .expect("watch reports");
         let tracer = {
-            let (written_at, latencies) = (written_at.clone(), latencies.clone());
+            let (written_at, reflected) = (written_at.clone(), reflected.clone());
             tokio::spawn(async move {
                 while let Some(event) = watch.try_next().await.expect("report events") {
                     let Some(report) = event.full_document else { continue };
                     let mut pending = written_at.lock().await;
                     for id in listed_ids(&report) {
                         if let Some(at) = pending.remove(&id) {
-                            latencies.lock().await.push(at.elapsed());
+                            reflected.lock().await.push((Instant::now(), at.elapsed()));
                         }
                     }
                 }
             })
         };
-        // The API's callers: `workers` concurrent tasks, each owning the
-        // pockets whose index it is congruent to (a pocket's balance has
-        // one writer), each sending its share of the calls on schedule.
-        // Rate 0: as fast as the server takes them.
-        let workers = env("TALLY_BENCH_WORKERS", 16.0) as usize;
-        let calls = if rate > 0.0 { (rate * seconds) as usize } else { usize::MAX };
-        let period = if rate > 0.0 { Duration::from_secs_f64(1.0 / rate) } else { Duration::ZERO };
-        let load_start = Instant::now();
-        let stop_at = load_start + Duration::from_secs_f64(seconds);
-        let mut tasks = Vec::new();
-        for w in 0..workers {
-            let db = db.clone();
-            let written_at = written_at.clone();
-            let mut mine: Vec<(ObjectId, ObjectId, Money)> = pockets
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| i % workers == w)
-                .map(|(_, p)| *p)
-                .collect();
-            tasks.push(tokio::spawn(async move {
-                let mut rng = Rng::new(11 + w as u64);
-                let (mut sent, mut late) = (0usize, 0usize);
-                let mut i = w;
-                while i < calls && !mine.is_empty() {
-                    if rate > 0.0 {
-                        let due = load_start + period * i as u32;
-                        match due.checked_duration_since(Instant::now()) {
-                            Some(wait) => tokio::time::sleep(wait).await,
-                            None if Instant::now() > due + Duration::from_millis(100) => late += 1,
-                            None => {}
-                        }
-                    } else if Instant::now() >= stop_at {
-                        break;
-                    }
-                    let k = rng.below(mine.len() as u64) as usize;
-                    let (user, pocket, balance) = mine[k];
-                    let amount = Money::new(rust_decimal::Decimal::new(100 + rng.below(10_000) as i64, 2));
-                    let id = ObjectId::new();
-                    written_at.lock().await.insert(id, Instant::now());
-                    db.collection::<Document>("transactions")
-                        .insert_one(doc! {
-                            "_id": id, "user_id": user, "type": "expense", "amount": amount.to_bson(),
-                            "pocket_from_id": pocket, "date": bson::DateTime::now(),
-                        })
-                        .await
-                        .unwrap();
-                    mine[k].2 = balance - amount;
-                    db.collection::<Document>("pockets")
-                        .update_one(doc! { "_id": pocket }, doc! { "$set": { "balance": mine[k].2.to_bson() } })
-                        .await
-                        .unwrap();
-                    sent += 1;
-                    i += workers;
-                }
-                (sent, late)
-            }));
-        }
-        let (mut calls, mut late) = (0usize, 0usize);
-        for t in tasks {
-            let (s, l) = t.await.expect("worker");
-            calls += s;
-            late += l;
-        }
-        let load_elapsed = load_start.elapsed();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !written_at.lock().await.is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let mut rng = Rng::new(11);
+        let mut load = Load { db: &db, pockets, written_at: &written_at, reflected: &reflected };
+        let fixed = load.run(&mut rng, Pace::Rate { rate, calls: (rate * seconds) as usize }, tally.id(), spid).await;
+        let max = if max_seconds > 0.0 {
+            Some(load.run(&mut rng, Pace::Max { seconds: max_seconds }, tally.id(), spid).await)
+        } else {
+            None
+        };
         tracer.abort();
-        let tally_cpu = cpu_seconds(tally.id()) - tally_cpu0;
-        let server_cpu = spid.map_or(0.0, cpu_seconds) - server_cpu0;
         let _ = Command::new("kill").args(["-TERM", &tally.id().to_string()]).status();
         let status = tally.wait().expect("tally exits");
-        let mut l = latencies.lock().await.clone();
-        l.sort();
-        let traced = calls;
-        println!("tail bench: {users} users × {per_user} transactions seeded; load {} API calls/s (2 writes each) for {seconds}s",
-            if rate > 0.0 { rate.to_string() } else { "max".to_owned() });
+        println!("tail bench: {users} users × {per_user} transactions seeded; load {rate}/s API calls (2 writes each) for {seconds}s");
         println!("  tally start-up (first start: window backfill)  {:>8.2} s", startup.as_secs_f64());
-        println!("  API calls written                   {calls} in {:.2} s = {:.0} writes/s ({late} more than 100 ms behind schedule; {workers} callers)",
-            load_elapsed.as_secs_f64(), 2.0 * calls as f64 / load_elapsed.as_secs_f64());
-        println!("  traced writes reflected             {}/{traced}", l.len());
-        println!("  latency write → report   p50 {:>6.3} s   p99 {:>6.3} s   max {:>6.3} s",
-            percentile(&l, 0.5).as_secs_f64(), percentile(&l, 0.99).as_secs_f64(), l.last().copied().unwrap_or_default().as_secs_f64());
-        println!("  CPU during load: tally {tally_cpu:.2} s, server {server_cpu:.2} s ({:.0}% of the server's)", 100.0 * tally_cpu / server_cpu.max(1e-9));
+        fixed.print(&format!("{rate}/s"));
+        if let Some(max) = &max {
+            max.print("max rate");
+        }
         println!("  tally exit on SIGTERM: {status}");
-        assert_eq!(l.len(), traced, "every traced write reached its report");
+        println!("@info tail bench: {users} users × {per_user} transactions seeded, the API's pattern (transaction insert, then the pocket's balance `$set`); latency from the insert until a report listing it is written");
+        common::row(common::TAIL, "tail: tally run start-up (first start, `--initial-days 2`)", &common::secs(startup), "window backfill (server writes)");
+        fixed.rows(&format!("fixed rate {rate}/s for {seconds} s"));
+        if let Some(max) = &max {
+            max.rows(&format!("max rate for {max_seconds} s"));
+        }
+        assert_eq!(fixed.reflected, fixed.calls, "every traced write reached its report");
+        if let Some(max) = &max {
+            assert_eq!(max.reflected, max.calls, "every traced write reached its report");
+        }
         assert!(status.success());
         server.stop();
     });

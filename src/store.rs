@@ -67,7 +67,8 @@ fn short_error(e: &mongodb::error::Error) -> String {
     }
 }
 
-/// Creates the unique indexes of the output collections and `tally_rejects`;
+/// Creates the unique indexes of the output collections (and one by period,
+/// for the nightly steps) and `tally_rejects`;
 /// with `source_index`, also `{user_id: 1, date: 1}` on `transactions`.
 /// Returns one line per action, for the operator.
 pub async fn init(db: &Database, source_index: bool, pre_images: bool) -> Result<Vec<String>> {
@@ -83,6 +84,20 @@ pub async fn init(db: &Database, source_index: bool, pre_images: bool) -> Result
             .with_context(|| format!("creating the unique index of {}", kind.collection()))?;
         done.push(format!(
             "unique index (user_id, {}) on {}",
+            kind.date_field(),
+            kind.collection()
+        ));
+        // The nightly steps close one period of every user at once.
+        db.collection::<Document>(kind.collection())
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { kind.date_field(): 1 })
+                    .build(),
+            )
+            .await
+            .with_context(|| format!("creating the period index of {}", kind.collection()))?;
+        done.push(format!(
+            "index ({}) on {}",
             kind.date_field(),
             kind.collection()
         ));

@@ -1,0 +1,201 @@
+//! Shared by the benches that run against a real server (`backfill`,
+//! `nightly`): sizes from the environment, CPU time of the server and of
+//! tally per phase (from `/proc/<pid>/stat`), a bare cursor scan as the
+//! floor every read is compared with, and the `@row` lines `scripts/bench`
+//! collects into one markdown table.
+//!
+//! SecantusDB is a Python server that does one thing at a time, so its CPU
+//! time is the floor of every phase: each figure is printed with the CPU
+//! time the server and tally spent in it, which says what bounds it.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use bson::{doc, Document};
+use futures::TryStreamExt;
+use mongodb::options::Hint;
+use mongodb::Database;
+
+/// True under `cargo bench` (criterion-style `--bench` argument); false
+/// under `cargo test --all-targets`, where the benches run a tiny smoke size.
+pub fn benching() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+/// A size from the environment, or `default`.
+pub fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// CPU seconds (user + system) of a process (`"self"` or a pid), from
+/// `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
+/// A `kB` field of `/proc/<pid>/status` (e.g. `VmHWM`, `VmRSS`), in bytes.
+pub fn status_bytes(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
+    let kb: u64 = line[field.len() + 1..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The local SecantusDB process listening on the URI's port, if any.
+pub fn server_pid(uri: &str) -> Option<String> {
+    let port = uri
+        .split("127.0.0.1:")
+        .nth(1)?
+        .split(['/', '?'])
+        .next()?
+        .to_owned();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_server = args.iter().any(|a| a.ends_with("secantusd-py"))
+            && !args.iter().any(|a| a == "-c") // not the watchdog
+            && args.windows(2).any(|w| w[0] == "--port" && w[1] == port);
+        if is_server {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Wall time, server CPU and tally CPU of one phase.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Phase {
+    pub wall: Duration,
+    pub server: Option<f64>,
+    /// CPU of the process doing tally's (or the baseline's) side of the phase.
+    pub own: f64,
+}
+
+pub struct Meter {
+    pub server_pid: Option<String>,
+}
+
+impl Meter {
+    pub fn new(uri: &str) -> Meter {
+        Meter {
+            server_pid: server_pid(uri),
+        }
+    }
+
+    pub fn server_cpu(&self) -> Option<f64> {
+        self.server_pid.as_deref().and_then(cpu_seconds)
+    }
+
+    /// Runs `f` in this process and measures it.
+    pub async fn run<T>(&self, f: impl std::future::Future<Output = T>) -> (T, Phase) {
+        let server = self.server_cpu();
+        let own = cpu_seconds("self").unwrap_or(0.0);
+        let started = Instant::now();
+        let out = f.await;
+        let phase = Phase {
+            wall: started.elapsed(),
+            server: server.and_then(|s0| Some(self.server_cpu()? - s0)),
+            own: cpu_seconds("self").unwrap_or(0.0) - own,
+        };
+        (out, phase)
+    }
+}
+
+impl Phase {
+    pub fn cpu(&self) -> String {
+        match self.server {
+            Some(s) => format!("server cpu {s:>6.2} s, tally cpu {:>5.2} s", self.own),
+            None => format!("tally cpu {:>5.2} s", self.own),
+        }
+    }
+
+    /// What bounds the phase, from the CPU each side spent in it: the
+    /// server (a single-threaded Python process) when it was busy most of
+    /// the wall time, tally when it spent more CPU than the server.
+    pub fn bound(&self, who: &str) -> String {
+        let wall = self.wall.as_secs_f64().max(1e-9);
+        match self.server {
+            Some(s) => {
+                let verdict = if s >= self.own && s >= 0.5 * wall {
+                    "server".to_owned()
+                } else if self.own > s && self.own >= 0.5 * wall {
+                    who.to_owned()
+                } else {
+                    "round trips / waiting (neither side busy)".to_owned()
+                };
+                format!(
+                    "{verdict}: server cpu {s:.2} s ({:.0}% of wall), {who} cpu {:.2} s",
+                    100.0 * s / wall,
+                    self.own
+                )
+            }
+            None => format!(
+                "{who} cpu {:.2} s (server not local: no server cpu)",
+                self.own
+            ),
+        }
+    }
+}
+
+/// Sections of the table `scripts/bench` prints, in its order.
+pub const BASELINE: u8 = 1;
+pub const FINALIZE: u8 = 2;
+pub const BACKFILL: u8 = 3;
+pub const MEMORY: u8 = 4;
+pub const TAIL: u8 = 5;
+
+/// One row of the table `scripts/bench` prints (`@row <section> | figure |
+/// value | bound by |`; the script orders rows by section, stably).
+pub fn row(section: u8, figure: &str, value: &str, bound: &str) {
+    println!("@row {section} | {figure} | {value} | {bound} |");
+}
+
+/// Seconds with 2 decimals (3 below 1 s).
+pub fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 1.0 {
+        format!("{s:.3} s")
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+/// Reads every document of `coll` matching `filter`, doing nothing with
+/// them; with `sorted`, the way the scan reads it (sorted by user_id, the
+/// (user_id, `field`) index hinted).
+pub async fn bare_scan(db: &Database, coll: &str, filter: Document, sorted: Option<&str>) -> u64 {
+    let collection = db.collection::<Document>(coll);
+    let mut find = collection.find(filter).batch_size(10_000);
+    if let Some(field) = sorted {
+        find = find
+            .sort(doc! { "user_id": 1 })
+            .hint(Hint::Keys(doc! { "user_id": 1, field: 1 }));
+    }
+    let mut cursor = find.await.expect("scan");
+    let mut n = 0;
+    while let Some(d) = cursor.try_next().await.expect("scan") {
+        n += u64::from(!d.is_empty());
+    }
+    n
+}
