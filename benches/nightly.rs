@@ -869,8 +869,8 @@ async fn night_phase(
     let at = |t: NaiveTime| t.format("%H:%M:%S").to_string();
     let catch_up = run.steps.iter().filter(|s| s.catch_up).count();
     let how = format!(
-        "`tally run` {} (`--initial-days 2`), clock started {} s before the night, steps at {}, {} and {} local ({ZONE}); tailing after {:.2} s{}",
-        if run.resumed { "resumed from the memory phase's checkpoint" } else { "first start" },
+        "`tally run` {}, clock started {} s before the night, steps at {}, {} and {} local ({ZONE}); tailing after {:.2} s{}",
+        if run.resumed { "resumed from the memory phase's checkpoint" } else { "first start (`--initial-days 2`)" },
         lead.as_secs(),
         at(schedule.report_at),
         at(schedule.snapshot_at),
