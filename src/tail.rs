@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bson::oid::ObjectId;
-use bson::{doc, Bson, Document, Timestamp};
+use bson::{doc, Bson, Document, RawDocument, RawDocumentBuf, Timestamp};
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use futures::TryStreamExt;
-use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
+use mongodb::change_stream::event::{OperationType, ResumeToken};
 use mongodb::change_stream::ChangeStream;
 use mongodb::options::{FullDocumentBeforeChangeType, FullDocumentType};
 use mongodb::Database;
@@ -264,7 +264,7 @@ struct Tailer {
     checkpoint: Checkpoint,
     /// Proof of the lease: every write goes behind it (`None`: unfenced).
     fence: Option<Fence>,
-    stream: Option<ChangeStream<ChangeStreamEvent<Document>>>,
+    stream: Option<ChangeStream<RawDocumentBuf>>,
     /// Token after the last event handled (not yet necessarily flushed).
     token: Option<ResumeToken>,
     /// Every user's inputs over the open window, and stored fingerprints.
@@ -492,7 +492,9 @@ impl Tailer {
         };
         match watch.await {
             Ok(s) => {
-                self.stream = Some(s);
+                // Events stay raw: `Event::from_raw` reads the fields in
+                // place and materializes only the documents it decodes.
+                self.stream = Some(s.with_type::<RawDocumentBuf>());
                 Ok(())
             }
             Err(e)
@@ -844,22 +846,25 @@ impl Tailer {
         self.first_dirty_at.get_or_insert_with(Instant::now);
     }
 
-    fn handle(&mut self, event: ChangeStreamEvent<Document>) {
+    fn handle(&mut self, raw: RawDocumentBuf) {
         self.counters.events += 1;
         self.last_event_at = Instant::now();
-        if let Some(wall) = event.wall_time {
-            self.checkpoint.last_event_at =
-                DateTime::from_timestamp_millis(wall.timestamp_millis());
+        let event = match Event::from_raw(&raw) {
+            Ok(e) => e,
+            Err(e) => {
+                // Not a change event tally can read: nothing to apply, but
+                // never silent. (The stream's token still moves past it.)
+                error!(error = %e, "Unreadable change event skipped.");
+                return;
+            }
+        };
+        if let Some(wall) = event.wall_millis {
+            self.checkpoint.last_event_at = DateTime::from_timestamp_millis(wall);
         }
-        let coll = event
-            .ns
-            .as_ref()
-            .and_then(|n| n.coll.clone())
-            .unwrap_or_default();
-        let wall = event.wall_time.map(|w| w.timestamp_millis());
+        let coll = event.collection;
         self.opts
             .telemetry
-            .change_event(&coll, &event.operation_type, wall);
+            .change_event(&coll, &event.operation_type, event.wall_millis);
         match event.operation_type {
             OperationType::Insert
             | OperationType::Update
@@ -882,12 +887,7 @@ impl Tailer {
             }
             _ => return,
         }
-        let id = event
-            .document_key
-            .as_ref()
-            .and_then(|k| k.get("_id"))
-            .cloned()
-            .unwrap_or(Bson::Null);
+        let id = event.id;
         let is_delete = event.operation_type == OperationType::Delete;
         let has_old = event.full_document_before_change.is_some();
         let cal = self.opts.cal;
@@ -1297,6 +1297,61 @@ impl Tailer {
     }
 }
 
+/// The fields of a change event tally reads, taken from its raw bytes
+/// (reading them in place is about 3× faster than deserializing the
+/// driver's `ChangeStreamEvent<Document>`; `benches/ledger.rs`).
+#[derive(Debug)]
+pub struct Event {
+    pub operation_type: OperationType,
+    pub collection: String,
+    /// `documentKey._id` (`Null` when absent).
+    pub id: Bson,
+    pub full_document: Option<Document>,
+    pub full_document_before_change: Option<Document>,
+    pub wall_millis: Option<i64>,
+}
+
+impl Event {
+    pub fn from_raw(raw: &RawDocument) -> Result<Event> {
+        let op = raw.get_str("operationType").context("operationType")?;
+        let operation_type: OperationType = bson::from_bson(Bson::String(op.to_owned()))
+            .with_context(|| format!("operationType {op:?}"))?;
+        let collection = raw
+            .get_document("ns")
+            .ok()
+            .and_then(|ns| ns.get_str("coll").ok())
+            .unwrap_or_default()
+            .to_owned();
+        let id = match raw
+            .get_document("documentKey")
+            .ok()
+            .and_then(|k| k.get("_id").ok().flatten())
+        {
+            Some(v) => Bson::try_from(v.to_raw_bson()).context("documentKey._id")?,
+            None => Bson::Null,
+        };
+        let document = |field: &str| -> Result<Option<Document>> {
+            match raw.get_document(field) {
+                Ok(d) => Ok(Some(
+                    Document::try_from(d).with_context(|| field.to_owned())?,
+                )),
+                Err(_) => Ok(None), // absent or null
+            }
+        };
+        Ok(Event {
+            operation_type,
+            collection,
+            id,
+            full_document: document("fullDocument")?,
+            full_document_before_change: document("fullDocumentBeforeChange")?,
+            wall_millis: raw
+                .get_datetime("wallTime")
+                .ok()
+                .map(|t| t.timestamp_millis()),
+        })
+    }
+}
+
 /// An error a server outage or failover causes, as opposed to a bug or a
 /// misconfiguration: worth retrying.
 pub(crate) fn is_transient(e: &anyhow::Error) -> bool {
@@ -1329,4 +1384,53 @@ pub(crate) fn is_transient(e: &anyhow::Error) -> bool {
 fn is_history_lost(e: &mongodb::error::Error) -> bool {
     matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == HISTORY_LOST)
         || e.to_string().contains("ChangeStreamHistoryLost")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::change_stream::event::ChangeStreamEvent;
+
+    #[test]
+    fn raw_events_read_like_the_drivers_typed_events() {
+        let id = bson::oid::ObjectId::new();
+        let full = doc! { "_id": id, "user_id": id, "type": "expense", "amount": 1.5 };
+        let events = [
+            doc! {
+                "_id": { "_data": "8263" }, "operationType": "insert",
+                "ns": { "db": "coin", "coll": "transactions" },
+                "documentKey": { "_id": id }, "fullDocument": full.clone(),
+                "wallTime": bson::DateTime::from_millis(1_700_000_000_123),
+                "clusterTime": Timestamp { time: 1, increment: 2 },
+            },
+            doc! {
+                "_id": { "_data": "8264" }, "operationType": "delete",
+                "ns": { "db": "coin", "coll": "pockets" },
+                "documentKey": { "_id": "legacy-1" }, "fullDocument": Bson::Null,
+                "fullDocumentBeforeChange": full.clone(),
+            },
+            doc! { "_id": { "_data": "8265" }, "operationType": "invalidate" },
+        ];
+        for e in events {
+            let raw = RawDocumentBuf::from_document(&e).unwrap();
+            let ours = Event::from_raw(&raw).unwrap();
+            let typed: ChangeStreamEvent<Document> = bson::from_document(e).unwrap();
+            assert_eq!(ours.operation_type, typed.operation_type);
+            let coll = typed.ns.and_then(|n| n.coll).unwrap_or_default();
+            assert_eq!(ours.collection, coll);
+            let key = typed.document_key.and_then(|k| k.get("_id").cloned());
+            assert_eq!(ours.id, key.unwrap_or(Bson::Null));
+            assert_eq!(ours.full_document, typed.full_document);
+            assert_eq!(
+                ours.full_document_before_change,
+                typed.full_document_before_change
+            );
+            assert_eq!(
+                ours.wall_millis,
+                typed.wall_time.map(|w| w.timestamp_millis())
+            );
+        }
+        let bad = RawDocumentBuf::from_document(&doc! { "operationType": 5 }).unwrap();
+        assert!(Event::from_raw(&bad).is_err());
+    }
 }
