@@ -1314,8 +1314,14 @@ pub struct Event {
 impl Event {
     pub fn from_raw(raw: &RawDocument) -> Result<Event> {
         let op = raw.get_str("operationType").context("operationType")?;
-        let operation_type: OperationType = bson::from_bson(Bson::String(op.to_owned()))
-            .with_context(|| format!("operationType {op:?}"))?;
+        let operation_type = match op {
+            "insert" => OperationType::Insert,
+            "update" => OperationType::Update,
+            "replace" => OperationType::Replace,
+            "delete" => OperationType::Delete,
+            other => bson::from_bson(Bson::String(other.to_owned()))
+                .with_context(|| format!("operationType {other:?}"))?,
+        };
         let collection = raw
             .get_document("ns")
             .ok()
