@@ -195,6 +195,14 @@ pub async fn run(
                     "Lost leadership: dropping unflushed work and standing by."
                 );
             }
+            Err(e) if is_transient(&e) && !stop.load(Ordering::SeqCst) => {
+                // The server went away during start-up (or a step that
+                // cannot continue): nothing is lost, the checkpoint holds;
+                // start again once it answers.
+                warn!(error = %store::redact_uri(&format!("{e:#}")), "Server unavailable while leading; starting again.");
+                let _ = lease::release(&db, &fence).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
             other => {
                 match lease::release(&db, &fence).await {
                     Ok(_) => info!(token = fence.token, "Released leadership."),
