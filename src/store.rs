@@ -48,7 +48,11 @@ pub async fn connect(uri: &str, database: &str) -> Result<Database> {
     opts.app_name.get_or_insert_with(|| "tally".to_owned());
     opts.server_selection_timeout
         .get_or_insert(Duration::from_secs(5));
-    opts.connect_timeout.get_or_insert(Duration::from_secs(5));
+    // Also the timeout of the driver's heartbeat: a server busy serving a
+    // large read (SecantusDB during the window load) must not be declared
+    // gone, which would interrupt every operation in flight. An unreachable
+    // server is still reported after the 5 s of server selection.
+    opts.connect_timeout.get_or_insert(Duration::from_secs(30));
     let client = Client::with_options(opts)
         .with_context(|| format!("cannot create a client for {redacted}"))?;
     let db = client.database(database);
