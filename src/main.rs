@@ -21,7 +21,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(tally::cli::run(cli)) {
+    let result = runtime.block_on(tally::cli::run(cli));
+    // Exit without tearing the runtime down: dropping it drops the MongoDB
+    // driver's background tasks (pool workers, monitors) one by one, and a
+    // task still being polled can then panic on a closed channel — noise on
+    // stderr after a clean stop. The work is done; the process just ends.
+    std::mem::forget(runtime);
+    match result {
         Ok(code) => code,
         Err(e) => {
             let message = tally::store::redact_uri(&format!("{e:#}"));
