@@ -652,12 +652,12 @@ impl Tailer {
         let mut closes = Vec::new();
         for user in self.live.users() {
             for c in self.live.compute(user, &[kind], from, to, today, open, now) {
-                let write = (c.user, c.period, c.write.clone());
-                if self.live.only_closes(&c) {
-                    closes.push(write);
+                let target = if self.live.only_closes(&c) {
+                    &mut closes
                 } else {
-                    writes.push(write);
-                }
+                    &mut writes
+                };
+                target.push((c.user, c.period, c.write));
             }
         }
         // Documents whose content changed are replaced first (final from
