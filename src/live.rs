@@ -35,6 +35,7 @@ use crate::store::{int, Write};
 /// content and the bookkeeping its next write continues from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredMeta {
+    id: Option<ObjectId>,
     fingerprint: u64,
     revision: Option<i64>,
     restatements: i64,
@@ -47,6 +48,7 @@ impl StoredMeta {
     /// The meta of a stored document, or of the `set` of a write.
     pub fn of(kind: Kind, doc: &Document) -> StoredMeta {
         StoredMeta {
+            id: doc.get_object_id("_id").ok(),
             fingerprint: fingerprint(doc),
             revision: int(doc.get("revision")),
             restatements: int(doc.get("restatements")).unwrap_or(0),
@@ -64,6 +66,9 @@ impl StoredDoc for &StoredMeta {
 
     fn bookkeeping(&self, kind: Kind) -> Cow<'_, Document> {
         let mut d = Document::new();
+        if let Some(id) = self.id {
+            d.insert("_id", id);
+        }
         if let Some(r) = self.revision {
             d.insert("revision", r);
         }

@@ -172,13 +172,15 @@ pub fn compare_user<S: StoredDoc>(
             write,
         });
     }
-    let mut surplus: Vec<_> = stored.into_keys().collect();
-    surplus.sort();
-    for (kind, period) in surplus {
-        let write = Write::Delete {
-            kind,
-            filter: key_filter(kind, user, period),
+    let mut surplus: Vec<_> = stored.into_iter().collect();
+    surplus.sort_unstable_by_key(|(key, _)| *key);
+    for ((kind, period), old) in surplus {
+        // By `_id` when known (cheaper for the server, see `write_over`).
+        let filter = match old.bookkeeping(kind).get_object_id("_id") {
+            Ok(id) => doc! { "_id": id },
+            Err(_) => key_filter(kind, user, period),
         };
+        let write = Write::Delete { kind, filter };
         changes.push(DocChange {
             kind,
             user,

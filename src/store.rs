@@ -238,6 +238,13 @@ pub fn write_over(
     let revision = stored.and_then(|s| int(s.get("revision")));
     let restatements = stored.and_then(|s| int(s.get("restatements"))).unwrap_or(0);
     let mut set = content;
+    // The stored document's `_id`, or a new one: guarded updates and
+    // deletes then find the document by `_id`, which SecantusDB does at half
+    // the cost of the (user_id, period) key (BENCHMARKS.md, "Writes by _id").
+    let id = stored
+        .and_then(|s| s.get_object_id("_id").ok())
+        .unwrap_or_default(); // ObjectId's default is a new id, ObjectId::new()
+    set.insert("_id", id);
     set.insert("time_zone", time_zone);
     set.insert("revision", revision.unwrap_or(0) + 1);
     set.insert("restatements", restatements + i64::from(was_final));
@@ -412,7 +419,10 @@ pub fn prepare(writes: Vec<Write>) -> Result<Prepared> {
                     if_revision: Some(r),
                     ..
                 } => {
-                    let mut q = filter.clone();
+                    let mut q = match set.get("_id") {
+                        Some(id) => doc! { "_id": id.clone() },
+                        None => filter.clone(),
+                    };
                     q.insert("revision", r);
                     let u = whole(&filter, set);
                     guarded.push((
@@ -470,10 +480,7 @@ pub async fn execute_prepared(
                 stats.inserted += count(&reply);
                 for i in failed_with(&reply, DUPLICATE_KEY) {
                     if let (Some(d), Some(filter)) = (batch.items.get(i), batch.filters.get(i)) {
-                        let mut stmt = RawDocumentBuf::from_document(&doc! { "q": filter })?;
-                        stmt.append("u", d.clone());
-                        stmt.append("upsert", true);
-                        upserts.push((stmt, ()));
+                        upserts.push((upsert_statement(filter, d)?, ()));
                     }
                 }
                 // A kind's duplicates are upserted after its last insert.
@@ -505,6 +512,24 @@ pub async fn execute_prepared(
         }
     }
     Ok(stats)
+}
+
+/// The upsert by key of an insert that found its key taken. The document's
+/// `_id` is left out: the stored document keeps its own (an `_id` cannot
+/// change), and the caller's next guarded write by the new one finds
+/// nothing, a conflict that makes it read the stored document again.
+fn upsert_statement(filter: &Document, d: &RawDocumentBuf) -> Result<RawDocumentBuf> {
+    let mut u = RawDocumentBuf::new();
+    for field in d {
+        let (k, v) = field?;
+        if k != "_id" {
+            u.append(k, v.to_raw_bson());
+        }
+    }
+    let mut stmt = RawDocumentBuf::from_document(&doc! { "q": filter })?;
+    stmt.append("u", u);
+    stmt.append("upsert", true);
+    Ok(stmt)
 }
 
 /// Sends one bulk command of already encoded operations.
@@ -570,10 +595,7 @@ async fn execute_fenced(db: &Database, prepared: Prepared, fence: &Fence) -> Res
                 Err(e) if e.is::<DuplicateInTransaction>() => {
                     let mut upserts = Vec::with_capacity(items.len());
                     for (d, filter) in items.iter().zip(&batch.filters) {
-                        let mut stmt = RawDocumentBuf::from_document(&doc! { "q": filter })?;
-                        stmt.append("u", d.clone());
-                        stmt.append("upsert", true);
-                        upserts.push(stmt);
+                        upserts.push(upsert_statement(filter, d)?);
                     }
                     (op, items) = (Op::Upsert, upserts);
                 }

@@ -436,3 +436,103 @@ fn bad_flags_exit_2_with_a_message_that_says_what_to_fix() {
         assert!(!err.contains("hunter2"), "credentials leak: {err}");
     }
 }
+
+/// Writes find stored documents by `_id`: a new document gets its `_id`
+/// from tally, a guarded update keeps it and is matched by it, a stale
+/// `_id` is a conflict that changes nothing, and an insert whose key is
+/// taken by a document with another `_id` is upserted keeping that one.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_address_stored_documents_by_id() {
+    use chrono::{NaiveDate, TimeZone, Utc};
+    use tally::reports::Kind;
+    use tally::store::{self, key_filter, write_over};
+
+    let db = database("backfill_by_id").await;
+    db.drop().await.expect("drop");
+    store::init(&db, false, false).await.expect("indexes");
+    let reports = db.collection::<Document>(Kind::Report.collection());
+    let now = Utc.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).unwrap();
+    let (user, day) = (
+        ObjectId::new(),
+        NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
+    );
+    let filter = key_filter(Kind::Report, user, day);
+    let content = |n: i64| doc! { "transaction_count": n, "is_final": false };
+    let stored = || async {
+        reports
+            .find_one(filter.clone())
+            .await
+            .unwrap()
+            .expect("stored")
+    };
+
+    let first = write_over(Kind::Report, filter.clone(), content(1), None, now, "UTC");
+    let store::Write::Upsert { set, .. } = &first else {
+        panic!("an upsert")
+    };
+    let id = set
+        .get_object_id("_id")
+        .expect("a new document carries its _id");
+    let stats = store::execute(&db, vec![first], None).await.unwrap();
+    assert_eq!(stats.inserted, 1);
+    let v1 = stored().await;
+    assert_eq!(v1.get_object_id("_id").unwrap(), id);
+
+    let second = write_over(
+        Kind::Report,
+        filter.clone(),
+        content(2),
+        Some(&v1),
+        now,
+        "UTC",
+    );
+    let stats = store::execute(&db, vec![second], None).await.unwrap();
+    assert_eq!((stats.updated, stats.conflicts), (1, 0));
+    let v2 = stored().await;
+    assert_eq!(
+        v2.get_object_id("_id").unwrap(),
+        id,
+        "a replacement keeps the _id"
+    );
+    assert_eq!(
+        (
+            v2.get_i64("revision").unwrap(),
+            v2.get_i64("transaction_count").unwrap()
+        ),
+        (2, 2)
+    );
+
+    // The same revision under another _id: not this document, a conflict.
+    let mut stale = v2.clone();
+    stale.insert("_id", ObjectId::new());
+    let third = write_over(
+        Kind::Report,
+        filter.clone(),
+        content(3),
+        Some(&stale),
+        now,
+        "UTC",
+    );
+    let stats = store::execute(&db, vec![third], None).await.unwrap();
+    assert_eq!((stats.updated, stats.conflicts), (0, 1));
+    assert_eq!(stored().await.get_i64("transaction_count").unwrap(), 2);
+
+    // A writer that believes the document is new (fresh _id): the insert
+    // meets the key, the upsert replaces the content under the stored _id.
+    let fourth = write_over(Kind::Report, filter.clone(), content(4), None, now, "UTC");
+    let stats = store::execute(&db, vec![fourth], None).await.unwrap();
+    assert_eq!((stats.inserted, stats.updated, stats.errors), (0, 1, 0));
+    let v4 = stored().await;
+    assert_eq!(v4.get_object_id("_id").unwrap(), id);
+    assert_eq!(v4.get_i64("transaction_count").unwrap(), 4);
+    assert_eq!(reports.count_documents(doc! {}).await.unwrap(), 1);
+
+    // A surplus document is deleted by the same _id.
+    let gone = store::Write::Delete {
+        kind: Kind::Report,
+        filter: doc! { "_id": id },
+    };
+    let stats = store::execute(&db, vec![gone], None).await.unwrap();
+    assert_eq!(stats.deleted, 1);
+    assert_eq!(reports.count_documents(doc! {}).await.unwrap(), 0);
+}
