@@ -10,8 +10,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
@@ -28,6 +27,8 @@ use tally::seed::Rng;
 use tally::state::{self, Checkpoint, Claim};
 use tally::store::{self, Write};
 
+use support::process::{first_to_log, instant, Running, TestClock};
+
 const SETTLE_SECONDS: u64 = 2;
 const CATCH_UP: Duration = Duration::from_secs(60);
 const TAILING: &str = "Tailing transactions and pockets.";
@@ -42,38 +43,8 @@ const OUTPUTS: [&str; 3] = [
 ];
 
 // ---------------------------------------------------------------------------
-// Clock, environment, child processes (as in tests/run.rs)
+// Environment (the clock and child processes: tests/support/process.rs)
 // ---------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug)]
-struct TestClock {
-    base: DateTime<Utc>,
-    started: Instant,
-}
-
-impl TestClock {
-    fn at(base: DateTime<Utc>) -> TestClock {
-        TestClock {
-            base,
-            started: Instant::now(),
-        }
-    }
-
-    fn now(&self) -> DateTime<Utc> {
-        self.base + chrono::Duration::from_std(self.started.elapsed()).expect("elapsed")
-    }
-
-    fn rfc3339(&self) -> String {
-        self.now()
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-    }
-}
-
-fn instant(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("RFC 3339")
-        .with_timezone(&Utc)
-}
 
 struct Env {
     uri: String,
@@ -137,10 +108,6 @@ impl Env {
 
     /// `tally run --settle-seconds 2 --initial-days 20 --lease-ttl TTL`.
     fn start(&self, label: &str, ttl: u64) -> Running {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tally-ha");
-        std::fs::create_dir_all(&dir).expect("log dir");
-        let log = dir.join(format!("{}-{label}.log", self.name));
-        let file = std::fs::File::create(&log).expect("log file");
         let (settle, ttl) = (SETTLE_SECONDS.to_string(), ttl.to_string());
         let args = [
             "run",
@@ -151,17 +118,7 @@ impl Env {
             "--lease-ttl",
             &ttl,
         ];
-        let child = self
-            .command(&args)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("tally run starts");
-        Running {
-            child,
-            log,
-            label: label.to_owned(),
-        }
+        Running::spawn(self.command(&args), "tally-ha", &self.name, label)
     }
 
     /// `reconcile` over the managed window exits 0, and again after the
@@ -225,131 +182,6 @@ impl Env {
             }
         }
         out
-    }
-}
-
-struct Running {
-    child: Child,
-    log: PathBuf,
-    label: String,
-}
-
-impl Running {
-    fn log(&self) -> String {
-        let raw = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let mut out = String::with_capacity(raw.len());
-        let mut chars = raw.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    }
-
-    fn tail(&self, n: usize) -> String {
-        let text = self.log();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.log().matches(needle).count()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    async fn wait_log(&mut self, needle: &str, timeout: Duration) {
-        self.wait_count(needle, 1, timeout).await;
-    }
-
-    /// Waits until `needle` appears `n` times in the log.
-    async fn wait_count(&mut self, needle: &str, n: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.count(needle) < n {
-            assert!(
-                self.alive(),
-                "{} exited while waiting for {needle:?}:\n{}",
-                self.label,
-                self.tail(40)
-            );
-            assert!(
-                Instant::now() < deadline,
-                "{} did not log {needle:?} ×{n} within {timeout:?}:\n{}",
-                self.label,
-                self.tail(40)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The owner this process acquired the lease as (from its log).
-    fn owner(&self) -> Option<String> {
-        let log = self.log();
-        let line = log.lines().find(|l| l.contains(ACQUIRED))?;
-        Some(line.split("owner=").nth(1)?.split(' ').next()?.to_owned())
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-
-    async fn terminate(&mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success(), "kill -TERM {pid}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} still running 10 s after SIGTERM:\n{}",
-                self.label,
-                self.tail(40)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.alive() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if !std::thread::panicking() && std::env::var_os("TALLY_TEST_KEEP_LOGS").is_none() {
-            let _ = std::fs::remove_file(&self.log);
-        }
-    }
-}
-
-/// Waits until one of `runs` logs `needle`; returns its index.
-async fn first_to_log(runs: &mut [&mut Running], needle: &str, timeout: Duration) -> usize {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(i) = runs.iter().position(|r| r.log().contains(needle)) {
-            return i;
-        }
-        for r in runs.iter_mut() {
-            assert!(r.alive(), "{} exited:\n{}", r.label, r.tail(30));
-        }
-        assert!(Instant::now() < deadline, "nobody logged {needle:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

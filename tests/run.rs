@@ -13,8 +13,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
@@ -26,6 +25,8 @@ use serde_json::Value;
 use tally::calendar::{date_label, local_instant, Calendar};
 use tally::money::Money;
 use tally::seed::Rng;
+
+use support::process::{instant, Running, TestClock};
 
 /// Settle delay given to `tally run` (seconds).
 const SETTLE_SECONDS: u64 = 2;
@@ -40,40 +41,10 @@ const OUTPUTS: [(&str, &str); 3] = [
 ];
 
 // ---------------------------------------------------------------------------
-// Clock, environment, child processes
+// Environment (the clock and child processes: tests/support/process.rs)
 // ---------------------------------------------------------------------------
 
 /// The injected clock: `base` at `started`, then real speed.
-#[derive(Clone, Copy, Debug)]
-struct TestClock {
-    base: DateTime<Utc>,
-    started: Instant,
-}
-
-impl TestClock {
-    fn at(base: DateTime<Utc>) -> TestClock {
-        TestClock {
-            base,
-            started: Instant::now(),
-        }
-    }
-
-    fn now(&self) -> DateTime<Utc> {
-        self.base + chrono::Duration::from_std(self.started.elapsed()).expect("elapsed")
-    }
-
-    fn rfc3339(&self) -> String {
-        self.now()
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-    }
-}
-
-fn instant(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("RFC 3339")
-        .with_timezone(&Utc)
-}
-
 fn date(s: &str) -> NaiveDate {
     s.parse().expect("YYYY-MM-DD")
 }
@@ -150,25 +121,10 @@ impl Env {
     /// Starts `tally run` with `--settle-seconds 2` and `extra` flags; its
     /// stderr goes to a log file named after `label`.
     fn start(&self, label: &str, extra: &[&str]) -> Running {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tally-run");
-        std::fs::create_dir_all(&dir).expect("log dir");
-        let log = dir.join(format!("{}-{label}.log", self.name));
-        let file = std::fs::File::create(&log).expect("log file");
-        let mut args = vec!["run", "--settle-seconds"];
         let settle = SETTLE_SECONDS.to_string();
-        args.push(&settle);
+        let mut args = vec!["run", "--settle-seconds", &settle];
         args.extend_from_slice(extra);
-        let child = self
-            .command(&args)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("tally run starts");
-        Running {
-            child,
-            log,
-            label: label.to_owned(),
-        }
+        Running::spawn(self.command(&args), "tally-run", &self.name, label)
     }
 
     /// Runs `reconcile --json` over [from, to] until it exits 0, then once
@@ -238,127 +194,6 @@ impl Env {
             .try_collect()
             .await
             .expect("cursor")
-    }
-}
-
-/// A `tally run` child process. Dropping it SIGKILLs it if still running.
-/// Its log is kept when the test fails, or with `TALLY_TEST_KEEP_LOGS` set.
-struct Running {
-    child: Child,
-    log: PathBuf,
-    label: String,
-}
-
-impl Running {
-    /// The log, without ANSI colours.
-    fn log(&self) -> String {
-        let raw = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let mut out = String::with_capacity(raw.len());
-        let mut chars = raw.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    }
-
-    fn tail(&self, n: usize) -> String {
-        let text = self.log();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    async fn wait_log(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.log().contains(needle) {
-            assert!(
-                self.alive(),
-                "{} exited while waiting for {needle:?}:\n{}",
-                self.label,
-                self.tail(40)
-            );
-            assert!(
-                Instant::now() < deadline,
-                "{} did not log {needle:?} within {timeout:?}:\n{}",
-                self.label,
-                self.tail(40)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// SIGKILL: no flush, no checkpoint.
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-
-    /// SIGTERM, then the exit status (panics after 10 s).
-    async fn terminate(&mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success(), "kill -TERM {pid}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} still running 10 s after SIGTERM:\n{}",
-                self.label,
-                self.tail(40)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// How many times this process ran the step of `kind` for `period`.
-    fn finalized(&self, kind: &str, period: &str) -> usize {
-        let (k, p) = (format!("kind=\"{kind}\""), format!("period={period} "));
-        self.log()
-            .lines()
-            .filter(|l| l.contains("Finalized.") && l.contains(&k) && l.contains(&p))
-            .count()
-    }
-
-    /// Every (kind, period) this process finalized.
-    fn all_finalized(&self) -> Vec<String> {
-        self.log()
-            .lines()
-            .filter(|l| l.contains("Finalized."))
-            .filter_map(|l| {
-                let kind = l.split("kind=\"").nth(1)?.split('"').next()?;
-                let period = l.split("period=").nth(1)?.split(' ').next()?;
-                Some(format!("{kind}:{period}"))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.alive() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if !std::thread::panicking() && std::env::var_os("TALLY_TEST_KEEP_LOGS").is_none() {
-            let _ = std::fs::remove_file(&self.log);
-        }
     }
 }
 

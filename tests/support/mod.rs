@@ -15,6 +15,8 @@
 //! That is how the shared server, a never-dropped static, dies with the binary.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
