@@ -11,6 +11,7 @@
 //! run as catch-up at start, when the start takes longer: the same work).
 //! Under `cargo test` it runs 50 users as a smoke test.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -24,44 +25,20 @@ use mongodb::Client;
 use tally::calendar::{date_label, Calendar};
 use tally::seed::{seed, SeedOptions};
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// `elapsed_ms`, `documents` and `closed_only` of the "Finalized." line of
-/// (kind, period).
+/// (kind, period) in `log`.
 fn step(log: &str, kind: &str, period: &str) -> Option<(u64, u64, u64)> {
-    let line = log.lines().find(|l| {
-        l.contains("Finalized.")
-            && l.contains(&format!("kind=\"{kind}\""))
-            && l.contains(&format!("period={period}"))
-    })?;
-    let field = |name: &str| -> Option<u64> {
-        line.split(&format!("{name}="))
-            .nth(1)?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
-    Some((
-        field("elapsed_ms")?,
-        field("documents")?,
-        field("closed_only").unwrap_or(0),
-    ))
+    log.lines().find_map(|l| common::finalized(l, kind, period))
 }
 
 fn main() {
-    let benching = std::env::args().any(|a| a == "--bench");
+    let benching = common::benching();
     let users = if benching {
-        env("TALLY_BENCH_USERS", 10_000)
+        common::env("TALLY_BENCH_USERS", 10_000)
     } else {
         50
     };
-    let per_user = env("TALLY_BENCH_TX_PER_USER", 6);
+    let per_user = common::env("TALLY_BENCH_TX_PER_USER", 6);
     let day = |s: &str| s.parse::<NaiveDate>().expect("date");
     tokio::runtime::Runtime::new()
         .expect("runtime")

@@ -676,30 +676,6 @@ struct NightRun {
     tally_cpu: f64,
 }
 
-/// `elapsed_ms`, `documents` and `closed_only` of a "Finalized." line of
-/// (kind, period).
-fn finalized(line: &str, kind: Kind, period: NaiveDate) -> Option<(u64, u64, u64)> {
-    let wanted = line.contains("Finalized.")
-        && line.contains(&format!("kind=\"{}\"", kind.cli_name()))
-        && line.contains(&format!("period={period}"));
-    if !wanted {
-        return None;
-    }
-    let field = |name: &str| -> Option<u64> {
-        line.split(&format!(" {name}="))
-            .nth(1)?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
-    Some((
-        field("elapsed_ms")?,
-        field("documents")?,
-        field("closed_only").unwrap_or(0),
-    ))
-}
-
 /// Starts `tally run` with its clock `lead` before the night's first step
 /// and the night's [`Night::run_schedule`], follows its log until the three
 /// steps of the night have run (CPU of tally and the server sampled just
@@ -781,7 +757,9 @@ fn run_night(
                     resumed = line.contains("resumed=true");
                 }
                 for (i, &(kind, period)) in steps.iter().enumerate() {
-                    let Some((ms, documents, closed_only)) = finalized(&line, kind, period) else {
+                    let Some((ms, documents, closed_only)) =
+                        common::finalized(&line, kind.cli_name(), &period.to_string())
+                    else {
                         continue;
                     };
                     let end = sample();

@@ -199,3 +199,27 @@ pub async fn bare_scan(db: &Database, coll: &str, filter: Document, sorted: Opti
     }
     n
 }
+
+/// `elapsed_ms`, `documents` and `closed_only` of a log line of `tally run`
+/// if it is the "Finalized." line of (kind as the CLI names it, period).
+pub fn finalized(line: &str, kind: &str, period: &str) -> Option<(u64, u64, u64)> {
+    let wanted = line.contains("Finalized.")
+        && line.contains(&format!("kind=\"{kind}\""))
+        && line.contains(&format!("period={period}"));
+    if !wanted {
+        return None;
+    }
+    let field = |name: &str| -> Option<u64> {
+        line.split(&format!(" {name}="))
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((
+        field("elapsed_ms")?,
+        field("documents")?,
+        field("closed_only").unwrap_or(0),
+    ))
+}
