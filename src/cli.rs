@@ -347,8 +347,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let telemetry = std::sync::Arc::new(crate::telemetry::Telemetry::new());
             tracing::info!(version = env!("CARGO_PKG_VERSION"), uri = %store::redact_uri(&g.mongodb_uri), database = %g.database, time_zone = cal.name(), "Starting tally run.");
             crate::http::start(&a.http, telemetry.clone()).await?;
-            // Until the HA lease decides, this instance is the leader.
-            telemetry.set_leader(true);
             let db = store::connect(&g.mongodb_uri, &g.database).await?;
             let mut opts = RunOptions::new(cal);
             opts.telemetry = telemetry;

@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use mongodb::change_stream::event::OperationType;
-use tracing::info;
 
 use crate::reports::Kind;
 use crate::source::{RejectReason, SourceId};
@@ -267,17 +266,12 @@ impl Telemetry {
 
     // --- role and connection (the HA lease sets the role) ---------------
 
-    /// Whether this instance leads (writes). Logs a change of leadership.
+    /// Whether this instance leads (writes). The lease loop logs the
+    /// changes that matter ("Acquired leadership.", "Standing by", "Lost
+    /// leadership", "Released leadership."), so this only records the role.
     pub fn set_leader(&self, leader: bool) {
-        let was = self.leader.swap(leader, Ordering::SeqCst);
-        let known = self.role_known.swap(true, Ordering::SeqCst);
-        if was != leader || !known {
-            info!(
-                leader,
-                role = if leader { "leader" } else { "standby" },
-                "Leadership changed."
-            );
-        }
+        self.leader.store(leader, Ordering::SeqCst);
+        self.role_known.store(true, Ordering::SeqCst);
     }
 
     /// Whether leader/standby is decided yet (false: not ready).
