@@ -9,6 +9,9 @@
 //! change them). Every call is traced: its latency is the time from the
 //! transaction insert until a report listing it is written (seen through a
 //! change stream on the reports, so tracing adds no polling load).
+//! Before tally starts, the same calls run as fast as the server accepts
+//! them for `TALLY_BENCH_BARE_SECONDS` (10) with nothing attached: the
+//! server's own ceiling for this pattern, the baseline of the rates below.
 //! `TALLY_BENCH_MAX_SECONDS=S` then adds a max-rate load: the same calls
 //! one after the other, as fast as the server accepts them, for S seconds,
 //! reporting the transactions per second tally applied (reflected in a
@@ -157,6 +160,28 @@ struct Outcome {
 }
 
 impl Load<'_> {
+    /// The same calls, one after the other, for `seconds`, with neither
+    /// tally nor any change stream attached: what the server itself accepts
+    /// of the API's pattern. Returns (calls, elapsed, server CPU seconds).
+    async fn bare(
+        &mut self,
+        rng: &mut Rng,
+        seconds: f64,
+        server: Option<u32>,
+    ) -> (usize, Duration, Option<f64>) {
+        let server0 = server.map(cpu_seconds);
+        let start = Instant::now();
+        let mut calls = 0usize;
+        while start.elapsed().as_secs_f64() < seconds {
+            self.call(rng).await;
+            calls += 1;
+        }
+        let elapsed = start.elapsed();
+        self.written_at.lock().await.clear();
+        let server_cpu = server.map(cpu_seconds).zip(server0).map(|(s1, s0)| s1 - s0);
+        (calls, elapsed, server_cpu)
+    }
+
     async fn run(&mut self, rng: &mut Rng, pace: Pace, tally: u32, server: Option<u32>) -> Outcome {
         self.reflected.lock().await.clear();
         let (tally0, server0) = (cpu_seconds(tally), server.map(cpu_seconds));
@@ -315,11 +340,15 @@ impl Outcome {
             common::TAIL,
             &format!("tail, {label}: API calls written (2 writes each)"),
             &format!(
-                "{} in {:.1} s = {:.1}/s ({} behind schedule)",
+                "{} in {:.1} s = {:.1}/s ({} behind schedule); server cpu {} per call",
                 self.calls,
                 self.elapsed.as_secs_f64(),
                 self.calls as f64 / self.elapsed.as_secs_f64().max(1e-9),
-                self.late
+                self.late,
+                self.server_cpu.map_or("?".to_owned(), |s| format!(
+                    "{:.1} ms",
+                    1000.0 * s / self.calls.max(1) as f64
+                ))
             ),
             "the bench's writes wait for the server",
         );
@@ -380,6 +409,11 @@ fn main() {
     } else {
         1.0
     };
+    let bare_seconds = if benching {
+        env("TALLY_BENCH_BARE_SECONDS", 10.0)
+    } else {
+        1.0
+    };
     tokio::runtime::Runtime::new().expect("runtime").block_on(async move {
         let mut server = support::start_server(&[], None);
         let uri = server.uri();
@@ -409,17 +443,23 @@ fn main() {
             }
         }
 
+        // The server alone first (tally reads these writes on its first start).
+        let spid = server_pid(server.port());
+        let written_at: Arc<Mutex<HashMap<ObjectId, Instant>>> = Arc::default();
+        let reflected: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::default();
+        let mut rng = Rng::new(11);
+        let mut load = Load { db: &db, pockets, written_at: &written_at, reflected: &reflected };
+        let (bare_calls, bare_elapsed, bare_cpu) = load.bare(&mut rng, bare_seconds, spid).await;
+        assert!(bare_calls > 0, "the server took no call");
+
         let started = Instant::now();
         let mut tally = start_tally(&uri, &name);
         wait_started(&db).await;
         let startup = started.elapsed();
-        let spid = server_pid(server.port());
 
         // Watch tally's report writes; a write is reflected when a report
         // listing its transaction id comes by. Pushed, not polled, so the
         // measurement adds no load to the server.
-        let written_at: Arc<Mutex<HashMap<ObjectId, Instant>>> = Arc::default();
-        let reflected: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::default();
         let mut watch = db
             .collection::<Document>("daily_financial_reports")
             .watch()
@@ -440,8 +480,6 @@ fn main() {
                 }
             })
         };
-        let mut rng = Rng::new(11);
-        let mut load = Load { db: &db, pockets, written_at: &written_at, reflected: &reflected };
         let fixed = load.run(&mut rng, Pace::Rate { rate, calls: (rate * seconds) as usize }, tally.id(), spid).await;
         let max = if max_seconds > 0.0 {
             Some(load.run(&mut rng, Pace::Max { seconds: max_seconds }, tally.id(), spid).await)
@@ -452,6 +490,9 @@ fn main() {
         let _ = Command::new("kill").args(["-TERM", &tally.id().to_string()]).status();
         let status = tally.wait().expect("tally exits");
         println!("tail bench: {users} users × {per_user} transactions seeded; load {rate}/s API calls (2 writes each) for {seconds}s");
+        let bare_rate = bare_calls as f64 / bare_elapsed.as_secs_f64().max(1e-9);
+        let bare_per_call = bare_cpu.map_or("?".to_owned(), |s| format!("{:.1} ms", 1000.0 * s / bare_calls as f64));
+        println!("  server alone (no tally, no change stream): {bare_calls} API calls in {:.2} s = {bare_rate:.1}/s ({:.0} writes/s), server cpu {bare_per_call} per call", bare_elapsed.as_secs_f64(), 2.0 * bare_rate);
         println!("  tally start-up (first start: window backfill)  {:>8.2} s", startup.as_secs_f64());
         fixed.print(&format!("{rate}/s"));
         if let Some(max) = &max {
@@ -459,6 +500,12 @@ fn main() {
         }
         println!("  tally exit on SIGTERM: {status}");
         println!("@info tail bench: {users} users × {per_user} transactions seeded, the API's pattern (transaction insert, then the pocket's balance `$set`); latency from the insert until a report listing it is written");
+        common::row(
+            common::TAIL,
+            &format!("tail: the server alone, the API's pattern as fast as it accepts for {bare_seconds} s (no tally, no change stream)"),
+            &format!("{bare_rate:.1} calls/s = {:.0} writes/s; server cpu {bare_per_call} per call", 2.0 * bare_rate),
+            "the server (one Python process)",
+        );
         common::row(common::TAIL, "tail: tally run start-up (first start, `--initial-days 2`)", &common::secs(startup), "window backfill (server writes)");
         fixed.rows(&format!("fixed rate {rate}/s for {seconds} s"));
         if let Some(max) = &max {
