@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    one_malloc_arena();
+    malloc_arenas();
     let cli = match tally::config::parse_cli(std::env::args_os()) {
         Ok(cli) => cli,
         Err(tally::config::LoadError::Usage(e)) => e.exit(),
@@ -39,17 +39,18 @@ fn main() -> ExitCode {
 }
 
 /// glibc gives each thread that allocates its own arena (up to 8 per core),
-/// and memory freed in one arena is not reused by another: after the window
-/// load, `tally run` held ~20% more resident memory with the default than
-/// with one arena (BENCHMARKS.md, "Memory"). tally's own CPU use is small
-/// next to the server's, so one arena's lock costs nothing measurable.
+/// and memory freed in one arena is not reused by another. Loading 2,000
+/// users' window here (BENCHMARKS.md, "Memory"): default 157 MiB peak and
+/// 17.7 s of CPU, two arenas 145 MiB and 20.1 s, one arena 131 MiB and
+/// 26 s (its lock is contended by the scan's read-ahead tasks). Two keep
+/// the peak bounded on machines with many cores at little CPU cost.
 /// `MALLOC_ARENA_MAX` in the environment still wins.
-fn one_malloc_arena() {
+fn malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // SAFETY: called first thing in main, before any other thread exists.
         unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
+            libc::mallopt(libc::M_ARENA_MAX, 2);
         }
     }
 }
