@@ -171,6 +171,9 @@ pub async fn run(
         flag.store(true, Ordering::SeqCst);
     });
     let ttl = opts.lease_ttl;
+    // Set when the leader stopped because the server went away: leading
+    // again is a recovery by reconnecting (counted like a reopened stream).
+    let mut after_outage = false;
     loop {
         opts.telemetry.set_leader(false);
         let heartbeat = tokio::spawn(standby_heartbeat(db.clone(), opts.telemetry.clone()));
@@ -182,6 +185,9 @@ pub async fn run(
         lease::set_leader(true);
         opts.telemetry.set_leader(true);
         info!(owner = %fence.owner, token = fence.token, "Acquired leadership.");
+        if std::mem::take(&mut after_outage) {
+            opts.telemetry.recovery(Recovery::Reconnect);
+        }
         let lost = Arc::new(AtomicBool::new(false));
         let keeper = tokio::spawn(lease::keep(db.clone(), fence.clone(), ttl, lost.clone()));
         let result = lead(db.clone(), opts.clone(), fence.clone(), &stop, &lost).await;
@@ -200,6 +206,7 @@ pub async fn run(
                 // cannot continue): nothing is lost, the checkpoint holds;
                 // start again once it answers.
                 warn!(error = %store::redact_uri(&format!("{e:#}")), "Server unavailable while leading; starting again.");
+                after_outage = true;
                 let _ = lease::release(&db, &fence).await;
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }

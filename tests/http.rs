@@ -486,6 +486,14 @@ async fn readyz_says_not_connected_while_the_server_is_stopped() {
 
     server.restart();
     tally.wait("/readyz", Duration::from_secs(90), |code, _| code == 200);
+    // Ready can come first: a stopped leader is ready as a standby once the
+    // server answers, and counts the recovery when it leads again (or when
+    // its change stream reopens, if that is what failed).
+    tally.wait("/metrics", Duration::from_secs(60), |_, body| {
+        body.lines().any(|l| {
+            l.starts_with("tally_recoveries_total{cause=\"reconnect\"} ") && !l.ends_with(" 0")
+        })
+    });
     let metrics = checked_metrics(tally.port);
     assert!(
         value(
