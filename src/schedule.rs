@@ -123,23 +123,23 @@ pub async fn mark_final(
     fence: Option<&Fence>,
 ) -> Result<u64> {
     let at = BsonDateTime::from_millis(now.timestamp_millis());
-    let mut set = doc! { kind.final_field(): true, "updated_at": at, "generated_at": at };
+    let mut set = doc! {
+        kind.final_field(): true, "updated_at": at, "generated_at": at,
+        "revision": { "$add": [ { "$ifNull": ["$revision", 0] }, 1 ] },
+    };
     if kind == Kind::Report {
         set.insert("finalized_at", at);
     }
-    // Update operators, not a pipeline: the same effect ($inc of a missing
-    // revision gives 1), and SecantusDB evaluates a pipeline update at ~1.3×
-    // the cost per document (BENCHMARKS.md).
-    let update = doc! { "$set": set, "$inc": { "revision": 1_i64 } };
+    let pipeline = vec![doc! { "$set": set }];
     let coll = db.collection::<Document>(kind.collection());
     let filter =
         doc! { kind.date_field(): date_label(period), kind.final_field(): { "$ne": true } };
     let r = match fence {
-        None => coll.update_many(filter, update).await?,
+        None => coll.update_many(filter, pipeline).await?,
         Some(fence) => {
             lease::fenced(db, fence, |s| {
-                let (coll, filter, update) = (coll.clone(), filter.clone(), update.clone());
-                Box::pin(async move { Ok(coll.update_many(filter, update).session(s).await?) })
+                let (coll, filter, pipeline) = (coll.clone(), filter.clone(), pipeline.clone());
+                Box::pin(async move { Ok(coll.update_many(filter, pipeline).session(s).await?) })
             })
             .await?
         }
