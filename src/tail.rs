@@ -211,11 +211,14 @@ pub async fn run(
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
             other => {
-                match lease::release(&db, &fence).await {
-                    Ok(_) => info!(token = fence.token, "Released leadership."),
-                    Err(e) => {
+                let released =
+                    tokio::time::timeout(Duration::from_secs(2), lease::release(&db, &fence)).await;
+                match released {
+                    Ok(Ok(_)) => info!(token = fence.token, "Released leadership."),
+                    Ok(Err(e)) => {
                         warn!(error = %format!("{e:#}"), "Could not release the lease; it expires on its own.")
                     }
+                    Err(_) => warn!("Could not release the lease in time; it expires on its own."),
                 }
                 return other;
             }
@@ -239,11 +242,11 @@ async fn lead(
     db: Database,
     opts: RunOptions,
     fence: Fence,
-    stop: &AtomicBool,
+    stop: &Arc<AtomicBool>,
     lost: &AtomicBool,
 ) -> Result<Counters> {
     let token = fence.token;
-    let mut tailer = Tailer::start(db, opts, Some(fence)).await?;
+    let mut tailer = Tailer::start(db, opts, Some(fence), stop.clone()).await?;
     while !stop.load(Ordering::SeqCst) {
         if lost.load(Ordering::SeqCst) {
             return Err(LostLease { token }.into());
@@ -257,20 +260,50 @@ async fn lead(
             tailer.counters.reconnects += 1;
             warn!(error = %store::redact_uri(&format!("{e:#}")), backoff_ms = tailer.backoff.as_millis() as u64, "Server unavailable; retrying.");
             tailer.stream = None;
-            tokio::time::sleep(tailer.backoff).await;
+            pause(tailer.backoff, stop).await;
             tailer.backoff = (tailer.backoff * 2).min(Duration::from_secs(10));
         }
     }
-    tailer.flush().await?;
-    tailer.save().await?;
-    info!(
-        events = tailer.counters.events,
-        documents = tailer.counters.documents_written,
-        users_from_memory = tailer.counters.users_from_memory,
-        users_rescanned = tailer.counters.users_rescanned,
-        "Stopped cleanly."
-    );
+    // The last flush and checkpoint, within the shutdown budget. A server
+    // that is away now loses nothing: the events after the stored
+    // checkpoint replay on the next start and recompute the same content.
+    let last = async {
+        tailer.flush().await?;
+        tailer.save().await
+    };
+    match tokio::time::timeout(SHUTDOWN_WRITES, last).await {
+        Ok(Ok(())) => info!(
+            events = tailer.counters.events,
+            documents = tailer.counters.documents_written,
+            users_from_memory = tailer.counters.users_from_memory,
+            users_rescanned = tailer.counters.users_rescanned,
+            "Stopped cleanly."
+        ),
+        Ok(Err(e)) if !is_transient(&e) => return Err(e),
+        outcome => {
+            let error = match outcome {
+                Ok(Err(e)) => store::redact_uri(&format!("{e:#}")),
+                _ => format!("no answer within {} s", SHUTDOWN_WRITES.as_secs()),
+            };
+            warn!(%error, "Stopped without the last checkpoint: the server is unavailable; the events since the stored checkpoint replay on the next start.");
+        }
+    }
     Ok(tailer.counters)
+}
+
+/// How long a stop waits for its last flush and checkpoint (the whole stop
+/// must fit in 10 s, the server selection timeout is 5 s).
+const SHUTDOWN_WRITES: Duration = Duration::from_secs(6);
+
+/// Sleeps `d`, or less once `stop` is set.
+async fn pause(d: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + d;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+        tokio::time::sleep(
+            Duration::from_millis(100).min(until.saturating_duration_since(Instant::now())),
+        )
+        .await;
+    }
 }
 
 struct Tailer {
@@ -307,12 +340,19 @@ struct Tailer {
     backoff: Duration,
     pre_images: bool,
     counters: Counters,
+    /// Set when a stop is requested: waits between retries end early.
+    stop: Arc<AtomicBool>,
 }
 
 const HISTORY_LOST: i32 = 286;
 
 impl Tailer {
-    async fn start(db: Database, opts: RunOptions, fence: Option<Fence>) -> Result<Tailer> {
+    async fn start(
+        db: Database,
+        opts: RunOptions,
+        fence: Option<Fence>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Tailer> {
         for line in store::init(&db, false, opts.pre_images).await? {
             if line.starts_with("suggestion") {
                 warn!("{line}");
@@ -342,6 +382,7 @@ impl Tailer {
             backoff: Duration::from_millis(100),
             pre_images: opts.pre_images,
             counters: Counters::default(),
+            stop,
             opts,
         };
         if checkpoint.resume_token.is_none() && checkpoint.start_at.is_none() {
@@ -799,7 +840,7 @@ impl Tailer {
     }
 
     async fn reconnect(&mut self) -> Result<()> {
-        tokio::time::sleep(self.backoff).await;
+        pause(self.backoff, &self.stop).await;
         self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
         self.counters.reconnects += 1;
         match self.open_stream().await {

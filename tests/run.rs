@@ -1140,6 +1140,52 @@ async fn server_outage_longer_than_server_selection_is_survived() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A stop while the server is away (Ctrl-C of `scripts/run` used to stop
+/// both at once): exit 0 within 10 s without the last checkpoint, and a
+/// restart replays the events since the stored one — nothing lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_the_server_is_away_exits_0_and_loses_nothing() {
+    let dir = std::env::temp_dir().join(support::unique_db("tally-run-away"));
+    let mut server = support::start_server(&[], Some(&dir));
+    let uri = format!("{}&serverSelectionTimeoutMS=1500", server.uri());
+    let env = Env::new("run_away", uri, "UTC", instant(NOON_NY)).await;
+    let mut coin = Coin::new(&env).await;
+    coin.population(&env, 4, 8, 25, 22).await;
+    let mut rng = Rng::new(6);
+    let mut run = env.start("run", &["--initial-days", "20"]);
+    run.wait_log(TAILING, CATCH_UP).await;
+    // Changes tally may not have flushed or checkpointed when the server goes.
+    coin.random_ops(&env, &mut rng, 30).await;
+    server.stop();
+    let status = run.terminate().await; // panics after 10 s
+    assert_eq!(status.code(), Some(0), "{}", run.tail(30));
+    server.restart();
+    until_ok("first read after the restart", || async {
+        env.db
+            .collection::<Document>("transactions")
+            .count_documents(doc! {})
+            .await
+    })
+    .await;
+    let mut again = env.start("again", &["--initial-days", "20"]);
+    again.wait_log(TAILING, CATCH_UP).await;
+    env.caught_up(
+        env.day(-20),
+        env.day(30),
+        "reports,snapshots,monthly",
+        &[&again],
+    )
+    .await;
+    assert_eq!(
+        again.terminate().await.code(),
+        Some(0),
+        "{}",
+        again.tail(30)
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Regression: a finalization whose run failed (the server went away after
 /// the claim) stayed "running" under its owner, who could not claim it back
 /// for ten minutes, while the schedule moved on: it never ran.
