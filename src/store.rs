@@ -313,6 +313,25 @@ pub struct WriteStats {
 }
 
 impl WriteStats {
+    /// Counts what the server's reply to a bulk command of `sent`
+    /// statements of `op` says was done.
+    fn count_reply(&mut self, op: Op, reply: &Document, sent: usize) {
+        match op {
+            Op::Insert => self.inserted += count(reply),
+            Op::Upsert => {
+                let upserted = reply.get_array("upserted").map_or(0, |a| a.len()) as u64;
+                self.inserted += upserted;
+                self.updated += count(reply).saturating_sub(upserted);
+            }
+            Op::Update => {
+                let matched = count(reply);
+                self.updated += matched;
+                self.conflicts += (sent as u64).saturating_sub(matched);
+            }
+            Op::Delete => self.deleted += count(reply),
+        }
+    }
+
     pub fn add(&mut self, o: WriteStats) {
         self.inserted += o.inserted;
         self.updated += o.updated;
@@ -477,7 +496,7 @@ pub async fn execute_prepared(
         let reply = run_batch(db, &mut stats, coll, batch.op, &batch.items).await?;
         match batch.op {
             Op::Insert => {
-                stats.inserted += count(&reply);
+                stats.count_reply(Op::Insert, &reply, batch.items.len());
                 for i in failed_with(&reply, DUPLICATE_KEY) {
                     if let (Some(d), Some(filter)) = (batch.items.get(i), batch.filters.get(i)) {
                         upserts.push((upsert_statement(filter, d)?, ()));
@@ -492,23 +511,11 @@ pub async fn execute_prepared(
                         let items: Vec<RawDocumentBuf> =
                             chunk.into_iter().map(|(s, ())| s).collect();
                         let reply = run_batch(db, &mut stats, coll, Op::Upsert, &items).await?;
-                        let upserted = reply.get_array("upserted").map_or(0, |a| a.len()) as u64;
-                        stats.inserted += upserted;
-                        stats.updated += count(&reply).saturating_sub(upserted);
+                        stats.count_reply(Op::Upsert, &reply, items.len());
                     }
                 }
             }
-            Op::Upsert => {
-                let upserted = reply.get_array("upserted").map_or(0, |a| a.len()) as u64;
-                stats.inserted += upserted;
-                stats.updated += count(&reply).saturating_sub(upserted);
-            }
-            Op::Update => {
-                let matched = count(&reply);
-                stats.updated += matched;
-                stats.conflicts += (batch.items.len() as u64).saturating_sub(matched);
-            }
-            Op::Delete => stats.deleted += count(&reply),
+            op => stats.count_reply(op, &reply, batch.items.len()),
         }
     }
     Ok(stats)
@@ -589,7 +596,7 @@ async fn execute_fenced(db: &Database, prepared: Prepared, fence: &Fence) -> Res
             match fenced_batch(db, fence, coll, op, &items).await {
                 Ok((reply, s)) => {
                     stats.add(s);
-                    stats.inserted += count(&reply);
+                    stats.count_reply(op, &reply, items.len());
                     continue;
                 }
                 Err(e) if e.is::<DuplicateInTransaction>() => {
@@ -604,19 +611,7 @@ async fn execute_fenced(db: &Database, prepared: Prepared, fence: &Fence) -> Res
         }
         let (reply, s) = fenced_batch(db, fence, coll, op, &items).await?;
         stats.add(s);
-        match op {
-            Op::Insert | Op::Upsert => {
-                let upserted = reply.get_array("upserted").map_or(0, |a| a.len()) as u64;
-                stats.inserted += upserted;
-                stats.updated += count(&reply).saturating_sub(upserted);
-            }
-            Op::Update => {
-                let matched = count(&reply);
-                stats.updated += matched;
-                stats.conflicts += (items.len() as u64).saturating_sub(matched);
-            }
-            Op::Delete => stats.deleted += count(&reply),
-        }
+        stats.count_reply(op, &reply, items.len());
     }
     Ok(stats)
 }
