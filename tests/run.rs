@@ -1090,14 +1090,33 @@ where
     }
 }
 
+/// A private server with storage on disk (so it can be stopped and
+/// restarted), its data directory, and an `Env` on it whose server
+/// selection gives up after 1.5 s, so an outage shows as errors instead of
+/// the driver waiting it out.
+async fn env_on_own_server(prefix: &str) -> (support::Server, std::path::PathBuf, Env) {
+    let dir = std::env::temp_dir().join(support::unique_db(&format!("tally-{prefix}")));
+    let server = support::start_server(&[], Some(&dir));
+    let uri = format!("{}&serverSelectionTimeoutMS=1500", server.uri());
+    let env = Env::new(prefix, uri, "UTC", instant(NOON_NY)).await;
+    (server, dir, env)
+}
+
+/// Waits until the restarted server answers a read.
+async fn until_server_is_back(env: &Env) {
+    until_ok("first read after the restart", || async {
+        env.db
+            .collection::<Document>("transactions")
+            .count_documents(doc! {})
+            .await
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn server_outage_longer_than_server_selection_is_survived() {
-    let dir = std::env::temp_dir().join(support::unique_db("tally-run-server"));
-    let mut server = support::start_server(&[], Some(&dir));
-    // Server selection gives up after 1.5 s, so a 5 s outage is a long one:
-    // tally sees the errors instead of the driver waiting them out.
-    let uri = format!("{}&serverSelectionTimeoutMS=1500", server.uri());
-    let env = Env::new("run_srv", uri, "UTC", instant(NOON_NY)).await;
+    // Server selection gives up after 1.5 s, so a 5 s outage is a long one.
+    let (mut server, dir, env) = env_on_own_server("run_srv").await;
     let mut coin = Coin::new(&env).await;
     coin.population(&env, 4, 8, 25, 21).await;
     let mut rng = Rng::new(5);
@@ -1113,13 +1132,7 @@ async fn server_outage_longer_than_server_selection_is_survived() {
         run.tail(30)
     );
     server.restart();
-    until_ok("first read after the restart", || async {
-        env.db
-            .collection::<Document>("transactions")
-            .count_documents(doc! {})
-            .await
-    })
-    .await;
+    until_server_is_back(&env).await;
     coin.random_ops(&env, &mut rng, 40).await;
     env.caught_up(
         env.day(-20),
@@ -1145,10 +1158,7 @@ async fn server_outage_longer_than_server_selection_is_survived() {
 /// restart replays the events since the stored one — nothing lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_while_the_server_is_away_exits_0_and_loses_nothing() {
-    let dir = std::env::temp_dir().join(support::unique_db("tally-run-away"));
-    let mut server = support::start_server(&[], Some(&dir));
-    let uri = format!("{}&serverSelectionTimeoutMS=1500", server.uri());
-    let env = Env::new("run_away", uri, "UTC", instant(NOON_NY)).await;
+    let (mut server, dir, env) = env_on_own_server("run_away").await;
     let mut coin = Coin::new(&env).await;
     coin.population(&env, 4, 8, 25, 22).await;
     let mut rng = Rng::new(6);
@@ -1160,13 +1170,7 @@ async fn sigterm_while_the_server_is_away_exits_0_and_loses_nothing() {
     let status = run.terminate().await; // panics after 10 s
     assert_eq!(status.code(), Some(0), "{}", run.tail(30));
     server.restart();
-    until_ok("first read after the restart", || async {
-        env.db
-            .collection::<Document>("transactions")
-            .count_documents(doc! {})
-            .await
-    })
-    .await;
+    until_server_is_back(&env).await;
     let mut again = env.start("again", &["--initial-days", "20"]);
     again.wait_log(TAILING, CATCH_UP).await;
     env.caught_up(
