@@ -10,16 +10,13 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime as BsonDateTime, Document};
-use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
-use futures::TryStreamExt;
-use mongodb::{Client, Database};
+use chrono::{DateTime, NaiveDate, Utc};
+use mongodb::Database;
 use serde_json::Value;
-use tally::calendar::{local_instant, Calendar};
 use tally::lease::{self, Fence};
 use tally::money::Money;
 use tally::reports::Kind;
@@ -27,10 +24,8 @@ use tally::seed::Rng;
 use tally::state::{self, Checkpoint, Claim};
 use tally::store::{self, Write};
 
-use support::process::{first_to_log, instant, Running, TestClock};
+use support::process::{first_to_log, instant, Env, Running, TestClock, CATCH_UP, SETTLE_SECONDS};
 
-const SETTLE_SECONDS: u64 = 2;
-const CATCH_UP: Duration = Duration::from_secs(60);
 const TAILING: &str = "Tailing transactions and pockets.";
 const ACQUIRED: &str = "Acquired leadership.";
 const STANDING_BY: &str = "Standing by";
@@ -46,66 +41,7 @@ const OUTPUTS: [&str; 3] = [
 // Environment (the clock and child processes: tests/support/process.rs)
 // ---------------------------------------------------------------------------
 
-struct Env {
-    uri: String,
-    name: String,
-    cal: Calendar,
-    tz: chrono_tz::Tz,
-    clock: TestClock,
-    db: Database,
-}
-
 impl Env {
-    async fn new(prefix: &str, zone: &str) -> Env {
-        let uri = support::uri();
-        let name = support::unique_db(prefix);
-        let client = Client::with_uri_str(&uri).await.expect("client");
-        let db = client.database(&name);
-        Env {
-            uri,
-            name,
-            cal: Calendar::from_name(zone).expect("zone"),
-            tz: zone.parse().expect("zone"),
-            clock: TestClock::at(instant(NOON_NY)),
-            db,
-        }
-    }
-
-    fn day(&self, offset: i64) -> NaiveDate {
-        let t = self.cal.day_of(self.clock.now());
-        if offset >= 0 {
-            t + Days::new(offset as u64)
-        } else {
-            t - Days::new(offset.unsigned_abs())
-        }
-    }
-
-    fn at(&self, day: NaiveDate, hh: u32, mm: u32) -> DateTime<Utc> {
-        local_instant(
-            self.tz,
-            day,
-            NaiveTime::from_hms_opt(hh, mm, 0).expect("time"),
-        )
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
-        c.args(args)
-            .env("TALLY_MONGODB_URI", &self.uri)
-            .env("TALLY_DATABASE", &self.name)
-            .env("TALLY_TIMEZONE", self.cal.name())
-            .env("TALLY_NOW", self.clock.rfc3339())
-            .env("TALLY_LOG", "tally=info,warn")
-            .env("TALLY_HTTP_ADDR", "127.0.0.1:0")
-            .stdin(Stdio::null());
-        c
-    }
-
-    async fn tally(&self, args: &[&str]) -> std::process::Output {
-        let mut c = tokio::process::Command::from(self.command(args));
-        c.arg("--quiet").output().await.expect("tally runs")
-    }
-
     /// `tally run --settle-seconds 2 --initial-days 20 --lease-ttl TTL`.
     fn start(&self, label: &str, ttl: u64) -> Running {
         let (settle, ttl) = (SETTLE_SECONDS.to_string(), ttl.to_string());
@@ -123,45 +59,14 @@ impl Env {
 
     /// `reconcile` over the managed window exits 0, and again after the
     /// settle delay.
-    async fn caught_up(&self, runs: &[&Running]) {
-        let (from, to) = (self.day(-20).to_string(), self.day(30).to_string());
-        let deadline = Instant::now() + CATCH_UP;
-        let mut clean_once = false;
-        loop {
-            let o = self
-                .tally(&["reconcile", "--from", &from, "--to", &to, "--json"])
-                .await;
-            match o.status.code() {
-                Some(0) if clean_once => return,
-                Some(0) => {
-                    clean_once = true;
-                    tokio::time::sleep(Duration::from_millis(SETTLE_SECONDS * 1000 + 1500)).await;
-                    continue;
-                }
-                _ => clean_once = false,
-            }
-            if Instant::now() > deadline {
-                let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
-                text.truncate(6000);
-                let logs: String = runs
-                    .iter()
-                    .map(|r| format!("--- {} ---\n{}\n", r.label, r.tail(40)))
-                    .collect();
-                panic!("reconcile {from}..{to} not clean after {CATCH_UP:?}:\n{text}\n{logs}");
-            }
-            tokio::time::sleep(Duration::from_millis(700)).await;
-        }
-    }
-
-    async fn all(&self, coll: &str, filter: Document) -> Vec<Document> {
-        self.db
-            .collection::<Document>(coll)
-            .find(filter)
-            .await
-            .expect("find")
-            .try_collect()
-            .await
-            .expect("cursor")
+    async fn caught_up_window(&self, runs: &[&Running]) {
+        self.caught_up(
+            self.day(-20),
+            self.day(30),
+            "reports,snapshots,monthly",
+            runs,
+        )
+        .await;
     }
 
     async fn lease_doc(&self) -> Document {
@@ -496,7 +401,7 @@ async fn steal(env: &Env, thief: &str, ttl_ms: i64) -> Fence {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_behind_a_stale_fence_fails_with_lost_lease_and_writes_nothing() {
-    let env = Env::new("ha_fence", "UTC").await;
+    let env = Env::new("ha_fence", support::uri(), "UTC", instant(NOON_NY)).await;
     let db = &env.db;
     store::init(db, false, false).await.expect("indexes");
     let ttl = Duration::from_secs(60);
@@ -625,7 +530,7 @@ async fn a_write_behind_a_stale_fence_fails_with_lost_lease_and_writes_nothing()
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_of_the_leader_hands_over_within_the_ttl() {
     const TTL: u64 = 3;
-    let env = Env::new("ha_kill", "Europe/Paris").await;
+    let env = Env::new("ha_kill", support::uri(), "Europe/Paris", instant(NOON_NY)).await;
     let mut coin = Coin::new(&env).await;
     coin.population(&env, 5, 8, 21).await;
     let mut rng = Rng::new(5);
@@ -671,7 +576,7 @@ async fn kill_9_of_the_leader_hands_over_within_the_ttl() {
     assert_eq!(lease.get_i64("token"), Ok(token + 1), "{lease}");
 
     coin.random_ops(&env, &mut rng, 15).await;
-    env.caught_up(&[&standby]).await;
+    env.caught_up_window(&[&standby]).await;
     assert_eq!(standby.count(LOST), 0, "{}", standby.tail(20));
     assert_eq!(standby.terminate().await.code(), Some(0));
 }
@@ -682,7 +587,7 @@ async fn kill_9_of_the_leader_hands_over_within_the_ttl() {
 /// thief releases the lease.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deposed_leader_writes_nothing_and_stands_by() {
-    let env = Env::new("ha_steal", "UTC").await;
+    let env = Env::new("ha_steal", support::uri(), "UTC", instant(NOON_NY)).await;
     let mut coin = Coin::new(&env).await;
     coin.population(&env, 4, 6, 31).await;
     let mut rng = Rng::new(8);
@@ -690,7 +595,7 @@ async fn a_deposed_leader_writes_nothing_and_stands_by() {
     let mut run = env.start("a", 600);
     run.wait_log(TAILING, CATCH_UP).await;
     coin.random_ops(&env, &mut rng, 20).await;
-    env.caught_up(&[&run]).await;
+    env.caught_up_window(&[&run]).await;
 
     let thief = steal(&env, "thief", 600_000).await;
     let before = env.outputs().await;
@@ -724,7 +629,7 @@ async fn a_deposed_leader_writes_nothing_and_stands_by() {
         "woken by the release, not the 200 s poll"
     );
     run.wait_count(TAILING, 2, CATCH_UP).await;
-    env.caught_up(&[&run]).await;
+    env.caught_up_window(&[&run]).await;
     assert_eq!(run.terminate().await.code(), Some(0));
 }
 
@@ -733,7 +638,13 @@ async fn a_deposed_leader_writes_nothing_and_stands_by() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_of_the_leader_hands_over_at_once() {
     const TTL: u64 = 15;
-    let env = Env::new("ha_term", "America/New_York").await;
+    let env = Env::new(
+        "ha_term",
+        support::uri(),
+        "America/New_York",
+        instant(NOON_NY),
+    )
+    .await;
     let mut coin = Coin::new(&env).await;
     coin.population(&env, 4, 6, 41).await;
     let mut rng = Rng::new(9);
@@ -778,7 +689,7 @@ async fn sigterm_of_the_leader_hands_over_at_once() {
     );
     standby.wait_log(TAILING, CATCH_UP).await;
     coin.random_ops(&env, &mut rng, 20).await;
-    env.caught_up(&[&standby]).await;
+    env.caught_up_window(&[&standby]).await;
     assert_eq!(standby.terminate().await.code(), Some(0));
 }
 
@@ -788,7 +699,7 @@ async fn sigterm_of_the_leader_hands_over_at_once() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a measurement, not a check"]
 async fn fence_cost_on_small_flushes() {
-    let env = Env::new("ha_cost", "UTC").await;
+    let env = Env::new("ha_cost", support::uri(), "UTC", instant(NOON_NY)).await;
     let db = &env.db;
     store::init(db, false, false).await.expect("indexes");
     let fence = lease::try_acquire(db, "bench", Duration::from_secs(600))

@@ -13,25 +13,19 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime as BsonDateTime, Document};
-use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
-use futures::{FutureExt, TryStreamExt};
-use mongodb::{Client, ClientSession, Database};
-use serde_json::Value;
-use tally::calendar::{date_label, local_instant, Calendar};
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use futures::FutureExt;
+use mongodb::{ClientSession, Database};
+use tally::calendar::{date_label, local_instant};
 use tally::money::Money;
 use tally::seed::Rng;
 
-use support::process::{instant, Running, TestClock};
+use support::process::{instant, Env, Running, TestClock, CATCH_UP, SETTLE_SECONDS};
 
-/// Settle delay given to `tally run` (seconds).
-const SETTLE_SECONDS: u64 = 2;
-/// How long tally may take to catch up once the workload stops.
-const CATCH_UP: Duration = Duration::from_secs(60);
 /// Logged once `tally run` streams.
 const TAILING: &str = "Tailing transactions and pockets.";
 const OUTPUTS: [(&str, &str); 3] = [
@@ -44,80 +38,11 @@ const OUTPUTS: [(&str, &str); 3] = [
 // Environment (the clock and child processes: tests/support/process.rs)
 // ---------------------------------------------------------------------------
 
-/// The injected clock: `base` at `started`, then real speed.
 fn date(s: &str) -> NaiveDate {
     s.parse().expect("YYYY-MM-DD")
 }
 
-/// One test's database, zone and clock.
-struct Env {
-    uri: String,
-    name: String,
-    cal: Calendar,
-    tz: chrono_tz::Tz,
-    clock: TestClock,
-    client: Client,
-    db: Database,
-}
-
 impl Env {
-    async fn new(prefix: &str, uri: String, zone: &str, now: DateTime<Utc>) -> Env {
-        let name = support::unique_db(prefix);
-        let client = Client::with_uri_str(&uri).await.expect("client");
-        let db = client.database(&name);
-        Env {
-            uri,
-            name,
-            cal: Calendar::from_name(zone).expect("zone"),
-            tz: zone.parse().expect("zone"),
-            clock: TestClock::at(now),
-            client,
-            db,
-        }
-    }
-
-    fn today(&self) -> NaiveDate {
-        self.cal.day_of(self.clock.now())
-    }
-
-    fn day(&self, offset: i64) -> NaiveDate {
-        let t = self.today();
-        if offset >= 0 {
-            t + Days::new(offset as u64)
-        } else {
-            t - Days::new(offset.unsigned_abs())
-        }
-    }
-
-    /// Local `hh:mm` of `day` as an instant.
-    fn at(&self, day: NaiveDate, hh: u32, mm: u32) -> DateTime<Utc> {
-        local_instant(
-            self.tz,
-            day,
-            NaiveTime::from_hms_opt(hh, mm, 0).expect("time"),
-        )
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
-        c.args(args)
-            .env("TALLY_MONGODB_URI", &self.uri)
-            .env("TALLY_DATABASE", &self.name)
-            .env("TALLY_TIMEZONE", self.cal.name())
-            .env("TALLY_NOW", self.clock.rfc3339())
-            // A restart after kill -9 waits for the dead instance's lease.
-            .env("TALLY_LEASE_TTL", "5")
-            .env("TALLY_LOG", "tally=info,warn")
-            .env("TALLY_HTTP_ADDR", "127.0.0.1:0")
-            .stdin(Stdio::null());
-        c
-    }
-
-    async fn tally(&self, args: &[&str]) -> std::process::Output {
-        let mut c = tokio::process::Command::from(self.command(args));
-        c.arg("--quiet").output().await.expect("tally runs")
-    }
-
     /// Starts `tally run` with `--settle-seconds 2` and `extra` flags; its
     /// stderr goes to a log file named after `label`.
     fn start(&self, label: &str, extra: &[&str]) -> Running {
@@ -125,75 +50,6 @@ impl Env {
         let mut args = vec!["run", "--settle-seconds", &settle];
         args.extend_from_slice(extra);
         Running::spawn(self.command(&args), "tally-run", &self.name, label)
-    }
-
-    /// Runs `reconcile --json` over [from, to] until it exits 0, then once
-    /// more after the settle delay (a late wrong write would show there).
-    /// Panics with the last report and the logs of `runs` after [`CATCH_UP`].
-    async fn caught_up(
-        &self,
-        from: NaiveDate,
-        to: NaiveDate,
-        kinds: &str,
-        runs: &[&Running],
-    ) -> Value {
-        let (from, to) = (from.to_string(), to.to_string());
-        let deadline = Instant::now() + CATCH_UP;
-        let mut clean_once = false;
-        loop {
-            let o = self
-                .tally(&[
-                    "reconcile",
-                    "--from",
-                    &from,
-                    "--to",
-                    &to,
-                    "--kinds",
-                    kinds,
-                    "--json",
-                ])
-                .await;
-            let code = o.status.code();
-            let json: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
-                Value::String(format!(
-                    "exit {code:?}; stdout: {}; stderr: {}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                ))
-            });
-            match code {
-                Some(0) if clean_once => return json,
-                Some(0) => {
-                    clean_once = true;
-                    tokio::time::sleep(Duration::from_millis(SETTLE_SECONDS * 1000 + 1500)).await;
-                    continue;
-                }
-                _ => clean_once = false,
-            }
-            if Instant::now() > deadline {
-                let mut text = serde_json::to_string_pretty(&json).unwrap_or_default();
-                text.truncate(8000);
-                let logs: String = runs
-                    .iter()
-                    .map(|r| format!("--- {} ---\n{}\n", r.label, r.tail(40)))
-                    .collect();
-                panic!(
-                    "reconcile {from}..{to} ({kinds}) not clean after {CATCH_UP:?}:\n{text}\n{logs}"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(700)).await;
-        }
-    }
-
-    async fn all(&self, coll: &str, filter: Document) -> Vec<Document> {
-        self.db
-            .collection::<Document>(coll)
-            .find(filter)
-            .await
-            .expect("find")
-            .try_collect()
-            .await
-            .expect("cursor")
     }
 }
 

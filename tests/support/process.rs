@@ -1,12 +1,23 @@
 //! `tally` as a child process for the integration tests: a clock that
-//! starts at a chosen instant (passed to the binary as `TALLY_NOW`), and a
-//! running process whose log the tests read and wait on.
+//! starts at a chosen instant (passed to the binary as `TALLY_NOW`), one
+//! test's database, zone and clock with the commands run against them, and
+//! a running process whose log the tests read and wait on.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use bson::Document;
+use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
+use futures::TryStreamExt;
+use mongodb::{Client, Database};
+use serde_json::Value;
+use tally::calendar::{local_instant, Calendar};
+
+/// The settle delay the tests give `tally run` (`--settle-seconds`).
+pub const SETTLE_SECONDS: u64 = 2;
+/// How long a test waits for tally to catch up.
+pub const CATCH_UP: Duration = Duration::from_secs(60);
 
 /// A clock that starts at `base` and runs at the speed of real time.
 #[derive(Clone, Copy, Debug)]
@@ -38,6 +49,145 @@ pub fn instant(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
         .expect("RFC 3339")
         .with_timezone(&Utc)
+}
+
+/// One test's database, zone and clock.
+pub struct Env {
+    pub uri: String,
+    pub name: String,
+    pub cal: Calendar,
+    pub tz: chrono_tz::Tz,
+    pub clock: TestClock,
+    pub client: Client,
+    pub db: Database,
+}
+
+impl Env {
+    pub async fn new(prefix: &str, uri: String, zone: &str, now: DateTime<Utc>) -> Env {
+        let name = super::unique_db(prefix);
+        let client = Client::with_uri_str(&uri).await.expect("client");
+        let db = client.database(&name);
+        Env {
+            uri,
+            name,
+            cal: Calendar::from_name(zone).expect("zone"),
+            tz: zone.parse().expect("zone"),
+            clock: TestClock::at(now),
+            client,
+            db,
+        }
+    }
+
+    pub fn today(&self) -> NaiveDate {
+        self.cal.day_of(self.clock.now())
+    }
+
+    pub fn day(&self, offset: i64) -> NaiveDate {
+        let t = self.today();
+        if offset >= 0 {
+            t + Days::new(offset as u64)
+        } else {
+            t - Days::new(offset.unsigned_abs())
+        }
+    }
+
+    /// Local `hh:mm` of `day` as an instant.
+    pub fn at(&self, day: NaiveDate, hh: u32, mm: u32) -> DateTime<Utc> {
+        local_instant(
+            self.tz,
+            day,
+            NaiveTime::from_hms_opt(hh, mm, 0).expect("time"),
+        )
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
+        c.args(args)
+            .env("TALLY_MONGODB_URI", &self.uri)
+            .env("TALLY_DATABASE", &self.name)
+            .env("TALLY_TIMEZONE", self.cal.name())
+            .env("TALLY_NOW", self.clock.rfc3339())
+            // A restart after kill -9 waits for the dead instance's lease.
+            .env("TALLY_LEASE_TTL", "5")
+            .env("TALLY_LOG", "tally=info,warn")
+            .env("TALLY_HTTP_ADDR", "127.0.0.1:0")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub async fn tally(&self, args: &[&str]) -> std::process::Output {
+        let mut c = tokio::process::Command::from(self.command(args));
+        c.arg("--quiet").output().await.expect("tally runs")
+    }
+
+    /// Runs `reconcile --json` over [from, to] until it exits 0, then once
+    /// more after the settle delay (a late wrong write would show there).
+    /// Panics with the last report and the logs of `runs` after [`CATCH_UP`].
+    pub async fn caught_up(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        kinds: &str,
+        runs: &[&Running],
+    ) -> Value {
+        let (from, to) = (from.to_string(), to.to_string());
+        let deadline = Instant::now() + CATCH_UP;
+        let mut clean_once = false;
+        loop {
+            let o = self
+                .tally(&[
+                    "reconcile",
+                    "--from",
+                    &from,
+                    "--to",
+                    &to,
+                    "--kinds",
+                    kinds,
+                    "--json",
+                ])
+                .await;
+            let code = o.status.code();
+            let json: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+                Value::String(format!(
+                    "exit {code:?}; stdout: {}; stderr: {}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ))
+            });
+            match code {
+                Some(0) if clean_once => return json,
+                Some(0) => {
+                    clean_once = true;
+                    tokio::time::sleep(Duration::from_millis(SETTLE_SECONDS * 1000 + 1500)).await;
+                    continue;
+                }
+                _ => clean_once = false,
+            }
+            if Instant::now() > deadline {
+                let mut text = serde_json::to_string_pretty(&json).unwrap_or_default();
+                text.truncate(8000);
+                let logs: String = runs
+                    .iter()
+                    .map(|r| format!("--- {} ---\n{}\n", r.label, r.tail(40)))
+                    .collect();
+                panic!(
+                    "reconcile {from}..{to} ({kinds}) not clean after {CATCH_UP:?}:\n{text}\n{logs}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+    }
+
+    pub async fn all(&self, coll: &str, filter: Document) -> Vec<Document> {
+        self.db
+            .collection::<Document>(coll)
+            .find(filter)
+            .await
+            .expect("find")
+            .try_collect()
+            .await
+            .expect("cursor")
+    }
 }
 
 /// A `tally` child process whose stderr goes to a log file. Dropping it
