@@ -522,6 +522,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_refused_commit_runs_again_and_other_errors_do_not() {
+        let refused = anyhow::Error::new(std::io::Error::other("InternalError"))
+            .context(CommitFailed)
+            .context("committing a fenced write");
+        assert!(is_retryable_transaction(&refused));
+        let body = anyhow::anyhow!("a fenced bulk write had write errors");
+        assert!(!is_retryable_transaction(&body));
+        let timed_out = anyhow::Error::from(TimedOut("a fenced write")).context("flushing");
+        assert!(is_timeout(&timed_out) && !is_retryable_transaction(&timed_out));
+    }
+
+    #[test]
+    fn fences_compare_by_owner_and_token_only() {
+        assert_eq!(Fence::new("a", 1), Fence::new("a", 1));
+        assert_ne!(Fence::new("a", 1), Fence::new("a", 2));
+        assert_ne!(Fence::new("a", 1), Fence::new("b", 1));
+    }
+
+    #[test]
     fn a_lost_lease_is_recognized_under_context() {
         let e = anyhow::Error::from(LostLease { token: 7 }).context("writing the checkpoint");
         assert!(is_lost(&e));

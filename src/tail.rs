@@ -1683,6 +1683,48 @@ mod tests {
     use mongodb::change_stream::event::ChangeStreamEvent;
 
     #[test]
+    fn failures_back_off_and_give_up_only_once_they_persisted() {
+        let mut opts = RunOptions::new(Calendar::from_name("UTC").unwrap());
+        opts.give_up_after = Duration::from_millis(300);
+        let telemetry = opts.telemetry.clone();
+        let mut failures = Failures::new(&opts);
+        let first = failures.failed(anyhow::anyhow!("boom"), "A step").unwrap();
+        let second = failures.failed(anyhow::anyhow!("boom"), "A step").unwrap();
+        assert!(second > first, "{second:?} > {first:?}");
+        for _ in 0..20 {
+            let _ = failures.failed(anyhow::anyhow!("boom"), "A step");
+        }
+        assert_eq!(
+            failures.failed(anyhow::anyhow!("boom"), "A step").ok(),
+            Some(Duration::from_secs(10)),
+            "the pause is capped at 10 s"
+        );
+        // A success clears the streak: the give-up clock starts again.
+        failures.cleared();
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(failures.failed(anyhow::anyhow!("boom"), "A step").is_ok());
+        std::thread::sleep(Duration::from_millis(350));
+        let e = failures
+            .failed(anyhow::anyhow!("boom"), "A step")
+            .expect_err("persisted past give_up_after");
+        assert!(e.downcast_ref::<GaveUp>().is_some(), "{e:#}");
+        let other = telemetry.write_failures.values();
+        assert!(
+            other.contains(&([Failure::Other.as_str()], 25)),
+            "every failure is counted: {other:?}"
+        );
+    }
+
+    #[test]
+    fn failures_are_counted_by_cause() {
+        let timed_out = anyhow::Error::from(lease::TimedOut("renewing the lease"));
+        assert_eq!(failure_cause(&timed_out), Failure::Timeout);
+        let step = anyhow::Error::from(StepTimedOut).context("flushing");
+        assert_eq!(failure_cause(&step), Failure::Timeout);
+        assert_eq!(failure_cause(&anyhow::anyhow!("a bug")), Failure::Other);
+    }
+
+    #[test]
     fn raw_events_read_like_the_drivers_typed_events() {
         let id = bson::oid::ObjectId::new();
         let full = doc! { "_id": id, "user_id": id, "type": "expense", "amount": 1.5 };
