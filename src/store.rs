@@ -728,6 +728,49 @@ async fn run_bulk(
     Ok(reply)
 }
 
+/// Write errors in the reply of a bulk command: the command succeeded
+/// (`ok: 1`), yet some of its statements did not apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteErrors {
+    /// How many statements failed.
+    pub count: usize,
+    /// The first failure's server code and message.
+    pub code: Option<i64>,
+    pub message: String,
+}
+
+impl std::fmt::Display for WriteErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = self
+            .code
+            .map_or("no code".to_owned(), |c| format!("code {c}"));
+        write!(
+            f,
+            "{} write error(s), the first {code}: {}",
+            self.count, self.message
+        )
+    }
+}
+
+impl std::error::Error for WriteErrors {}
+
+/// Fails with [`WriteErrors`] when a bulk command's reply lists any.
+pub fn check_write_errors(reply: &Document) -> Result<(), WriteErrors> {
+    let errors = match reply.get_array("writeErrors") {
+        Ok(errors) if !errors.is_empty() => errors,
+        _ => return Ok(()),
+    };
+    let first = errors.first().and_then(Bson::as_document);
+    Err(WriteErrors {
+        count: errors.len(),
+        code: first.and_then(|d| int(d.get("code"))),
+        message: first
+            .and_then(|d| d.get_str("errmsg").ok())
+            .unwrap_or_default()
+            .to_owned(),
+    })
+}
+
 /// Records invalid source documents in `tally_rejects`; `first_seen` is kept.
 pub async fn record_rejects(
     db: &Database,
@@ -749,9 +792,11 @@ pub async fn record_rejects(
                 }
             })
             .collect();
-        db.run_command(doc! { "update": REJECTS, "updates": updates, "ordered": false })
+        let reply = db
+            .run_command(doc! { "update": REJECTS, "updates": updates, "ordered": false })
             .await
             .context("recording rejected source documents")?;
+        check_write_errors(&reply).context("recording rejected source documents")?;
     }
     Ok(())
 }
@@ -763,9 +808,11 @@ pub async fn clear_rejects(db: &Database, corrected: &[(&'static str, SourceId)]
             .iter()
             .map(|(coll, id)| doc! { "q": { "collection": *coll, "source_id": id.to_bson() }, "limit": 1 })
             .collect();
-        db.run_command(doc! { "delete": REJECTS, "deletes": deletes, "ordered": false })
+        let reply = db
+            .run_command(doc! { "delete": REJECTS, "deletes": deletes, "ordered": false })
             .await
             .context("removing reject records of corrected documents")?;
+        check_write_errors(&reply).context("removing reject records of corrected documents")?;
     }
     Ok(())
 }
@@ -788,6 +835,40 @@ mod tests {
         assert_eq!(
             redact_uri("mongodb://127.0.0.1:27017"),
             "mongodb://127.0.0.1:27017"
+        );
+    }
+
+    #[test]
+    fn write_errors_in_a_bulk_reply_fail_with_the_first_code_and_message() {
+        assert_eq!(check_write_errors(&doc! { "n": 2, "ok": 1.0 }), Ok(()));
+        assert_eq!(
+            check_write_errors(&doc! { "n": 2, "writeErrors": [], "ok": 1.0 }),
+            Ok(())
+        );
+        let reply = doc! {
+            "n": 1, "ok": 1.0,
+            "writeErrors": [
+                { "index": 1, "code": 121, "errmsg": "Document failed validation" },
+                { "index": 2, "code": 11000, "errmsg": "E11000" },
+            ],
+        };
+        let e = check_write_errors(&reply).unwrap_err();
+        assert_eq!(
+            e,
+            WriteErrors {
+                count: 2,
+                code: Some(121),
+                message: "Document failed validation".to_owned()
+            }
+        );
+        let text = format!(
+            "{:#}",
+            anyhow::Error::from(e).context("recording rejected source documents")
+        );
+        assert_eq!(
+            text,
+            "recording rejected source documents: 2 write error(s), the first code 121: \
+             Document failed validation"
         );
     }
 
