@@ -18,6 +18,8 @@ pub const DUPLICATE_KEY: i32 = 11000;
 pub const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
 /// MongoDB's `NamespaceNotFound`.
 pub const NAMESPACE_NOT_FOUND: i32 = 26;
+/// MongoDB's `NamespaceExists`.
+pub const NAMESPACE_EXISTS: i32 = 48;
 
 /// The server's code of a command error, if `e` is one.
 pub fn command_code(e: &Error) -> Option<i32> {

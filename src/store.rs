@@ -17,6 +17,7 @@ use mongodb::{Client, ClientSession, Database, IndexModel};
 
 use crate::calendar::date_label;
 use crate::diff::diff;
+use crate::errors;
 use crate::lease::{self, Fence};
 use crate::reports::{Kind, BOOKKEEPING};
 use crate::source::{RejectReason, SourceId};
@@ -133,11 +134,14 @@ pub async fn init(db: &Database, source_index: bool, pre_images: bool) -> Result
                 .with_context(|| format!("creating the index {name} on {coll}"))?;
             done.push(format!("index {name} on {coll}"));
         } else {
-            let names = db
-                .collection::<Document>(coll)
-                .list_index_names()
-                .await
-                .unwrap_or_default();
+            let names = match db.collection::<Document>(coll).list_index_names().await {
+                Ok(names) => names,
+                // No collection yet: no index either.
+                Err(e) if errors::is_namespace_not_found(&e) => Vec::new(),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("listing the indexes of {coll}"));
+                }
+            };
             if !names.iter().any(|n| n == name) {
                 done.push(format!(
                     "suggestion: index {name} on {coll} is missing; backfill, reconcile and \
@@ -147,17 +151,8 @@ pub async fn init(db: &Database, source_index: bool, pre_images: bool) -> Result
         }
     }
     if pre_images {
-        let names = db
-            .list_collection_names()
-            .await
-            .context("listing collections")?;
-        let cmd = if names.iter().any(|n| n == TRANSACTIONS) {
-            doc! { "collMod": TRANSACTIONS, "changeStreamPreAndPostImages": { "enabled": true } }
-        } else {
-            doc! { "create": TRANSACTIONS, "changeStreamPreAndPostImages": { "enabled": true } }
-        };
-        match db.run_command(cmd).await {
-            Ok(_) => done.push("change-stream pre-images enabled on transactions".to_owned()),
+        match enable_pre_images(db).await {
+            Ok(()) => done.push("change-stream pre-images enabled on transactions".to_owned()),
             Err(e) => done.push(format!(
                 "pre-images not enabled on transactions ({}); tally run still works without them",
                 short_error(&e)
@@ -165,6 +160,26 @@ pub async fn init(db: &Database, source_index: bool, pre_images: bool) -> Result
         }
     }
     Ok(done)
+}
+
+/// Turns on change-stream pre- and post-images of `transactions` with
+/// `collMod`, or `create` when the collection does not exist yet (and
+/// `collMod` again if another client created it in between). Needs no
+/// `listCollections`, which the least-privilege role lacks.
+async fn enable_pre_images(db: &Database) -> mongodb::error::Result<()> {
+    let images = doc! { "enabled": true };
+    let coll_mod = doc! { "collMod": TRANSACTIONS, "changeStreamPreAndPostImages": images.clone() };
+    match db.run_command(coll_mod.clone()).await {
+        Err(e) if errors::is_namespace_not_found(&e) => {}
+        other => return other.map(drop),
+    }
+    let create = doc! { "create": TRANSACTIONS, "changeStreamPreAndPostImages": images };
+    match db.run_command(create).await {
+        Err(e) if errors::command_code(&e) == Some(errors::NAMESPACE_EXISTS) => {
+            db.run_command(coll_mod).await.map(drop)
+        }
+        other => other.map(drop),
+    }
 }
 
 /// One write to an output collection.
