@@ -185,8 +185,10 @@ async fn enable_pre_images(db: &Database) -> mongodb::error::Result<()> {
 /// One write to an output collection.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
-    /// Insert or replace content; `if_revision` guards an update against a
-    /// concurrent writer (the stored revision it was computed from).
+    /// Insert or replace content. `if_revision: None` inserts a new
+    /// document (not written if its key is taken: a conflict); `Some(r)`
+    /// replaces the stored document of revision `r` (0: without a
+    /// revision), guarded against a concurrent writer.
     Upsert {
         kind: Kind,
         filter: Document,
@@ -239,6 +241,13 @@ pub fn plan_write(
 /// The upsert that replaces `stored` (known to differ) by `content`:
 /// revision, restatements, created_at and finalized_at follow SPEC §5.
 /// Only the bookkeeping fields of `stored` are read.
+///
+/// Without `stored` the write is an insert of a new document; with it, a
+/// replacement guarded by the stored `_id` and revision, so that it never
+/// overwrites what another writer stored meanwhile. A stored document
+/// without a revision (not written by tally) is guarded as revision 0,
+/// which matches a missing one; one whose `_id` is not an ObjectId is
+/// found by its key instead.
 pub fn write_over(
     kind: Kind,
     filter: Document,
@@ -256,10 +265,17 @@ pub fn write_over(
     // The stored document's `_id`, or a new one: guarded updates and
     // deletes then find the document by `_id`, which SecantusDB does at half
     // the cost of the (user_id, period) key (BENCHMARKS.md, "Writes by _id").
-    let id = stored
-        .and_then(|s| s.get_object_id("_id").ok())
-        .unwrap_or_default(); // ObjectId's default is a new id, ObjectId::new()
-    set.insert("_id", id);
+    match stored {
+        // ObjectId's default is a new id, ObjectId::new().
+        None => {
+            set.insert("_id", bson::oid::ObjectId::default());
+        }
+        Some(s) => {
+            if let Ok(id) = s.get_object_id("_id") {
+                set.insert("_id", id);
+            }
+        }
+    }
     set.insert("time_zone", time_zone);
     set.insert("revision", revision.unwrap_or(0) + 1);
     set.insert("restatements", restatements + i64::from(was_final));
@@ -283,7 +299,7 @@ pub fn write_over(
         kind,
         filter,
         set,
-        if_revision: stored.and(revision),
+        if_revision: stored.map(|_| revision.unwrap_or(0)),
     }
 }
 
@@ -320,7 +336,11 @@ pub struct WriteStats {
     pub inserted: u64,
     pub updated: u64,
     pub deleted: u64,
-    /// Guarded updates that found another revision (a concurrent writer).
+    /// Writes not done because another writer got there first: guarded
+    /// updates that found another revision (or no document), and inserts
+    /// of documents believed new whose key was taken. The stored document
+    /// is left as it is; the caller reads it again (rescans the user from
+    /// the source) and retries.
     pub conflicts: u64,
     pub errors: u64,
     /// Time spent waiting for the server to take the writes.
@@ -332,11 +352,9 @@ impl WriteStats {
     /// statements of `op` says was done.
     fn count_reply(&mut self, op: Op, reply: &Document, sent: usize) {
         match op {
-            Op::Insert => self.inserted += count(reply),
-            Op::Upsert => {
-                let upserted = reply.get_array("upserted").map_or(0, |a| a.len()) as u64;
-                self.inserted += upserted;
-                self.updated += count(reply).saturating_sub(upserted);
+            Op::Insert => {
+                self.inserted += count(reply);
+                self.conflicts += failed_with(reply, errors::DUPLICATE_KEY).len() as u64;
             }
             Op::Update => {
                 let matched = count(reply);
@@ -367,11 +385,14 @@ const BATCH_BYTES: usize = 8 << 20;
 
 /// Executes writes as unordered bulk commands, per collection.
 ///
-/// A new document (an upsert with no stored revision to guard) is sent as
+/// A new document (an upsert with no stored document to guard) is sent as
 /// an `insert`, which servers take much faster than an upsert (SecantusDB:
-/// about 3×); one that turns out to exist (duplicate key: a concurrent
-/// writer, or a stored document without a revision) is then upserted, so
-/// the outcome is the upsert's. A guarded update replaces the whole
+/// about 3×). One whose key turns out to be taken (duplicate key: another
+/// writer stored it since it was read) is not written: it counts as a
+/// conflict, like a guarded update that finds another revision, and the
+/// stored document stays as it is — it may be newer than this write. A
+/// stored document is always replaced by a guarded update (by `_id` and
+/// revision; see [`write_over`] for one without a revision). A guarded update replaces the whole
 /// document (keeping `_id`): the written fields are all of its content and
 /// bookkeeping, a replacement is cheaper for the server than a `$set` of
 /// the same fields, and it drops fields no longer in the schema.
@@ -410,15 +431,11 @@ struct Batch {
     op: Op,
     /// Insert: the documents; update and delete: the statements.
     items: Vec<RawDocumentBuf>,
-    /// Insert: each document's key filter, for the upsert of a duplicate.
-    filters: Vec<Document>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
     Insert,
-    /// Upserts of inserts that found their key taken.
-    Upsert,
     /// Guarded updates.
     Update,
     Delete,
@@ -445,7 +462,7 @@ pub fn prepare(writes: Vec<Write>) -> Result<Prepared> {
                     ..
                 } => {
                     let d = RawDocumentBuf::from_document(&whole(&filter, set))?;
-                    inserts.push((d, filter));
+                    inserts.push((d, ()));
                 }
                 Write::Upsert {
                     filter,
@@ -457,16 +474,13 @@ pub fn prepare(writes: Vec<Write>) -> Result<Prepared> {
                         Some(id) => doc! { "_id": id.clone() },
                         None => filter.clone(),
                     };
-                    q.insert("revision", r);
+                    q.insert("revision", revision_guard(r));
                     let u = whole(&filter, set);
-                    guarded.push((
-                        RawDocumentBuf::from_document(&doc! { "q": q, "u": u })?,
-                        Document::new(),
-                    ));
+                    guarded.push((RawDocumentBuf::from_document(&doc! { "q": q, "u": u })?, ()));
                 }
                 Write::Delete { filter, .. } => {
                     let stmt = doc! { "q": filter, "limit": 1 };
-                    deletes.push((RawDocumentBuf::from_document(&stmt)?, Document::new()));
+                    deletes.push((RawDocumentBuf::from_document(&stmt)?, ()));
                 }
             }
         }
@@ -476,18 +490,8 @@ pub fn prepare(writes: Vec<Write>) -> Result<Prepared> {
             (Op::Delete, deletes),
         ] {
             for chunk in chunks(items) {
-                let (items, filters) = chunk.into_iter().unzip();
-                let filters = if op == Op::Insert {
-                    filters
-                } else {
-                    Vec::new()
-                };
-                out.batches.push(Batch {
-                    kind,
-                    op,
-                    items,
-                    filters,
-                });
+                let items = chunk.into_iter().map(|(item, ())| item).collect();
+                out.batches.push(Batch { kind, op, items });
             }
         }
     }
@@ -504,54 +508,23 @@ pub async fn execute_prepared(
         return execute_fenced(db, prepared, fence).await;
     }
     let mut stats = WriteStats::default();
-    let mut upserts = Vec::new();
-    let mut batches = prepared.batches.into_iter().peekable();
-    while let Some(batch) = batches.next() {
+    for batch in prepared.batches {
         let coll = batch.kind.collection();
         let reply = run_batch(db, &mut stats, coll, batch.op, &batch.items).await?;
-        match batch.op {
-            Op::Insert => {
-                stats.count_reply(Op::Insert, &reply, batch.items.len());
-                for i in failed_with(&reply, DUPLICATE_KEY) {
-                    if let (Some(d), Some(filter)) = (batch.items.get(i), batch.filters.get(i)) {
-                        upserts.push((upsert_statement(filter, d)?, ()));
-                    }
-                }
-                // A kind's duplicates are upserted after its last insert.
-                let last_insert = batches
-                    .peek()
-                    .is_none_or(|b| b.kind != batch.kind || b.op != Op::Insert);
-                if last_insert {
-                    for chunk in chunks(std::mem::take(&mut upserts)) {
-                        let items: Vec<RawDocumentBuf> =
-                            chunk.into_iter().map(|(s, ())| s).collect();
-                        let reply = run_batch(db, &mut stats, coll, Op::Upsert, &items).await?;
-                        stats.count_reply(Op::Upsert, &reply, items.len());
-                    }
-                }
-            }
-            op => stats.count_reply(op, &reply, batch.items.len()),
-        }
+        stats.count_reply(batch.op, &reply, batch.items.len());
     }
     Ok(stats)
 }
 
-/// The upsert by key of an insert that found its key taken. The document's
-/// `_id` is left out: the stored document keeps its own (an `_id` cannot
-/// change), and the caller's next guarded write by the new one finds
-/// nothing, a conflict that makes it read the stored document again.
-fn upsert_statement(filter: &Document, d: &RawDocumentBuf) -> Result<RawDocumentBuf> {
-    let mut u = RawDocumentBuf::new();
-    for field in d {
-        let (k, v) = field?;
-        if k != "_id" {
-            u.append(k, v.to_raw_bson());
-        }
+/// The guard of a replacement computed from a stored document of revision
+/// `r`: that revision, or for 0 (a stored document without one, written
+/// by something other than tally) a missing or null revision.
+fn revision_guard(r: i64) -> Bson {
+    if r == 0 {
+        Bson::Document(doc! { "$in": [Bson::Null, 0_i64] })
+    } else {
+        Bson::Int64(r)
     }
-    let mut stmt = RawDocumentBuf::from_document(&doc! { "q": filter })?;
-    stmt.append("u", u);
-    stmt.append("upsert", true);
-    Ok(stmt)
 }
 
 /// Sends one bulk command of already encoded operations.
@@ -570,8 +543,8 @@ async fn run_batch(
 /// handles itself.
 fn bulk_command(coll: &str, op: Op, items: &[RawDocumentBuf]) -> (RawDocumentBuf, Option<i32>) {
     let (name, key, expected) = match op {
-        Op::Insert => ("insert", "documents", Some(DUPLICATE_KEY)),
-        Op::Upsert | Op::Update => ("update", "updates", None),
+        Op::Insert => ("insert", "documents", Some(errors::DUPLICATE_KEY)),
+        Op::Update => ("update", "updates", None),
         Op::Delete => ("delete", "deletes", None),
     };
     let mut array = RawArrayBuf::new();
@@ -585,13 +558,18 @@ fn bulk_command(coll: &str, op: Op, items: &[RawDocumentBuf]) -> (RawDocumentBuf
     (cmd, expected)
 }
 
-/// A duplicate key inside a transaction (which the server then aborts).
+/// A duplicate key inside a transaction (which the server then aborts):
+/// the indexes, in the command, of the inserts that met one.
 #[derive(Debug)]
-struct DuplicateInTransaction;
+struct DuplicateInTransaction(Vec<usize>);
 
 impl std::fmt::Display for DuplicateInTransaction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("duplicate key in a fenced insert")
+        write!(
+            f,
+            "duplicate key in a fenced insert ({} documents)",
+            self.0.len()
+        )
     }
 }
 
@@ -599,36 +577,53 @@ impl std::error::Error for DuplicateInTransaction {}
 
 /// [`execute_prepared`] behind the lease: one transaction per bulk command,
 /// which bounds a transaction's size and time. Any write error aborts a
-/// transaction, so an insert batch that meets a duplicate key is sent again
-/// as upserts, and another write error fails the whole call (the caller
+/// transaction, so an insert batch that meets a duplicate key is sent
+/// again without the duplicates (counted as conflicts, never written) until
+/// the rest goes in; another write error fails the whole call (the caller
 /// keeps its work queued).
 async fn execute_fenced(db: &Database, prepared: Prepared, fence: &Fence) -> Result<WriteStats> {
     let mut stats = WriteStats::default();
     for batch in prepared.batches {
         let coll = batch.kind.collection();
-        let (mut op, mut items) = (batch.op, batch.items);
-        if op == Op::Insert {
+        let (op, mut items) = (batch.op, batch.items);
+        loop {
             match fenced_batch(db, fence, coll, op, &items).await {
                 Ok((reply, s)) => {
                     stats.add(s);
                     stats.count_reply(op, &reply, items.len());
-                    continue;
+                    break;
                 }
-                Err(e) if e.is::<DuplicateInTransaction>() => {
-                    let mut upserts = Vec::with_capacity(items.len());
-                    for (d, filter) in items.iter().zip(&batch.filters) {
-                        upserts.push(upsert_statement(filter, d)?);
+                Err(e) if op == Op::Insert && e.is::<DuplicateInTransaction>() => {
+                    let Some(DuplicateInTransaction(taken)) = e.downcast_ref() else {
+                        unreachable!("checked above")
+                    };
+                    let before = items.len();
+                    items = without(items, taken);
+                    stats.conflicts += (before - items.len()) as u64;
+                    if items.len() == before {
+                        anyhow::bail!(
+                            "a fenced insert into {coll} met a duplicate key it cannot locate"
+                        );
                     }
-                    (op, items) = (Op::Upsert, upserts);
+                    if items.is_empty() {
+                        break;
+                    }
                 }
                 Err(e) => return Err(e),
             }
         }
-        let (reply, s) = fenced_batch(db, fence, coll, op, &items).await?;
-        stats.add(s);
-        stats.count_reply(op, &reply, items.len());
     }
     Ok(stats)
+}
+
+/// `items` without those at the indexes `drop`.
+fn without(items: Vec<RawDocumentBuf>, drop: &[usize]) -> Vec<RawDocumentBuf> {
+    items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !drop.contains(i))
+        .map(|(_, item)| item)
+        .collect()
 }
 
 /// One bulk command in a fenced transaction.
@@ -645,8 +640,9 @@ async fn fenced_batch(
         Box::pin(async move {
             let mut stats = WriteStats::default();
             let reply = run_bulk(&db, &mut stats, cmd, expected, Some(s)).await?;
-            if !failed_with(&reply, DUPLICATE_KEY).is_empty() {
-                return Err(DuplicateInTransaction.into());
+            let taken = failed_with(&reply, errors::DUPLICATE_KEY);
+            if !taken.is_empty() {
+                return Err(DuplicateInTransaction(taken).into());
             }
             if stats.errors > 0 {
                 anyhow::bail!("a fenced bulk write to {coll} had write errors");
@@ -656,9 +652,6 @@ async fn fenced_batch(
     })
     .await
 }
-
-/// MongoDB's duplicate key error.
-const DUPLICATE_KEY: i32 = 11000;
 
 /// The whole document a write leaves: `set`, with any key field it lacks.
 fn whole(filter: &Document, mut set: Document) -> Document {
@@ -956,5 +949,127 @@ mod tests {
             plan_write(Kind::Report, filter, None, Some(&second), t2, "UTC"),
             Some(Write::Delete { .. })
         ));
+    }
+
+    /// The statements of the one batch `prepare` makes of `w`.
+    fn prepared(w: Write) -> (Op, Vec<Document>) {
+        let p = prepare(vec![w]).unwrap();
+        assert_eq!(p.batches.len(), 1);
+        let b = &p.batches[0];
+        let items = b.items.iter().map(|i| i.to_document().unwrap()).collect();
+        (b.op, items)
+    }
+
+    #[test]
+    fn a_stored_document_is_only_ever_replaced_under_its_guard() {
+        let user = ObjectId::new();
+        let day: NaiveDate = "2026-01-05".parse().unwrap();
+        let filter = key_filter(Kind::Report, user, day);
+        let content = doc! { "user_id": user, "report_date": date_label(day), "total_income": 5, "is_final": false };
+        let t = now("2026-01-05T12:00:00Z");
+
+        // New: an insert under a fresh _id, never an upsert.
+        let new = write_over(
+            Kind::Report,
+            filter.clone(),
+            content.clone(),
+            None,
+            t,
+            "UTC",
+        );
+        let (op, items) = prepared(new);
+        assert_eq!(op, Op::Insert);
+        assert!(items[0].get_object_id("_id").is_ok());
+
+        // Stored without a revision (another writer's document): replaced
+        // by its _id, guarded by the missing revision; revision 1 after.
+        let id = ObjectId::new();
+        let foreign =
+            doc! { "_id": id, "user_id": user, "report_date": date_label(day), "total_income": 4 };
+        let w = write_over(
+            Kind::Report,
+            filter.clone(),
+            content.clone(),
+            Some(&foreign),
+            t,
+            "UTC",
+        );
+        let Write::Upsert {
+            if_revision: Some(0),
+            ref set,
+            ..
+        } = w
+        else {
+            panic!("a stored document is a guarded replacement: {w:?}");
+        };
+        assert_eq!(set.get_i64("revision").unwrap(), 1);
+        let (op, items) = prepared(w);
+        assert_eq!(op, Op::Update);
+        assert_eq!(
+            items[0].get_document("q").unwrap(),
+            &doc! { "_id": id, "revision": { "$in": [Bson::Null, 0_i64] } }
+        );
+        assert!(items[0].get("upsert").is_none(), "never an upsert");
+
+        // A stored revision guards by that revision.
+        let mut ours = foreign.clone();
+        ours.insert("revision", 3_i64);
+        let (_, items) = prepared(write_over(
+            Kind::Report,
+            filter.clone(),
+            content.clone(),
+            Some(&ours),
+            t,
+            "UTC",
+        ));
+        assert_eq!(
+            items[0].get_document("q").unwrap(),
+            &doc! { "_id": id, "revision": 3_i64 }
+        );
+
+        // An _id that is not an ObjectId: found by its key, and kept.
+        let mut odd = foreign.clone();
+        odd.insert("_id", "legacy-1");
+        let (op, items) = prepared(write_over(
+            Kind::Report,
+            filter.clone(),
+            content,
+            Some(&odd),
+            t,
+            "UTC",
+        ));
+        assert_eq!(op, Op::Update);
+        let mut q = filter;
+        q.insert("revision", doc! { "$in": [Bson::Null, 0_i64] });
+        assert_eq!(items[0].get_document("q").unwrap(), &q);
+        assert!(items[0].get_document("u").unwrap().get("_id").is_none());
+    }
+
+    #[test]
+    fn an_insert_that_meets_a_taken_key_is_a_conflict_not_a_write() {
+        let reply = doc! {
+            "n": 1, "ok": 1.0,
+            "writeErrors": [
+                { "index": 0, "code": 11000, "errmsg": "E11000 duplicate key" },
+                { "index": 2, "code": 11000, "errmsg": "E11000 duplicate key" },
+            ],
+        };
+        let mut stats = WriteStats::default();
+        stats.count_reply(Op::Insert, &reply, 3);
+        assert_eq!(
+            (stats.inserted, stats.updated, stats.conflicts, stats.errors),
+            (1, 0, 2, 0)
+        );
+        let docs = |n: u8| {
+            (0..n)
+                .map(|i| RawDocumentBuf::from_document(&doc! { "i": i as i32 }).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let left = without(docs(4), &[1, 3]);
+        let left: Vec<i32> = left
+            .iter()
+            .map(|d| d.to_document().unwrap().get_i32("i").unwrap())
+            .collect();
+        assert_eq!(left, vec![0, 2]);
     }
 }
