@@ -79,8 +79,8 @@ fn main() {
         assert!(first.writes.inserted > 0 && second.writes.changed() == 0, "second run writes nothing");
         assert_eq!(first.writes.errors + first.writes.conflicts, 0, "{:?}", first.writes);
 
-        // An insert whose key is taken falls back to the upsert: an
-        // unguarded write of a stored document updates it, no error.
+        // An insert whose key is taken is not written: a conflict, no
+        // error, and the stored document stays as it is.
         let reports = db.collection::<Document>(Kind::Report.collection());
         let mut stored = reports.find_one(doc! {}).await.expect("read").expect("a report");
         stored.remove("_id");
@@ -88,7 +88,7 @@ fn main() {
         let stats = store::execute(&db, vec![Write::Upsert { kind: Kind::Report, filter, set: stored, if_revision: None }], None)
             .await
             .expect("execute");
-        assert_eq!((stats.inserted, stats.updated, stats.errors), (0, 1, 0), "{stats:?}");
+        assert_eq!((stats.inserted, stats.updated, stats.conflicts, stats.errors), (0, 0, 1, 0), "{stats:?}");
 
         let bare = scan.wall.as_secs_f64();
         let own = first.elapsed.saturating_sub(first.writes.server_time).as_secs_f64();

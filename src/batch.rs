@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 use mongodb::Database;
@@ -20,12 +20,15 @@ use crate::calendar::Calendar;
 use crate::lease::Fence;
 use crate::progress::Progress;
 use crate::reports::Kind;
-use crate::scan::{DocChange, Drift, Range, Scanner, Scope};
+use crate::scan::{DocChange, Drift, Focus, Range, Scanner, Scope};
 use crate::source::RejectReason;
 use crate::store::{self, Prepared, Write, WriteStats};
 
 /// Writes flushed per bulk round trip.
 const FLUSH_AT: usize = 1000;
+
+/// Rescans of users whose writes lost a race with another writer.
+const RACE_RETRIES: usize = 3;
 
 /// What a backfill did.
 #[derive(Debug, Default)]
@@ -33,6 +36,8 @@ pub struct BackfillSummary {
     pub users: u64,
     pub transactions_read: u64,
     pub documents: u64,
+    /// Every pass's writes; `conflicts` are those still lost after the
+    /// rescans (a backfill that returns has none, and no errors).
     pub writes: WriteStats,
     pub rejects: BTreeMap<RejectReason, u64>,
     pub elapsed: Duration,
@@ -40,6 +45,13 @@ pub struct BackfillSummary {
 
 /// Computes every document of `range` from the source and writes the ones
 /// that differ from what is stored.
+///
+/// A write that meets a document another writer stored meanwhile is not
+/// done ([`store::execute`]: a conflict); the users of the writes sent
+/// with it are scanned again, stored documents included, and what still
+/// differs is written, up to [`RACE_RETRIES`] times. Fails when a write
+/// failed, or still lost its race after those rescans: the range is then
+/// not known to be right.
 pub async fn backfill(
     db: &Database,
     cal: Calendar,
@@ -62,59 +74,119 @@ pub async fn backfill_fenced(
 ) -> Result<BackfillSummary> {
     let started = Instant::now();
     let days = (range.to - range.from).num_days() as u64 + 1;
-    let mut scanner = Scanner::open(db, cal, range, now, Scope::Dependencies).await?;
+    let mut scanner = Scanner::open(db, cal, range.clone(), now, Scope::Dependencies).await?;
     let mut progress = Progress::new("backfill", days, show_progress);
-    let (writer, sender) = spawn_writer(db.clone(), fence);
+    let (writer, sender) = spawn_writer(db.clone(), fence.clone());
     let mut summary = BackfillSummary::default();
     let mut buffer = Vec::with_capacity(FLUSH_AT);
+    let mut users = Vec::new();
     while let Some(user) = scanner.next_user().await? {
         summary.documents += user.documents as u64;
+        if let (Some(id), false) = (user.user, user.changes.is_empty()) {
+            users.push(id);
+        }
         buffer.extend(user.changes.into_iter().map(|c| c.write));
         if buffer.len() >= FLUSH_AT {
-            send(&sender, std::mem::take(&mut buffer)).await?;
+            send(
+                &sender,
+                std::mem::take(&mut buffer),
+                std::mem::take(&mut users),
+            )
+            .await?;
         }
         if scanner.rejects.len() >= FLUSH_AT {
             scanner.flush_rejects(db).await?;
         }
         progress.update(scanner.users_done, scanner.users_with_pockets() as u64);
     }
-    send(&sender, buffer).await?;
+    send(&sender, buffer, users).await?;
     drop(sender);
-    summary.writes = writer.await??;
+    let (mut writes, mut raced) = writer.await??;
     scanner.scan_undated(db).await?;
     scanner.flush_rejects(db).await?;
     progress.finish();
+    for _ in 0..RACE_RETRIES {
+        if raced.is_empty() {
+            break;
+        }
+        // Those users' documents as another writer left them: recompute
+        // and write what still differs, under the new guards.
+        writes.conflicts = 0;
+        let focus = Focus {
+            users: Some(std::mem::take(&mut raced)),
+            ..Focus::default()
+        };
+        let mut again =
+            Scanner::open_focused(db, cal, range.clone(), now, Scope::Dependencies, focus).await?;
+        let (mut rewrites, mut users) = (Vec::new(), Vec::new());
+        while let Some(user) = again.next_user().await? {
+            if let (Some(id), false) = (user.user, user.changes.is_empty()) {
+                users.push(id);
+            }
+            rewrites.extend(user.changes.into_iter().map(|c| c.write));
+        }
+        let stats = store::execute(db, rewrites, fence.as_ref()).await?;
+        if stats.conflicts > 0 {
+            raced = users;
+        }
+        writes.add(stats);
+    }
+    summary.writes = writes;
     summary.users = scanner.users_done;
     summary.transactions_read = scanner.transactions_read;
     summary.rejects = scanner.reject_counts.clone();
     summary.elapsed = started.elapsed();
+    check_writes(&summary.writes)?;
     Ok(summary)
 }
 
+/// Fails when writes failed or lost their race with another writer: what
+/// was computed is then not all stored.
+fn check_writes(w: &WriteStats) -> Result<()> {
+    if w.errors > 0 || w.conflicts > 0 {
+        bail!(
+            "{} writes failed (see the log) and {} lost a race with another writer \
+             (after {RACE_RETRIES} rescans); run backfill again",
+            w.errors,
+            w.conflicts
+        );
+    }
+    Ok(())
+}
+
+/// A bulk of writes for the writer task, with the users they are for.
+type Job = (Prepared, Vec<ObjectId>);
+
+/// The writer task's outcome: the writes' stats, and the users of the
+/// bulks that had conflicts.
+type Writer = JoinHandle<Result<(WriteStats, Vec<ObjectId>)>>;
+
 /// The writer task: sends bulk commands the scanning side has already
 /// encoded ([`store::prepare`]), so encoding overlaps the server's work.
-fn spawn_writer(
-    db: Database,
-    fence: Option<Fence>,
-) -> (JoinHandle<Result<WriteStats>>, mpsc::Sender<Prepared>) {
-    let (tx, mut rx) = mpsc::channel::<Prepared>(4);
+fn spawn_writer(db: Database, fence: Option<Fence>) -> (Writer, mpsc::Sender<Job>) {
+    let (tx, mut rx) = mpsc::channel::<Job>(4);
     let handle = tokio::spawn(async move {
         let mut stats = WriteStats::default();
-        while let Some(batch) = rx.recv().await {
-            stats.add(store::execute_prepared(&db, batch, fence.as_ref()).await?);
+        let mut raced = Vec::new();
+        while let Some((batch, users)) = rx.recv().await {
+            let s = store::execute_prepared(&db, batch, fence.as_ref()).await?;
+            if s.conflicts > 0 {
+                raced.extend(users);
+            }
+            stats.add(s);
         }
-        Ok(stats)
+        Ok((stats, raced))
     });
     (handle, tx)
 }
 
-async fn send(sender: &mpsc::Sender<Prepared>, batch: Vec<Write>) -> Result<()> {
+async fn send(sender: &mpsc::Sender<Job>, batch: Vec<Write>, users: Vec<ObjectId>) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
     let prepared = store::prepare(batch)?;
     // A closed channel means the writer failed; its error surfaces on join.
-    let _ = sender.send(prepared).await;
+    let _ = sender.send((prepared, users)).await;
     Ok(())
 }
 
@@ -184,4 +256,26 @@ pub async fn reconcile(
         scanner.flush_rejects(db).await?;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backfill_with_failed_or_lost_writes_is_an_error() {
+        let ok = WriteStats {
+            inserted: 5,
+            updated: 1,
+            ..Default::default()
+        };
+        assert!(check_writes(&ok).is_ok());
+        for bad in [
+            WriteStats { errors: 2, ..ok },
+            WriteStats { conflicts: 1, ..ok },
+        ] {
+            let e = check_writes(&bad).unwrap_err().to_string();
+            assert!(e.contains("run backfill again"), "{e}");
+        }
+    }
 }

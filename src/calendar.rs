@@ -94,6 +94,24 @@ impl Calendar {
     }
 }
 
+/// First instant of the dates tally supports in source documents:
+/// 1900-01-01T00:00:00Z (see [`supports_millis`]).
+pub const SUPPORTED_FROM_MILLIS: i64 = -2_208_988_800_000;
+/// End (exclusive) of the supported dates: 2200-01-01T00:00:00Z.
+pub const SUPPORTED_UNTIL_MILLIS: i64 = 7_258_118_400_000;
+
+/// Whether a source date (milliseconds since the epoch) lies in the range
+/// tally supports: from 1900-01-01T00:00:00Z (included) to
+/// 2200-01-01T00:00:00Z (excluded), which the day table covers in every zone.
+/// The days of such instants, and the days and months around them that
+/// reports, snapshots and year-to-date sums look at, are far from the
+/// limits of the date types, so no day arithmetic on them can fail; dates
+/// outside (year 1, year 9999, garbage milliseconds) are rejected when the
+/// source is decoded ([`crate::source::RejectReason::DateOutOfRange`]).
+pub fn supports_millis(millis: i64) -> bool {
+    (SUPPORTED_FROM_MILLIS..SUPPORTED_UNTIL_MILLIS).contains(&millis)
+}
+
 /// Days since 1970-01-01.
 fn day_number(day: NaiveDate) -> i64 {
     i64::from(day.num_days_from_ce()) - EPOCH_DAYS_FROM_CE
@@ -410,6 +428,29 @@ mod tests {
         let min = DateTime::<Utc>::MIN_UTC.timestamp_millis();
         assert_eq!(cal.day_of_millis(min), NaiveDate::MIN);
         assert_eq!(Calendar::from_name("UTC").unwrap(), Calendar::new(Tz::UTC));
+    }
+
+    #[test]
+    fn the_supported_range_is_what_it_says_and_inside_the_table() {
+        assert_eq!(
+            SUPPORTED_FROM_MILLIS,
+            utc("1900-01-01T00:00:00Z").timestamp_millis()
+        );
+        assert_eq!(
+            SUPPORTED_UNTIL_MILLIS,
+            utc("2200-01-01T00:00:00Z").timestamp_millis()
+        );
+        assert_eq!(SUPPORTED_FROM_MILLIS.div_euclid(DAY_MS), TABLE_FIRST);
+        assert!(
+            SUPPORTED_UNTIL_MILLIS.div_euclid(DAY_MS) < TABLE_FIRST + CHUNK * TABLE_CHUNKS as i64
+        );
+        assert!(supports_millis(SUPPORTED_FROM_MILLIS));
+        assert!(supports_millis(-1), "before 1970 is fine");
+        assert!(supports_millis(SUPPORTED_UNTIL_MILLIS - 1));
+        assert!(!supports_millis(SUPPORTED_FROM_MILLIS - 1));
+        assert!(!supports_millis(SUPPORTED_UNTIL_MILLIS));
+        assert!(!supports_millis(i64::MIN));
+        assert!(!supports_millis(i64::MAX));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`live`] — the tailer's in-memory window: users' ledgers and stored fingerprints.
 //! - [`reports`] — builders of the three output documents (the schema).
 //! - [`diff`] — field-by-field comparison of expected and stored documents.
+//! - [`errors`] — MongoDB errors classified by server code and label, never by text.
 //! - [`store`] — MongoDB connection, indexes, bulk writes, bookkeeping, rejects.
 //! - [`scan`] — the from-scratch generator: a user-at-a-time merge of source
 //!   and stored documents.
@@ -63,6 +64,7 @@ pub mod calendar;
 pub mod cli;
 pub mod config;
 pub mod diff;
+pub mod errors;
 pub mod exposition;
 pub mod http;
 pub mod lease;

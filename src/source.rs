@@ -4,8 +4,11 @@
 //! (`pocket_from`, `pocket_to`), legacy upper-case types, amounts as double,
 //! int32, int64, Decimal128 or numeric string. A document that is not valid
 //! (§1.4) decodes to a [`RejectReason`]; optional fields of the wrong type
-//! are treated as absent. Pocket ids that the transaction's type does not
-//! name are dropped here (§1.5), so later stages never see stale ids.
+//! are treated as absent. A transaction `date` outside the supported range
+//! (1900 through 2199, [`crate::calendar::supports_millis`]) is rejected, so
+//! no later stage does day arithmetic at the limits of the date types.
+//! Pocket ids that the transaction's type does not name are dropped here
+//! (§1.5), so later stages never see stale ids.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -14,6 +17,7 @@ use std::sync::Arc;
 use bson::oid::ObjectId;
 use bson::{Bson, Document};
 
+use crate::calendar::supports_millis;
 use crate::money::{Money, MoneyError};
 
 /// Why a source document counts nowhere.
@@ -30,6 +34,10 @@ pub enum RejectReason {
     NonPositiveAmount,
     MissingDate,
     InvalidDate,
+    /// A datetime outside the supported range, 1900-01-01T00:00:00Z
+    /// (included) to 2200-01-01T00:00:00Z (excluded):
+    /// [`crate::calendar::supports_millis`].
+    DateOutOfRange,
     InvalidId,
     MissingBalance,
     InvalidBalance,
@@ -38,7 +46,7 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 17] = [
         RejectReason::MissingUserId,
         RejectReason::InvalidUserId,
         RejectReason::MissingType,
@@ -50,6 +58,7 @@ impl RejectReason {
         RejectReason::NonPositiveAmount,
         RejectReason::MissingDate,
         RejectReason::InvalidDate,
+        RejectReason::DateOutOfRange,
         RejectReason::InvalidId,
         RejectReason::MissingBalance,
         RejectReason::InvalidBalance,
@@ -71,6 +80,7 @@ impl RejectReason {
             RejectReason::NonPositiveAmount => "non_positive_amount",
             RejectReason::MissingDate => "missing_date",
             RejectReason::InvalidDate => "invalid_date",
+            RejectReason::DateOutOfRange => "date_out_of_range",
             RejectReason::InvalidId => "invalid_id",
             RejectReason::MissingBalance => "missing_balance",
             RejectReason::InvalidBalance => "invalid_balance",
@@ -296,7 +306,8 @@ pub fn decode_transaction(doc: &Document) -> Result<Transaction, RejectReason> {
     }
     let date = match doc.get("date") {
         None | Some(Bson::Null) => return Err(RejectReason::MissingDate),
-        Some(Bson::DateTime(d)) => d.timestamp_millis(),
+        Some(Bson::DateTime(d)) if supports_millis(d.timestamp_millis()) => d.timestamp_millis(),
+        Some(Bson::DateTime(_)) => return Err(RejectReason::DateOutOfRange),
         Some(_) => return Err(RejectReason::InvalidDate),
     };
     let pocket_from = kind
@@ -533,5 +544,106 @@ mod tests {
         let zero =
             decode_pocket(&doc! { "_id": ObjectId::new(), "user_id": user, "balance": 0 }).unwrap();
         assert_eq!(zero.reject_reason(), None);
+    }
+
+    /// The path of a transaction's date, decode → ledger → reports, the
+    /// day arithmetic of the scans and the tailer around it included.
+    fn fold_and_report(cal: &crate::calendar::Calendar, tx: &Transaction) {
+        use crate::calendar::{first_of_month, last_of_month, next_day, prev_day};
+        use crate::reports::{earliest_dependency, Categories, Kind, UserView};
+        let mut ledger = crate::ledger::UserLedger::default();
+        ledger.apply(cal, tx);
+        let day = cal.day_of_millis(tx.date);
+        let (before, after) = (prev_day(first_of_month(day)), next_day(last_of_month(day)));
+        let _ = (cal.day_start(before), cal.day_end(after));
+        let _ = cal.day_start(earliest_dependency(day));
+        let pocket = Pocket {
+            id: tx.pocket_from.unwrap_or_default(),
+            user_id: Some(tx.user_id),
+            name: None,
+            kind: None,
+            balance: Ok(Money::ZERO),
+            created_at: Some(tx.date),
+            deleted_at: None,
+        };
+        let pockets = std::collections::BTreeMap::from([(pocket.id, pocket)]);
+        let categories = Categories::default();
+        let view = UserView::new(tx.user_id, &ledger, &pockets, &categories, cal);
+        let docs = view.build_range(&Kind::ALL, before, after, next_day(day));
+        assert!(docs.iter().any(|(k, d, _)| *k == Kind::Report && *d == day));
+        ledger.retract(cal, tx);
+        assert!(ledger.days.is_empty());
+    }
+
+    #[test]
+    fn dates_outside_the_supported_range_are_rejected_and_never_panic() {
+        use crate::calendar::{Calendar, SUPPORTED_FROM_MILLIS, SUPPORTED_UNTIL_MILLIS};
+        let year = |y: i32| {
+            chrono::NaiveDate::from_ymd_opt(y, 1, 1)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap()
+                .and_utc()
+                .timestamp_millis()
+        };
+        let outside = [
+            i64::MIN,
+            i64::MIN + 1,
+            chrono::DateTime::<chrono::Utc>::MIN_UTC.timestamp_millis(),
+            year(1),
+            year(1) - 1,
+            year(1899),
+            SUPPORTED_FROM_MILLIS - 1,
+            SUPPORTED_UNTIL_MILLIS,
+            year(9999),
+            year(10000) - 1,
+            chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp_millis(),
+            i64::MAX - 1,
+            i64::MAX,
+        ];
+        let inside = [
+            SUPPORTED_FROM_MILLIS,
+            SUPPORTED_FROM_MILLIS + 1,
+            -86_400_001,
+            -1,
+            0,
+            1_700_000_000_000,
+            SUPPORTED_UNTIL_MILLIS - 86_400_000,
+            SUPPORTED_UNTIL_MILLIS - 1,
+        ];
+        let zones = [
+            "UTC",
+            "Pacific/Kiritimati", // +14:00
+            "Etc/GMT+12",         // -12:00
+            "America/New_York",
+            "Asia/Manila", // a local date that once ran a day back
+        ];
+        for millis in outside {
+            let mut d = base();
+            d.insert("date", DateTime::from_millis(millis));
+            assert_eq!(
+                decode_transaction(&d),
+                Err(RejectReason::DateOutOfRange),
+                "{millis}"
+            );
+            // Soft-deleted or not: the date is checked either way.
+            d.insert("deleted_at", DateTime::from_millis(0));
+            assert_eq!(decode_transaction(&d), Err(RejectReason::DateOutOfRange));
+        }
+        for name in zones {
+            let cal = Calendar::from_name(name).unwrap();
+            for millis in inside {
+                for kind in ["expense", "income", "transfer"] {
+                    let mut d = base();
+                    d.insert("type", kind);
+                    d.insert("pocket_to_id", ObjectId::new());
+                    d.insert("date", DateTime::from_millis(millis));
+                    let tx = decode_transaction(&d).unwrap_or_else(|r| panic!("{millis}: {r}"));
+                    fold_and_report(&cal, &tx);
+                }
+            }
+        }
+        assert_eq!(RejectReason::DateOutOfRange.as_str(), "date_out_of_range");
+        assert!(RejectReason::ALL.contains(&RejectReason::DateOutOfRange));
     }
 }

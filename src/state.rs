@@ -258,11 +258,23 @@ pub async fn last_finalized(
     }))
 }
 
+/// A unique index refused a write (code 11000): see [`crate::errors`].
 pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    match &*e.kind {
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
-        ErrorKind::Command(c) => c.code == 11000,
-        _ => e.to_string().contains("E11000") || e.to_string().contains("duplicate key"),
+    crate::errors::is_duplicate_key(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duplicate_key_is_known_by_its_code_not_its_text() {
+        use mongodb::error::{CommandError, Error, ErrorKind};
+        let text = "E11000 duplicate key error collection: coin.tally_finalizations";
+        assert!(!is_duplicate_key(&Error::custom(text.to_owned())));
+        let other: CommandError = bson::from_document(doc! { "code": 2, "errmsg": text }).unwrap();
+        assert!(!is_duplicate_key(&Error::from(ErrorKind::Command(other))));
+        let dup: CommandError = bson::from_document(doc! { "code": 11000, "errmsg": "" }).unwrap();
+        assert!(is_duplicate_key(&Error::from(ErrorKind::Command(dup))));
     }
 }

@@ -17,6 +17,7 @@ use mongodb::{Client, ClientSession, Database, IndexModel};
 
 use crate::calendar::date_label;
 use crate::diff::diff;
+use crate::errors;
 use crate::lease::{self, Fence};
 use crate::reports::{Kind, BOOKKEEPING};
 use crate::source::{RejectReason, SourceId};
@@ -133,11 +134,14 @@ pub async fn init(db: &Database, source_index: bool, pre_images: bool) -> Result
                 .with_context(|| format!("creating the index {name} on {coll}"))?;
             done.push(format!("index {name} on {coll}"));
         } else {
-            let names = db
-                .collection::<Document>(coll)
-                .list_index_names()
-                .await
-                .unwrap_or_default();
+            let names = match db.collection::<Document>(coll).list_index_names().await {
+                Ok(names) => names,
+                // No collection yet: no index either.
+                Err(e) if errors::is_namespace_not_found(&e) => Vec::new(),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("listing the indexes of {coll}"));
+                }
+            };
             if !names.iter().any(|n| n == name) {
                 done.push(format!(
                     "suggestion: index {name} on {coll} is missing; backfill, reconcile and \
@@ -147,17 +151,8 @@ pub async fn init(db: &Database, source_index: bool, pre_images: bool) -> Result
         }
     }
     if pre_images {
-        let names = db
-            .list_collection_names()
-            .await
-            .context("listing collections")?;
-        let cmd = if names.iter().any(|n| n == TRANSACTIONS) {
-            doc! { "collMod": TRANSACTIONS, "changeStreamPreAndPostImages": { "enabled": true } }
-        } else {
-            doc! { "create": TRANSACTIONS, "changeStreamPreAndPostImages": { "enabled": true } }
-        };
-        match db.run_command(cmd).await {
-            Ok(_) => done.push("change-stream pre-images enabled on transactions".to_owned()),
+        match enable_pre_images(db).await {
+            Ok(()) => done.push("change-stream pre-images enabled on transactions".to_owned()),
             Err(e) => done.push(format!(
                 "pre-images not enabled on transactions ({}); tally run still works without them",
                 short_error(&e)
@@ -167,11 +162,33 @@ pub async fn init(db: &Database, source_index: bool, pre_images: bool) -> Result
     Ok(done)
 }
 
+/// Turns on change-stream pre- and post-images of `transactions` with
+/// `collMod`, or `create` when the collection does not exist yet (and
+/// `collMod` again if another client created it in between). Needs no
+/// `listCollections`, which the least-privilege role lacks.
+async fn enable_pre_images(db: &Database) -> mongodb::error::Result<()> {
+    let images = doc! { "enabled": true };
+    let coll_mod = doc! { "collMod": TRANSACTIONS, "changeStreamPreAndPostImages": images.clone() };
+    match db.run_command(coll_mod.clone()).await {
+        Err(e) if errors::is_namespace_not_found(&e) => {}
+        other => return other.map(drop),
+    }
+    let create = doc! { "create": TRANSACTIONS, "changeStreamPreAndPostImages": images };
+    match db.run_command(create).await {
+        Err(e) if errors::command_code(&e) == Some(errors::NAMESPACE_EXISTS) => {
+            db.run_command(coll_mod).await.map(drop)
+        }
+        other => other.map(drop),
+    }
+}
+
 /// One write to an output collection.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
-    /// Insert or replace content; `if_revision` guards an update against a
-    /// concurrent writer (the stored revision it was computed from).
+    /// Insert or replace content. `if_revision: None` inserts a new
+    /// document (not written if its key is taken: a conflict); `Some(r)`
+    /// replaces the stored document of revision `r` (0: without a
+    /// revision), guarded against a concurrent writer.
     Upsert {
         kind: Kind,
         filter: Document,
@@ -224,6 +241,13 @@ pub fn plan_write(
 /// The upsert that replaces `stored` (known to differ) by `content`:
 /// revision, restatements, created_at and finalized_at follow SPEC §5.
 /// Only the bookkeeping fields of `stored` are read.
+///
+/// Without `stored` the write is an insert of a new document; with it, a
+/// replacement guarded by the stored `_id` and revision, so that it never
+/// overwrites what another writer stored meanwhile. A stored document
+/// without a revision (not written by tally) is guarded as revision 0,
+/// which matches a missing one; one whose `_id` is not an ObjectId is
+/// found by its key instead.
 pub fn write_over(
     kind: Kind,
     filter: Document,
@@ -241,10 +265,17 @@ pub fn write_over(
     // The stored document's `_id`, or a new one: guarded updates and
     // deletes then find the document by `_id`, which SecantusDB does at half
     // the cost of the (user_id, period) key (BENCHMARKS.md, "Writes by _id").
-    let id = stored
-        .and_then(|s| s.get_object_id("_id").ok())
-        .unwrap_or_default(); // ObjectId's default is a new id, ObjectId::new()
-    set.insert("_id", id);
+    match stored {
+        // ObjectId's default is a new id, ObjectId::new().
+        None => {
+            set.insert("_id", bson::oid::ObjectId::default());
+        }
+        Some(s) => {
+            if let Ok(id) = s.get_object_id("_id") {
+                set.insert("_id", id);
+            }
+        }
+    }
     set.insert("time_zone", time_zone);
     set.insert("revision", revision.unwrap_or(0) + 1);
     set.insert("restatements", restatements + i64::from(was_final));
@@ -268,7 +299,7 @@ pub fn write_over(
         kind,
         filter,
         set,
-        if_revision: stored.and(revision),
+        if_revision: stored.map(|_| revision.unwrap_or(0)),
     }
 }
 
@@ -305,7 +336,11 @@ pub struct WriteStats {
     pub inserted: u64,
     pub updated: u64,
     pub deleted: u64,
-    /// Guarded updates that found another revision (a concurrent writer).
+    /// Writes not done because another writer got there first: guarded
+    /// updates that found another revision (or no document), and inserts
+    /// of documents believed new whose key was taken. The stored document
+    /// is left as it is; the caller reads it again (rescans the user from
+    /// the source) and retries.
     pub conflicts: u64,
     pub errors: u64,
     /// Time spent waiting for the server to take the writes.
@@ -317,11 +352,9 @@ impl WriteStats {
     /// statements of `op` says was done.
     fn count_reply(&mut self, op: Op, reply: &Document, sent: usize) {
         match op {
-            Op::Insert => self.inserted += count(reply),
-            Op::Upsert => {
-                let upserted = reply.get_array("upserted").map_or(0, |a| a.len()) as u64;
-                self.inserted += upserted;
-                self.updated += count(reply).saturating_sub(upserted);
+            Op::Insert => {
+                self.inserted += count(reply);
+                self.conflicts += failed_with(reply, errors::DUPLICATE_KEY).len() as u64;
             }
             Op::Update => {
                 let matched = count(reply);
@@ -352,11 +385,14 @@ const BATCH_BYTES: usize = 8 << 20;
 
 /// Executes writes as unordered bulk commands, per collection.
 ///
-/// A new document (an upsert with no stored revision to guard) is sent as
+/// A new document (an upsert with no stored document to guard) is sent as
 /// an `insert`, which servers take much faster than an upsert (SecantusDB:
-/// about 3×); one that turns out to exist (duplicate key: a concurrent
-/// writer, or a stored document without a revision) is then upserted, so
-/// the outcome is the upsert's. A guarded update replaces the whole
+/// about 3×). One whose key turns out to be taken (duplicate key: another
+/// writer stored it since it was read) is not written: it counts as a
+/// conflict, like a guarded update that finds another revision, and the
+/// stored document stays as it is — it may be newer than this write. A
+/// stored document is always replaced by a guarded update (by `_id` and
+/// revision; see [`write_over`] for one without a revision). A guarded update replaces the whole
 /// document (keeping `_id`): the written fields are all of its content and
 /// bookkeeping, a replacement is cheaper for the server than a `$set` of
 /// the same fields, and it drops fields no longer in the schema.
@@ -395,15 +431,11 @@ struct Batch {
     op: Op,
     /// Insert: the documents; update and delete: the statements.
     items: Vec<RawDocumentBuf>,
-    /// Insert: each document's key filter, for the upsert of a duplicate.
-    filters: Vec<Document>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
     Insert,
-    /// Upserts of inserts that found their key taken.
-    Upsert,
     /// Guarded updates.
     Update,
     Delete,
@@ -430,7 +462,7 @@ pub fn prepare(writes: Vec<Write>) -> Result<Prepared> {
                     ..
                 } => {
                     let d = RawDocumentBuf::from_document(&whole(&filter, set))?;
-                    inserts.push((d, filter));
+                    inserts.push((d, ()));
                 }
                 Write::Upsert {
                     filter,
@@ -442,16 +474,13 @@ pub fn prepare(writes: Vec<Write>) -> Result<Prepared> {
                         Some(id) => doc! { "_id": id.clone() },
                         None => filter.clone(),
                     };
-                    q.insert("revision", r);
+                    q.insert("revision", revision_guard(r));
                     let u = whole(&filter, set);
-                    guarded.push((
-                        RawDocumentBuf::from_document(&doc! { "q": q, "u": u })?,
-                        Document::new(),
-                    ));
+                    guarded.push((RawDocumentBuf::from_document(&doc! { "q": q, "u": u })?, ()));
                 }
                 Write::Delete { filter, .. } => {
                     let stmt = doc! { "q": filter, "limit": 1 };
-                    deletes.push((RawDocumentBuf::from_document(&stmt)?, Document::new()));
+                    deletes.push((RawDocumentBuf::from_document(&stmt)?, ()));
                 }
             }
         }
@@ -461,18 +490,8 @@ pub fn prepare(writes: Vec<Write>) -> Result<Prepared> {
             (Op::Delete, deletes),
         ] {
             for chunk in chunks(items) {
-                let (items, filters) = chunk.into_iter().unzip();
-                let filters = if op == Op::Insert {
-                    filters
-                } else {
-                    Vec::new()
-                };
-                out.batches.push(Batch {
-                    kind,
-                    op,
-                    items,
-                    filters,
-                });
+                let items = chunk.into_iter().map(|(item, ())| item).collect();
+                out.batches.push(Batch { kind, op, items });
             }
         }
     }
@@ -489,54 +508,23 @@ pub async fn execute_prepared(
         return execute_fenced(db, prepared, fence).await;
     }
     let mut stats = WriteStats::default();
-    let mut upserts = Vec::new();
-    let mut batches = prepared.batches.into_iter().peekable();
-    while let Some(batch) = batches.next() {
+    for batch in prepared.batches {
         let coll = batch.kind.collection();
         let reply = run_batch(db, &mut stats, coll, batch.op, &batch.items).await?;
-        match batch.op {
-            Op::Insert => {
-                stats.count_reply(Op::Insert, &reply, batch.items.len());
-                for i in failed_with(&reply, DUPLICATE_KEY) {
-                    if let (Some(d), Some(filter)) = (batch.items.get(i), batch.filters.get(i)) {
-                        upserts.push((upsert_statement(filter, d)?, ()));
-                    }
-                }
-                // A kind's duplicates are upserted after its last insert.
-                let last_insert = batches
-                    .peek()
-                    .is_none_or(|b| b.kind != batch.kind || b.op != Op::Insert);
-                if last_insert {
-                    for chunk in chunks(std::mem::take(&mut upserts)) {
-                        let items: Vec<RawDocumentBuf> =
-                            chunk.into_iter().map(|(s, ())| s).collect();
-                        let reply = run_batch(db, &mut stats, coll, Op::Upsert, &items).await?;
-                        stats.count_reply(Op::Upsert, &reply, items.len());
-                    }
-                }
-            }
-            op => stats.count_reply(op, &reply, batch.items.len()),
-        }
+        stats.count_reply(batch.op, &reply, batch.items.len());
     }
     Ok(stats)
 }
 
-/// The upsert by key of an insert that found its key taken. The document's
-/// `_id` is left out: the stored document keeps its own (an `_id` cannot
-/// change), and the caller's next guarded write by the new one finds
-/// nothing, a conflict that makes it read the stored document again.
-fn upsert_statement(filter: &Document, d: &RawDocumentBuf) -> Result<RawDocumentBuf> {
-    let mut u = RawDocumentBuf::new();
-    for field in d {
-        let (k, v) = field?;
-        if k != "_id" {
-            u.append(k, v.to_raw_bson());
-        }
+/// The guard of a replacement computed from a stored document of revision
+/// `r`: that revision, or for 0 (a stored document without one, written
+/// by something other than tally) a missing or null revision.
+fn revision_guard(r: i64) -> Bson {
+    if r == 0 {
+        Bson::Document(doc! { "$in": [Bson::Null, 0_i64] })
+    } else {
+        Bson::Int64(r)
     }
-    let mut stmt = RawDocumentBuf::from_document(&doc! { "q": filter })?;
-    stmt.append("u", u);
-    stmt.append("upsert", true);
-    Ok(stmt)
 }
 
 /// Sends one bulk command of already encoded operations.
@@ -555,8 +543,8 @@ async fn run_batch(
 /// handles itself.
 fn bulk_command(coll: &str, op: Op, items: &[RawDocumentBuf]) -> (RawDocumentBuf, Option<i32>) {
     let (name, key, expected) = match op {
-        Op::Insert => ("insert", "documents", Some(DUPLICATE_KEY)),
-        Op::Upsert | Op::Update => ("update", "updates", None),
+        Op::Insert => ("insert", "documents", Some(errors::DUPLICATE_KEY)),
+        Op::Update => ("update", "updates", None),
         Op::Delete => ("delete", "deletes", None),
     };
     let mut array = RawArrayBuf::new();
@@ -570,13 +558,18 @@ fn bulk_command(coll: &str, op: Op, items: &[RawDocumentBuf]) -> (RawDocumentBuf
     (cmd, expected)
 }
 
-/// A duplicate key inside a transaction (which the server then aborts).
+/// A duplicate key inside a transaction (which the server then aborts):
+/// the indexes, in the command, of the inserts that met one.
 #[derive(Debug)]
-struct DuplicateInTransaction;
+struct DuplicateInTransaction(Vec<usize>);
 
 impl std::fmt::Display for DuplicateInTransaction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("duplicate key in a fenced insert")
+        write!(
+            f,
+            "duplicate key in a fenced insert ({} documents)",
+            self.0.len()
+        )
     }
 }
 
@@ -584,36 +577,53 @@ impl std::error::Error for DuplicateInTransaction {}
 
 /// [`execute_prepared`] behind the lease: one transaction per bulk command,
 /// which bounds a transaction's size and time. Any write error aborts a
-/// transaction, so an insert batch that meets a duplicate key is sent again
-/// as upserts, and another write error fails the whole call (the caller
+/// transaction, so an insert batch that meets a duplicate key is sent
+/// again without the duplicates (counted as conflicts, never written) until
+/// the rest goes in; another write error fails the whole call (the caller
 /// keeps its work queued).
 async fn execute_fenced(db: &Database, prepared: Prepared, fence: &Fence) -> Result<WriteStats> {
     let mut stats = WriteStats::default();
     for batch in prepared.batches {
         let coll = batch.kind.collection();
-        let (mut op, mut items) = (batch.op, batch.items);
-        if op == Op::Insert {
+        let (op, mut items) = (batch.op, batch.items);
+        loop {
             match fenced_batch(db, fence, coll, op, &items).await {
                 Ok((reply, s)) => {
                     stats.add(s);
                     stats.count_reply(op, &reply, items.len());
-                    continue;
+                    break;
                 }
-                Err(e) if e.is::<DuplicateInTransaction>() => {
-                    let mut upserts = Vec::with_capacity(items.len());
-                    for (d, filter) in items.iter().zip(&batch.filters) {
-                        upserts.push(upsert_statement(filter, d)?);
+                Err(e) if op == Op::Insert && e.is::<DuplicateInTransaction>() => {
+                    let Some(DuplicateInTransaction(taken)) = e.downcast_ref() else {
+                        unreachable!("checked above")
+                    };
+                    let before = items.len();
+                    items = without(items, taken);
+                    stats.conflicts += (before - items.len()) as u64;
+                    if items.len() == before {
+                        anyhow::bail!(
+                            "a fenced insert into {coll} met a duplicate key it cannot locate"
+                        );
                     }
-                    (op, items) = (Op::Upsert, upserts);
+                    if items.is_empty() {
+                        break;
+                    }
                 }
                 Err(e) => return Err(e),
             }
         }
-        let (reply, s) = fenced_batch(db, fence, coll, op, &items).await?;
-        stats.add(s);
-        stats.count_reply(op, &reply, items.len());
     }
     Ok(stats)
+}
+
+/// `items` without those at the indexes `drop`.
+fn without(items: Vec<RawDocumentBuf>, drop: &[usize]) -> Vec<RawDocumentBuf> {
+    items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !drop.contains(i))
+        .map(|(_, item)| item)
+        .collect()
 }
 
 /// One bulk command in a fenced transaction.
@@ -630,8 +640,9 @@ async fn fenced_batch(
         Box::pin(async move {
             let mut stats = WriteStats::default();
             let reply = run_bulk(&db, &mut stats, cmd, expected, Some(s)).await?;
-            if !failed_with(&reply, DUPLICATE_KEY).is_empty() {
-                return Err(DuplicateInTransaction.into());
+            let taken = failed_with(&reply, errors::DUPLICATE_KEY);
+            if !taken.is_empty() {
+                return Err(DuplicateInTransaction(taken).into());
             }
             if stats.errors > 0 {
                 anyhow::bail!("a fenced bulk write to {coll} had write errors");
@@ -641,9 +652,6 @@ async fn fenced_batch(
     })
     .await
 }
-
-/// MongoDB's duplicate key error.
-const DUPLICATE_KEY: i32 = 11000;
 
 /// The whole document a write leaves: `set`, with any key field it lacks.
 fn whole(filter: &Document, mut set: Document) -> Document {
@@ -728,6 +736,49 @@ async fn run_bulk(
     Ok(reply)
 }
 
+/// Write errors in the reply of a bulk command: the command succeeded
+/// (`ok: 1`), yet some of its statements did not apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteErrors {
+    /// How many statements failed.
+    pub count: usize,
+    /// The first failure's server code and message.
+    pub code: Option<i64>,
+    pub message: String,
+}
+
+impl std::fmt::Display for WriteErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = self
+            .code
+            .map_or("no code".to_owned(), |c| format!("code {c}"));
+        write!(
+            f,
+            "{} write error(s), the first {code}: {}",
+            self.count, self.message
+        )
+    }
+}
+
+impl std::error::Error for WriteErrors {}
+
+/// Fails with [`WriteErrors`] when a bulk command's reply lists any.
+pub fn check_write_errors(reply: &Document) -> Result<(), WriteErrors> {
+    let errors = match reply.get_array("writeErrors") {
+        Ok(errors) if !errors.is_empty() => errors,
+        _ => return Ok(()),
+    };
+    let first = errors.first().and_then(Bson::as_document);
+    Err(WriteErrors {
+        count: errors.len(),
+        code: first.and_then(|d| int(d.get("code"))),
+        message: first
+            .and_then(|d| d.get_str("errmsg").ok())
+            .unwrap_or_default()
+            .to_owned(),
+    })
+}
+
 /// Records invalid source documents in `tally_rejects`; `first_seen` is kept.
 pub async fn record_rejects(
     db: &Database,
@@ -749,9 +800,11 @@ pub async fn record_rejects(
                 }
             })
             .collect();
-        db.run_command(doc! { "update": REJECTS, "updates": updates, "ordered": false })
+        let reply = db
+            .run_command(doc! { "update": REJECTS, "updates": updates, "ordered": false })
             .await
             .context("recording rejected source documents")?;
+        check_write_errors(&reply).context("recording rejected source documents")?;
     }
     Ok(())
 }
@@ -763,9 +816,11 @@ pub async fn clear_rejects(db: &Database, corrected: &[(&'static str, SourceId)]
             .iter()
             .map(|(coll, id)| doc! { "q": { "collection": *coll, "source_id": id.to_bson() }, "limit": 1 })
             .collect();
-        db.run_command(doc! { "delete": REJECTS, "deletes": deletes, "ordered": false })
+        let reply = db
+            .run_command(doc! { "delete": REJECTS, "deletes": deletes, "ordered": false })
             .await
             .context("removing reject records of corrected documents")?;
+        check_write_errors(&reply).context("removing reject records of corrected documents")?;
     }
     Ok(())
 }
@@ -788,6 +843,40 @@ mod tests {
         assert_eq!(
             redact_uri("mongodb://127.0.0.1:27017"),
             "mongodb://127.0.0.1:27017"
+        );
+    }
+
+    #[test]
+    fn write_errors_in_a_bulk_reply_fail_with_the_first_code_and_message() {
+        assert_eq!(check_write_errors(&doc! { "n": 2, "ok": 1.0 }), Ok(()));
+        assert_eq!(
+            check_write_errors(&doc! { "n": 2, "writeErrors": [], "ok": 1.0 }),
+            Ok(())
+        );
+        let reply = doc! {
+            "n": 1, "ok": 1.0,
+            "writeErrors": [
+                { "index": 1, "code": 121, "errmsg": "Document failed validation" },
+                { "index": 2, "code": 11000, "errmsg": "E11000" },
+            ],
+        };
+        let e = check_write_errors(&reply).unwrap_err();
+        assert_eq!(
+            e,
+            WriteErrors {
+                count: 2,
+                code: Some(121),
+                message: "Document failed validation".to_owned()
+            }
+        );
+        let text = format!(
+            "{:#}",
+            anyhow::Error::from(e).context("recording rejected source documents")
+        );
+        assert_eq!(
+            text,
+            "recording rejected source documents: 2 write error(s), the first code 121: \
+             Document failed validation"
         );
     }
 
@@ -860,5 +949,127 @@ mod tests {
             plan_write(Kind::Report, filter, None, Some(&second), t2, "UTC"),
             Some(Write::Delete { .. })
         ));
+    }
+
+    /// The statements of the one batch `prepare` makes of `w`.
+    fn prepared(w: Write) -> (Op, Vec<Document>) {
+        let p = prepare(vec![w]).unwrap();
+        assert_eq!(p.batches.len(), 1);
+        let b = &p.batches[0];
+        let items = b.items.iter().map(|i| i.to_document().unwrap()).collect();
+        (b.op, items)
+    }
+
+    #[test]
+    fn a_stored_document_is_only_ever_replaced_under_its_guard() {
+        let user = ObjectId::new();
+        let day: NaiveDate = "2026-01-05".parse().unwrap();
+        let filter = key_filter(Kind::Report, user, day);
+        let content = doc! { "user_id": user, "report_date": date_label(day), "total_income": 5, "is_final": false };
+        let t = now("2026-01-05T12:00:00Z");
+
+        // New: an insert under a fresh _id, never an upsert.
+        let new = write_over(
+            Kind::Report,
+            filter.clone(),
+            content.clone(),
+            None,
+            t,
+            "UTC",
+        );
+        let (op, items) = prepared(new);
+        assert_eq!(op, Op::Insert);
+        assert!(items[0].get_object_id("_id").is_ok());
+
+        // Stored without a revision (another writer's document): replaced
+        // by its _id, guarded by the missing revision; revision 1 after.
+        let id = ObjectId::new();
+        let foreign =
+            doc! { "_id": id, "user_id": user, "report_date": date_label(day), "total_income": 4 };
+        let w = write_over(
+            Kind::Report,
+            filter.clone(),
+            content.clone(),
+            Some(&foreign),
+            t,
+            "UTC",
+        );
+        let Write::Upsert {
+            if_revision: Some(0),
+            ref set,
+            ..
+        } = w
+        else {
+            panic!("a stored document is a guarded replacement: {w:?}");
+        };
+        assert_eq!(set.get_i64("revision").unwrap(), 1);
+        let (op, items) = prepared(w);
+        assert_eq!(op, Op::Update);
+        assert_eq!(
+            items[0].get_document("q").unwrap(),
+            &doc! { "_id": id, "revision": { "$in": [Bson::Null, 0_i64] } }
+        );
+        assert!(items[0].get("upsert").is_none(), "never an upsert");
+
+        // A stored revision guards by that revision.
+        let mut ours = foreign.clone();
+        ours.insert("revision", 3_i64);
+        let (_, items) = prepared(write_over(
+            Kind::Report,
+            filter.clone(),
+            content.clone(),
+            Some(&ours),
+            t,
+            "UTC",
+        ));
+        assert_eq!(
+            items[0].get_document("q").unwrap(),
+            &doc! { "_id": id, "revision": 3_i64 }
+        );
+
+        // An _id that is not an ObjectId: found by its key, and kept.
+        let mut odd = foreign.clone();
+        odd.insert("_id", "legacy-1");
+        let (op, items) = prepared(write_over(
+            Kind::Report,
+            filter.clone(),
+            content,
+            Some(&odd),
+            t,
+            "UTC",
+        ));
+        assert_eq!(op, Op::Update);
+        let mut q = filter;
+        q.insert("revision", doc! { "$in": [Bson::Null, 0_i64] });
+        assert_eq!(items[0].get_document("q").unwrap(), &q);
+        assert!(items[0].get_document("u").unwrap().get("_id").is_none());
+    }
+
+    #[test]
+    fn an_insert_that_meets_a_taken_key_is_a_conflict_not_a_write() {
+        let reply = doc! {
+            "n": 1, "ok": 1.0,
+            "writeErrors": [
+                { "index": 0, "code": 11000, "errmsg": "E11000 duplicate key" },
+                { "index": 2, "code": 11000, "errmsg": "E11000 duplicate key" },
+            ],
+        };
+        let mut stats = WriteStats::default();
+        stats.count_reply(Op::Insert, &reply, 3);
+        assert_eq!(
+            (stats.inserted, stats.updated, stats.conflicts, stats.errors),
+            (1, 0, 2, 0)
+        );
+        let docs = |n: u8| {
+            (0..n)
+                .map(|i| RawDocumentBuf::from_document(&doc! { "i": i as i32 }).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let left = without(docs(4), &[1, 3]);
+        let left: Vec<i32> = left
+            .iter()
+            .map(|d| d.to_document().unwrap().get_i32("i").unwrap())
+            .collect();
+        assert_eq!(left, vec![0, 2]);
     }
 }

@@ -530,13 +530,43 @@ async fn writes_address_stored_documents_by_id() {
     assert_eq!(stored().await.get_i64("transaction_count").unwrap(), 2);
 
     // A writer that believes the document is new (fresh _id): the insert
-    // meets the key, the upsert replaces the content under the stored _id.
+    // meets the key and is not written (the stored document may be newer),
+    // a conflict that makes the caller read the stored document again.
     let fourth = write_over(Kind::Report, filter.clone(), content(4), None, now, "UTC");
     let stats = store::execute(&db, vec![fourth], None).await.unwrap();
-    assert_eq!((stats.inserted, stats.updated, stats.errors), (0, 1, 0));
-    let v4 = stored().await;
-    assert_eq!(v4.get_object_id("_id").unwrap(), id);
-    assert_eq!(v4.get_i64("transaction_count").unwrap(), 4);
+    assert_eq!(
+        (stats.inserted, stats.updated, stats.conflicts, stats.errors),
+        (0, 0, 1, 0)
+    );
+    assert_eq!(stored().await, v2, "the stored document is untouched");
+
+    // A stored document without a revision (another writer's): replaced
+    // under its _id, guarded by the missing revision; revision 1 after.
+    let mut foreign = v2.clone();
+    foreign.remove("revision");
+    reports
+        .replace_one(doc! { "_id": id }, foreign.clone())
+        .await
+        .unwrap();
+    let fifth = write_over(
+        Kind::Report,
+        filter.clone(),
+        content(5),
+        Some(&foreign),
+        now,
+        "UTC",
+    );
+    let stats = store::execute(&db, vec![fifth], None).await.unwrap();
+    assert_eq!((stats.updated, stats.conflicts), (1, 0));
+    let v5 = stored().await;
+    assert_eq!(v5.get_object_id("_id").unwrap(), id);
+    assert_eq!(
+        (
+            v5.get_i64("revision").unwrap(),
+            v5.get_i64("transaction_count").unwrap()
+        ),
+        (1, 5)
+    );
     assert_eq!(reports.count_documents(doc! {}).await.unwrap(), 1);
 
     // A surplus document is deleted by the same _id.
@@ -547,4 +577,65 @@ async fn writes_address_stored_documents_by_id() {
     let stats = store::execute(&db, vec![gone], None).await.unwrap();
     assert_eq!(stats.deleted, 1);
     assert_eq!(reports.count_documents(doc! {}).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fenced_inserts_skip_taken_keys_and_write_the_rest() {
+    use chrono::{NaiveDate, TimeZone, Utc};
+    use tally::lease;
+    use tally::reports::Kind;
+    use tally::store::{self, key_filter, write_over};
+
+    let db = database("backfill_fenced_dup").await;
+    db.drop().await.expect("drop");
+    store::init(&db, false, false).await.expect("indexes");
+    let fence = lease::try_acquire(&db, "a", std::time::Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("a free lease");
+    let reports = db.collection::<Document>(Kind::Report.collection());
+    let now = Utc.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).unwrap();
+    let day = NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+    let users: Vec<ObjectId> = (0..4).map(|_| ObjectId::new()).collect();
+    let new = |user: ObjectId, n: i64| {
+        write_over(
+            Kind::Report,
+            key_filter(Kind::Report, user, day),
+            doc! { "transaction_count": n, "is_final": false },
+            None,
+            now,
+            "UTC",
+        )
+    };
+    // Users 1 and 3 already have their document (another writer's).
+    let first = vec![new(users[1], 1), new(users[3], 1)];
+    store::execute(&db, first, Some(&fence)).await.unwrap();
+    let taken = all(&db, Kind::Report.collection()).await;
+
+    let writes = users.iter().map(|u| new(*u, 2)).collect();
+    let stats = store::execute(&db, writes, Some(&fence)).await.unwrap();
+    assert_eq!(
+        (stats.inserted, stats.updated, stats.conflicts, stats.errors),
+        (2, 0, 2, 0)
+    );
+    for (i, user) in users.iter().enumerate() {
+        let d = reports
+            .find_one(doc! { "user_id": user })
+            .await
+            .unwrap()
+            .expect("stored");
+        let expected = if i % 2 == 1 { 1 } else { 2 };
+        assert_eq!(
+            d.get_i64("transaction_count").unwrap(),
+            expected,
+            "user {i}"
+        );
+    }
+    for d in taken {
+        let now = reports
+            .find_one(doc! { "_id": d.get_object_id("_id").unwrap() })
+            .await
+            .unwrap();
+        assert_eq!(now, Some(d), "a taken key's document is untouched");
+    }
 }

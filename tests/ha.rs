@@ -420,12 +420,16 @@ async fn a_write_behind_a_stale_fence_fails_with_lost_lease_and_writes_nothing()
         .await
         .expect("a fenced write while holding the lease");
     assert_eq!(stats.inserted, 1);
-    // A document that exists without a revision: the insert meets a
-    // duplicate key, which aborts its transaction; it is upserted instead.
+    // An insert of a document that exists meets a duplicate key, which
+    // aborts its transaction; it is not written (a conflict: the stored
+    // document may be newer), and the stored one stays.
     let stats = store::execute(db, vec![report_write(u1, "2026-03-01", 2)], Some(&a))
         .await
         .expect("duplicate key path");
-    assert_eq!((stats.inserted, stats.updated, stats.errors), (0, 1, 0));
+    assert_eq!(
+        (stats.inserted, stats.updated, stats.conflicts, stats.errors),
+        (0, 0, 1, 0)
+    );
     let checkpoint = Checkpoint {
         last_event_at: Some(env.clock.now()),
         ..Checkpoint::default()
@@ -456,7 +460,7 @@ async fn a_write_behind_a_stale_fence_fails_with_lost_lease_and_writes_nothing()
     );
     let stored = env.all(Kind::Report.collection(), doc! {}).await;
     assert_eq!(stored.len(), 1, "nothing inserted: {stored:?}");
-    assert_eq!(stored[0].get_i64("total_income"), Ok(2), "nothing updated");
+    assert_eq!(stored[0].get_i64("total_income"), Ok(1), "nothing updated");
     let later = Checkpoint {
         last_event_at: Some(env.clock.now() + chrono::Duration::hours(1)),
         ..Checkpoint::default()
