@@ -54,6 +54,8 @@ use mongodb::options::ReturnDocument;
 use mongodb::{ClientSession, Database};
 use tracing::{info, warn};
 
+use crate::errors::{is_transient, is_transient_transaction};
+
 pub const LEASE: &str = "tally_lease";
 const LEASE_ID: &str = "tally";
 /// Attempts of a fenced transaction that meets transient errors.
@@ -331,7 +333,6 @@ pub async fn acquire(
     owner: &str,
     ttl: Duration,
     stop: &AtomicBool,
-    is_transient: fn(&anyhow::Error) -> bool,
 ) -> Result<Option<Fence>> {
     let mut announced = false;
     let mut released = None;
@@ -505,16 +506,6 @@ impl std::error::Error for CommitFailed {}
 /// a commit the server refused.
 fn is_retryable_transaction(e: &anyhow::Error) -> bool {
     is_transient_transaction(e) || e.downcast_ref::<CommitFailed>().is_some()
-}
-
-/// A write conflict, or a commit whose outcome is unknown: run it again.
-fn is_transient_transaction(e: &anyhow::Error) -> bool {
-    e.chain()
-        .filter_map(|c| c.downcast_ref::<mongodb::error::Error>())
-        .any(|m| {
-            m.contains_label("TransientTransactionError")
-                || m.contains_label("UnknownTransactionCommitResult")
-        })
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ use tracing::{error, info, warn};
 
 use crate::batch;
 use crate::calendar::{first_of_month, last_of_month, Calendar};
+use crate::errors::{command_code, is_history_lost, is_transient};
 use crate::lease::{self, Fence, LostLease};
 use crate::live::Live;
 use crate::reports::Kind;
@@ -183,7 +184,7 @@ pub async fn run(
     loop {
         opts.telemetry.set_leader(false);
         let heartbeat = tokio::spawn(standby_heartbeat(db.clone(), opts.telemetry.clone()));
-        let acquired = lease::acquire(&db, &opts.owner, ttl, &stop, is_transient).await;
+        let acquired = lease::acquire(&db, &opts.owner, ttl, &stop).await;
         heartbeat.abort();
         let Some(fence) = acquired? else {
             return Ok(Counters::default());
@@ -327,7 +328,10 @@ fn failure_cause(e: &anyhow::Error) -> Failure {
         Failure::Timeout
     } else if is_transient(e) {
         Failure::Unavailable
-    } else if e.chain().any(|c| c.is::<mongodb::error::Error>()) {
+    } else if e
+        .chain()
+        .any(|c| c.is::<mongodb::error::Error>() || c.is::<store::WriteErrors>())
+    {
         Failure::ServerError
     } else {
         Failure::Other
@@ -500,7 +504,9 @@ struct Tailer {
     stop: Arc<AtomicBool>,
 }
 
-const HISTORY_LOST: i32 = 286;
+/// The code a server older than 6.0 answers `fullDocumentBeforeChange` with
+/// (`Location40415`: an unknown field of `$changeStream`).
+const UNKNOWN_FIELD: i32 = 40415;
 
 impl Tailer {
     async fn start(
@@ -711,11 +717,7 @@ impl Tailer {
                 self.stream = Some(s.with_type::<RawDocumentBuf>());
                 Ok(())
             }
-            Err(e)
-                if self.pre_images
-                    && !is_history_lost(&e)
-                    && e.to_string().contains("fullDocumentBeforeChange") =>
-            {
+            Err(e) if self.pre_images && command_code(&e) == Some(UNKNOWN_FIELD) => {
                 warn!(error = %e, "Server refuses pre-images in change streams; following without them.");
                 self.pre_images = false;
                 Box::pin(self.open_stream()).await
@@ -1641,40 +1643,6 @@ impl Event {
                 .map(|t| t.timestamp_millis()),
         })
     }
-}
-
-/// An error a server outage or failover causes, as opposed to a bug or a
-/// misconfiguration: worth retrying.
-pub(crate) fn is_transient(e: &anyhow::Error) -> bool {
-    use mongodb::error::ErrorKind;
-    const LABELS: [&str; 5] = [
-        "RetryableError",
-        "RetryableWriteError",
-        "ResumableChangeStreamError",
-        "TransientTransactionError",
-        "SystemOverloadedError",
-    ];
-    // HostUnreachable, HostNotFound, NetworkTimeout, ShutdownInProgress,
-    // PrimarySteppedDown, SocketException, NotWritablePrimary,
-    // InterruptedAtShutdown, InterruptedDueToReplStateChange,
-    // NotPrimaryNoSecondaryOk, NotPrimaryOrSecondary.
-    const CODES: [i32; 11] = [6, 7, 89, 91, 189, 9001, 10107, 11600, 11602, 13435, 13436];
-    e.chain()
-        .filter_map(|c| c.downcast_ref::<mongodb::error::Error>())
-        .any(|m| {
-            matches!(
-                &*m.kind,
-                ErrorKind::Io(_)
-                    | ErrorKind::ServerSelection { .. }
-                    | ErrorKind::ConnectionPoolCleared { .. }
-            ) || matches!(&*m.kind, ErrorKind::Command(c) if CODES.contains(&c.code))
-                || LABELS.iter().any(|l| m.contains_label(l))
-        })
-}
-
-fn is_history_lost(e: &mongodb::error::Error) -> bool {
-    matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == HISTORY_LOST)
-        || e.to_string().contains("ChangeStreamHistoryLost")
 }
 
 #[cfg(test)]
