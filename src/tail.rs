@@ -268,13 +268,17 @@ impl std::fmt::Display for GaveUp {
 
 impl std::error::Error for GaveUp {}
 
-/// A step that did not finish within [`STEP_LIMIT`].
+/// The longest a start (or a start again after a failure) may take: it
+/// reads the whole window (about a minute at 2,000 users on SecantusDB).
+const START_LIMIT: Duration = Duration::from_secs(900);
+
+/// A step (or a start) that did not finish within its limit.
 #[derive(Debug)]
-struct StepTimedOut;
+struct StepTimedOut(Duration);
 
 impl std::fmt::Display for StepTimedOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "a step took longer than {} s", STEP_LIMIT.as_secs())
+        write!(f, "no progress within {} s", self.0.as_secs())
     }
 }
 
@@ -367,7 +371,11 @@ async fn lead(
     let mut after_outage = false;
     'term: loop {
         let started = Tailer::start(db.clone(), opts.clone(), Some(fence.clone()), stop.clone());
-        let mut tailer = match started.await {
+        let started = match tokio::time::timeout(START_LIMIT, started).await {
+            Ok(r) => r,
+            Err(_) => Err(StepTimedOut(START_LIMIT).into()),
+        };
+        let mut tailer = match started {
             Ok(t) => {
                 if std::mem::take(&mut after_outage) {
                     opts.telemetry.recovery(Recovery::Reconnect);
@@ -376,7 +384,10 @@ async fn lead(
             }
             Err(e) if lease::is_lost(&e) => return Err(e),
             Err(e) => {
-                after_outage |= is_transient(&e);
+                let away = is_transient(&e);
+                after_outage |= away;
+                // Health and readiness follow the server meanwhile.
+                opts.telemetry.turn(!away);
                 let backoff = failures.failed(e, "Starting")?;
                 pause(backoff, stop).await;
                 if stop.load(Ordering::SeqCst) {
@@ -389,7 +400,7 @@ async fn lead(
             tailer.opts.telemetry.turn(tailer.stream.is_some());
             let step = match tokio::time::timeout(STEP_LIMIT, tailer.step()).await {
                 Ok(r) => r,
-                Err(_) => Err(StepTimedOut.into()),
+                Err(_) => Err(StepTimedOut(STEP_LIMIT).into()),
             };
             let e = match step {
                 Ok(()) => {
@@ -404,6 +415,7 @@ async fn lead(
                 tailer.counters.reconnects += 1;
                 tailer.stream = None;
             }
+            tailer.opts.telemetry.turn(!transient);
             let backoff = failures.failed(e, "A step")?;
             pause(backoff, stop).await;
             if !transient && !stop.load(Ordering::SeqCst) {
@@ -1687,7 +1699,7 @@ mod tests {
     fn failures_are_counted_by_cause() {
         let timed_out = anyhow::Error::from(lease::TimedOut("renewing the lease"));
         assert_eq!(failure_cause(&timed_out), Failure::Timeout);
-        let step = anyhow::Error::from(StepTimedOut).context("flushing");
+        let step = anyhow::Error::from(StepTimedOut(STEP_LIMIT)).context("flushing");
         assert_eq!(failure_cause(&step), Failure::Timeout);
         assert_eq!(failure_cause(&anyhow::anyhow!("a bug")), Failure::Other);
     }
