@@ -455,6 +455,7 @@ async fn sigterm_to_an_instance_waiting_on_a_dead_leader_exits_within_10_s() {
     let mut rng = Rng::new(seed);
     let env = Env::new("flt_term", support::uri(), "UTC", instant(NOON)).await;
     env.seed(20, 15, 15, seed).await;
+    let pockets = env.pockets().await;
     let mut leader = env.run("leader0", TTL, &[]);
     leader.wait_log(TAILING, CATCH_UP).await;
     let mut writer = env.writer("writer", 40, seed);
@@ -466,7 +467,10 @@ async fn sigterm_to_an_instance_waiting_on_a_dead_leader_exits_within_10_s() {
             env.checkpoint_token().await != token
         })
         .await;
-        tokio::time::sleep(ms(rng.below(1000))).await;
+        // A burst makes the next flush long: the kill likely lands inside
+        // its fenced transaction, which holds the lease document.
+        bulk_expenses(&env, &pockets, 300, 12, &mut rng).await;
+        tokio::time::sleep(ms(100 + rng.below(500))).await;
         leader.kill9();
 
         // Right after it starts.
