@@ -117,6 +117,11 @@ pub struct RunArgs {
     /// with several instances, a standby takes over within this time.
     #[arg(long, env = "TALLY_LEASE_TTL", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_ttl: u64,
+    /// Seconds a failure of the active instance (a server error, a timeout,
+    /// the server away) may persist, retried with pauses, before `tally run`
+    /// exits with status 3 for its supervisor to restart it.
+    #[arg(long, env = "TALLY_GIVE_UP_AFTER", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub give_up_after: u64,
     #[command(flatten)]
     pub http: crate::http::HttpArgs,
 }
@@ -165,11 +170,11 @@ pub struct RangeArgs {
 impl RangeArgs {
     fn range(&self) -> Result<Range> {
         if self.from > self.to {
-            bail!(
+            return Err(crate::UsageError(format!(
                 "--from {} is after --to {}: give the earlier date first",
-                self.from,
-                self.to
-            );
+                self.from, self.to
+            ))
+            .into());
         }
         let mut kinds = self.kinds.clone();
         kinds.sort();
@@ -253,7 +258,8 @@ fn parse_kind(s: &str) -> Result<Kind, String> {
         .ok_or_else(|| format!("unknown kind {s:?}: use reports, snapshots or monthly"))
 }
 
-/// Runs the parsed command; errors are the caller's to print (exit 2).
+/// Runs the parsed command; errors are the caller's to print (exit status
+/// by [`crate::exit_status`]).
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
     let now = g.now.unwrap_or_else(Utc::now);
@@ -274,7 +280,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let to = a.to.unwrap_or_else(|| cal.day_of(now));
             let from = a.from.unwrap_or(to - chrono::Days::new(59));
             if from > to {
-                bail!("--from {from} is after --to {to}: give the earlier date first");
+                return Err(crate::UsageError(format!(
+                    "--from {from} is after --to {to}: give the earlier date first"
+                ))
+                .into());
             }
             let db = store::connect(&g.mongodb_uri, &g.database).await?;
             let opts = SeedOptions {
@@ -360,6 +369,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             opts.settle = std::time::Duration::from_secs(a.settle_seconds);
             opts.pre_images = !a.no_pre_images;
             opts.lease_ttl = std::time::Duration::from_secs(a.lease_ttl);
+            opts.give_up_after = std::time::Duration::from_secs(a.give_up_after);
             tail::run(db, opts, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -155,6 +155,13 @@ pub const KEYS: &[Key] = &[
         Type::Int,
         "15",
     ),
+    key(
+        "give_up_after_seconds",
+        Some("give_up_after"),
+        Some("TALLY_GIVE_UP_AFTER"),
+        Type::Int,
+        "300",
+    ),
 ];
 
 /// Looks a key up by its file name.
@@ -199,6 +206,7 @@ file_config! {
     settle_seconds: u64,
     no_pre_images: bool,
     lease_ttl_seconds: u64,
+    give_up_after_seconds: u64,
 }
 
 pub use crate::logging::LogFormat;
@@ -484,7 +492,7 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
             .parse::<u64>()
             .map(|_| ())
             .map_err(|_| format!("{value:?} is not a whole number")),
-        "lease_ttl_seconds" => match seconds(value) {
+        "lease_ttl_seconds" | "give_up_after_seconds" => match seconds(value) {
             Some(n) if n >= 1 => Ok(()),
             _ => Err(format!(
                 "{value:?} is not a number of seconds of at least 1"

@@ -200,6 +200,26 @@ pub fn metrics(t: &Telemetry, now: DateTime<Utc>) -> String {
         ["cause"],
         &t.recoveries,
     );
+    counter_vec(
+        &mut out,
+        "tally_write_failures_total",
+        "Failed steps of the active instance, retried, by cause (unavailable, timeout, server_error, other).",
+        ["cause"],
+        &t.write_failures,
+    );
+    counter_vec(
+        &mut out,
+        "tally_late_events_total",
+        "Change events that reached a period already finalized, by kind of document.",
+        ["kind"],
+        &t.late_events,
+    );
+    counter(
+        &mut out,
+        "tally_unreadable_events_total",
+        "Change events that could not be read and were skipped.",
+        t.unreadable_events.load(Ordering::Relaxed),
+    );
     out
 }
 

@@ -18,6 +18,18 @@
 //! (and then fails the check). The check is a real change (`$inc`), never a
 //! no-op, or the server would not take the document's write lock.
 //!
+//! **Nothing waits on a dead holder's transaction.** A holder killed in the
+//! middle of a fenced transaction leaves it open on the server, and that
+//! transaction has written the lease document: every later write to the
+//! lease (the successor's acquisition) would wait until the server aborts
+//! it — 60 s on `mongod` (`transactionLifetimeLimitSeconds`), on SecantusDB
+//! only once another transaction command arrives after 60 s. So each term
+//! runs all its fenced transactions on one session, whose id is stored in
+//! the lease when the term begins; an instance about to take over a lease
+//! that expired or was released first ends that session (`killSessions`),
+//! which aborts its open transaction at once. Every lease call has a time
+//! limit, so no acquisition, renewal or release waits forever.
+//!
 //! What is fenced: the output documents (flushes, the window backfill,
 //! finalizations), the checkpoint, and the record of a finished
 //! finalization; a finalization claim records its token, so a claim made
@@ -46,12 +58,77 @@ pub const LEASE: &str = "tally_lease";
 const LEASE_ID: &str = "tally";
 /// Attempts of a fenced transaction that meets transient errors.
 const ATTEMPTS: u32 = 5;
+/// Longest wait for one lease call (acquire, renew, release, read, kill).
+pub const CALL_LIMIT: Duration = Duration::from_secs(5);
+/// Longest a fenced transaction may take, commit included.
+const FENCED_LIMIT: Duration = Duration::from_secs(60);
 
-/// Proof of holding the lease: the holder and the token of its acquisition.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Proof of holding the lease: the holder and the token of its acquisition,
+/// and the term's session, on which every fenced transaction runs (its id
+/// is in the lease, so a successor can end it; see the module docs).
+#[derive(Clone)]
 pub struct Fence {
     pub owner: String,
     pub token: i64,
+    session: Option<Arc<tokio::sync::Mutex<ClientSession>>>,
+}
+
+impl Fence {
+    /// A fence without a term session: each fenced transaction starts its
+    /// own (tests, and callers that never hold the lease for long).
+    pub fn new(owner: impl Into<String>, token: i64) -> Fence {
+        Fence {
+            owner: owner.into(),
+            token,
+            session: None,
+        }
+    }
+}
+
+impl PartialEq for Fence {
+    fn eq(&self, other: &Fence) -> bool {
+        (&self.owner, self.token) == (&other.owner, other.token)
+    }
+}
+
+impl Eq for Fence {}
+
+impl fmt::Debug for Fence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fence")
+            .field("owner", &self.owner)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A lease call that did not answer within [`CALL_LIMIT`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimedOut(pub &'static str);
+
+impl fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: no answer in time", self.0)
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+/// Whether `e` (or its cause) is a [`TimedOut`] lease or fenced call.
+pub fn is_timeout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<TimedOut>())
+}
+
+/// `f`, or [`TimedOut`] after `limit`.
+async fn bounded<T>(
+    what: &'static str,
+    limit: Duration,
+    f: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => Err(TimedOut(what).into()),
+    }
 }
 
 /// A fenced write found that another instance acquired the lease since.
@@ -99,11 +176,14 @@ pub struct LeaseInfo {
 }
 
 pub async fn read(db: &Database) -> Result<Option<LeaseInfo>> {
-    let d = db
-        .collection::<Document>(LEASE)
-        .find_one(doc! { "_id": LEASE_ID })
-        .await
-        .context("reading the lease")?;
+    let d = bounded("reading the lease", CALL_LIMIT, async {
+        db.collection::<Document>(LEASE)
+            .find_one(doc! { "_id": LEASE_ID })
+            .max_time(CALL_LIMIT)
+            .await
+            .context("reading the lease")
+    })
+    .await?;
     Ok(d.map(|d| LeaseInfo {
         owner: d.get_str("owner").ok().map(str::to_owned),
         token: d.get_i64("token").unwrap_or(0),
@@ -119,30 +199,48 @@ fn ttl_millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// One attempt to acquire the lease: it is free when expired, released, or
+/// The lease document when it is free for `owner`: expired, released, or
 /// held by `owner` itself (a previous leadership of this instance, which
-/// the new token fences off). `None`: another instance holds it.
-pub async fn try_acquire(db: &Database, owner: &str, ttl: Duration) -> Result<Option<Fence>> {
+/// the new token fences off).
+fn free_for(owner: &str) -> Document {
     // Compared as milliseconds: SecantusDB (0.7) compares a date with
     // `$$NOW` as equal; the numbers compare right on every server.
-    let filter = doc! { "_id": LEASE_ID, "$or": [
+    doc! { "_id": LEASE_ID, "$or": [
         { "$expr": { "$lt": [{ "$toLong": "$expires_at" }, { "$toLong": "$$NOW" }] } },
         { "released": true },
         { "owner": owner },
-    ] };
+    ] }
+}
+
+/// One attempt to acquire the lease (free as [`free_for`] says). `None`:
+/// another instance holds it. The previous term's session is ended first,
+/// so that its open transaction, if its holder died in one, cannot hold
+/// the acquisition up; the new term's session is stored in the lease.
+pub async fn try_acquire(db: &Database, owner: &str, ttl: Duration) -> Result<Option<Fence>> {
+    end_previous_term(db, owner).await?;
+    let session = db
+        .client()
+        .start_session()
+        .await
+        .context("starting the term's session")?;
     let update = vec![doc! { "$set": {
         "owner": owner,
         "token": { "$add": [{ "$ifNull": ["$token", 0_i64] }, 1_i64] },
         "expires_at": { "$add": ["$$NOW", ttl_millis(ttl)] },
         "acquired_at": "$$NOW",
         "released": false,
+        "session": { "$literal": session.id().clone() },
     } }];
-    let result = db
-        .collection::<Document>(LEASE)
-        .find_one_and_update(filter, update)
-        .upsert(true)
-        .return_document(ReturnDocument::After)
-        .await;
+    let result = bounded("acquiring the lease", CALL_LIMIT, async {
+        Ok(db
+            .collection::<Document>(LEASE)
+            .find_one_and_update(free_for(owner), update)
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .max_time(CALL_LIMIT)
+            .await)
+    })
+    .await?;
     match result {
         Ok(Some(d)) => Ok(Some(Fence {
             owner: owner.to_owned(),
@@ -151,6 +249,7 @@ pub async fn try_acquire(db: &Database, owner: &str, ttl: Duration) -> Result<Op
                 Some(Bson::Int32(t)) => i64::from(*t),
                 other => anyhow::bail!("the lease has a token of an unexpected type: {other:?}"),
             },
+            session: Some(Arc::new(tokio::sync::Mutex::new(session))),
         })),
         Ok(None) => Ok(None),
         // Held by another: the upsert collided with the existing document.
@@ -159,31 +258,68 @@ pub async fn try_acquire(db: &Database, owner: &str, ttl: Duration) -> Result<Op
     }
 }
 
+/// Ends the session of the term that held a lease now free for `owner`
+/// (killSessions aborts its open transaction, on `mongod` and SecantusDB
+/// alike). A server that refuses (no privilege) is logged; the acquisition
+/// then waits for the server to abort that transaction on its own.
+async fn end_previous_term(db: &Database, owner: &str) -> Result<()> {
+    let free = bounded("reading the lease", CALL_LIMIT, async {
+        db.collection::<Document>(LEASE)
+            .find_one(free_for(owner))
+            .projection(doc! { "session": 1 })
+            .max_time(CALL_LIMIT)
+            .await
+            .context("reading the lease")
+    })
+    .await?;
+    let Some(session) = free.and_then(|d| d.get_document("session").ok().cloned()) else {
+        return Ok(());
+    };
+    let killed = bounded("ending the previous term's session", CALL_LIMIT, async {
+        db.client()
+            .database("admin")
+            .run_command(doc! { "killSessions": [session] })
+            .await
+            .context("ending the previous term's session")
+    })
+    .await;
+    if let Err(e) = killed {
+        warn!(error = %crate::store::redact_uri(&format!("{e:#}")), "Could not end the previous holder's session; an open transaction of it may delay the takeover.");
+    }
+    Ok(())
+}
+
 /// Extends the lease by `ttl` from the server's now; `false` when it is no
 /// longer this fence's.
 pub async fn renew(db: &Database, fence: &Fence, ttl: Duration) -> Result<bool> {
-    let r = db
-        .collection::<Document>(LEASE)
-        .update_one(
-            doc! { "_id": LEASE_ID, "owner": &fence.owner, "token": fence.token },
-            vec![doc! { "$set": { "expires_at": { "$add": ["$$NOW", ttl_millis(ttl)] } } }],
-        )
-        .await
-        .context("renewing the lease")?;
-    Ok(r.matched_count == 1)
+    bounded("renewing the lease", CALL_LIMIT, async {
+        let r = db
+            .collection::<Document>(LEASE)
+            .update_one(
+                doc! { "_id": LEASE_ID, "owner": &fence.owner, "token": fence.token },
+                vec![doc! { "$set": { "expires_at": { "$add": ["$$NOW", ttl_millis(ttl)] } } }],
+            )
+            .await
+            .context("renewing the lease")?;
+        Ok(r.matched_count == 1)
+    })
+    .await
 }
 
 /// Gives the lease up (expires now) so that a standby takes over at once.
 pub async fn release(db: &Database, fence: &Fence) -> Result<bool> {
-    let r = db
-        .collection::<Document>(LEASE)
-        .update_one(
-            doc! { "_id": LEASE_ID, "owner": &fence.owner, "token": fence.token },
-            vec![doc! { "$set": { "expires_at": "$$NOW", "released": true } }],
-        )
-        .await
-        .context("releasing the lease")?;
-    Ok(r.matched_count == 1)
+    bounded("releasing the lease", CALL_LIMIT, async {
+        let r = db
+            .collection::<Document>(LEASE)
+            .update_one(
+                doc! { "_id": LEASE_ID, "owner": &fence.owner, "token": fence.token },
+                vec![doc! { "$set": { "expires_at": "$$NOW", "released": true } }],
+            )
+            .await
+            .context("releasing the lease")?;
+        Ok(r.matched_count == 1)
+    })
+    .await
 }
 
 /// Waits until this instance holds the lease: tries now, then every
@@ -214,7 +350,7 @@ pub async fn acquire(
                 );
             }
             Ok(None) => {}
-            Err(e) if is_transient(&e) => {
+            Err(e) if is_transient(&e) || is_timeout(&e) => {
                 warn!(error = %crate::store::redact_uri(&format!("{e:#}")), "Cannot reach the lease yet; retrying.");
             }
             Err(e) => return Err(e),
@@ -224,22 +360,26 @@ pub async fn acquire(
                 { "operationType": { "$in": ["delete", "insert", "replace", "drop", "invalidate"] } },
                 { "updateDescription.updatedFields.released": true },
             ] } }];
-            released = db
-                .collection::<Document>(LEASE)
+            let lease = db.collection::<Document>(LEASE);
+            let watch = lease
                 .watch()
                 .pipeline(pipeline)
-                .max_await_time(Duration::from_millis(200))
+                .max_await_time(Duration::from_millis(200));
+            released = tokio::time::timeout(CALL_LIMIT, watch)
                 .await
-                .ok();
+                .ok()
+                .and_then(Result::ok);
         }
         let until = Instant::now() + ttl / 3;
         while Instant::now() < until && !stop.load(Ordering::SeqCst) {
             match released.as_mut() {
-                Some(stream) => match stream.next_if_any().await {
-                    Ok(Some(_)) => break,
-                    Ok(None) => {}
-                    Err(_) => released = None,
-                },
+                Some(stream) => {
+                    match tokio::time::timeout(CALL_LIMIT, stream.next_if_any()).await {
+                        Ok(Ok(Some(_))) => break,
+                        Ok(Ok(None)) => {}
+                        Ok(Err(_)) | Err(_) => released = None,
+                    }
+                }
                 None => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
@@ -287,12 +427,27 @@ where
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = async {
-            let mut s = db
-                .client()
-                .start_session()
-                .await
-                .context("starting a session")?;
+        let result = bounded("a fenced write", FENCED_LIMIT, async {
+            // The term's session, or one of this call's own.
+            let mut own;
+            let mut term;
+            let s: &mut ClientSession = match &fence.session {
+                Some(session) => {
+                    term = session.lock().await;
+                    &mut term
+                }
+                None => {
+                    own = db
+                        .client()
+                        .start_session()
+                        .await
+                        .context("starting a session")?;
+                    &mut own
+                }
+            };
+            // A call cancelled mid-transaction (a time limit, a lost lease)
+            // leaves the term's session inside it: end that first.
+            let _ = s.abort_transaction().await;
             s.start_transaction().await?;
             let check = db
                 .collection::<Document>(LEASE)
@@ -300,17 +455,18 @@ where
                     doc! { "_id": LEASE_ID, "owner": &fence.owner, "token": fence.token },
                     doc! { "$inc": { "writes": 1_i64 }, "$currentDate": { "last_write_at": true } },
                 )
-                .session(&mut s)
+                .session(&mut *s)
                 .await
                 .context("checking the lease")?;
             if check.matched_count == 0 {
                 let _ = s.abort_transaction().await;
                 return Err(LostLease { token: fence.token }.into());
             }
-            match body(&mut s).await {
+            match body(s).await {
                 Ok(v) => {
                     s.commit_transaction()
                         .await
+                        .map_err(|e| anyhow::Error::new(e).context(CommitFailed))
                         .context("committing a fenced write")?;
                     Ok(v)
                 }
@@ -319,15 +475,36 @@ where
                     Err(e)
                 }
             }
-        }
+        })
         .await;
         match result {
-            Err(e) if attempt < ATTEMPTS && !is_lost(&e) && is_transient_transaction(&e) => {
+            Err(e) if attempt < ATTEMPTS && !is_lost(&e) && is_retryable_transaction(&e) => {
                 tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
             }
             r => return r,
         }
     }
+}
+
+/// A commit the server refused. Without the `UnknownTransactionCommitResult`
+/// label the transaction did not commit (SecantusDB answers a WiredTiger
+/// commit conflict with `InternalError` and no label), so the whole
+/// transaction can run again.
+#[derive(Clone, Copy, Debug)]
+struct CommitFailed;
+
+impl fmt::Display for CommitFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the server refused the commit")
+    }
+}
+
+impl std::error::Error for CommitFailed {}
+
+/// Worth running the whole fenced transaction again: a transient error, or
+/// a commit the server refused.
+fn is_retryable_transaction(e: &anyhow::Error) -> bool {
+    is_transient_transaction(e) || e.downcast_ref::<CommitFailed>().is_some()
 }
 
 /// A write conflict, or a commit whose outcome is unknown: run it again.

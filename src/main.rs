@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let message = format!("cannot start the async runtime: {e}");
             tally::logging::fatal(log_format, &message);
-            return ExitCode::from(2);
+            return ExitCode::from(3);
         }
     };
     let result = runtime.block_on(tally::cli::run(cli));
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let message = tally::store::redact_uri(&format!("{e:#}"));
             tally::logging::fatal(log_format, &message);
-            ExitCode::from(2)
+            ExitCode::from(tally::exit_status(&e))
         }
     }
 }

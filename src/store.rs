@@ -44,7 +44,7 @@ pub async fn connect(uri: &str, database: &str) -> Result<Database> {
     let redacted = redact_uri(uri);
     let mut opts = ClientOptions::parse(uri)
         .await
-        .map_err(|e| anyhow::anyhow!("invalid MongoDB URI {redacted}: {}", e.kind))?;
+        .map_err(|e| crate::UsageError(format!("invalid MongoDB URI {redacted}: {}", e.kind)))?;
     opts.app_name.get_or_insert_with(|| "tally".to_owned());
     opts.server_selection_timeout
         .get_or_insert(Duration::from_secs(5));

@@ -50,7 +50,7 @@ use crate::schedule::{self, Schedule};
 use crate::source::{decode_pocket, decode_transaction, SourceId};
 use crate::state::{self, Checkpoint, Claim};
 use crate::store::{self, Write, POCKETS, TRANSACTIONS};
-use crate::telemetry::{Recovery, Telemetry, WriteMix};
+use crate::telemetry::{Failure, Recovery, Telemetry, WriteMix};
 
 /// The service's notion of now: real time, optionally shifted (tests and
 /// demos start the clock at a chosen instant; it then runs at real speed).
@@ -72,6 +72,11 @@ impl Clock {
 
     pub fn now(&self) -> DateTime<Utc> {
         Utc::now() + self.offset
+    }
+
+    /// The real time at which this clock reads `t`.
+    pub fn to_real(&self, t: DateTime<Utc>) -> DateTime<Utc> {
+        t - self.offset
     }
 }
 
@@ -100,6 +105,9 @@ pub struct RunOptions {
     pub pre_images: bool,
     /// Where the tailer reports what it does (metrics, status page).
     pub telemetry: Arc<Telemetry>,
+    /// How long failures of the active instance may persist (each retried
+    /// after a pause) before `tally run` exits for a supervisor to restart.
+    pub give_up_after: Duration,
 }
 
 impl RunOptions {
@@ -117,6 +125,7 @@ impl RunOptions {
             lease_ttl: Duration::from_secs(15),
             pre_images: true,
             telemetry: Arc::new(Telemetry::new()),
+            give_up_after: Duration::from_secs(300),
         }
     }
 }
@@ -171,9 +180,6 @@ pub async fn run(
         flag.store(true, Ordering::SeqCst);
     });
     let ttl = opts.lease_ttl;
-    // Set when the leader stopped because the server went away: leading
-    // again is a recovery by reconnecting (counted like a reopened stream).
-    let mut after_outage = false;
     loop {
         opts.telemetry.set_leader(false);
         let heartbeat = tokio::spawn(standby_heartbeat(db.clone(), opts.telemetry.clone()));
@@ -185,12 +191,19 @@ pub async fn run(
         lease::set_leader(true);
         opts.telemetry.set_leader(true);
         info!(owner = %fence.owner, token = fence.token, "Acquired leadership.");
-        if std::mem::take(&mut after_outage) {
-            opts.telemetry.recovery(Recovery::Reconnect);
-        }
         let lost = Arc::new(AtomicBool::new(false));
         let keeper = tokio::spawn(lease::keep(db.clone(), fence.clone(), ttl, lost.clone()));
-        let result = lead(db.clone(), opts.clone(), fence.clone(), &stop, &lost).await;
+        // The work ends at once when the lease is lost (whatever await it is
+        // in: its writes would be refused anyway), and at the latest
+        // STOP_GRACE after a stop.
+        let result = tokio::select! {
+            r = lead(db.clone(), opts.clone(), fence.clone(), &stop) => r,
+            () = raised(&lost) => Err(LostLease { token: fence.token }.into()),
+            () = stopped_for(&stop, STOP_GRACE) => {
+                warn!("Stopped without the last checkpoint: the last flush did not finish in time; the events since the stored checkpoint replay on the next start.");
+                Ok(Counters::default())
+            }
+        };
         keeper.abort();
         lease::set_leader(false);
         opts.telemetry.set_leader(false);
@@ -201,28 +214,123 @@ pub async fn run(
                     "Lost leadership: dropping unflushed work and standing by."
                 );
             }
-            Err(e) if is_transient(&e) && !stop.load(Ordering::SeqCst) => {
-                // The server went away during start-up (or a step that
-                // cannot continue): nothing is lost, the checkpoint holds;
-                // start again once it answers.
-                warn!(error = %store::redact_uri(&format!("{e:#}")), "Server unavailable while leading; starting again.");
-                after_outage = true;
-                let _ = lease::release(&db, &fence).await;
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
             other => {
-                let released =
-                    tokio::time::timeout(Duration::from_secs(2), lease::release(&db, &fence)).await;
-                match released {
-                    Ok(Ok(_)) => info!(token = fence.token, "Released leadership."),
-                    Ok(Err(e)) => {
-                        warn!(error = %format!("{e:#}"), "Could not release the lease; it expires on its own.")
+                match lease::release(&db, &fence).await {
+                    Ok(_) => info!(token = fence.token, "Released leadership."),
+                    Err(e) => {
+                        warn!(error = %store::redact_uri(&format!("{e:#}")), "Could not release the lease; it expires on its own.")
                     }
-                    Err(_) => warn!("Could not release the lease in time; it expires on its own."),
                 }
                 return other;
             }
         }
+    }
+}
+
+/// Resolves once `flag` is set.
+async fn raised(flag: &AtomicBool) {
+    while !flag.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Resolves `grace` after `stop` is set.
+async fn stopped_for(stop: &AtomicBool, grace: Duration) {
+    raised(stop).await;
+    tokio::time::sleep(grace).await;
+}
+
+/// How long a stop waits for the active instance's last flush and
+/// checkpoint before it leaves without them (a stop must fit in 10 s,
+/// the lease release included).
+const STOP_GRACE: Duration = Duration::from_secs(7);
+
+/// The longest one step of the active instance may take (a flush, a
+/// finalization, a recovery); past it the step counts as failed.
+const STEP_LIMIT: Duration = Duration::from_secs(300);
+
+/// The active instance gave up: a failure persisted past `give_up_after`.
+#[derive(Debug)]
+pub struct GaveUp {
+    pub seconds: u64,
+}
+
+impl std::fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "gave up after failing for {} s (--give-up-after)",
+            self.seconds
+        )
+    }
+}
+
+impl std::error::Error for GaveUp {}
+
+/// A step that did not finish within [`STEP_LIMIT`].
+#[derive(Debug)]
+struct StepTimedOut;
+
+impl std::fmt::Display for StepTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a step took longer than {} s", STEP_LIMIT.as_secs())
+    }
+}
+
+impl std::error::Error for StepTimedOut {}
+
+/// The active instance's failures in a row: each is counted and retried
+/// after a growing pause; one that lasts `give_up_after` ends the service.
+struct Failures {
+    since: Option<Instant>,
+    in_a_row: u32,
+    give_up_after: Duration,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Failures {
+    fn new(opts: &RunOptions) -> Failures {
+        Failures {
+            since: None,
+            in_a_row: 0,
+            give_up_after: opts.give_up_after,
+            telemetry: opts.telemetry.clone(),
+        }
+    }
+
+    fn cleared(&mut self) {
+        self.since = None;
+        self.in_a_row = 0;
+    }
+
+    /// Counts `e`; the pause before the next try, or [`GaveUp`].
+    fn failed(&mut self, e: anyhow::Error, what: &str) -> Result<Duration> {
+        let cause = failure_cause(&e);
+        self.telemetry.write_failure(cause);
+        let since = *self.since.get_or_insert_with(Instant::now);
+        self.in_a_row += 1;
+        let error = store::redact_uri(&format!("{e:#}"));
+        if since.elapsed() >= self.give_up_after {
+            let seconds = self.give_up_after.as_secs();
+            error!(%error, cause = cause.as_str(), failures = self.in_a_row, seconds, "Giving up: {what} kept failing; exiting so that a supervisor restarts tally.");
+            return Err(e.context(GaveUp { seconds }));
+        }
+        let backoff = Duration::from_millis(100 * 2_u64.pow(self.in_a_row.min(7)))
+            .min(Duration::from_secs(10));
+        warn!(%error, cause = cause.as_str(), failures = self.in_a_row, backoff_ms = backoff.as_millis() as u64, "{what} failed; retrying.");
+        Ok(backoff)
+    }
+}
+
+fn failure_cause(e: &anyhow::Error) -> Failure {
+    if lease::is_timeout(e) || e.chain().any(|c| c.is::<StepTimedOut>()) {
+        Failure::Timeout
+    } else if is_transient(e) {
+        Failure::Unavailable
+    } else if e.chain().any(|c| c.is::<mongodb::error::Error>()) {
+        Failure::ServerError
+    } else {
+        Failure::Other
     }
 }
 
@@ -237,58 +345,102 @@ async fn standby_heartbeat(db: Database, telemetry: Arc<Telemetry>) {
 }
 
 /// The active instance's work, until `stop` (flush and checkpoint, then
-/// `Ok`) or until the lease is `lost` ([`LostLease`], nothing written).
+/// `Ok`). A failed step is counted and retried: one the server's absence
+/// explains keeps the work in memory and reopens the stream; any other
+/// starts the work again from what the store holds (the checkpoint and the
+/// stored documents: the same path as a restart after `kill -9`). Ends
+/// with [`GaveUp`] once failures persist for `give_up_after`, and with
+/// [`LostLease`] when a fenced write finds the lease gone.
 async fn lead(
     db: Database,
     opts: RunOptions,
     fence: Fence,
     stop: &Arc<AtomicBool>,
-    lost: &AtomicBool,
 ) -> Result<Counters> {
-    let token = fence.token;
-    let mut tailer = Tailer::start(db, opts, Some(fence), stop.clone()).await?;
-    while !stop.load(Ordering::SeqCst) {
-        if lost.load(Ordering::SeqCst) {
-            return Err(LostLease { token }.into());
-        }
-        tailer.opts.telemetry.turn(tailer.stream.is_some());
-        if let Err(e) = tailer.step().await {
-            // The server is away: keep the work, reopen the stream later.
-            if !is_transient(&e) {
-                return Err(e);
+    let mut failures = Failures::new(&opts);
+    // Set when the server went away: starting again is a recovery by
+    // reconnecting (counted like a reopened stream).
+    let mut after_outage = false;
+    'term: loop {
+        let started = Tailer::start(db.clone(), opts.clone(), Some(fence.clone()), stop.clone());
+        let mut tailer = match started.await {
+            Ok(t) => {
+                if std::mem::take(&mut after_outage) {
+                    opts.telemetry.recovery(Recovery::Reconnect);
+                }
+                t
             }
-            tailer.counters.reconnects += 1;
-            warn!(error = %store::redact_uri(&format!("{e:#}")), backoff_ms = tailer.backoff.as_millis() as u64, "Server unavailable; retrying.");
-            tailer.stream = None;
-            pause(tailer.backoff, stop).await;
-            tailer.backoff = (tailer.backoff * 2).min(Duration::from_secs(10));
-        }
-    }
-    // The last flush and checkpoint, within the shutdown budget. A server
-    // that is away now loses nothing: the events after the stored
-    // checkpoint replay on the next start and recompute the same content.
-    let last = async {
-        tailer.flush().await?;
-        tailer.save().await
-    };
-    match tokio::time::timeout(SHUTDOWN_WRITES, last).await {
-        Ok(Ok(())) => info!(
-            events = tailer.counters.events,
-            documents = tailer.counters.documents_written,
-            users_from_memory = tailer.counters.users_from_memory,
-            users_rescanned = tailer.counters.users_rescanned,
-            "Stopped cleanly."
-        ),
-        Ok(Err(e)) if !is_transient(&e) => return Err(e),
-        outcome => {
-            let error = match outcome {
-                Ok(Err(e)) => store::redact_uri(&format!("{e:#}")),
-                _ => format!("no answer within {} s", SHUTDOWN_WRITES.as_secs()),
+            Err(e) if lease::is_lost(&e) => return Err(e),
+            Err(e) => {
+                after_outage |= is_transient(&e);
+                let backoff = failures.failed(e, "Starting")?;
+                pause(backoff, stop).await;
+                if stop.load(Ordering::SeqCst) {
+                    return Ok(Counters::default());
+                }
+                continue 'term;
+            }
+        };
+        while !stop.load(Ordering::SeqCst) {
+            tailer.opts.telemetry.turn(tailer.stream.is_some());
+            let step = match tokio::time::timeout(STEP_LIMIT, tailer.step()).await {
+                Ok(r) => r,
+                Err(_) => Err(StepTimedOut.into()),
             };
-            warn!(%error, "Stopped without the last checkpoint: the server is unavailable; the events since the stored checkpoint replay on the next start.");
+            let e = match step {
+                Ok(()) => {
+                    failures.cleared();
+                    continue;
+                }
+                Err(e) if lease::is_lost(&e) => return Err(e),
+                Err(e) => e,
+            };
+            let transient = is_transient(&e);
+            if transient {
+                tailer.counters.reconnects += 1;
+                tailer.stream = None;
+            }
+            let backoff = failures.failed(e, "A step")?;
+            pause(backoff, stop).await;
+            if !transient && !stop.load(Ordering::SeqCst) {
+                // State in memory may be half-updated: start again from
+                // the store, exactly as after a crash.
+                continue 'term;
+            }
         }
+        return tailer.finish().await;
     }
-    Ok(tailer.counters)
+}
+
+impl Tailer {
+    /// The last flush and checkpoint of a stop, within [`SHUTDOWN_WRITES`].
+    /// A server that is away now loses nothing: the events after the
+    /// stored checkpoint replay on the next start and recompute the same
+    /// content.
+    async fn finish(mut self) -> Result<Counters> {
+        let last = async {
+            self.flush().await?;
+            self.save().await
+        };
+        match tokio::time::timeout(SHUTDOWN_WRITES, last).await {
+            Ok(Ok(())) => info!(
+                events = self.counters.events,
+                documents = self.counters.documents_written,
+                users_from_memory = self.counters.users_from_memory,
+                users_rescanned = self.counters.users_rescanned,
+                "Stopped cleanly."
+            ),
+            Ok(Err(e)) if lease::is_lost(&e) => return Err(e),
+            outcome => {
+                let error = match outcome {
+                    Ok(Err(e)) => store::redact_uri(&format!("{e:#}")),
+                    _ => format!("no answer within {} s", SHUTDOWN_WRITES.as_secs()),
+                };
+                warn!(%error, "Stopped without the last checkpoint; the events since the stored checkpoint replay on the next start.");
+            }
+        }
+        Ok(self.counters)
+    }
 }
 
 /// How long a stop waits for its last flush and checkpoint (the whole stop
@@ -333,6 +485,10 @@ struct Tailer {
     /// clearing when a valid version arrives.
     known_rejects: HashSet<String>,
     full_refresh: bool,
+    /// When (service clock) the stream last came back empty.
+    caught_up_at: Option<DateTime<Utc>>,
+    /// Server wall time of the last event read (real time).
+    last_event_wall: Option<DateTime<Utc>>,
     first_dirty_at: Option<Instant>,
     last_event_at: Instant,
     last_save: Instant,
@@ -375,6 +531,8 @@ impl Tailer {
             verdicts: Vec::new(),
             known_rejects: HashSet::new(),
             full_refresh: false,
+            caught_up_at: None,
+            last_event_wall: None,
             first_dirty_at: None,
             last_event_at: Instant::now(),
             last_save: Instant::now(),
@@ -566,7 +724,8 @@ impl Tailer {
         }
     }
 
-    /// Plans the next finalization of each kind and runs missed ones.
+    /// Plans the next finalization of each kind: the first missed one, or
+    /// the next to come.
     async fn plan_steps(&mut self, now: DateTime<Utc>) -> Result<()> {
         self.next_steps.clear();
         for kind in Kind::ALL {
@@ -578,15 +737,18 @@ impl Tailer {
                 .opts
                 .schedule
                 .due_since(&self.opts.cal, kind, done, now);
-            for period in &due {
-                self.run_step(kind, *period).await?;
-            }
-            let last = due
-                .last()
-                .copied()
-                .or(done)
-                .unwrap_or_else(|| self.opts.schedule.latest_due(&self.opts.cal, kind, now));
-            let next = schedule::next(kind, last);
+            // Missed steps run first, one after the other, once the
+            // stream has delivered what was written before they were due
+            // (`step`); the next is planned after each.
+            let next = match due.first() {
+                Some(first) => *first,
+                None => schedule::next(
+                    kind,
+                    done.unwrap_or_else(|| {
+                        self.opts.schedule.latest_due(&self.opts.cal, kind, now)
+                    }),
+                ),
+            };
             self.next_steps.push((
                 kind,
                 next,
@@ -710,7 +872,17 @@ impl Tailer {
         }
         // Documents whose content changed are replaced first (final from
         // then on); the rest are only closed, by one update of the period.
-        let replaced = self.write(writes).await?.changed();
+        let stats = self.write(writes).await?;
+        if stats.errors + stats.conflicts > 0 {
+            anyhow::bail!(
+                "finalizing {} {}: {} writes failed and {} met a concurrent writer",
+                kind.cli_name(),
+                period,
+                stats.errors,
+                stats.conflicts
+            );
+        }
+        let replaced = stats.changed();
         let mut closed = 0;
         for period in closes.iter().map(|(_, p, _)| *p).collect::<BTreeSet<_>>() {
             closed +=
@@ -758,7 +930,7 @@ impl Tailer {
         let now = self.opts.clock.now();
         for i in 0..self.next_steps.len() {
             let (kind, period, at) = self.next_steps[i];
-            if now >= at {
+            if now >= at && self.stream_reached(at) {
                 self.run_step(kind, period).await?;
                 let next = schedule::next(kind, period);
                 self.next_steps[i] = (
@@ -771,8 +943,13 @@ impl Tailer {
             }
         }
         for _ in 0..1000 {
-            let Some(stream) = self.stream.as_mut() else {
+            if self.stream.is_none() {
                 self.reconnect().await?;
+                break;
+            }
+            let asked_at = self.opts.clock.now();
+            let settled = self.settled();
+            let Some(stream) = self.stream.as_mut() else {
                 break;
             };
             match stream.next_if_any().await {
@@ -781,7 +958,10 @@ impl Tailer {
                     self.handle(event);
                 }
                 Ok(None) => {
-                    if self.dirty.is_empty() && self.locate.is_empty() {
+                    // The server had nothing more: everything written
+                    // before the question was asked has been delivered.
+                    self.caught_up_at = Some(asked_at);
+                    if settled {
                         self.token = stream.resume_token().or(self.token.take());
                         self.opts.telemetry.caught_up();
                     }
@@ -805,7 +985,7 @@ impl Tailer {
         if self.flush_due() {
             self.flush().await?;
         }
-        if self.dirty.is_empty() && self.last_save.elapsed() >= Duration::from_secs(1) {
+        if self.settled() && self.last_save.elapsed() >= Duration::from_secs(1) {
             self.save().await?;
         }
         self.recheck_pending();
@@ -813,8 +993,7 @@ impl Tailer {
     }
 
     fn flush_due(&self) -> bool {
-        let pending = !self.dirty.is_empty() || !self.locate.is_empty() || self.full_refresh;
-        pending
+        !self.settled()
             && (self.last_event_at.elapsed() >= self.opts.quiet
                 || self
                     .first_dirty_at
@@ -873,6 +1052,10 @@ impl Tailer {
         error!(error = %e, recoveries = self.counters.history_lost, "Change stream history lost: recomputing the window from the source.");
         let start_at = self.operation_time().await?;
         self.backfill_window(self.managed_from()).await?;
+        // The store now holds the window recomputed from the source; memory
+        // must too, or later flushes would build from stale ledgers.
+        self.load_live().await?;
+        self.known_rejects = load_reject_keys(&self.db).await?;
         self.dirty.clear();
         self.locate.clear();
         self.first_dirty_at = None;
@@ -883,6 +1066,21 @@ impl Tailer {
         self.open_stream().await?;
         info!("Recovered from lost history; streaming again.");
         Ok(())
+    }
+
+    /// Counts an event whose earliest day belongs to a period of a kind
+    /// already finalized (it restates final documents).
+    fn count_late(&self, day: Option<NaiveDate>) {
+        let Some(day) = day else { return };
+        for &(kind, next, _) in &self.next_steps {
+            let period = match kind {
+                Kind::Monthly => first_of_month(day),
+                Kind::Report | Kind::Snapshot => day,
+            };
+            if period < next {
+                self.opts.telemetry.late_event(kind);
+            }
+        }
     }
 
     fn mark(&mut self, user: ObjectId, day: NaiveDate, tx_day: Option<NaiveDate>) {
@@ -910,12 +1108,15 @@ impl Tailer {
             Err(e) => {
                 // Not a change event tally can read: nothing to apply, but
                 // never silent. (The stream's token still moves past it.)
-                error!(error = %e, "Unreadable change event skipped.");
+                self.opts.telemetry.unreadable_event();
+                let id = raw.get("_id").ok().flatten().map(|v| format!("{v:?}"));
+                error!(error = %format!("{e:#}"), event = id.as_deref().unwrap_or("?"), "Unreadable change event skipped.");
                 return;
             }
         };
         if let Some(wall) = event.wall_millis {
             self.checkpoint.last_event_at = DateTime::from_timestamp_millis(wall);
+            self.last_event_wall = self.checkpoint.last_event_at;
         }
         let coll = event.collection;
         self.opts
@@ -972,6 +1173,13 @@ impl Tailer {
                 let (touched, known) = self
                     .live
                     .set_transaction(&SourceId::from_bson(&id), new_tx.as_ref());
+                let earliest = touched.iter().map(|(_, d)| *d);
+                let old_day = event
+                    .full_document_before_change
+                    .as_ref()
+                    .and_then(|d| decode_transaction(d).ok())
+                    .map(|tx| cal.day_of_millis(tx.date));
+                self.count_late(earliest.chain(old_day).min());
                 for (user, day) in touched {
                     self.mark(user, day, Some(day));
                 }
@@ -1237,9 +1445,7 @@ impl Tailer {
         self.counters.flushes += 1;
         self.settle_rejects(now).await?;
         self.first_dirty_at = None;
-        if self.dirty.is_empty() && self.locate.is_empty() {
-            self.checkpoint.resume_token =
-                self.token.clone().or(self.checkpoint.resume_token.take());
+        if self.settled() {
             self.save().await?;
         }
         Ok(())
@@ -1334,8 +1540,31 @@ impl Tailer {
         writes
     }
 
+    /// Whether nothing that events created is pending: no user to
+    /// recompute, no old version to locate, no reject verdict to record, no
+    /// refresh to do. Only then may the checkpoint move past those events
+    /// (a `kill -9` before that replays them).
+    fn settled(&self) -> bool {
+        self.dirty.is_empty()
+            && self.locate.is_empty()
+            && self.verdicts.is_empty()
+            && !self.full_refresh
+    }
+
+    /// Whether the stream has delivered everything written before `at`:
+    /// it came back empty when asked at or after `at`, or delivered an
+    /// event the server wrote at or after it.
+    fn stream_reached(&self, at: DateTime<Utc>) -> bool {
+        self.caught_up_at.is_some_and(|t| t >= at)
+            || self
+                .last_event_wall
+                .is_some_and(|w| w >= self.opts.clock.to_real(at))
+    }
+
+    /// Saves the checkpoint; its resume token moves to the last event
+    /// handled only when [`Tailer::settled`].
     async fn save(&mut self) -> Result<()> {
-        if self.dirty.is_empty() {
+        if self.settled() {
             if let Some(t) = &self.token {
                 self.checkpoint.resume_token = Some(t.clone());
             }

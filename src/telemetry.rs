@@ -76,6 +76,37 @@ impl Recovery {
     }
 }
 
+/// Why a step of the active instance failed (it is retried).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The server could not be reached or stepped down.
+    Unavailable,
+    /// A call got no answer within its time limit.
+    Timeout,
+    /// The server answered with an error (a refused commit, a write error).
+    ServerError,
+    /// Anything else (a bug, a document tally could not encode).
+    Other,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 4] = [
+        Failure::Unavailable,
+        Failure::Timeout,
+        Failure::ServerError,
+        Failure::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Unavailable => "unavailable",
+            Failure::Timeout => "timeout",
+            Failure::ServerError => "server_error",
+            Failure::Other => "other",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct RejectNote {
     pub at: DateTime<Utc>,
@@ -120,6 +151,12 @@ pub struct Telemetry {
     pub finalizations: CounterVec<2>,
     pub finalization_duration: Vec<(&'static str, Histogram)>,
     pub recoveries: CounterVec<1>,
+    /// Failed steps of the active instance, by cause ([`Failure`]).
+    pub write_failures: CounterVec<1>,
+    /// Events for a period already finalized when they arrived, by kind.
+    pub late_events: CounterVec<1>,
+    /// Change events tally could not read (skipped after being counted).
+    pub unreadable_events: AtomicU64,
     pub flush_duration: Histogram,
     pub(crate) recent_rejects: Mutex<VecDeque<RejectNote>>,
     pub(crate) recent_recoveries: Mutex<VecDeque<RecoveryNote>>,
@@ -232,6 +269,9 @@ impl Telemetry {
                 .map(|k| (k.cli_name(), Histogram::new(FINALIZATION_BUCKETS)))
                 .collect(),
             recoveries: CounterVec::new(),
+            write_failures: CounterVec::new(),
+            late_events: CounterVec::new(),
+            unreadable_events: AtomicU64::new(0),
             flush_duration: Histogram::new(FLUSH_BUCKETS),
             recent_rejects: Mutex::new(VecDeque::new()),
             recent_recoveries: Mutex::new(VecDeque::new()),
@@ -260,6 +300,12 @@ impl Telemetry {
         }
         for c in Recovery::ALL {
             t.recoveries.add([c.as_str()], 0);
+        }
+        for c in Failure::ALL {
+            t.write_failures.add([c.as_str()], 0);
+        }
+        for kind in Kind::ALL {
+            t.late_events.add([kind.cli_name()], 0);
         }
         t
     }
@@ -363,6 +409,18 @@ impl Telemetry {
 
     pub fn drift_applied(&self) {
         self.drift.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn write_failure(&self, cause: Failure) {
+        self.write_failures.add([cause.as_str()], 1);
+    }
+
+    pub fn late_event(&self, kind: Kind) {
+        self.late_events.add([kind.cli_name()], 1);
+    }
+
+    pub fn unreadable_event(&self) {
+        self.unreadable_events.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn recovery(&self, cause: Recovery) {

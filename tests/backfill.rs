@@ -381,7 +381,7 @@ async fn a_report_without_live_transactions_is_deleted_and_corrected_documents_l
 }
 
 #[test]
-fn bad_flags_exit_2_with_a_message_that_says_what_to_fix() {
+fn bad_flags_exit_2_with_a_message_that_says_what_to_fix_and_an_unreachable_server_exits_3() {
     let cases: [(&[&str], &str); 5] = [
         (
             &["backfill", "--from", "2026-13-01", "--to", "2026-12-31"],
@@ -424,17 +424,29 @@ fn bad_flags_exit_2_with_a_message_that_says_what_to_fix() {
             "cannot reach MongoDB",
         ),
     ];
-    for (args, expect) in cases {
+    // An unreachable server is not a usage error: a restart can fix it.
+    let (unreachable, cases) = cases.split_last().expect("cases");
+    let expected = cases.iter().map(|c| (c, 2)).chain([(unreachable, 3)]);
+    for ((args, expect), status) in expected {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
-            .args(args)
+            .args(*args)
             .env_remove("TALLY_MONGODB_URI")
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(o.status.code(), Some(status), "{args:?}: {err}");
         assert!(err.contains(expect), "{args:?}: {err}");
         assert!(!err.contains("hunter2"), "credentials leak: {err}");
     }
+    // An invalid URI is: it exits 2.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["--mongodb-uri", "mangodb://nowhere", "init"])
+        .env_remove("TALLY_MONGODB_URI")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("invalid MongoDB URI"), "{err}");
 }
 
 /// Writes find stored documents by `_id`: a new document gets its `_id`

@@ -26,6 +26,9 @@ const METRICS: &[&str] = &[
     "tally_finalizations_total",
     "tally_finalization_duration_seconds",
     "tally_recoveries_total",
+    "tally_write_failures_total",
+    "tally_late_events_total",
+    "tally_unreadable_events_total",
     "tally_leader",
 ];
 
@@ -476,6 +479,43 @@ fn systemd_unit_runs_tally_hardened_with_the_uri_from_a_file() {
         "KillSignal=SIGTERM",
     ] {
         assert!(has(line), "tally.service lacks {line}");
+    }
+}
+
+/// Exit 2 is a configuration error, 3 a runtime failure (README, "Exit
+/// status"): every supervisor file restarts tally on 3, and systemd, the
+/// one that can tell them apart, not on 2.
+#[test]
+fn every_supervisor_restarts_a_runtime_failure_and_systemd_not_a_usage_error() {
+    let unit = read("tally.service");
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+            .map(str::trim)
+    };
+    assert!(
+        matches!(value("Restart"), Some("on-failure" | "always")),
+        "systemd restarts on a failure"
+    );
+    let prevented: Vec<&str> = value("RestartPreventExitStatus")
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(prevented, ["2"], "only a usage error is not restarted");
+    let compose = &yaml("docker-compose.yml")[0];
+    let policy = compose["services"]["tally"]["restart"].as_str();
+    assert!(
+        matches!(policy, Some("always" | "unless-stopped" | "on-failure")),
+        "compose restarts tally run: {policy:?}"
+    );
+    for doc in yaml("k8s/deployment.yaml") {
+        if doc["kind"].as_str() == Some("Deployment") {
+            let pod = &doc["spec"]["template"]["spec"];
+            // A Deployment's pods restart their containers always (the only
+            // policy it allows); an explicit other value would be rejected.
+            let policy = pod["restartPolicy"].as_str().unwrap_or("Always");
+            assert_eq!(policy, "Always");
+        }
     }
 }
 

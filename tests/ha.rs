@@ -393,10 +393,7 @@ async fn steal(env: &Env, thief: &str, ttl_ms: i64) -> Fence {
         .await
         .expect("steal")
         .expect("a lease to steal");
-    Fence {
-        owner: thief.to_owned(),
-        token: d.get_i64("token").expect("token"),
-    }
+    Fence::new(thief, d.get_i64("token").expect("token"))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -153,6 +153,9 @@ fn checked_metrics(port: u16) -> Vec<Sample> {
         "tally_finalizations_total",
         "tally_finalization_duration_seconds_bucket",
         "tally_recoveries_total",
+        "tally_write_failures_total",
+        "tally_late_events_total",
+        "tally_unreadable_events_total",
         "tally_leader",
     ] {
         assert!(
