@@ -366,3 +366,38 @@ pub async fn first_to_log(runs: &mut [&mut Running], needle: &str, timeout: Dura
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Process control beyond kill -9 and SIGTERM-and-wait (used by
+/// `tests/faults.rs`).
+impl Running {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (a name `kill` knows: "STOP", "CONT", "TERM") to the
+    /// child without waiting for anything.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+
+    /// Waits up to `timeout` for the child to exit: its status, or `None`
+    /// if it is still running then.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

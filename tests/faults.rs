@@ -1,0 +1,957 @@
+//! Real-server faults with writes flowing throughout: `kill -9` of the
+//! leader under load, takeover by a standby, SIGTERM while a dead leader
+//! still holds the lease, a reject on a quiet stream, a server error on
+//! commit, history lost under a paused or a running leader, and hard
+//! deletes before the in-memory window without pre-images.
+//!
+//! The background writer is `tally seed --users 0 --trickle RATE` (the
+//! API's pattern: a transaction dated now, then its pocket balance) as a
+//! child process; targeted writes go through the driver. The end state is
+//! always the oracle: `tally reconcile` over the managed range exits 0,
+//! twice (`Env::caught_up`). Every wait is for an event with a generous
+//! deadline; the only speed asserted is the takeover bound (TTL + 5 s) and
+//! the 2 s bound of a reject on a quiet stream.
+//!
+//! Random choices print their seed; rerun one with `FAULTS_SEED=N`.
+
+mod support;
+
+use std::io::{Read, Write as _};
+use std::net::{Ipv4Addr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bson::oid::ObjectId;
+use bson::{doc, Bson, DateTime as BsonDateTime, Document};
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::TryStreamExt;
+use tally::money::Money;
+use tally::seed::Rng;
+
+use support::process::{first_to_log, instant, Env, Running, CATCH_UP, SETTLE_SECONDS};
+
+const DIR: &str = "tally-faults";
+const TAILING: &str = "Tailing transactions and pockets.";
+const ACQUIRED: &str = "Acquired leadership.";
+const STANDING_BY: &str = "Standing by";
+const HISTORY_LOST: &str = "Change stream history lost";
+const RECOVERED: &str = "Recovered from lost history";
+/// Mid-March: the in-memory window holds February and March; the daily
+/// steps (23:59, 00:00 UTC) are hours away from this clock.
+const NOON: &str = "2026-03-15T16:00:00Z";
+const KINDS: &str = "reports,snapshots,monthly";
+/// Days the first start builds (`--initial-days`), unless a test says.
+const WINDOW: u64 = 20;
+
+// ---------------------------------------------------------------------------
+// Environment
+// ---------------------------------------------------------------------------
+
+/// `FAULTS_SEED` if set, else the time; printed so a failure can be rerun.
+fn test_seed(test: &str) -> u64 {
+    let seed = std::env::var("FAULTS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64 % 1_000_000)
+                .unwrap_or(1)
+        });
+    eprintln!("{test}: FAULTS_SEED={seed}");
+    seed
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn bdt(t: DateTime<Utc>) -> BsonDateTime {
+    BsonDateTime::from_millis(t.timestamp_millis())
+}
+
+impl Env {
+    /// `tally run --settle-seconds 2 --initial-days WINDOW --lease-ttl TTL`
+    /// plus `extra`.
+    fn run(&self, label: &str, ttl: u64, extra: &[&str]) -> Running {
+        self.run_days(label, ttl, WINDOW, extra)
+    }
+
+    /// [`Env::run`] building `days` days on a first start.
+    fn run_days(&self, label: &str, ttl: u64, days: u64, extra: &[&str]) -> Running {
+        let (settle, ttl, days) = (
+            SETTLE_SECONDS.to_string(),
+            ttl.to_string(),
+            days.to_string(),
+        );
+        let mut args = vec![
+            "run",
+            "--settle-seconds",
+            &settle,
+            "--initial-days",
+            &days,
+            "--lease-ttl",
+            &ttl,
+        ];
+        args.extend_from_slice(extra);
+        Running::spawn(self.command(&args), DIR, &self.name, label)
+    }
+
+    /// The background writer: `rate` API calls a second on the existing
+    /// users' pockets, until SIGTERM.
+    fn writer(&self, label: &str, rate: u32, seed: u64) -> Running {
+        let (rate, seed) = (rate.to_string(), seed.to_string());
+        let args = [
+            "seed",
+            "--users",
+            "0",
+            "--trickle",
+            &rate,
+            "--seed",
+            &seed,
+            "--quiet",
+        ];
+        Running::spawn(self.command(&args), DIR, &self.name, label)
+    }
+
+    /// `tally seed` of `users` × `per_user` transactions from `days` ago
+    /// to today, the API's way.
+    async fn seed(&self, users: u32, per_user: u32, days: i64, seed: u64) {
+        let (users, per_user, seed) = (users.to_string(), per_user.to_string(), seed.to_string());
+        let (from, to) = (self.day(-days).to_string(), self.day(0).to_string());
+        let o = self
+            .tally(&[
+                "seed",
+                "--users",
+                &users,
+                "--transactions-per-user",
+                &per_user,
+                "--from",
+                &from,
+                "--to",
+                &to,
+                "--seed",
+                &seed,
+            ])
+            .await;
+        assert!(
+            o.status.success(),
+            "seed: {}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// Reconcile over the managed range (`days` before today to a month
+    /// ahead) exits 0, and again after the settle delay.
+    async fn converged(&self, days: u64, runs: &[&Running]) {
+        self.caught_up(self.day(-(days as i64)), self.day(30), KINDS, runs)
+            .await;
+    }
+
+    async fn transaction_count(&self) -> u64 {
+        self.db
+            .collection::<Document>("transactions")
+            .count_documents(doc! {})
+            .await
+            .expect("count")
+    }
+
+    /// (user, pocket) of every live pocket with an owner.
+    async fn pockets(&self) -> Vec<(ObjectId, ObjectId)> {
+        self.all("pockets", doc! { "deleted_at": Bson::Null })
+            .await
+            .iter()
+            .filter_map(|d| tally::source::decode_pocket(d).ok())
+            .filter_map(|p| Some((p.user_id?, p.id)))
+            .collect()
+    }
+
+    async fn checkpoint_token(&self) -> Option<Bson> {
+        self.db
+            .collection::<Document>("tally_state")
+            .find_one(doc! { "_id": "checkpoint" })
+            .await
+            .expect("checkpoint")
+            .and_then(|d| d.get("resume_token").cloned())
+            .filter(|t| *t != Bson::Null)
+    }
+
+    async fn rejects_of(&self, id: ObjectId) -> Vec<Document> {
+        self.all(
+            "tally_rejects",
+            doc! { "collection": "transactions", "source_id": id },
+        )
+        .await
+    }
+}
+
+/// A valid expense of `cents` from `pocket`, dated `date`. The targeted
+/// writes use no pocket, so that they move no balance and leave no drift
+/// (the background writer keeps its own balances: see `seed::trickle`).
+fn expense(user: ObjectId, pocket: Option<ObjectId>, cents: u64, date: DateTime<Utc>) -> Document {
+    let amount: Money = format!("{}.{:02}", cents / 100, cents % 100)
+        .parse()
+        .expect("money");
+    doc! {
+        "_id": ObjectId::new(),
+        "user_id": user,
+        "type": "expense",
+        "amount": amount.to_bson(),
+        "pocket_from_id": pocket.map_or(Bson::Null, Bson::ObjectId),
+        "pocket_to_id": Bson::Null,
+        "category_id": Bson::Null,
+        "note": "faults",
+        "date": bdt(date),
+        "deleted_at": Bson::Null,
+        "created_at": bdt(date),
+        "updated_at": bdt(date),
+    }
+}
+
+/// SIGTERM to the writer: it finishes its API call and exits 0.
+async fn stop_writer(writer: &mut Running) {
+    let status = writer.terminate().await;
+    assert!(status.success(), "writer: {status}\n{}", writer.tail(20));
+}
+
+/// Waits until `check` holds (polling every 100 ms).
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(ms(100)).await;
+    }
+}
+
+/// Retries a driver call while a restarted server comes back.
+async fn until_ok<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = mongodb::error::Result<T>>,
+{
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("{what}: {e}; retrying");
+                tokio::time::sleep(ms(500)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+/// A private server with storage on disk and `args`, and an `Env` on it
+/// whose server selection gives up after 1.5 s (an outage shows as errors).
+async fn own_server(prefix: &str, args: &[&str]) -> (support::Server, std::path::PathBuf, Env) {
+    let dir = std::env::temp_dir().join(support::unique_db(&format!("tally-{prefix}")));
+    let server = support::start_server(args, Some(&dir));
+    let uri = format!("{}&serverSelectionTimeoutMS=1500", server.uri());
+    let env = Env::new(prefix, uri, "UTC", instant(NOON)).await;
+    (server, dir, env)
+}
+
+async fn until_server_is_back(env: &Env) {
+    until_ok("first read after the restart", || {
+        env.transaction_count_raw()
+    })
+    .await;
+}
+
+impl Env {
+    async fn transaction_count_raw(&self) -> mongodb::error::Result<u64> {
+        self.db
+            .collection::<Document>("transactions")
+            .count_documents(doc! {})
+            .await
+    }
+}
+
+/// `n` valid expenses without a pocket spread over the users, dated in the
+/// last `days` days, inserted in bulk batches of 250.
+async fn bulk_expenses(
+    env: &Env,
+    pockets: &[(ObjectId, ObjectId)],
+    n: usize,
+    days: u64,
+    rng: &mut Rng,
+) -> Vec<ObjectId> {
+    let coll = env.db.collection::<Document>("transactions");
+    let mut ids = Vec::with_capacity(n);
+    let mut batch = Vec::new();
+    for i in 0..n {
+        let (user, _) = pockets[rng.below(pockets.len() as u64) as usize];
+        let day = env.day(-(rng.below(days) as i64));
+        let at = env.at(day, rng.below(24) as u32, rng.below(60) as u32);
+        let d = expense(user, None, 1 + rng.below(5_000), at);
+        ids.push(d.get_object_id("_id").expect("_id"));
+        batch.push(d);
+        if batch.len() == 250 || i + 1 == n {
+            let docs = std::mem::take(&mut batch);
+            coll.insert_many(docs).await.expect("bulk insert");
+        }
+    }
+    ids
+}
+
+// ---------------------------------------------------------------------------
+// HTTP: the metrics of a `tally run` child
+// ---------------------------------------------------------------------------
+
+/// The port `tally run` logged for its HTTP endpoint (it was given port 0).
+async fn http_port(run: &mut Running) -> u16 {
+    run.wait_log("HTTP endpoint listening.", CATCH_UP).await;
+    let log = run.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("HTTP endpoint listening."))
+        .expect("the line");
+    line.split("addr=")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
+}
+
+fn metrics(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    Some(raw.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+/// The sum of a metric's samples over all label sets (`None`: absent).
+fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+// ---------------------------------------------------------------------------
+// 1. kill -9 of the leader under load, ten rounds
+// ---------------------------------------------------------------------------
+
+/// Ten times: a random 1–4 s into a leader's life, with the writer going,
+/// `kill -9` it and start its successor at once; the successor must lead
+/// within TTL + 5 s (the dead leader's lease runs out after at most the
+/// TTL; an open transaction it left behind must not hold the lease longer).
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_under_load_ten_rounds_each_restart_leads_within_ttl() {
+    const TTL: u64 = 3;
+    let seed = test_seed("kill_9_under_load");
+    let mut rng = Rng::new(seed);
+    let env = Env::new("flt_kill", support::uri(), "UTC", instant(NOON)).await;
+    env.seed(30, 20, 15, seed).await;
+    let mut run = env.run("r0", TTL, &[]);
+    run.wait_log(TAILING, CATCH_UP).await;
+    let before = env.transaction_count().await;
+    let mut writer = env.writer("writer", 40, seed);
+    let bound = Duration::from_secs(TTL + 5);
+    for round in 1..=10 {
+        let wait = 1000 + rng.below(3001);
+        tokio::time::sleep(ms(wait)).await;
+        assert!(writer.alive(), "writer died:\n{}", writer.tail(20));
+        run.kill9();
+        let killed = Instant::now();
+        run = env.run(&format!("r{round}"), TTL, &[]);
+        run.wait_log(ACQUIRED, bound).await;
+        eprintln!(
+            "round {round}: leader killed {wait} ms into its life; successor led after {:?}",
+            killed.elapsed()
+        );
+    }
+    run.wait_log(TAILING, CATCH_UP).await;
+    stop_writer(&mut writer).await;
+    let written = env.transaction_count().await - before;
+    eprintln!("the writer made {written} API calls during the rounds");
+    assert!(written > 0, "writes flowed");
+    env.converged(WINDOW, &[&run]).await;
+    assert_eq!(run.terminate().await.code(), Some(0), "{}", run.tail(20));
+}
+
+// ---------------------------------------------------------------------------
+// 2. A standby takes over from a leader killed under load
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_takes_over_from_a_leader_killed_under_load() {
+    const TTL: u64 = 3;
+    let seed = test_seed("standby_takes_over");
+    let mut rng = Rng::new(seed);
+    let env = Env::new("flt_standby", support::uri(), "UTC", instant(NOON)).await;
+    env.seed(20, 15, 15, seed).await;
+    let mut one = env.run("one", TTL, &[]);
+    let mut two = env.run("two", TTL, &[]);
+    let first = first_to_log(&mut [&mut one, &mut two], ACQUIRED, CATCH_UP).await;
+    let (mut leader, mut standby) = if first == 0 { (one, two) } else { (two, one) };
+    leader.wait_log(TAILING, CATCH_UP).await;
+    standby.wait_log(STANDING_BY, CATCH_UP).await;
+    let mut writer = env.writer("writer", 40, seed);
+    let token = env.checkpoint_token().await;
+    wait_for("a checkpoint under load", CATCH_UP, || async {
+        env.checkpoint_token().await != token
+    })
+    .await;
+    tokio::time::sleep(ms(rng.below(2000))).await;
+    leader.kill9();
+    let killed = Instant::now();
+    standby
+        .wait_log(ACQUIRED, Duration::from_secs(TTL + 5))
+        .await;
+    eprintln!(
+        "standby led {:?} after kill -9 (TTL {TTL} s)",
+        killed.elapsed()
+    );
+    standby.wait_log(TAILING, CATCH_UP).await;
+    // The new leader follows the writer for a while before it stops.
+    let token = env.checkpoint_token().await;
+    wait_for("a checkpoint by the new leader", CATCH_UP, || async {
+        env.checkpoint_token().await != token
+    })
+    .await;
+    stop_writer(&mut writer).await;
+    env.converged(WINDOW, &[&standby]).await;
+    assert_eq!(
+        standby.terminate().await.code(),
+        Some(0),
+        "{}",
+        standby.tail(20)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 3. SIGTERM while the dead leader still holds the lease
+// ---------------------------------------------------------------------------
+
+/// Three rounds: the leader dies under load at a random moment. Its
+/// successor, started at once, gets SIGTERM 300 ms later (the dead
+/// leader's lease still runs); then, once that lease has expired, the
+/// standby that was waiting all along and a second successor get SIGTERM
+/// while they try to take over (blocked, if the dead leader left a
+/// transaction open on the lease). Each exits 0 within 10 s, whether it got
+/// the lease by then or not; the log says which.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_to_an_instance_waiting_on_a_dead_leader_exits_within_10_s() {
+    const TTL: u64 = 3;
+    let seed = test_seed("sigterm_waiting");
+    let mut rng = Rng::new(seed);
+    let env = Env::new("flt_term", support::uri(), "UTC", instant(NOON)).await;
+    env.seed(20, 15, 15, seed).await;
+    let pockets = env.pockets().await;
+    let mut leader = env.run("leader0", TTL, &[]);
+    leader.wait_log(TAILING, CATCH_UP).await;
+    let mut writer = env.writer("writer", 40, seed);
+    for round in 1..=3 {
+        let mut standby = env.run(&format!("standby{round}"), TTL, &[]);
+        standby.wait_log(STANDING_BY, CATCH_UP).await;
+        let token = env.checkpoint_token().await;
+        wait_for("a checkpoint under load", CATCH_UP, || async {
+            env.checkpoint_token().await != token
+        })
+        .await;
+        // A burst makes the next flush long: the kill likely lands inside
+        // its fenced transaction, which holds the lease document.
+        bulk_expenses(&env, &pockets, 300, 12, &mut rng).await;
+        tokio::time::sleep(ms(100 + rng.below(500))).await;
+        leader.kill9();
+
+        // Right after it starts.
+        let mut successor = env.run(&format!("successor{round}"), TTL, &[]);
+        tokio::time::sleep(ms(300)).await;
+        sigterm_exits_0(&mut [&mut successor]).await;
+
+        // Once the dead leader's lease has expired (the server runs on
+        // this machine's clock) and the waiting instances have polled since.
+        let expires = env.lease_expiry().await;
+        wait_for("the dead leader's lease expired", CATCH_UP, || async {
+            BsonDateTime::now() > expires
+        })
+        .await;
+        let mut late = env.run(&format!("late{round}"), TTL, &[]);
+        tokio::time::sleep(Duration::from_millis(TTL * 1000 / 3 + 700)).await;
+        sigterm_exits_0(&mut [&mut standby, &mut late]).await;
+
+        // Someone must lead again.
+        leader = env.run(&format!("leader{round}"), TTL, &[]);
+        leader.wait_log(ACQUIRED, Duration::from_secs(90)).await;
+        leader.wait_log(TAILING, CATCH_UP).await;
+    }
+    stop_writer(&mut writer).await;
+    env.converged(WINDOW, &[&leader]).await;
+    assert_eq!(
+        leader.terminate().await.code(),
+        Some(0),
+        "{}",
+        leader.tail(20)
+    );
+}
+
+/// SIGTERM to each of `runs` at once: every one exits 0 within 10 s.
+async fn sigterm_exits_0(runs: &mut [&mut Running]) {
+    let signalled = Instant::now();
+    for r in runs.iter() {
+        r.signal("TERM");
+    }
+    let limit = Duration::from_secs(10);
+    let mut failures = Vec::new();
+    for r in runs.iter_mut() {
+        let led = r.log().contains(ACQUIRED);
+        let status = r.wait_exit(limit.saturating_sub(signalled.elapsed())).await;
+        eprintln!(
+            "{} (leader at the signal: {led}): {status:?}, {:?} after SIGTERM",
+            r.label,
+            signalled.elapsed()
+        );
+        if status.and_then(|s| s.code()) != Some(0) {
+            failures.push(format!(
+                "{} (leader at the signal: {led}) after SIGTERM: {status:?} within 10 s\n{}",
+                r.label,
+                r.tail(30)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+impl Env {
+    async fn lease_expiry(&self) -> BsonDateTime {
+        let lease = self
+            .db
+            .collection::<Document>("tally_lease")
+            .find_one(doc! { "_id": "tally" })
+            .await
+            .expect("lease")
+            .expect("a lease document");
+        *lease.get_datetime("expires_at").expect("expires_at")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 4. A reject on a quiet stream
+// ---------------------------------------------------------------------------
+
+/// Nothing else is written: the one invalid insert must reach
+/// `tally_rejects` within 2 s, and survive kill -9 and restart. A second
+/// invalid insert, with the leader killed once the checkpoint has moved
+/// past it (or its record is there), must not be skipped either.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_insert_on_a_quiet_stream_is_in_tally_rejects_within_2_s() {
+    const TTL: u64 = 3;
+    let seed = test_seed("quiet_reject");
+    let env = Env::new("flt_reject", support::uri(), "UTC", instant(NOON)).await;
+    env.seed(5, 10, 15, seed).await;
+    let mut run = env.run("first", TTL, &[]);
+    run.wait_log(TAILING, CATCH_UP).await;
+    env.converged(WINDOW, &[&run]).await;
+    let (user, pocket) = env.pockets().await[0];
+    let coll = env.db.collection::<Document>("transactions");
+    let garbled = |id: ObjectId| {
+        let mut d = expense(user, Some(pocket), 4200, env.clock.now());
+        d.insert("_id", id);
+        d.insert("amount", "twelve");
+        d
+    };
+
+    let bad = ObjectId::new();
+    coll.insert_one(garbled(bad)).await.expect("insert");
+    let inserted = Instant::now();
+    let deadline = inserted + CATCH_UP;
+    while env.rejects_of(bad).await.is_empty() {
+        assert!(run.alive(), "{}", run.tail(30));
+        assert!(
+            Instant::now() < deadline,
+            "no reject record {CATCH_UP:?} after the insert:\n{}",
+            run.tail(30)
+        );
+        tokio::time::sleep(ms(20)).await;
+    }
+    let took = inserted.elapsed();
+    eprintln!("reject record {took:?} after the insert");
+    run.kill9();
+    assert!(
+        took <= Duration::from_secs(2),
+        "the reject record appeared {took:?} after the insert on a quiet stream (bound 2 s)"
+    );
+    let mut run = env.run("after-kill", TTL, &[]);
+    run.wait_log(TAILING, CATCH_UP).await;
+    let records = env.rejects_of(bad).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].get_str("reason"), Ok("invalid_amount"));
+
+    // The checkpoint must not move past an event whose verdict is unwritten.
+    let token = env.checkpoint_token().await;
+    let second = ObjectId::new();
+    coll.insert_one(garbled(second)).await.expect("insert");
+    wait_for(
+        "the checkpoint moved or the record appeared",
+        CATCH_UP,
+        || async {
+            env.checkpoint_token().await != token || !env.rejects_of(second).await.is_empty()
+        },
+    )
+    .await;
+    run.kill9();
+    let mut run = env.run("after-second-kill", TTL, &[]);
+    run.wait_log(TAILING, CATCH_UP).await;
+    let deadline = Instant::now() + CATCH_UP;
+    while env.rejects_of(second).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the second invalid insert was never recorded: the checkpoint skipped it\n{}",
+            run.tail(30)
+        );
+        tokio::time::sleep(ms(100)).await;
+    }
+    assert_eq!(env.rejects_of(bad).await.len(), 1);
+    env.converged(WINDOW, &[&run]).await;
+    assert_eq!(run.terminate().await.code(), Some(0), "{}", run.tail(20));
+}
+
+// ---------------------------------------------------------------------------
+// 5. A server error on commit
+// ---------------------------------------------------------------------------
+
+/// `commitTransaction` answers InternalError (code 1, no retry label) five
+/// times while writes flow, as SecantusDB does under write conflicts: tally
+/// counts the failures, retries, never exits, and converges.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_error_on_commit_is_retried_not_fatal() {
+    const TTL: u64 = 3;
+    const TIMES: i32 = 5;
+    let seed = test_seed("commit_error");
+    let server = support::start_server(&["--enable-test-commands"], None);
+    let env = Env::new("flt_commit", server.uri(), "UTC", instant(NOON)).await;
+    env.seed(20, 15, 15, seed).await;
+    let mut run = env.run("run", TTL, &[]);
+    let port = http_port(&mut run).await;
+    run.wait_log(TAILING, CATCH_UP).await;
+    let mut writer = env.writer("writer", 30, seed);
+    let token = env.checkpoint_token().await;
+    wait_for("a checkpoint under load", CATCH_UP, || async {
+        env.checkpoint_token().await != token
+    })
+    .await;
+
+    let admin = env.client.database("admin");
+    admin
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": { "times": TIMES },
+            "data": { "failCommands": ["commitTransaction"], "errorCode": 1 },
+        })
+        .await
+        .expect("configureFailPoint (server started with --enable-test-commands)");
+    let armed = Instant::now();
+    let deadline = armed + CATCH_UP;
+    let failures = loop {
+        assert!(
+            run.alive(),
+            "tally run exited on a commit error: {:?}\n{}",
+            run.wait_exit(ms(0)).await,
+            run.tail(30)
+        );
+        let text = metrics(port).unwrap_or_default();
+        if let Some(n) = metric_sum(&text, "tally_write_failures_total").filter(|n| *n > 0.0) {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tally_write_failures_total not > 0 within {CATCH_UP:?} of arming the fail point \
+             (present: {:?}):\n{}",
+            metric_sum(&text, "tally_write_failures_total"),
+            run.tail(30)
+        );
+        tokio::time::sleep(ms(200)).await;
+    };
+    eprintln!(
+        "tally_write_failures_total = {failures} {:?} after arming",
+        armed.elapsed()
+    );
+    // It goes on leading and checkpointing under the writer.
+    let token = env.checkpoint_token().await;
+    wait_for("a checkpoint after the failures", CATCH_UP, || async {
+        env.checkpoint_token().await != token
+    })
+    .await;
+    assert!(run.alive(), "{}", run.tail(30));
+    stop_writer(&mut writer).await;
+    admin
+        .run_command(doc! { "configureFailPoint": "failCommand", "mode": "off" })
+        .await
+        .expect("fail point off");
+    env.converged(WINDOW, &[&run]).await;
+    assert!(run.alive(), "{}", run.tail(30));
+    assert_eq!(run.terminate().await.code(), Some(0), "{}", run.tail(20));
+}
+
+// ---------------------------------------------------------------------------
+// 6 and 7. History lost under a paused and under a running leader
+// ---------------------------------------------------------------------------
+
+/// Waits up to 60 s for `run` to log a history-lost recovery or exit.
+/// `true`: it recovered (and is running); `false`: it exited.
+async fn recovered_or_exited(run: &mut Running) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = run.log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains(HISTORY_LOST) || l.contains(RECOVERED))
+        {
+            eprintln!("{} recovered: {}", run.label, &line[..line.len().min(160)]);
+            return true;
+        }
+        if let Some(status) = run.wait_exit(ms(0)).await {
+            eprintln!("{} exited {status}:\n{}", run.label, run.tail(15));
+            return false;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} neither recovered from lost history nor exited within 60 s:\n{}",
+            run.label,
+            run.tail(30)
+        );
+        tokio::time::sleep(ms(100)).await;
+    }
+}
+
+/// Replaces the writer if the server restart killed it.
+fn writer_alive(env: &Env, writer: &mut Running, seed: u64, n: &mut u32) {
+    if !writer.alive() {
+        eprintln!("writer stopped with the server:\n{}", writer.tail(5));
+        *n += 1;
+        *writer = env.writer(&format!("writer{n}"), 20, seed + u64::from(*n));
+    }
+}
+
+/// The leader is paused (SIGSTOP); meanwhile more than 1,000 writes prune
+/// the history past its token and the server restarts. Resumed (SIGCONT),
+/// it must recover from the lost history or exit within 60 s; if it
+/// exited, a new instance takes over. A standby runs throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_paused_while_history_moves_on_and_the_server_restarts_recovers_or_exits() {
+    const TTL: u64 = 3;
+    let seed = test_seed("paused_history");
+    let mut rng = Rng::new(seed);
+    let (mut server, dir, env) = own_server("flt_pause", &["--oplog-max-entries", "50"]).await;
+    env.seed(15, 10, 15, seed).await;
+    let pockets = env.pockets().await;
+    let mut leader = env.run("leader", TTL, &[]);
+    leader.wait_log(TAILING, CATCH_UP).await;
+    let mut writer = env.writer("writer", 20, seed);
+    let mut writers = 0;
+    let token = env.checkpoint_token().await;
+    wait_for("a checkpoint under load", CATCH_UP, || async {
+        env.checkpoint_token().await != token
+    })
+    .await;
+
+    leader.signal("STOP");
+    bulk_expenses(&env, &pockets, 1_500, 10, &mut rng).await;
+    server.restart();
+    until_server_is_back(&env).await;
+    writer_alive(&env, &mut writer, seed, &mut writers);
+    leader.signal("CONT");
+    let mut run = if recovered_or_exited(&mut leader).await {
+        leader.wait_log(RECOVERED, CATCH_UP).await;
+        leader
+    } else {
+        let mut next = env.run("next", TTL, &[]);
+        next.wait_log(TAILING, CATCH_UP).await;
+        next
+    };
+    eprintln!("leading now: {}", run.label);
+
+    // A standby joins; more writes to the same users.
+    let mut standby = env.run("standby", TTL, &[]);
+    standby.wait_log(STANDING_BY, CATCH_UP).await;
+    writer_alive(&env, &mut writer, seed, &mut writers);
+    bulk_expenses(&env, &pockets, 100, 10, &mut rng).await;
+    stop_writer(&mut writer).await;
+    env.converged(WINDOW, &[&run, &standby]).await;
+    assert!(run.alive(), "{}", run.tail(20));
+    assert_eq!(run.terminate().await.code(), Some(0), "{}", run.tail(20));
+    assert_eq!(
+        standby.terminate().await.code(),
+        Some(0),
+        "{}",
+        standby.tail(20)
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A running leader falls behind a burst of 3,000 inserts (history pruned
+/// to 50 entries every 1,000 writes) and the server restarts before it
+/// catches up: the resumed stream has lost its history. After the
+/// recovery, edits and deletes of the same users' transactions (the burst's
+/// among them) must converge: the in-memory window must not be stale.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_lost_while_running_then_more_writes_to_the_same_users_converge() {
+    const TTL: u64 = 3;
+    let seed = test_seed("running_history");
+    let mut rng = Rng::new(seed);
+    let (mut server, dir, env) = own_server("flt_lost", &["--oplog-max-entries", "50"]).await;
+    env.seed(15, 10, 15, seed).await;
+    let pockets = env.pockets().await;
+    let mut run = env.run("run", TTL, &[]);
+    run.wait_log(TAILING, CATCH_UP).await;
+    let mut writer = env.writer("writer", 20, seed);
+    let mut writers = 0;
+    let token = env.checkpoint_token().await;
+    wait_for("a checkpoint under load", CATCH_UP, || async {
+        env.checkpoint_token().await != token
+    })
+    .await;
+
+    let burst = bulk_expenses(&env, &pockets, 3_000, 10, &mut rng).await;
+    server.restart();
+    until_server_is_back(&env).await;
+    writer_alive(&env, &mut writer, seed, &mut writers);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run.log().contains(HISTORY_LOST) {
+        assert!(
+            run.alive(),
+            "tally run exited after the restart:\n{}",
+            run.tail(30)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no history loss within 60 s of the restart: tally kept up with the burst \
+             (on SecantusDB its open cursor then skips the pruned entries silently), \
+             so this run did not test what it means to:\n{}",
+            run.tail(30)
+        );
+        tokio::time::sleep(ms(100)).await;
+    }
+    run.wait_log(RECOVERED, CATCH_UP).await;
+
+    // Edits of the same users: amounts and dates of burst transactions and
+    // of older ones, and hard deletes.
+    let coll = env.db.collection::<Document>("transactions");
+    let older: Vec<ObjectId> = env
+        .all("transactions", doc! { "note": { "$ne": "faults" } })
+        .await
+        .iter()
+        .filter_map(|d| d.get_object_id("_id").ok())
+        .collect();
+    // The API's transactions (with pockets) only move in time, so that no
+    // balance drifts; the burst's (no pocket) change amount or go.
+    for i in 0..60u64 {
+        let edit_older = i % 3 == 0;
+        let id = if edit_older {
+            older[rng.below(older.len() as u64) as usize]
+        } else {
+            burst[rng.below(burst.len() as u64) as usize]
+        };
+        let cents = 1 + rng.below(9_000);
+        let amount: Money = format!("{}.{:02}", cents / 100, cents % 100)
+            .parse()
+            .expect("money");
+        let set = if edit_older || i % 4 == 1 {
+            let day = env.day(-(rng.below(12) as i64));
+            doc! { "date": bdt(env.at(day, 12, 0)), "updated_at": bdt(env.clock.now()) }
+        } else {
+            doc! { "amount": amount.to_bson(), "updated_at": bdt(env.clock.now()) }
+        };
+        if !edit_older && i % 5 == 4 {
+            coll.delete_one(doc! { "_id": id }).await.expect("delete");
+        } else {
+            coll.update_one(doc! { "_id": id }, doc! { "$set": set })
+                .await
+                .expect("edit");
+        }
+        tokio::time::sleep(ms(50)).await;
+    }
+    writer_alive(&env, &mut writer, seed, &mut writers);
+    stop_writer(&mut writer).await;
+    env.converged(WINDOW, &[&run]).await;
+    assert!(run.alive(), "{}", run.tail(20));
+    assert_eq!(run.terminate().await.code(), Some(0), "{}", run.tail(20));
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------
+// 8. Hard deletes before the window, without pre-images
+// ---------------------------------------------------------------------------
+
+/// The first start builds 90 days; the in-memory window holds February
+/// and March. Transactions of December and January (inside the managed
+/// range) and a few older than it are hard-deleted while writes flow, and
+/// tally follows without pre-images: it must locate each through the
+/// stored reports, or recompute.
+#[tokio::test(flavor = "multi_thread")]
+async fn hard_deletes_older_than_the_window_without_pre_images_converge() {
+    const TTL: u64 = 3;
+    const DAYS: u64 = 90;
+    let seed = test_seed("old_hard_deletes");
+    let mut rng = Rng::new(seed);
+    let env = Env::new("flt_nopre", support::uri(), "UTC", instant(NOON)).await;
+    env.seed(20, 25, 110, seed).await;
+    let mut run = env.run_days("run", TTL, DAYS, &["--no-pre-images"]);
+    run.wait_log(TAILING, CATCH_UP).await;
+    let mut writer = env.writer("writer", 30, seed);
+
+    let window_from: NaiveDate = "2026-02-01".parse().expect("date");
+    let managed_from = env.day(-(DAYS as i64));
+    let old: Vec<(ObjectId, DateTime<Utc>)> = env
+        .db
+        .collection::<Document>("transactions")
+        .find(doc! { "date": { "$lt": bdt(env.at(window_from, 0, 0)) } })
+        .await
+        .expect("find")
+        .try_collect::<Vec<Document>>()
+        .await
+        .expect("cursor")
+        .iter()
+        .filter_map(|d| Some((d.get_object_id("_id").ok()?, *d.get_datetime("date").ok()?)))
+        .filter_map(|(id, t)| Some((id, DateTime::from_timestamp_millis(t.timestamp_millis())?)))
+        .collect();
+    let (inside, before): (Vec<_>, Vec<_>) = old
+        .iter()
+        .partition(|(_, t)| env.cal.day_of(*t) >= managed_from);
+    assert!(
+        inside.len() >= 20 && before.len() >= 3,
+        "{} inside, {} before",
+        inside.len(),
+        before.len()
+    );
+    let mut victims: Vec<ObjectId> = Vec::new();
+    while victims.len() < 20 {
+        let (id, _) = inside[rng.below(inside.len() as u64) as usize];
+        if !victims.contains(&id) {
+            victims.push(id);
+        }
+    }
+    victims.extend(before.iter().take(3).map(|(id, _)| *id));
+    let coll = env.db.collection::<Document>("transactions");
+    for id in &victims {
+        coll.delete_one(doc! { "_id": id }).await.expect("delete");
+        tokio::time::sleep(ms(100 + rng.below(300))).await;
+    }
+    assert!(run.alive(), "{}", run.tail(20));
+    stop_writer(&mut writer).await;
+    env.converged(DAYS, &[&run]).await;
+    assert!(run.alive(), "{}", run.tail(20));
+    assert_eq!(run.terminate().await.code(), Some(0), "{}", run.tail(20));
+}
