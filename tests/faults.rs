@@ -27,7 +27,10 @@ use futures::TryStreamExt;
 use tally::money::Money;
 use tally::seed::Rng;
 
-use support::process::{first_to_log, instant, Env, Running, CATCH_UP, SETTLE_SECONDS};
+use support::process::{
+    env_on_own_server, first_to_log, instant, until_server_is_back, wait_for, Env, Running,
+    CATCH_UP, SETTLE_SECONDS,
+};
 
 const DIR: &str = "tally-faults";
 const TAILING: &str = "Tailing transactions and pockets.";
@@ -157,6 +160,15 @@ impl Env {
     }
 
     /// (user, pocket) of every live pocket with an owner.
+    /// Waits until the stored checkpoint's token moves on.
+    async fn checkpoint_moves(&self, what: &str) {
+        let token = self.checkpoint_token().await;
+        wait_for(what, CATCH_UP, || async {
+            self.checkpoint_token().await != token
+        })
+        .await;
+    }
+
     async fn pockets(&self) -> Vec<(ObjectId, ObjectId)> {
         self.all("pockets", doc! { "deleted_at": Bson::Null })
             .await
@@ -164,16 +176,6 @@ impl Env {
             .filter_map(|d| tally::source::decode_pocket(d).ok())
             .filter_map(|p| Some((p.user_id?, p.id)))
             .collect()
-    }
-
-    async fn checkpoint_token(&self) -> Option<Bson> {
-        self.db
-            .collection::<Document>("tally_state")
-            .find_one(doc! { "_id": "checkpoint" })
-            .await
-            .expect("checkpoint")
-            .and_then(|d| d.get("resume_token").cloned())
-            .filter(|t| *t != Bson::Null)
     }
 
     async fn rejects_of(&self, id: ObjectId) -> Vec<Document> {
@@ -212,64 +214,6 @@ fn expense(user: ObjectId, pocket: Option<ObjectId>, cents: u64, date: DateTime<
 async fn stop_writer(writer: &mut Running) {
     let status = writer.terminate().await;
     assert!(status.success(), "writer: {status}\n{}", writer.tail(20));
-}
-
-/// Waits until `check` holds (polling every 100 ms).
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(ms(100)).await;
-    }
-}
-
-/// Retries a driver call while a restarted server comes back.
-async fn until_ok<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = mongodb::error::Result<T>>,
-{
-    let deadline = Instant::now() + CATCH_UP;
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("{what}: {e}; retrying");
-                tokio::time::sleep(ms(500)).await;
-            }
-            Err(e) => panic!("{what}: {e}"),
-        }
-    }
-}
-
-/// A private server with storage on disk and `args`, and an `Env` on it
-/// whose server selection gives up after 1.5 s (an outage shows as errors).
-async fn own_server(prefix: &str, args: &[&str]) -> (support::Server, std::path::PathBuf, Env) {
-    let dir = std::env::temp_dir().join(support::unique_db(&format!("tally-{prefix}")));
-    let server = support::start_server(args, Some(&dir));
-    let uri = format!("{}&serverSelectionTimeoutMS=1500", server.uri());
-    let env = Env::new(prefix, uri, "UTC", instant(NOON)).await;
-    (server, dir, env)
-}
-
-async fn until_server_is_back(env: &Env) {
-    until_ok("first read after the restart", || {
-        env.transaction_count_raw()
-    })
-    .await;
-}
-
-impl Env {
-    async fn transaction_count_raw(&self) -> mongodb::error::Result<u64> {
-        self.db
-            .collection::<Document>("transactions")
-            .count_documents(doc! {})
-            .await
-    }
 }
 
 /// `n` valid expenses without a pocket spread over the users, dated in the
@@ -406,11 +350,7 @@ async fn a_standby_takes_over_from_a_leader_killed_under_load() {
     leader.wait_log(TAILING, CATCH_UP).await;
     standby.wait_log(STANDING_BY, CATCH_UP).await;
     let mut writer = env.writer("writer", 40, seed);
-    let token = env.checkpoint_token().await;
-    wait_for("a checkpoint under load", CATCH_UP, || async {
-        env.checkpoint_token().await != token
-    })
-    .await;
+    env.checkpoint_moves("a checkpoint under load").await;
     tokio::time::sleep(ms(rng.below(2000))).await;
     leader.kill9();
     let killed = Instant::now();
@@ -423,11 +363,7 @@ async fn a_standby_takes_over_from_a_leader_killed_under_load() {
     );
     standby.wait_log(TAILING, CATCH_UP).await;
     // The new leader follows the writer for a while before it stops.
-    let token = env.checkpoint_token().await;
-    wait_for("a checkpoint by the new leader", CATCH_UP, || async {
-        env.checkpoint_token().await != token
-    })
-    .await;
+    env.checkpoint_moves("a checkpoint by the new leader").await;
     stop_writer(&mut writer).await;
     env.converged(WINDOW, &[&standby]).await;
     assert_eq!(
@@ -463,11 +399,7 @@ async fn sigterm_to_an_instance_waiting_on_a_dead_leader_exits_within_10_s() {
     for round in 1..=3 {
         let mut standby = env.run(&format!("standby{round}"), TTL, &[]);
         standby.wait_log(STANDING_BY, CATCH_UP).await;
-        let token = env.checkpoint_token().await;
-        wait_for("a checkpoint under load", CATCH_UP, || async {
-            env.checkpoint_token().await != token
-        })
-        .await;
+        env.checkpoint_moves("a checkpoint under load").await;
         // A burst makes the next flush long: the kill likely lands inside
         // its fenced transaction, which holds the lease document.
         bulk_expenses(&env, &pockets, 300, 12, &mut rng).await;
@@ -645,11 +577,7 @@ async fn a_server_error_on_commit_is_retried_not_fatal() {
     let port = http_port(&mut run).await;
     run.wait_log(TAILING, CATCH_UP).await;
     let mut writer = env.writer("writer", 30, seed);
-    let token = env.checkpoint_token().await;
-    wait_for("a checkpoint under load", CATCH_UP, || async {
-        env.checkpoint_token().await != token
-    })
-    .await;
+    env.checkpoint_moves("a checkpoint under load").await;
 
     let admin = env.client.database("admin");
     admin
@@ -687,11 +615,8 @@ async fn a_server_error_on_commit_is_retried_not_fatal() {
         armed.elapsed()
     );
     // It goes on leading and checkpointing under the writer.
-    let token = env.checkpoint_token().await;
-    wait_for("a checkpoint after the failures", CATCH_UP, || async {
-        env.checkpoint_token().await != token
-    })
-    .await;
+    env.checkpoint_moves("a checkpoint after the failures")
+        .await;
     assert!(run.alive(), "{}", run.tail(30));
     stop_writer(&mut writer).await;
     admin
@@ -743,6 +668,32 @@ fn writer_alive(env: &Env, writer: &mut Running, seed: u64, n: &mut u32) {
     }
 }
 
+/// An own server whose history holds 50 entries (pruned every 1,000
+/// writes), seeded; a leader `label` tailing and the API's writer running;
+/// returned once a checkpoint was stored under that load.
+async fn small_history(
+    prefix: &str,
+    label: &str,
+    ttl: u64,
+    seed: u64,
+) -> (
+    support::Server,
+    std::path::PathBuf,
+    Env,
+    Vec<(ObjectId, ObjectId)>,
+    Running,
+    Running,
+) {
+    let (server, dir, env) = env_on_own_server(prefix, &["--oplog-max-entries", "50"], NOON).await;
+    env.seed(15, 10, 15, seed).await;
+    let pockets = env.pockets().await;
+    let mut leader = env.run(label, ttl, &[]);
+    leader.wait_log(TAILING, CATCH_UP).await;
+    let writer = env.writer("writer", 20, seed);
+    env.checkpoint_moves("a checkpoint under load").await;
+    (server, dir, env, pockets, leader, writer)
+}
+
 /// The leader is paused (SIGSTOP); meanwhile more than 1,000 writes prune
 /// the history past its token and the server restarts. Resumed (SIGCONT),
 /// it must recover from the lost history or exit within 60 s; if it
@@ -752,18 +703,9 @@ async fn a_leader_paused_while_history_moves_on_and_the_server_restarts_recovers
     const TTL: u64 = 3;
     let seed = test_seed("paused_history");
     let mut rng = Rng::new(seed);
-    let (mut server, dir, env) = own_server("flt_pause", &["--oplog-max-entries", "50"]).await;
-    env.seed(15, 10, 15, seed).await;
-    let pockets = env.pockets().await;
-    let mut leader = env.run("leader", TTL, &[]);
-    leader.wait_log(TAILING, CATCH_UP).await;
-    let mut writer = env.writer("writer", 20, seed);
+    let (mut server, dir, env, pockets, mut leader, mut writer) =
+        small_history("flt_pause", "leader", TTL, seed).await;
     let mut writers = 0;
-    let token = env.checkpoint_token().await;
-    wait_for("a checkpoint under load", CATCH_UP, || async {
-        env.checkpoint_token().await != token
-    })
-    .await;
 
     leader.signal("STOP");
     bulk_expenses(&env, &pockets, 1_500, 10, &mut rng).await;
@@ -810,18 +752,9 @@ async fn history_lost_while_running_then_more_writes_to_the_same_users_converge(
     const TTL: u64 = 3;
     let seed = test_seed("running_history");
     let mut rng = Rng::new(seed);
-    let (mut server, dir, env) = own_server("flt_lost", &["--oplog-max-entries", "50"]).await;
-    env.seed(15, 10, 15, seed).await;
-    let pockets = env.pockets().await;
-    let mut run = env.run("run", TTL, &[]);
-    run.wait_log(TAILING, CATCH_UP).await;
-    let mut writer = env.writer("writer", 20, seed);
+    let (mut server, dir, env, pockets, mut run, mut writer) =
+        small_history("flt_lost", "run", TTL, seed).await;
     let mut writers = 0;
-    let token = env.checkpoint_token().await;
-    wait_for("a checkpoint under load", CATCH_UP, || async {
-        env.checkpoint_token().await != token
-    })
-    .await;
 
     let before_loss = env.checkpoint_token().await;
     let burst = bulk_expenses(&env, &pockets, 3_000, 10, &mut rng).await;

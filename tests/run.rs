@@ -24,7 +24,10 @@ use tally::calendar::{date_label, local_instant};
 use tally::money::Money;
 use tally::seed::Rng;
 
-use support::process::{instant, Env, Running, TestClock, CATCH_UP, SETTLE_SECONDS};
+use support::process::{
+    env_on_own_server, instant, until_server_is_back, wait_for, Env, Running, TestClock, CATCH_UP,
+    SETTLE_SECONDS,
+};
 
 /// Logged once `tally run` streams.
 const TAILING: &str = "Tailing transactions and pockets.";
@@ -529,29 +532,6 @@ async fn revisions(env: &Env, filter: Document) -> BTreeMap<(String, ObjectId, i
     out
 }
 
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The resume token of the stored checkpoint, if any.
-async fn checkpoint_token(env: &Env) -> Option<Bson> {
-    env.db
-        .collection::<Document>("tally_state")
-        .find_one(doc! { "_id": "checkpoint" })
-        .await
-        .expect("checkpoint")
-        .and_then(|d| d.get("resume_token").cloned())
-        .filter(|t| *t != Bson::Null)
-}
-
 async fn reject_count(env: &Env, id: ObjectId) -> u64 {
     env.db
         .collection::<Document>("tally_rejects")
@@ -891,9 +871,9 @@ async fn kill_9_mid_stream_and_sigterm_lose_nothing() {
     // checkpointed); the workload goes on while tally is down.
     for round in 0..3 {
         coin.random_ops(&env, &mut rng, 25).await;
-        let token = checkpoint_token(&env).await;
+        let token = env.checkpoint_token().await;
         wait_for("a checkpoint after the burst", CATCH_UP, || {
-            checkpoint_token(&env).map(|t| t.is_some() && t != token)
+            env.checkpoint_token().map(|t| t.is_some() && t != token)
         })
         .await;
         coin.random_ops(&env, &mut rng, 25).await;
@@ -927,52 +907,10 @@ async fn kill_9_mid_stream_and_sigterm_lose_nothing() {
 // 4: the server goes away and comes back
 // ---------------------------------------------------------------------------
 
-/// Retries a workload step while the driver finds the restarted server.
-async fn until_ok<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = mongodb::error::Result<T>>,
-{
-    let deadline = Instant::now() + CATCH_UP;
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("{what}: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!("{what}: {e}"),
-        }
-    }
-}
-
-/// A private server with storage on disk (so it can be stopped and
-/// restarted), its data directory, and an `Env` on it whose server
-/// selection gives up after 1.5 s, so an outage shows as errors instead of
-/// the driver waiting it out.
-async fn env_on_own_server(prefix: &str) -> (support::Server, std::path::PathBuf, Env) {
-    let dir = std::env::temp_dir().join(support::unique_db(&format!("tally-{prefix}")));
-    let server = support::start_server(&[], Some(&dir));
-    let uri = format!("{}&serverSelectionTimeoutMS=1500", server.uri());
-    let env = Env::new(prefix, uri, "UTC", instant(NOON_NY)).await;
-    (server, dir, env)
-}
-
-/// Waits until the restarted server answers a read.
-async fn until_server_is_back(env: &Env) {
-    until_ok("first read after the restart", || async {
-        env.db
-            .collection::<Document>("transactions")
-            .count_documents(doc! {})
-            .await
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn server_outage_longer_than_server_selection_is_survived() {
     // Server selection gives up after 1.5 s, so a 5 s outage is a long one.
-    let (mut server, dir, env) = env_on_own_server("run_srv").await;
+    let (mut server, dir, env) = env_on_own_server("run_srv", &[], NOON_NY).await;
     let mut coin = Coin::new(&env).await;
     coin.population(&env, 4, 8, 25, 21).await;
     let mut rng = Rng::new(5);
@@ -1014,7 +952,7 @@ async fn server_outage_longer_than_server_selection_is_survived() {
 /// restart replays the events since the stored one — nothing lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_while_the_server_is_away_exits_0_and_loses_nothing() {
-    let (mut server, dir, env) = env_on_own_server("run_away").await;
+    let (mut server, dir, env) = env_on_own_server("run_away", &[], NOON_NY).await;
     let mut coin = Coin::new(&env).await;
     coin.population(&env, 4, 8, 25, 22).await;
     let mut rng = Rng::new(6);

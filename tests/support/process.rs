@@ -401,3 +401,77 @@ impl Running {
         }
     }
 }
+
+/// Waits until `check` holds, polling every 100 ms; panics naming `what`
+/// after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Retries a driver call while a restarted server comes back (up to
+/// [`CATCH_UP`]).
+pub async fn until_ok<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = mongodb::error::Result<T>>,
+{
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("{what}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+/// A private server started with `args` and storage on disk (so it can be
+/// stopped and restarted), its data directory, and an `Env` on it at
+/// `now` whose server selection gives up after 1.5 s, so an outage shows
+/// as errors instead of the driver waiting it out.
+pub async fn env_on_own_server(
+    prefix: &str,
+    args: &[&str],
+    now: &str,
+) -> (super::Server, PathBuf, Env) {
+    let dir = std::env::temp_dir().join(super::unique_db(&format!("tally-{prefix}")));
+    let server = super::start_server(args, Some(&dir));
+    let uri = format!("{}&serverSelectionTimeoutMS=1500", server.uri());
+    let env = Env::new(prefix, uri, "UTC", instant(now)).await;
+    (server, dir, env)
+}
+
+/// Waits until the restarted server answers a read.
+pub async fn until_server_is_back(env: &Env) {
+    until_ok("first read after the restart", || async {
+        env.db
+            .collection::<Document>("transactions")
+            .count_documents(bson::doc! {})
+            .await
+    })
+    .await;
+}
+
+impl Env {
+    /// The resume token of the stored checkpoint, if any.
+    pub async fn checkpoint_token(&self) -> Option<bson::Bson> {
+        self.db
+            .collection::<Document>("tally_state")
+            .find_one(bson::doc! { "_id": "checkpoint" })
+            .await
+            .expect("checkpoint")
+            .and_then(|d| d.get("resume_token").cloned())
+            .filter(|t| *t != bson::Bson::Null)
+    }
+}
