@@ -353,6 +353,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(a) => {
+            crate::inject::init()?;
             let telemetry = std::sync::Arc::new(crate::telemetry::Telemetry::new());
             tracing::info!(version = env!("CARGO_PKG_VERSION"), uri = %store::redact_uri(&g.mongodb_uri), database = %g.database, time_zone = cal.name(), "Starting tally run.");
             crate::http::start(&a.http, telemetry.clone()).await?;

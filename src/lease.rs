@@ -463,12 +463,19 @@ where
                 let _ = s.abort_transaction().await;
                 return Err(LostLease { token: fence.token }.into());
             }
-            match body(s).await {
+            // A crash at these points leaves a transaction open on the
+            // lease document; a failure aborts it like a body's error.
+            let written = match crate::inject::point("fenced.checked") {
+                Ok(()) => body(s).await,
+                Err(e) => Err(e),
+            };
+            match written.and_then(|v| crate::inject::point("fenced.body").map(|()| v)) {
                 Ok(v) => {
                     s.commit_transaction()
                         .await
                         .map_err(|e| anyhow::Error::new(e).context(CommitFailed))
                         .context("committing a fenced write")?;
+                    crate::inject::point("fenced.committed")?;
                     Ok(v)
                 }
                 Err(e) => {

@@ -20,6 +20,8 @@
 //! - [`state`] — the stream checkpoint and the once-only finalization records.
 //! - [`schedule`] — the 23:59 / 00:00 / 00:01 steps: when they are due, what they do.
 //! - [`tail`] — `tally run`: change streams, flushes, checkpoints, recovery.
+//! - [`inject`] — fault points of `tally run` for the crash-anywhere tests
+//!   (`TALLY_INJECT`; off otherwise).
 //! - [`lease`] — high availability: the leader lease, its fencing token and
 //!   fenced writes (one active `tally run` per database).
 //! - [`telemetry`] — counters, gauges, histograms and recent events of `tally run`.
@@ -67,6 +69,7 @@ pub mod diff;
 pub mod errors;
 pub mod exposition;
 pub mod http;
+pub mod inject;
 pub mod lease;
 pub mod ledger;
 pub mod live;

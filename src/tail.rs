@@ -40,6 +40,7 @@ use tracing::{error, info, warn};
 use crate::batch;
 use crate::calendar::{first_of_month, last_of_month, Calendar};
 use crate::errors::{command_code, is_history_lost, is_transient};
+use crate::inject;
 use crate::lease::{self, Fence, LostLease};
 use crate::live::Live;
 use crate::reports::Kind;
@@ -579,6 +580,7 @@ impl Tailer {
         }
         tailer.token = tailer.checkpoint.resume_token.clone();
         tailer.load_live().await?;
+        inject::point("start.loaded")?;
         tailer.known_rejects = load_reject_keys(&tailer.db).await?;
         let now = tailer.opts.clock.now();
         for (user, since) in tailer.checkpoint.pending.clone() {
@@ -586,6 +588,7 @@ impl Tailer {
             tailer.mark(user, tailer.managed_from(), None);
         }
         tailer.plan_steps(now).await?;
+        inject::point("start.planned")?;
         if let Err(e) = tailer.open_stream().await {
             // Down longer than the server's history: the stored token is gone.
             match e.downcast_ref::<mongodb::error::Error>() {
@@ -787,6 +790,7 @@ impl Tailer {
             self.fence.as_ref(),
         )
         .await?;
+        inject::point("finalize.claimed")?;
         if kind == Kind::Report {
             // Whoever runs it, the day's reports are final from now on.
             let through = self
@@ -822,6 +826,7 @@ impl Tailer {
             self.opts.telemetry.written_to(kind, documents);
             documents
         };
+        inject::point("finalize.written")?;
         state::finish(
             &self.db,
             kind.cli_name(),
@@ -831,6 +836,7 @@ impl Tailer {
             self.fence.as_ref(),
         )
         .await?;
+        inject::point("finalize.recorded")?;
         self.counters.finalizations += 1;
         if kind == Kind::Monthly {
             // A month closed: the window moves on to the previous month.
@@ -1066,10 +1072,12 @@ impl Tailer {
         error!(error = %e, recoveries = self.counters.history_lost, "Change stream history lost: recomputing the window from the source.");
         let start_at = self.operation_time().await?;
         self.backfill_window(self.managed_from()).await?;
+        inject::point("recover.backfilled")?;
         // The store now holds the window recomputed from the source; memory
         // must too, or later flushes would build from stale ledgers.
         self.load_live().await?;
         self.known_rejects = load_reject_keys(&self.db).await?;
+        inject::point("recover.loaded")?;
         self.dirty.clear();
         self.locate.clear();
         self.first_dirty_at = None;
@@ -1077,6 +1085,7 @@ impl Tailer {
         self.checkpoint.resume_token = None;
         self.checkpoint.start_at = Some(start_at);
         self.save().await?;
+        inject::point("recover.saved")?;
         self.open_stream().await?;
         info!("Recovered from lost history; streaming again.");
         Ok(())
@@ -1385,6 +1394,7 @@ impl Tailer {
 
     async fn flush_dirty(&mut self) -> Result<()> {
         self.resolve_locations().await?;
+        inject::point("flush.located")?;
         let now = self.opts.clock.now();
         let today = self.opts.cal.day_of(now);
         let managed_from = self.managed_from();
@@ -1452,12 +1462,15 @@ impl Tailer {
             }
         }
         let writes = self.hold_past_changes(per_user, now);
+        inject::point("flush.computed")?;
         self.write(writes).await?;
+        inject::point("flush.written")?;
         for user in &rescanned {
             self.rescan.remove(user);
         }
         self.counters.flushes += 1;
         self.settle_rejects(now).await?;
+        inject::point("flush.rejects")?;
         self.first_dirty_at = None;
         if self.settled() {
             self.save().await?;
@@ -1483,6 +1496,7 @@ impl Tailer {
             }
         }
         store::record_rejects(&self.db, &rejects, now).await?;
+        inject::point("rejects.recorded")?;
         store::clear_rejects(&self.db, &corrected).await?;
         for (key, (_, _, verdict)) in last {
             match verdict {
@@ -1578,6 +1592,7 @@ impl Tailer {
     /// Saves the checkpoint; its resume token moves to the last event
     /// handled only when [`Tailer::settled`].
     async fn save(&mut self) -> Result<()> {
+        inject::point("checkpoint.before")?;
         if self.settled() {
             if let Some(t) = &self.token {
                 self.checkpoint.resume_token = Some(t.clone());
@@ -1590,6 +1605,7 @@ impl Tailer {
             self.fence.as_ref(),
         )
         .await?;
+        inject::point("checkpoint.saved")?;
         self.opts.telemetry.checkpoint_saved();
         self.last_save = Instant::now();
         Ok(())

@@ -900,3 +900,99 @@ async fn hard_deletes_older_than_the_window_without_pre_images_converge() {
     assert!(run.alive(), "{}", run.tail(20));
     assert_eq!(run.terminate().await.code(), Some(0), "{}", run.tail(20));
 }
+
+// ---------------------------------------------------------------------------
+// 9. Crashes and failures anywhere
+// ---------------------------------------------------------------------------
+
+/// Round after round, `tally run` works under `TALLY_INJECT` (src/inject.rs):
+/// at each named point between its awaits — inside fenced transactions,
+/// between a flush's writes and its checkpoint, within a start — a seeded
+/// draw crashes it (abort, as `kill -9`, an open transaction left behind)
+/// or fails the operation there. Writes flow throughout, invalid ones
+/// among them. A crashed instance is replaced at once; one still alive
+/// after a few seconds is killed. Then an instance without injection must
+/// lead, and the end state must equal the from-scratch computation, with
+/// every invalid document's reject record.
+#[tokio::test(flavor = "multi_thread")]
+async fn crashes_and_failures_at_injected_points_under_load_converge() {
+    const TTL: u64 = 3;
+    let rounds: u64 = std::env::var("FAULTS_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
+    let seed = test_seed("inject");
+    let mut rng = Rng::new(seed);
+    let env = Env::new("flt_inject", support::uri(), "UTC", instant(NOON)).await;
+    env.seed(20, 10, 15, seed).await;
+    let (user, pocket) = env.pockets().await[0];
+    let coll = env.db.collection::<Document>("transactions");
+    let mut writer = env.writer("writer", 30, seed);
+    let mut invalid = Vec::new();
+    let (mut crashes, mut failures) = (Vec::new(), 0);
+    for round in 0..rounds {
+        let spec = format!("seed={},crash=6,fail=25", seed * 1000 + round);
+        let mut command = env.command(&[
+            "run",
+            "--settle-seconds",
+            &SETTLE_SECONDS.to_string(),
+            "--initial-days",
+            &WINDOW.to_string(),
+            "--lease-ttl",
+            &TTL.to_string(),
+        ]);
+        command.env("TALLY_INJECT", &spec);
+        let label = format!("r{round}");
+        let mut run = Running::spawn(command, DIR, &env.name, &label);
+        // It leads within the TTL (plus the first poll) of the last
+        // instance's death, unless it crashed on the way there.
+        let deadline = Instant::now() + Duration::from_secs(TTL + 10);
+        while run.alive() && !run.log().contains(ACQUIRED) {
+            assert!(
+                Instant::now() < deadline,
+                "{label} did not lead:\n{}",
+                run.tail(20)
+            );
+            tokio::time::sleep(ms(50)).await;
+        }
+        let id = ObjectId::new();
+        let mut bad = expense(user, Some(pocket), 1 + rng.below(9_000), env.clock.now());
+        bad.insert("_id", id);
+        bad.insert("amount", "twelve");
+        coll.insert_one(bad).await.expect("an invalid insert");
+        invalid.push(id);
+        let until = Instant::now() + ms(2_000 + rng.below(4_000));
+        while run.alive() && Instant::now() < until {
+            tokio::time::sleep(ms(50)).await;
+        }
+        let log = run.log();
+        failures += log.matches("injected failure at").count();
+        if run.alive() {
+            run.kill9();
+        } else {
+            let point = log
+                .lines()
+                .find_map(|l| l.strip_prefix("Injected crash at "))
+                .unwrap_or("?")
+                .trim_end_matches('.')
+                .to_owned();
+            crashes.push(point);
+        }
+    }
+    eprintln!(
+        "{rounds} rounds: crashed at {crashes:?}; {failures} injected failures retried"
+    );
+    assert!(
+        !crashes.is_empty() && failures > 0,
+        "the injection neither crashed nor failed anything: the test tested nothing"
+    );
+    let mut last = env.run("last", TTL, &[]);
+    last.wait_log(TAILING, CATCH_UP).await;
+    stop_writer(&mut writer).await;
+    env.converged(WINDOW, &[&last]).await;
+    for id in &invalid {
+        let records = env.rejects_of(*id).await;
+        assert_eq!(records.len(), 1, "reject record of {id}: {records:?}");
+    }
+    assert_eq!(last.terminate().await.code(), Some(0), "{}", last.tail(20));
+}
