@@ -269,7 +269,7 @@ impl Markers {
 struct Trial {
     mode: &'static str,
     n: usize,
-    waited: f64,
+    waited: (f64, f64),
     lead: f64,
     current: f64,
     leader: String,
@@ -288,14 +288,16 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Sleeps until 2–6 s (random) after `led`; returns the planned delay.
-async fn random_wait(rng: &mut Rng, led: Instant) -> f64 {
+/// Sleeps until 2–6 s (random) after `led`; returns (planned, actual)
+/// delay. The actual one is longer when the previous trial's marker was
+/// current only after the planned moment: the kill then comes at once.
+async fn random_wait(rng: &mut Rng, led: Instant) -> (f64, f64) {
     let delay = 2.0 + 4.0 * rng.below(1_000_000) as f64 / 1e6;
     let at = led + Duration::from_secs_f64(delay);
     if let Some(d) = at.checked_duration_since(Instant::now()) {
         tokio::time::sleep(d).await;
     }
-    delay
+    (delay, led.elapsed().as_secs_f64())
 }
 
 fn tally_cmd(uri: &str, db: &str, args: &[&str]) -> Command {
@@ -528,8 +530,8 @@ fn main() {
 /// Prints one trial; keeps the log lines of a slow one.
 fn report(t: &Trial, slow: f64, new: &Instance, killed: &Instance, odd: &mut Vec<String>) {
     println!(
-        "  {} #{:>2}: killed {} {:.2} s after it led; {} led after {:>6.2} s, current after {:>6.2} s",
-        t.mode, t.n, killed.label, t.waited, t.leader, t.lead, t.current
+        "  {} #{:>2}: killed {} {:.2} s after it led (planned {:.2} s); {} led after {:>6.2} s, current after {:>6.2} s",
+        t.mode, t.n, killed.label, t.waited.1, t.waited.0, t.leader, t.lead, t.current
     );
     if t.lead > slow || t.current - t.lead > 10.0 {
         odd.push(format!(
