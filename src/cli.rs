@@ -114,7 +114,8 @@ pub struct RunArgs {
     #[arg(long, env = "TALLY_NO_PRE_IMAGES")]
     pub no_pre_images: bool,
     /// Seconds the leader lease lasts without renewal (renewed every third):
-    /// with several instances, a standby takes over within this time.
+    /// a standby (or a restarted instance) leads within this time, plus up
+    /// to a third of it, of the leader's death.
     #[arg(long, env = "TALLY_LEASE_TTL", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_ttl: u64,
     /// Seconds a failure of the active instance (a server error, a timeout,

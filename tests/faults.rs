@@ -979,9 +979,7 @@ async fn crashes_and_failures_at_injected_points_under_load_converge() {
             crashes.push(point);
         }
     }
-    eprintln!(
-        "{rounds} rounds: crashed at {crashes:?}; {failures} injected failures retried"
-    );
+    eprintln!("{rounds} rounds: crashed at {crashes:?}; {failures} injected failures retried");
     assert!(
         !crashes.is_empty() && failures > 0,
         "the injection neither crashed nor failed anything: the test tested nothing"
@@ -995,4 +993,72 @@ async fn crashes_and_failures_at_injected_points_under_load_converge() {
         assert_eq!(records.len(), 1, "reject record of {id}: {records:?}");
     }
     assert_eq!(last.terminate().await.code(), Some(0), "{}", last.tail(20));
+}
+
+// ---------------------------------------------------------------------------
+// 10. A step due while the stream lags
+// ---------------------------------------------------------------------------
+
+/// The leader is paused across 23:59; a transaction of the day is written
+/// before 23:59 while it cannot read it. Resumed, its stream lags behind
+/// the due time: the day's reports must be finalized with that transaction
+/// in them — the step waits until the stream has delivered what was
+/// written before it was due — not finalized without it and restated a
+/// moment later.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_due_while_the_stream_lags_waits_for_the_events_before_it() {
+    const TTL: u64 = 3;
+    let seed = test_seed("lagging_step");
+    let env = Env::new(
+        "flt_lag",
+        support::uri(),
+        "UTC",
+        instant("2026-03-15T23:58:40Z"),
+    )
+    .await;
+    env.seed(5, 5, 10, seed).await;
+    let (user, pocket) = env.pockets().await[0];
+    let mut run = env.run("run", TTL, &[]);
+    run.wait_log(TAILING, CATCH_UP).await;
+    let due = instant("2026-03-15T23:59:00Z");
+    assert!(
+        env.clock.now() < due - chrono::Duration::seconds(2),
+        "the start took until {}: too late for this test's 23:59",
+        env.clock.now()
+    );
+
+    run.signal("STOP");
+    // From a pocket, so that the report lists it.
+    let late = expense(user, Some(pocket), 4_321, env.clock.now());
+    let id = late.get_object_id("_id").expect("_id");
+    env.db
+        .collection::<Document>("transactions")
+        .insert_one(late)
+        .await
+        .expect("insert");
+    while env.clock.now() < due + chrono::Duration::seconds(2) {
+        tokio::time::sleep(ms(100)).await;
+    }
+    run.signal("CONT");
+    run.wait_log("kind=\"reports\" period=2026-03-15", CATCH_UP)
+        .await;
+    env.converged(WINDOW, &[&run]).await;
+    let report = env
+        .all(
+            "daily_financial_reports",
+            doc! { "user_id": user, "report_date": bdt(instant("2026-03-15T00:00:00Z")) },
+        )
+        .await;
+    let report = report.first().expect("the day's report");
+    assert_eq!(report.get_bool("is_final"), Ok(true), "{report:?}");
+    assert!(
+        format!("{report:?}").contains(&id.to_hex()),
+        "the transaction written before 23:59 is in the final report: {report:?}"
+    );
+    assert_eq!(
+        report.get_i64("restatements").unwrap_or(0),
+        0,
+        "finalized with it, not restated after: {report:?}"
+    );
+    assert_eq!(run.terminate().await.code(), Some(0), "{}", run.tail(20));
 }
