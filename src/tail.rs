@@ -217,11 +217,15 @@ pub async fn run(
                 );
             }
             other => {
-                match lease::release(&db, &fence).await {
-                    Ok(_) => info!(token = fence.token, "Released leadership."),
-                    Err(e) => {
+                // Within the 10 s a stop may take (STOP_GRACE before it).
+                let released =
+                    tokio::time::timeout(Duration::from_secs(2), lease::release(&db, &fence)).await;
+                match released {
+                    Ok(Ok(_)) => info!(token = fence.token, "Released leadership."),
+                    Ok(Err(e)) => {
                         warn!(error = %store::redact_uri(&format!("{e:#}")), "Could not release the lease; it expires on its own.")
                     }
+                    Err(_) => warn!("Could not release the lease in time; it expires on its own."),
                 }
                 return other;
             }
@@ -419,9 +423,15 @@ async fn lead(
             tailer.opts.telemetry.turn(!transient);
             let backoff = failures.failed(e, "A step")?;
             pause(backoff, stop).await;
-            if !transient && !stop.load(Ordering::SeqCst) {
+            if !transient {
                 // State in memory may be half-updated: start again from
-                // the store, exactly as after a crash.
+                // the store, exactly as after a crash — or, on a stop,
+                // write nothing more (the events since the checkpoint
+                // replay on the next start).
+                if stop.load(Ordering::SeqCst) {
+                    warn!("Stopped without the last flush after a failure; the events since the stored checkpoint replay on the next start.");
+                    return Ok(tailer.counters);
+                }
                 continue 'term;
             }
         }
