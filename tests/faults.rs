@@ -999,9 +999,40 @@ async fn crashes_and_failures_at_injected_points_under_load_converge() {
 // 10. A step due while the stream lags
 // ---------------------------------------------------------------------------
 
-/// The leader is paused across 23:59; a transaction of the day is written
-/// before 23:59 while it cannot read it. Resumed, its stream lags behind
-/// the due time: the day's reports must be finalized with that transaction
+/// An expense of `cents` from `pocket` dated now, then its balance write,
+/// as the API does; the expense's id.
+async fn spend(env: &Env, user: ObjectId, pocket: ObjectId, cents: u64) -> ObjectId {
+    let spent: Money = format!("{}.{:02}", cents / 100, cents % 100)
+        .parse()
+        .expect("money");
+    let tx = expense(user, Some(pocket), cents, env.clock.now());
+    let id = tx.get_object_id("_id").expect("_id");
+    env.db
+        .collection::<Document>("transactions")
+        .insert_one(tx)
+        .await
+        .expect("insert");
+    let pockets = env.db.collection::<Document>("pockets");
+    let stored = pockets
+        .find_one(doc! { "_id": pocket })
+        .await
+        .expect("pocket")
+        .expect("the pocket exists");
+    let balance = Money::from_bson(stored.get("balance").expect("balance")).expect("a balance");
+    pockets
+        .update_one(
+            doc! { "_id": pocket },
+            doc! { "$set": { "balance": (balance - spent).to_bson() } },
+        )
+        .await
+        .expect("balance write");
+    id
+}
+
+/// The leader is paused across 23:59; a burst of the day's transactions
+/// and a second expense of a user whose report exists are written before
+/// 23:59 while it cannot read them. Resumed, its stream lags behind the
+/// due time by more than one turn of its loop: the day's reports must be finalized with that transaction
 /// in them — the step waits until the stream has delivered what was
 /// written before it was due — not finalized without it and restated a
 /// moment later.
@@ -1013,7 +1044,7 @@ async fn a_step_due_while_the_stream_lags_waits_for_the_events_before_it() {
         "flt_lag",
         support::uri(),
         "UTC",
-        instant("2026-03-15T23:58:40Z"),
+        instant("2026-03-15T23:58:30Z"),
     )
     .await;
     env.seed(5, 5, 10, seed).await;
@@ -1027,15 +1058,34 @@ async fn a_step_due_while_the_stream_lags_waits_for_the_events_before_it() {
         env.clock.now()
     );
 
+    // A first expense of the day: its report exists, not final, before
+    // the pause — a step that does not wait would close it without the
+    // second and restate it a moment later.
+    let first = spend(&env, user, pocket, 1_234).await;
+    let day = doc! { "user_id": user, "report_date": bdt(instant("2026-03-15T00:00:00Z")) };
+    wait_for(
+        "the day's report with the first expense",
+        CATCH_UP,
+        || async {
+            env.all("daily_financial_reports", day.clone())
+                .await
+                .first()
+                .is_some_and(|r| format!("{r:?}").contains(&first.to_hex()))
+        },
+    )
+    .await;
+
+    // Paused, the leader falls behind: a burst of the day's expenses of
+    // all users, then a second expense of this user, all before 23:59.
     run.signal("STOP");
-    // From a pocket, so that the report lists it.
-    let late = expense(user, Some(pocket), 4_321, env.clock.now());
-    let id = late.get_object_id("_id").expect("_id");
-    env.db
-        .collection::<Document>("transactions")
-        .insert_one(late)
-        .await
-        .expect("insert");
+    let pockets = env.pockets().await;
+    bulk_expenses(&env, &pockets, 2_500, 1, &mut Rng::new(seed)).await;
+    let id = spend(&env, user, pocket, 4_321).await;
+    assert!(
+        env.clock.now() < due,
+        "the writes took until {}: too late for this test's 23:59",
+        env.clock.now()
+    );
     while env.clock.now() < due + chrono::Duration::seconds(2) {
         tokio::time::sleep(ms(100)).await;
     }
@@ -1043,12 +1093,7 @@ async fn a_step_due_while_the_stream_lags_waits_for_the_events_before_it() {
     run.wait_log("kind=\"reports\" period=2026-03-15", CATCH_UP)
         .await;
     env.converged(WINDOW, &[&run]).await;
-    let report = env
-        .all(
-            "daily_financial_reports",
-            doc! { "user_id": user, "report_date": bdt(instant("2026-03-15T00:00:00Z")) },
-        )
-        .await;
+    let report = env.all("daily_financial_reports", day).await;
     let report = report.first().expect("the day's report");
     assert_eq!(report.get_bool("is_final"), Ok(true), "{report:?}");
     assert!(
