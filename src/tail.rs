@@ -1420,7 +1420,8 @@ impl Tailer {
         let to = today + Days::new(self.opts.horizon_days);
         // Users the window holds are rebuilt from memory; the others are
         // rescanned from the source, which also reloads them into memory.
-        let mut per_user: Vec<(ObjectId, Vec<DocChange>)> = Vec::new();
+        // (user, first day recomputed, changes)
+        let mut per_user: Vec<(ObjectId, NaiveDate, Vec<DocChange>)> = Vec::new();
         let mut rescan: BTreeMap<NaiveDate, Vec<ObjectId>> = BTreeMap::new();
         for (user, day) in std::mem::take(&mut self.dirty) {
             if self.rescan.contains(&user) {
@@ -1429,7 +1430,7 @@ impl Tailer {
                 let changes =
                     self.live
                         .compute(user, &Kind::ALL, day, to, today, reports_open_from, now);
-                per_user.push((user, changes));
+                per_user.push((user, day.max(self.live.open_from()), changes));
             }
         }
         let rescanned: Vec<ObjectId> = rescan.values().flatten().copied().collect();
@@ -1440,7 +1441,8 @@ impl Tailer {
                 // The month of `from` is rebuilt whole, and at least the
                 // window, so that the user is reloaded into memory; the year
                 // before comes from the final documents of the day before.
-                let range = self.window(from.min(self.live.open_from()), today);
+                let first = from.min(self.live.open_from());
+                let range = self.window(first, today);
                 let since = first_of_month(from).min(self.live.from());
                 let focus = Focus {
                     users: Some(chunk.to_vec()),
@@ -1462,7 +1464,7 @@ impl Tailer {
                             if let Some(kept) = r.kept {
                                 live.insert(user, kept);
                             }
-                            per_user.push((user, r.changes));
+                            per_user.push((user, first, r.changes));
                         }
                     },
                 )
@@ -1521,17 +1523,26 @@ impl Tailer {
     /// The writes to do now: changes before the first day a user's recent
     /// transaction events touched are past (SPEC §4) and are held until
     /// they have persisted for the settle delay, then written as drift.
+    ///
+    /// A user recomputed from a day after the start of the in-memory window
+    /// had the days before it left unchecked, yet a transaction change moves
+    /// every earlier closing balance until its balance write lands (and for
+    /// good if it never does). Such a user stays (or becomes) pending, so
+    /// that [`Tailer::recheck_pending`] recomputes the whole window after
+    /// the settle delay; only a recomputation of the whole window clears it.
     fn hold_past_changes(
         &mut self,
-        per_user: Vec<(ObjectId, Vec<DocChange>)>,
+        per_user: Vec<(ObjectId, NaiveDate, Vec<DocChange>)>,
         now: DateTime<Utc>,
     ) -> Vec<(ObjectId, NaiveDate, Write)> {
         let managed_from = self.managed_from();
+        let open_from = self.live.open_from();
         let settle = chrono::Duration::from_std(self.opts.settle).unwrap_or_default();
         let mut pending: HashMap<ObjectId, DateTime<Utc>> =
             self.checkpoint.pending.iter().copied().collect();
         let mut writes = Vec::new();
-        for (user, changes) in per_user {
+        for (user, first, changes) in per_user {
+            let whole = first <= open_from;
             let floor = self
                 .floors
                 .get(&user)
@@ -1557,7 +1568,11 @@ impl Tailer {
                 }
             }
             if held.is_empty() {
-                pending.remove(&user);
+                if whole {
+                    pending.remove(&user);
+                } else {
+                    pending.entry(user).or_insert(now);
+                }
                 continue;
             }
             match pending.get(&user) {
@@ -1566,7 +1581,9 @@ impl Tailer {
                     self.opts.telemetry.drift_applied();
                     info!(user = %user.to_hex(), documents = held.len(), "Balance drift settled; restating past documents.");
                     writes.extend(held.into_iter().map(|c| (c.user, c.period, c.write)));
-                    pending.remove(&user);
+                    if whole {
+                        pending.remove(&user);
+                    }
                 }
                 Some(_) => {}
                 None => {

@@ -198,6 +198,8 @@ struct Coin {
     categories: Vec<ObjectId>,
     /// Pause between the transaction write and the balance writes.
     gap: Duration,
+    /// Leave the balance writes out (they never come: drift).
+    unbalanced: bool,
 }
 
 impl Coin {
@@ -222,6 +224,7 @@ impl Coin {
             txs: BTreeMap::new(),
             categories,
             gap: Duration::ZERO,
+            unbalanced: false,
         }
     }
 
@@ -336,6 +339,9 @@ impl Coin {
             }
         }
         self.txs.insert(id, tx);
+        if self.unbalanced {
+            return id;
+        }
         if !self.gap.is_zero() {
             tokio::time::sleep(self.gap).await;
         }
@@ -849,6 +855,45 @@ async fn a_pocket_balance_write_located_through_reports_does_not_restate_closed_
         before,
         "closed days restated by the moment between a transaction and its balance"
     );
+}
+
+/// Regression: a transaction whose balance write never comes moves the
+/// closing balances of every earlier day (SPEC §4), which must be written
+/// after the settle delay. tally recomputed such a user only from the
+/// transaction's day on, so the earlier days were never looked at; and a
+/// drift held for the settle delay was forgotten when the user's next
+/// recomputation started at a recent day (nothing before it to hold). Both
+/// left closed days stale for good (found by the history-loss fault test
+/// with bursts taken from pockets).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_without_its_balance_and_held_drift_reach_earlier_days() {
+    let env = Env::new("run_unbal", support::uri(), "UTC", instant(NOON_NY)).await;
+    let mut coin = Coin::new(&env).await;
+    coin.population(&env, 2, 8, 15, 7).await;
+    let (a, b) = (coin.users()[0], coin.users()[1]);
+    let (a_main, b_main) = (coin.pockets[&a][0], coin.pockets[&b][0]);
+    let mut run = env.start("run", &["--initial-days", "20"]);
+    run.wait_log(TAILING, CATCH_UP).await;
+    // a: a back-dated expense from a pocket whose balance is never written.
+    coin.unbalanced = true;
+    coin.save(Tx::new(a, "expense", "42", env.at(env.day(-3), 10, 0)).from(a_main))
+        .await;
+    coin.unbalanced = false;
+    // b: drift, held for the settle delay; within it (after a flush), a
+    // transaction of today without a pocket, recomputed from today on.
+    coin.drift(b_main, "100").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    coin.save(Tx::new(b, "expense", "5", env.at(env.day(0), 9, 0)))
+        .await;
+    env.caught_up(
+        env.day(-20),
+        env.day(30),
+        "reports,snapshots,monthly",
+        &[&run],
+    )
+    .await;
+    let status = run.terminate().await;
+    assert!(status.success(), "clean exit: {status}\n{}", run.tail(20));
 }
 
 // ---------------------------------------------------------------------------
