@@ -159,7 +159,29 @@ type Job = (Prepared, Vec<ObjectId>);
 
 /// The writer task's outcome: the writes' stats, and the users of the
 /// bulks that had conflicts.
-type Writer = JoinHandle<Result<(WriteStats, Vec<ObjectId>)>>;
+type Outcome = Result<(WriteStats, Vec<ObjectId>)>;
+
+/// The writer task, aborted when its caller is dropped (a time limit, a
+/// lost lease, a stop): it must not go on writing behind a caller that
+/// has given up.
+struct Writer(JoinHandle<Outcome>);
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl std::future::Future for Writer {
+    type Output = Result<Outcome, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
 
 /// The writer task: sends bulk commands the scanning side has already
 /// encoded ([`store::prepare`]), so encoding overlaps the server's work.
@@ -177,7 +199,7 @@ fn spawn_writer(db: Database, fence: Option<Fence>) -> (Writer, mpsc::Sender<Job
         }
         Ok((stats, raced))
     });
-    (handle, tx)
+    (Writer(handle), tx)
 }
 
 async fn send(sender: &mpsc::Sender<Job>, batch: Vec<Write>, users: Vec<ObjectId>) -> Result<()> {

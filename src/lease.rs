@@ -87,6 +87,18 @@ impl Fence {
     }
 }
 
+impl Fence {
+    /// Aborts a transaction a cancelled fenced call left open on the term's
+    /// session: it holds the lease document, so renewals and the release
+    /// would wait behind it. Bounded; a no-op without a term session.
+    pub async fn abort_open(&self) {
+        let Some(session) = &self.session else { return };
+        if let Ok(mut s) = tokio::time::timeout(Duration::from_secs(1), session.lock()).await {
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.abort_transaction()).await;
+        }
+    }
+}
+
 impl PartialEq for Fence {
     fn eq(&self, other: &Fence) -> bool {
         (&self.owner, self.token) == (&other.owner, other.token)
@@ -485,6 +497,9 @@ where
             }
         })
         .await;
+        if matches!(&result, Err(e) if is_timeout(e)) {
+            fence.abort_open().await;
+        }
         match result {
             Err(e) if attempt < ATTEMPTS && !is_lost(&e) && is_retryable_transaction(&e) => {
                 tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;

@@ -43,9 +43,14 @@ pub fn redact_uri(uri: &str) -> String {
 /// Connects and checks the server answers, within a few seconds.
 pub async fn connect(uri: &str, database: &str) -> Result<Database> {
     let redacted = redact_uri(uri);
-    let mut opts = ClientOptions::parse(uri)
-        .await
-        .map_err(|e| crate::UsageError(format!("invalid MongoDB URI {redacted}: {}", e.kind)))?;
+    let mut opts = ClientOptions::parse(uri).await.map_err(|e| match *e.kind {
+        // A malformed URI; anything else (a DNS lookup of a
+        // mongodb+srv URI) may pass on a restart.
+        mongodb::error::ErrorKind::InvalidArgument { .. } => anyhow::Error::new(crate::UsageError(
+            format!("invalid MongoDB URI {redacted}: {}", e.kind),
+        )),
+        _ => anyhow::anyhow!("cannot resolve the MongoDB URI {redacted}: {}", e.kind),
+    })?;
     opts.app_name.get_or_insert_with(|| "tally".to_owned());
     opts.server_selection_timeout
         .get_or_insert(Duration::from_secs(5));

@@ -185,7 +185,11 @@ pub async fn run(
     loop {
         opts.telemetry.set_leader(false);
         let heartbeat = tokio::spawn(standby_heartbeat(db.clone(), opts.telemetry.clone()));
-        let acquired = lease::acquire(&db, &opts.owner, ttl, &stop).await;
+        // A stop ends the wait at once, whatever call it is in.
+        let acquired = tokio::select! {
+            r = lease::acquire(&db, &opts.owner, ttl, &stop) => r,
+            () = raised(&stop) => Ok(None),
+        };
         heartbeat.abort();
         let Some(fence) = acquired? else {
             return Ok(Counters::default());
@@ -217,7 +221,9 @@ pub async fn run(
                 );
             }
             other => {
-                // Within the 10 s a stop may take (STOP_GRACE before it).
+                // Within the 10 s a stop may take (STOP_GRACE before it):
+                // first the transaction a dropped step may have left open.
+                fence.abort_open().await;
                 let released =
                     tokio::time::timeout(Duration::from_secs(2), lease::release(&db, &fence)).await;
                 match released {
@@ -275,7 +281,8 @@ impl std::error::Error for GaveUp {}
 
 /// The longest a start (or a start again after a failure) may take: it
 /// reads the whole window (about a minute at 2,000 users on SecantusDB).
-const START_LIMIT: Duration = Duration::from_secs(900);
+/// Below the 10 minutes after which `/healthz` reports a stalled loop.
+const START_LIMIT: Duration = Duration::from_secs(540);
 
 /// A step (or a start) that did not finish within its limit.
 #[derive(Debug)]
@@ -391,8 +398,11 @@ async fn lead(
             Err(e) => {
                 let away = is_transient(&e);
                 after_outage |= away;
-                // Health and readiness follow the server meanwhile.
-                opts.telemetry.turn(!away);
+                // Alive, not ready, while failing.
+                opts.telemetry.turn(false);
+                if e.chain().any(|c| c.is::<StepTimedOut>()) {
+                    fence.abort_open().await;
+                }
                 let backoff = failures.failed(e, "Starting")?;
                 pause(backoff, stop).await;
                 if stop.load(Ordering::SeqCst) {
@@ -403,13 +413,20 @@ async fn lead(
         };
         while !stop.load(Ordering::SeqCst) {
             tailer.opts.telemetry.turn(tailer.stream.is_some());
+            let saves = tailer.saves;
             let step = match tokio::time::timeout(STEP_LIMIT, tailer.step()).await {
                 Ok(r) => r,
                 Err(_) => Err(StepTimedOut(STEP_LIMIT).into()),
             };
             let e = match step {
                 Ok(()) => {
-                    failures.cleared();
+                    // Progress is a checkpoint stored with the stream open;
+                    // a turn that only did not fail does not end a streak
+                    // (a flush that keeps failing, a stream that cannot
+                    // open, would never give up).
+                    if tailer.stream.is_some() && tailer.saves > saves {
+                        failures.cleared();
+                    }
                     continue;
                 }
                 Err(e) if lease::is_lost(&e) => return Err(e),
@@ -420,7 +437,11 @@ async fn lead(
                 tailer.counters.reconnects += 1;
                 tailer.stream = None;
             }
-            tailer.opts.telemetry.turn(!transient);
+            // Not ready while failing.
+            tailer.opts.telemetry.turn(false);
+            if e.chain().any(|c| c.is::<StepTimedOut>()) {
+                fence.abort_open().await;
+            }
             let backoff = failures.failed(e, "A step")?;
             pause(backoff, stop).await;
             if !transient {
@@ -523,6 +544,11 @@ struct Tailer {
     backoff: Duration,
     pre_images: bool,
     counters: Counters,
+    /// Checkpoints stored by this tailer (progress, for [`Failures`]).
+    saves: u64,
+    /// When the stream was opened, until its first answer: an empty first
+    /// answer is the aggregate's first batch, as of the opening.
+    opened_at: Option<DateTime<Utc>>,
     /// Set when a stop is requested: waits between retries end early.
     stop: Arc<AtomicBool>,
 }
@@ -569,6 +595,8 @@ impl Tailer {
             backoff: Duration::from_millis(100),
             pre_images: opts.pre_images,
             counters: Counters::default(),
+            saves: 0,
+            opened_at: None,
             stop,
             opts,
         };
@@ -740,6 +768,7 @@ impl Tailer {
                 // Events stay raw: `Event::from_raw` reads the fields in
                 // place and materializes only the documents it decodes.
                 self.stream = Some(s.with_type::<RawDocumentBuf>());
+                self.opened_at = Some(self.opts.clock.now());
                 Ok(())
             }
             Err(e) if self.pre_images && command_code(&e) == Some(UNKNOWN_FIELD) => {
@@ -985,12 +1014,14 @@ impl Tailer {
             match stream.next_if_any().await {
                 Ok(Some(event)) => {
                     self.token = stream.resume_token();
+                    self.opened_at = None;
                     self.handle(event);
                 }
                 Ok(None) => {
                     // The server had nothing more: everything written
-                    // before the question was asked has been delivered.
-                    self.caught_up_at = Some(asked_at);
+                    // before the question was asked (for the first answer,
+                    // before the stream was opened) has been delivered.
+                    self.caught_up_at = Some(self.opened_at.take().unwrap_or(asked_at));
                     if settled {
                         self.token = stream.resume_token().or(self.token.take());
                         self.opts.telemetry.caught_up();
@@ -1066,10 +1097,9 @@ impl Tailer {
                     let m = m.clone();
                     self.recover_history_lost(&m).await
                 }
-                _ => {
-                    warn!(error = %store::redact_uri(&format!("{e:#}")), backoff_ms = self.backoff.as_millis() as u64, "Cannot reopen the change stream yet.");
-                    Ok(())
-                }
+                // Counted and retried by the caller (`lead`): in place when
+                // the server is away, from the stored state otherwise.
+                _ => Err(e.context("reopening the change stream")),
             },
         }
     }
@@ -1386,6 +1416,11 @@ impl Tailer {
     /// work stays queued (the writes are recomputations: redoing them is
     /// harmless).
     async fn flush(&mut self) -> Result<()> {
+        // Located users join `dirty` (or set `full_refresh`) first, so that
+        // a failure below restores them too; `locate` keeps its entries
+        // until they are resolved.
+        self.resolve_locations().await?;
+        inject::point("flush.located")?;
         let dirty = self.dirty.clone();
         let full_refresh = self.full_refresh;
         let started = Instant::now();
@@ -1403,8 +1438,6 @@ impl Tailer {
     }
 
     async fn flush_dirty(&mut self) -> Result<()> {
-        self.resolve_locations().await?;
-        inject::point("flush.located")?;
         let now = self.opts.clock.now();
         let today = self.opts.cal.day_of(now);
         let managed_from = self.managed_from();
@@ -1634,6 +1667,7 @@ impl Tailer {
         .await?;
         inject::point("checkpoint.saved")?;
         self.opts.telemetry.checkpoint_saved();
+        self.saves += 1;
         self.last_save = Instant::now();
         Ok(())
     }

@@ -750,7 +750,14 @@ async fn a_leader_paused_while_history_moves_on_and_the_server_restarts_recovers
     // A standby joins; more writes to the same users.
     let mut standby = env.run("standby", TTL, &[]);
     standby.wait_log(STANDING_BY, CATCH_UP).await;
+    let written = env.transaction_count().await;
     let mut writer = env.writer("writer-after", 20, seed + 1);
+    // Writing (and so past installing its SIGTERM handler) before the
+    // burst and the stop.
+    wait_for("the writer writes", CATCH_UP, || async {
+        env.transaction_count().await > written
+    })
+    .await;
     writer_alive(&env, &mut writer, seed, &mut writers);
     bulk_expenses(&env, &pockets, 100, 10, &mut rng).await;
     stop_writer(&mut writer).await;
