@@ -231,7 +231,11 @@ fn free_for(owner: &str) -> Document {
 /// so that its open transaction, if its holder died in one, cannot hold
 /// the acquisition up; the new term's session is stored in the lease.
 pub async fn try_acquire(db: &Database, owner: &str, ttl: Duration) -> Result<Option<Fence>> {
-    end_previous_term(db, owner).await?;
+    // Read first: even an update whose filter does not match would wait
+    // behind a holder's open transaction on the lease document.
+    if !end_previous_term(db, owner).await? {
+        return Ok(None);
+    }
     let session = db
         .client()
         .start_session()
@@ -272,27 +276,36 @@ pub async fn try_acquire(db: &Database, owner: &str, ttl: Duration) -> Result<Op
     }
 }
 
-/// Ends the session of the term that held a lease now free for `owner`
-/// (killSessions aborts its open transaction, on `mongod` and SecantusDB
-/// alike). A server that refuses (no privilege) is logged; the acquisition
-/// then waits for the server to abort that transaction on its own.
-async fn end_previous_term(db: &Database, owner: &str) -> Result<()> {
-    let free = bounded("reading the lease", CALL_LIMIT, async {
-        db.collection::<Document>(LEASE)
-            .find_one(free_for(owner))
-            .projection(doc! { "session": 1 })
-            .max_time(CALL_LIMIT)
-            .await
-            .context("reading the lease")
-    })
-    .await?;
-    let Some(session) = free.and_then(|d| d.get_document("session").ok().cloned()) else {
-        return Ok(());
+/// Whether the lease is free for `owner` (or does not exist yet). When it
+/// is free, first ends the session of the term that held it (killSessions
+/// aborts its open transaction, on `mongod` and SecantusDB alike). A server
+/// that refuses the kill (no privilege) is logged; the acquisition then
+/// waits for the server to abort that transaction on its own.
+async fn end_previous_term(db: &Database, owner: &str) -> Result<bool> {
+    let read = |filter: Document| async move {
+        bounded("reading the lease", CALL_LIMIT, async {
+            db.collection::<Document>(LEASE)
+                .find_one(filter)
+                .projection(doc! { "session": 1 })
+                .max_time(CALL_LIMIT)
+                .await
+                .context("reading the lease")
+        })
+        .await
+    };
+    if read(doc! { "_id": LEASE_ID }).await?.is_none() {
+        return Ok(true);
+    }
+    let Some(free) = read(free_for(owner)).await? else {
+        return Ok(false);
+    };
+    let Ok(session) = free.get_document("session") else {
+        return Ok(true);
     };
     let killed = bounded("ending the previous term's session", CALL_LIMIT, async {
         db.client()
             .database("admin")
-            .run_command(doc! { "killSessions": [session] })
+            .run_command(doc! { "killSessions": [session.clone()] })
             .await
             .context("ending the previous term's session")
     })
@@ -300,7 +313,7 @@ async fn end_previous_term(db: &Database, owner: &str) -> Result<()> {
     if let Err(e) = killed {
         warn!(error = %crate::store::redact_uri(&format!("{e:#}")), "Could not end the previous holder's session; an open transaction of it may delay the takeover.");
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Extends the lease by `ttl` from the server's now; `false` when it is no
