@@ -302,18 +302,24 @@ async fn end_previous_term(db: &Database, owner: &str) -> Result<bool> {
     let Ok(session) = free.get_document("session") else {
         return Ok(true);
     };
-    let killed = bounded("ending the previous term's session", CALL_LIMIT, async {
+    kill_session(db, session.clone()).await;
+    Ok(true)
+}
+
+/// `killSessions` of `lsid`: aborts its open transaction at once. A refusal
+/// (no privilege) is logged; the server then aborts it on its own, later.
+async fn kill_session(db: &Database, lsid: Document) {
+    let killed = bounded("ending a session", CALL_LIMIT, async {
         db.client()
             .database("admin")
-            .run_command(doc! { "killSessions": [session.clone()] })
+            .run_command(doc! { "killSessions": [lsid] })
             .await
-            .context("ending the previous term's session")
+            .context("ending a session")
     })
     .await;
     if let Err(e) = killed {
-        warn!(error = %crate::store::redact_uri(&format!("{e:#}")), "Could not end the previous holder's session; an open transaction of it may delay the takeover.");
+        warn!(error = %crate::store::redact_uri(&format!("{e:#}")), "Could not end a session; an open transaction of it may delay writes to the lease.");
     }
-    Ok(true)
 }
 
 /// Extends the lease by `ttl` from the server's now; `false` when it is no
@@ -496,10 +502,17 @@ where
             };
             match written.and_then(|v| crate::inject::point("fenced.body").map(|()| v)) {
                 Ok(v) => {
-                    s.commit_transaction()
-                        .await
-                        .map_err(|e| anyhow::Error::new(e).context(CommitFailed))
-                        .context("committing a fenced write")?;
+                    if let Err(e) = s.commit_transaction().await {
+                        // A refused commit can leave the transaction open
+                        // on the server (a fail point refuses the command
+                        // before it runs), holding the lease document, and
+                        // the driver sends no abort after a commit: end the
+                        // session's server side, as a successor would.
+                        let lsid = s.id().clone();
+                        kill_session(db, lsid).await;
+                        return Err(anyhow::Error::new(e).context(CommitFailed))
+                            .context("committing a fenced write");
+                    }
                     crate::inject::point("fenced.committed")?;
                     Ok(v)
                 }
