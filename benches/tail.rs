@@ -97,31 +97,6 @@ async fn wait_started(db: &Database) {
     panic!("tally never wrote its checkpoint");
 }
 
-/// Every transaction id a report lists.
-fn listed_ids(report: &Document) -> Vec<ObjectId> {
-    let mut out = Vec::new();
-    for p in report
-        .get_array("transactions_by_pocket")
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-    {
-        let Some(p) = p.as_document() else { continue };
-        for t in p
-            .get_array("transactions")
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-        {
-            if let Some(id) = t
-                .as_document()
-                .and_then(|t| t.get_object_id("transaction_id").ok())
-            {
-                out.push(id);
-            }
-        }
-    }
-    out
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -472,7 +447,7 @@ fn main() {
                 while let Some(event) = watch.try_next().await.expect("report events") {
                     let Some(report) = event.full_document else { continue };
                     let mut pending = written_at.lock().await;
-                    for id in listed_ids(&report) {
+                    for id in common::listed_ids(&report) {
                         if let Some(at) = pending.remove(&id) {
                             reflected.lock().await.push((Instant::now(), at.elapsed()));
                         }

@@ -187,31 +187,6 @@ impl Drop for Instance {
     }
 }
 
-/// Every transaction id a report lists.
-fn listed_ids(report: &Document) -> Vec<ObjectId> {
-    let mut out = Vec::new();
-    for p in report
-        .get_array("transactions_by_pocket")
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-    {
-        let Some(p) = p.as_document() else { continue };
-        for t in p
-            .get_array("transactions")
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-        {
-            if let Some(id) = t
-                .as_document()
-                .and_then(|t| t.get_object_id("transaction_id").ok())
-            {
-                out.push(id);
-            }
-        }
-    }
-    out
-}
-
 type Seen = Arc<Mutex<HashMap<ObjectId, Option<Instant>>>>;
 
 /// Markers: one transaction per trial written with the driver right after
@@ -385,7 +360,7 @@ fn main() {
                         let Some(report) = event.full_document else { continue };
                         let now = Instant::now();
                         let mut seen = seen.lock().await;
-                        for id in listed_ids(&report) {
+                        for id in common::listed_ids(&report) {
                             if let Some(at @ None) = seen.get_mut(&id) {
                                 *at = Some(now);
                             }

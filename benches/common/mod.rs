@@ -223,3 +223,28 @@ pub fn finalized(line: &str, kind: &str, period: &str) -> Option<(u64, u64, u64)
         field("closed_only").unwrap_or(0),
     ))
 }
+
+/// The transaction ids a daily report lists, pocket by pocket.
+pub fn listed_ids(report: &Document) -> Vec<bson::oid::ObjectId> {
+    let mut out = Vec::new();
+    for p in report
+        .get_array("transactions_by_pocket")
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
+        let Some(p) = p.as_document() else { continue };
+        for t in p
+            .get_array("transactions")
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
+            if let Some(id) = t
+                .as_document()
+                .and_then(|t| t.get_object_id("transaction_id").ok())
+            {
+                out.push(id);
+            }
+        }
+    }
+    out
+}
