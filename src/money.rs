@@ -69,6 +69,17 @@ impl Money {
         Ok(m)
     }
 
+    /// Rounded half-even to whole cents (2 decimal places): how a pocket
+    /// balance is read (data contract, balances). coin computes balances
+    /// through float64, so a stored balance such as `2144365.3999999994`
+    /// means 2144365.40; amounts are never rounded.
+    pub fn to_cents(self) -> Money {
+        Money(
+            self.0
+                .round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven),
+        )
+    }
+
     /// A double becomes its shortest round-trip decimal representation.
     pub fn from_f64(f: f64) -> Result<Money, MoneyError> {
         if !f.is_finite() {

@@ -342,11 +342,15 @@ pub fn decode_pocket(doc: &Document) -> Result<Pocket, RejectReason> {
     let user_id = object_id(doc.get("user_id"));
     let balance = match doc.get("balance") {
         None | Some(Bson::Null) => Err(RejectReason::MissingBalance),
-        Some(v) => Money::from_bson(v).map_err(|e| match e {
-            MoneyError::NotANumber => RejectReason::InvalidBalance,
-            MoneyError::NotFinite => RejectReason::NonFiniteBalance,
-            MoneyError::OutOfRange => RejectReason::BalanceOutOfRange,
-        }),
+        // Whole cents, half-even (SPEC §4): float noise from coin's
+        // arithmetic is not drift; a third decimal is.
+        Some(v) => Money::from_bson(v)
+            .map(Money::to_cents)
+            .map_err(|e| match e {
+                MoneyError::NotANumber => RejectReason::InvalidBalance,
+                MoneyError::NotFinite => RejectReason::NonFiniteBalance,
+                MoneyError::OutOfRange => RejectReason::BalanceOutOfRange,
+            }),
     };
     Ok(Pocket {
         id,
@@ -544,6 +548,45 @@ mod tests {
         let zero =
             decode_pocket(&doc! { "_id": ObjectId::new(), "user_id": user, "balance": 0 }).unwrap();
         assert_eq!(zero.reject_reason(), None);
+    }
+
+    #[test]
+    fn balances_read_at_whole_cents_half_even_amounts_as_they_are() {
+        let pocket = |b: Bson| decode_pocket(&doc! { "_id": ObjectId::new(), "balance": b });
+        let read = |b: Bson| pocket(b).unwrap().balance.unwrap().to_string();
+        let dec = |s: &str| Bson::Decimal128(s.parse().unwrap());
+        assert_eq!(read(dec("2144365.3999999994")), "2144365.4");
+        assert_eq!(read(dec("-8901337.2700000033")), "-8901337.27");
+        assert_eq!(read(dec("0.125")), "0.12", "half to even, down");
+        assert_eq!(read(dec("0.135")), "0.14", "half to even, up");
+        assert_eq!(read(dec("-0.125")), "-0.12");
+        assert_eq!(read(dec("10.001")), "10", "a third decimal is cut: drift");
+        assert_eq!(read(Bson::Int64(7)), "7");
+        // coin's arithmetic: Decimal128 → float → add → shortest text.
+        let mut float = 0.0f64;
+        let mut exact = Money::ZERO;
+        for i in 0..1000u32 {
+            let cents = (i * 7919) % 100_000;
+            let amount: Money = format!("{}.{:02}", cents / 100, cents % 100)
+                .parse()
+                .unwrap();
+            float = format!("{}", float + amount.to_string().parse::<f64>().unwrap())
+                .parse()
+                .unwrap();
+            exact += amount;
+        }
+        let noisy = Money::from_f64(float).unwrap();
+        assert_ne!(noisy, exact, "the float sum carries noise");
+        assert_eq!(pocket(Bson::Double(float)).unwrap().balance, Ok(exact));
+        let amount = decode_transaction(&doc! {
+            "_id": 1, "user_id": ObjectId::new(), "type": "income",
+            "amount": dec("10.001"), "date": DateTime::from_millis(0),
+        });
+        assert_eq!(
+            amount.unwrap().amount.to_string(),
+            "10.001",
+            "amounts are never rounded"
+        );
     }
 
     /// The path of a transaction's date, decode → ledger → reports, the
