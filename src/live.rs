@@ -383,6 +383,10 @@ impl Live {
             let Some(mut state) = self.users.get_mut(user) else {
                 continue;
             };
+            if !self.keeps(write.kind(), *period) {
+                // Before the window (a focused rescan's write): not held.
+                continue;
+            }
             match write {
                 Write::Upsert { kind, set, .. } => {
                     state
@@ -427,14 +431,25 @@ impl Live {
                 }
                 state.ledger = ledger;
             }
-            state.stored.retain(|(kind, period), _| match kind {
-                Kind::Monthly => *period >= from,
-                Kind::Report | Kind::Snapshot => *period >= open_from,
-            });
         }
         self.from = from;
         self.from_millis = start;
         self.open_from = open_from;
+        for mut entry in self.users.iter_mut() {
+            entry
+                .value_mut()
+                .stored
+                .retain(|(kind, period), _| self.keeps(*kind, *period));
+        }
+    }
+
+    /// Whether the window holds the fingerprint of a document of `kind`
+    /// for `period`.
+    fn keeps(&self, kind: Kind, period: NaiveDate) -> bool {
+        match kind {
+            Kind::Monthly => period >= self.from,
+            Kind::Report | Kind::Snapshot => period >= self.open_from,
+        }
     }
 
     /// Drops everything (a full refresh reloads it).

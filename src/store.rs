@@ -7,6 +7,7 @@
 //! is never written. Writes go out as unordered bulk `update`/`delete`
 //! commands, so any server speaking the wire protocol takes them.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -217,6 +218,38 @@ impl Write {
 /// The unique-key filter of a document.
 pub fn key_filter(kind: Kind, user: bson::oid::ObjectId, period: NaiveDate) -> Document {
     doc! { "user_id": user, kind.date_field(): date_label(period) }
+}
+
+/// Each user's earliest stored document of any kind (its period's first
+/// day): where drift on one of its pockets may reach back to. Users with
+/// no document are absent. One grouped query per collection, on the
+/// unique `(user_id, period)` index.
+pub async fn first_stored_days(
+    db: &Database,
+    users: &[bson::oid::ObjectId],
+) -> Result<HashMap<bson::oid::ObjectId, NaiveDate>> {
+    use futures::TryStreamExt;
+    let mut first: HashMap<bson::oid::ObjectId, NaiveDate> = HashMap::new();
+    for kind in Kind::ALL {
+        let field = format!("${}", kind.date_field());
+        let pipeline = [
+            doc! { "$match": { "user_id": { "$in": users } } },
+            doc! { "$group": { "_id": "$user_id", "first": { "$min": field } } },
+        ];
+        let mut cursor = db
+            .collection::<Document>(kind.collection())
+            .aggregate(pipeline)
+            .await
+            .with_context(|| format!("finding users' first documents in {}", kind.collection()))?;
+        while let Some(d) = cursor.try_next().await? {
+            if let (Ok(user), Ok(at)) = (d.get_object_id("_id"), d.get_datetime("first")) {
+                let day = crate::calendar::label_date(*at);
+                let e = first.entry(user).or_insert(day);
+                *e = (*e).min(day);
+            }
+        }
+    }
+    Ok(first)
 }
 
 /// Decides the write that brings `stored` to `expected` content, with the

@@ -524,6 +524,11 @@ struct Tailer {
     rescan: HashSet<ObjectId>,
     /// user → (earliest day touched by a recent transaction event, when).
     floors: HashMap<ObjectId, (NaiveDate, Instant)>,
+    /// Users with settled drift whose documents before the window are
+    /// still to be recomputed: a focused rescan from each one's first
+    /// stored document (drift moves every earlier closing balance, SPEC §4).
+    /// Until it is done the user stays in the checkpoint's `pending`.
+    deep: HashSet<ObjectId>,
     /// Transactions whose old version must be located.
     locate: Vec<(Bson, Option<ObjectId>)>,
     /// Validity of source documents seen, in event order: a reason, or
@@ -582,6 +587,7 @@ impl Tailer {
             dirty: HashMap::new(),
             rescan: HashSet::new(),
             floors: HashMap::new(),
+            deep: HashSet::new(),
             locate: Vec::new(),
             verdicts: Vec::new(),
             known_rejects: HashSet::new(),
@@ -621,8 +627,13 @@ impl Tailer {
         inject::point("start.loaded")?;
         tailer.known_rejects = load_reject_keys(&tailer.db).await?;
         let now = tailer.opts.clock.now();
+        let settle = chrono::Duration::from_std(tailer.opts.settle).unwrap_or_default();
         for (user, since) in tailer.checkpoint.pending.clone() {
-            let _ = since;
+            // Pending past the settle delay: its drift may have been
+            // written in the window, not yet before it.
+            if now - since >= settle {
+                tailer.deep.insert(user);
+            }
             tailer.mark(user, tailer.managed_from(), None);
         }
         tailer.plan_steps(now).await?;
@@ -1073,8 +1084,9 @@ impl Tailer {
             .collect();
         let from = self.managed_from();
         for user in due {
-            if !self.dirty.contains_key(&user) {
+            if self.deep.insert(user) || !self.dirty.contains_key(&user) {
                 self.mark(user, from, None);
+                self.rescan.insert(user);
             }
         }
     }
@@ -1451,10 +1463,34 @@ impl Tailer {
         }
         let reports_open_from = self.reports_open_from(today);
         let to = today + Days::new(self.opts.horizon_days);
+        // Users with settled drift are rescanned from their first stored
+        // document (or the managed start, if earlier): every document the
+        // drift changes, however old.
+        let deep: HashSet<ObjectId> = self
+            .deep
+            .iter()
+            .filter(|u| self.dirty.contains_key(u))
+            .copied()
+            .collect();
+        if !deep.is_empty() {
+            let users: Vec<ObjectId> = deep.iter().copied().collect();
+            let mut first = HashMap::new();
+            for chunk in users.chunks(500) {
+                first.extend(store::first_stored_days(&self.db, chunk).await?);
+            }
+            for user in &deep {
+                let from = first
+                    .get(user)
+                    .map_or(managed_from, |d| (*d).min(managed_from));
+                if let Some(day) = self.dirty.get_mut(user) {
+                    *day = (*day).min(from);
+                }
+                self.rescan.insert(*user);
+            }
+        }
         // Users the window holds are rebuilt from memory; the others are
         // rescanned from the source, which also reloads them into memory.
-        // (user, first day recomputed, changes)
-        let mut per_user: Vec<(ObjectId, NaiveDate, Vec<DocChange>)> = Vec::new();
+        let mut per_user: Vec<(ObjectId, Vec<DocChange>)> = Vec::new();
         let mut rescan: BTreeMap<NaiveDate, Vec<ObjectId>> = BTreeMap::new();
         for (user, day) in std::mem::take(&mut self.dirty) {
             if self.rescan.contains(&user) {
@@ -1463,7 +1499,7 @@ impl Tailer {
                 let changes =
                     self.live
                         .compute(user, &Kind::ALL, day, to, today, reports_open_from, now);
-                per_user.push((user, day.max(self.live.open_from()), changes));
+                per_user.push((user, changes));
             }
         }
         let rescanned: Vec<ObjectId> = rescan.values().flatten().copied().collect();
@@ -1497,7 +1533,7 @@ impl Tailer {
                             if let Some(kept) = r.kept {
                                 live.insert(user, kept);
                             }
-                            per_user.push((user, first, r.changes));
+                            per_user.push((user, r.changes));
                         }
                     },
                 )
@@ -1506,17 +1542,22 @@ impl Tailer {
                     .extend(rejects.into_iter().map(|(c, id, r)| (c, id, Some(r))));
             }
         }
-        let writes = self.hold_past_changes(per_user, now);
+        let writes = self.hold_past_changes(per_user, now, &deep);
         inject::point("flush.computed")?;
         self.write(writes).await?;
         inject::point("flush.written")?;
         for user in &rescanned {
             self.rescan.remove(user);
         }
+        for user in &deep {
+            self.deep.remove(user);
+        }
         self.counters.flushes += 1;
         self.settle_rejects(now).await?;
         inject::point("flush.rejects")?;
-        self.first_dirty_at = None;
+        if self.dirty.is_empty() {
+            self.first_dirty_at = None;
+        }
         if self.settled() {
             self.save().await?;
         }
@@ -1563,19 +1604,25 @@ impl Tailer {
     /// good if it never does). Such a user stays (or becomes) pending, so
     /// that [`Tailer::recheck_pending`] recomputes the whole window after
     /// the settle delay; only a recomputation of the whole window clears it.
+    ///
+    /// Drift written from a recomputation that did not reach back to the
+    /// user's first stored document (`deep`: those that did) leaves the user
+    /// pending and queues a focused rescan of its earlier documents.
     fn hold_past_changes(
         &mut self,
-        per_user: Vec<(ObjectId, NaiveDate, Vec<DocChange>)>,
+        per_user: Vec<(ObjectId, Vec<DocChange>)>,
         now: DateTime<Utc>,
+        deep: &HashSet<ObjectId>,
     ) -> Vec<(ObjectId, NaiveDate, Write)> {
         let managed_from = self.managed_from();
-        let open_from = self.live.open_from();
         let settle = chrono::Duration::from_std(self.opts.settle).unwrap_or_default();
         let mut pending: HashMap<ObjectId, DateTime<Utc>> =
             self.checkpoint.pending.iter().copied().collect();
         let mut writes = Vec::new();
-        for (user, first, changes) in per_user {
-            let whole = first <= open_from;
+        for (user, changes) in per_user {
+            // Only a recomputation from the user's first stored document
+            // saw every document a balance change can reach.
+            let whole = deep.contains(&user);
             let floor = self
                 .floors
                 .get(&user)

@@ -200,6 +200,11 @@ struct Coin {
     gap: Duration,
     /// Leave the balance writes out (they never come: drift).
     unbalanced: bool,
+    /// Compute balances as coin does, through float64 (Decimal128 → f64 →
+    /// add → shortest text → Decimal128): they carry float noise.
+    float: bool,
+    /// Drift applied to each pocket (`drift`), exact.
+    drifted: BTreeMap<ObjectId, Money>,
 }
 
 impl Coin {
@@ -225,6 +230,8 @@ impl Coin {
             categories,
             gap: Duration::ZERO,
             unbalanced: false,
+            float: false,
+            drifted: BTreeMap::new(),
         }
     }
 
@@ -360,7 +367,12 @@ impl Coin {
                 continue;
             }
             let b = self.balances.get_mut(&p).expect("known pocket");
-            *b += m;
+            *b = if self.float {
+                let f = |m: Money| m.to_string().parse::<f64>().expect("f64");
+                Money::from_f64(f(*b) + f(m)).expect("finite")
+            } else {
+                *b + m
+            };
             let op = pockets.update_one(
                 doc! { "_id": p },
                 doc! { "$set": { "balance": b.to_bson(), "updated_at": bdt(self.clock.now()) } },
@@ -400,6 +412,7 @@ impl Coin {
 
     /// A balance change no transaction explains.
     async fn drift(&mut self, pocket: ObjectId, by: &str) {
+        *self.drifted.entry(pocket).or_insert(Money::ZERO) += money(by);
         self.apply(BTreeMap::from([(pocket, money(by))]), None)
             .await;
     }
@@ -892,6 +905,122 @@ async fn a_transaction_without_its_balance_and_held_drift_reach_earlier_days() {
         &[&run],
     )
     .await;
+    let status = run.terminate().await;
+    assert!(status.success(), "clean exit: {status}\n{}", run.tail(20));
+}
+
+/// The closing balance of `pocket` in the snapshot of `day`, if listed.
+async fn snapshot_balance(
+    env: &Env,
+    user: ObjectId,
+    day: NaiveDate,
+    pocket: ObjectId,
+) -> Option<Money> {
+    let snap = env
+        .all(
+            "daily_financial_snapshots",
+            doc! { "user_id": user, "snapshot_date": date_label(day) },
+        )
+        .await;
+    let rows = snap.first()?.get_array("pocket_balances").ok()?;
+    rows.iter().filter_map(Bson::as_document).find_map(|r| {
+        (r.get_object_id("pocket_id").ok() == Some(pocket))
+            .then(|| Money::from_bson(r.get("balance")?).ok())
+            .flatten()
+    })
+}
+
+/// Issue 11. Balances written the way coin writes them (through float64,
+/// so they carry noise such as `2144365.3999999994`), a few direct balance
+/// edits of 777.77 (drift), and documents older than the in-memory window:
+/// managed ones (the first start's window begins 60 days back, memory on
+/// the 1st of last month) and older ones from a backfill. Drift must reach
+/// all of them within the settle delay; reconcile over the whole range
+/// (SPEC §7) must then come back clean. Before the fix, drift was written
+/// only inside the in-memory window, and noise counted as drift.
+#[tokio::test(flavor = "multi_thread")]
+async fn float_written_balances_and_drift_reach_documents_before_the_window() {
+    let env = Env::new(
+        "run_deep",
+        support::uri(),
+        "UTC",
+        instant("2026-03-20T12:00:00Z"),
+    )
+    .await;
+    let mut coin = Coin::new(&env).await;
+    coin.float = true;
+    coin.population(&env, 5, 24, 120, 11).await;
+    let backfill = env
+        .tally(&[
+            "backfill",
+            "--from",
+            &env.day(-120).to_string(),
+            "--to",
+            &env.day(30).to_string(),
+        ])
+        .await;
+    assert!(backfill.status.success(), "backfill: {backfill:?}");
+    let mut run = env.start("run", &["--initial-days", "60"]);
+    run.wait_log(TAILING, CATCH_UP).await;
+
+    let users = coin.users();
+    let (a, b) = (users[0], users[1]);
+    let (a_main, b_saving) = (coin.pockets[&a][0], coin.pockets[&b][1]);
+    // Before the managed window (backfilled), and between its start and
+    // the in-memory window's (1 February).
+    let old_days = [env.day(-100), env.day(-55)];
+    let mut before = Vec::new();
+    for day in old_days {
+        before.push((
+            snapshot_balance(&env, a, day, a_main)
+                .await
+                .expect("a's main listed"),
+            snapshot_balance(&env, b, day, b_saving)
+                .await
+                .expect("b's saving listed"),
+        ));
+    }
+    let mut rng = Rng::new(23);
+    coin.random_ops(&env, &mut rng, 40).await;
+    coin.drift(a_main, "777.77").await;
+    coin.random_ops(&env, &mut rng, 20).await;
+    coin.drift(b_saving, "-777.77").await;
+    coin.random_ops(&env, &mut rng, 40).await;
+    assert!(
+        coin.balances.values().any(|b| b.to_string().len() > 12),
+        "the workload's balances carry float noise: {:?}",
+        coin.balances.values().collect::<Vec<_>>()
+    );
+
+    env.caught_up(
+        env.day(-120),
+        env.day(30),
+        "reports,snapshots,monthly",
+        &[&run],
+    )
+    .await;
+    // Not vacuous: the old documents moved, to what SPEC §4 says from
+    // the workload's own model (UTC: a transaction's day is its date's).
+    for (day, (a_was, b_was)) in old_days.into_iter().zip(before) {
+        for (user, pocket, was) in [(a, a_main, a_was), (b, b_saving, b_was)] {
+            let now = snapshot_balance(&env, user, day, pocket)
+                .await
+                .expect("listed");
+            let later: Money = coin
+                .txs
+                .values()
+                .filter(|t| t.date.date_naive() > day)
+                .flat_map(|t| t.effects(&coin.owner))
+                .filter(|(p, _)| *p == pocket)
+                .fold(Money::ZERO, |s, (_, m)| s + m);
+            assert_eq!(
+                now,
+                coin.balances[&pocket].to_cents() - later,
+                "{pocket} on {day}"
+            );
+            assert_ne!(now, was, "the drift of {pocket} reached {day}");
+        }
+    }
     let status = run.terminate().await;
     assert!(status.success(), "clean exit: {status}\n{}", run.tail(20));
 }
