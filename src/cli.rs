@@ -1,8 +1,9 @@
 //! The command line: flags (each with a `TALLY_*` fallback), validation into
 //! an immutable [`Config`], and the commands' output.
 //!
-//! Exit status: 0 success; 1 reconcile found differences; 2 the command
-//! could not run (bad flag, unknown zone, unreachable server, …).
+//! Exit status ([`crate::exit_status`]): 0 success; 1 reconcile found
+//! differences; 2 a usage or configuration error (bad flag, unknown zone,
+//! malformed URI); 3 a runtime failure (an unreachable server, …).
 
 use std::process::ExitCode;
 
