@@ -220,8 +220,10 @@ pub fn key_filter(kind: Kind, user: bson::oid::ObjectId, period: NaiveDate) -> D
     doc! { "user_id": user, kind.date_field(): date_label(period) }
 }
 
-/// Each user's earliest stored document of any kind (its period's first
-/// day): where drift on one of its pockets may reach back to. Users with
+/// The first day from which a rescan reaches each user's every stored
+/// document: its earliest stored day (for a monthly summary, its month's
+/// last day: a rescan from any day of a month rebuilds the month's
+/// summary). Drift on one of its pockets may reach back that far. Users with
 /// no document are absent. One grouped query per collection, on the
 /// unique `(user_id, period)` index.
 pub async fn first_stored_days(
@@ -243,7 +245,11 @@ pub async fn first_stored_days(
             .with_context(|| format!("finding users' first documents in {}", kind.collection()))?;
         while let Some(d) = cursor.try_next().await? {
             if let (Ok(user), Ok(at)) = (d.get_object_id("_id"), d.get_datetime("first")) {
-                let day = crate::calendar::label_date(*at);
+                let mut day = crate::calendar::label_date(*at);
+                if kind == Kind::Monthly {
+                    // A rescan from any day of a month rebuilds its summary.
+                    day = crate::calendar::last_of_month(day);
+                }
                 let e = first.entry(user).or_insert(day);
                 *e = (*e).min(day);
             }
