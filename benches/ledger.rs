@@ -20,7 +20,7 @@
 //!   (how `tally run` read events before); `deserialize_only` without the
 //!   decode; `raw_then_decode` is what `tally run` does now (target
 //!   ≥ 200,000 events/s on one core): the stream typed `RawDocumentBuf`,
-//!   the fields read in place by `tally::tail::Event::from_raw`, only the
+//!   the fields read in place by `tally::service::Event::from_raw`, only the
 //!   documents it decodes turned into `Document`s;
 //! - `finalize_docs/snapshot_and_monthly`: what a finalization builds per
 //!   user from its ledger — the snapshot of the month's last day and the
@@ -315,14 +315,14 @@ fn bench<M: Measurement>(c: &mut Criterion<M>) {
     });
     g.bench_function("raw_then_decode", |b| {
         // What `tally run` does: the stream typed as raw documents, the
-        // fields read in place (`tally::tail::Event::from_raw`), only the
+        // fields read in place (`tally::service::Event::from_raw`), only the
         // documents it decodes turned into `Document`s.
         b.iter(|| {
             events
                 .iter()
                 .filter(|raw| {
                     let raw = bson::RawDocument::from_bytes(raw).expect("a change event");
-                    let event = tally::tail::Event::from_raw(raw).expect("a change event");
+                    let event = tally::service::Event::from_raw(raw).expect("a change event");
                     event
                         .full_document
                         .as_ref()

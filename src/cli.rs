@@ -21,9 +21,9 @@ use crate::reports::Kind;
 use crate::scan::{Difference, Range};
 use crate::schedule::{self, Schedule};
 use crate::seed::{self, SeedOptions};
+use crate::service::{self, Clock, RunOptions};
 use crate::state;
 use crate::store;
-use crate::tail::{self, Clock, RunOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -373,7 +373,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             opts.pre_images = !a.no_pre_images;
             opts.lease_ttl = std::time::Duration::from_secs(a.lease_ttl);
             opts.give_up_after = std::time::Duration::from_secs(a.give_up_after);
-            tail::run(db, opts, shutdown_signal()).await?;
+            service::run(db, opts, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Finalize(a) => {

@@ -175,7 +175,7 @@ pub fn is_leader() -> bool {
     LEADER.load(Ordering::SeqCst)
 }
 
-/// The one place leadership changes (`tail::run` calls it).
+/// The one place leadership changes (`service::run` calls it).
 pub(crate) fn set_leader(leader: bool) {
     LEADER.store(leader, Ordering::SeqCst);
 }

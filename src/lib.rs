@@ -19,7 +19,7 @@
 //! - [`batch`] — `backfill` and `reconcile` on top of the scan.
 //! - [`state`] — the stream checkpoint and the once-only finalization records.
 //! - [`schedule`] — the 23:59 / 00:00 / 00:01 steps: when they are due, what they do.
-//! - [`tail`] — `tally run`: change streams, flushes, checkpoints, recovery.
+//! - [`service`] — `tally run`: leadership, change streams, flushes, checkpoints, recovery.
 //! - [`inject`] — fault points of `tally run` for the crash-anywhere tests
 //!   (`TALLY_INJECT`; off otherwise).
 //! - [`lease`] — high availability: the leader lease, its fencing token and
@@ -80,9 +80,9 @@ pub mod reports;
 pub mod scan;
 pub mod schedule;
 pub mod seed;
+pub mod service;
 pub mod source;
 pub mod state;
 pub mod store;
-pub mod tail;
 pub mod telemetry;
 pub mod vecmap;

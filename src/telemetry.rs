@@ -9,7 +9,7 @@
 //! label value is a `&'static str` from a closed set (collections,
 //! operations, reject reasons, kinds, causes), so the series are bounded and
 //! never carry a user. Times are the real wall clock, not the tailer's
-//! (possibly shifted) [`Clock`](crate::tail::Clock): lag compares with the
+//! (possibly shifted) [`Clock`](crate::service::Clock): lag compares with the
 //! server's event wall times.
 //!
 //! Who calls what: the tailer reports events, writes, rejects, drift,

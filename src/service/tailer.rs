@@ -1,34 +1,14 @@
-//! `tally run`: follow the change streams of `transactions` and `pockets`
-//! and keep every output document current.
-//!
-//! How it stays right:
-//! - **Recompute, don't guess.** An event only marks a user dirty from the
-//!   first day it can affect. A flush recomputes the dirty users' documents
-//!   from the source with the very scan backfill uses, and writes what
-//!   differs. Replaying an event is therefore harmless.
-//! - **Checkpoint after the effect.** The resume token is stored only once
-//!   every event before it has been flushed; a `kill -9` at any instant
-//!   replays at most the unflushed events, which recompute to the same
-//!   content. A first start takes the server's operation time, builds the
-//!   window with a backfill and streams from that time.
-//! - **The two-write pattern.** A user's days before the earliest day its
-//!   recent transaction events touched are past: a change there (a pocket
-//!   balance that no transaction explains, or the moment between the API's
-//!   transaction write and its balance write) is held until it has
-//!   persisted for the settle delay, then written and counted as drift.
-//! - **Old values.** With pre-images the old version of a changed document
-//!   is in the event; without them tally finds where a transaction counted
-//!   through the reports that list it, and falls back to a full refresh of
-//!   the window when nothing can locate it.
+//! The active instance's work: the change stream, the in-memory window,
+//! flushes, finalization steps, checkpoints.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bson::oid::ObjectId;
-use bson::{doc, Bson, Document, RawDocument, RawDocumentBuf, Timestamp};
+use bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use futures::TryStreamExt;
 use mongodb::change_stream::event::{OperationType, ResumeToken};
@@ -37,520 +17,55 @@ use mongodb::options::{FullDocumentBeforeChangeType, FullDocumentType};
 use mongodb::Database;
 use tracing::{error, info, warn};
 
+use super::event::Event;
+use super::options::{Counters, RunOptions};
+use super::run::pause;
+use super::work::Work;
 use crate::batch;
-use crate::calendar::{first_of_month, last_of_month, Calendar};
-use crate::errors::{command_code, is_history_lost, is_transient};
+use crate::calendar::{first_of_month, last_of_month};
+use crate::errors::{command_code, is_history_lost};
 use crate::inject;
-use crate::lease::{self, Fence, LostLease};
+use crate::lease::{self, Fence};
 use crate::live::Live;
 use crate::reports::Kind;
 use crate::scan::{
     load_categories, load_reject_keys, reject_key, scan_since_with, Difference, DocChange, Focus,
     Range,
 };
-use crate::schedule::{self, Schedule};
+use crate::schedule;
 use crate::source::{decode_pocket, decode_transaction, SourceId};
 use crate::state::{self, Checkpoint, Claim};
 use crate::store::{self, Write, POCKETS, TRANSACTIONS};
-use crate::telemetry::{Failure, Recovery, Telemetry, WriteMix};
+use crate::telemetry::{Recovery, WriteMix};
 
-/// The service's notion of now: real time, optionally shifted (tests and
-/// demos start the clock at a chosen instant; it then runs at real speed).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Clock {
-    offset: chrono::Duration,
-}
-
-impl Clock {
-    pub fn real() -> Clock {
-        Clock::default()
-    }
-
-    pub fn starting_at(t: DateTime<Utc>) -> Clock {
-        Clock {
-            offset: t - Utc::now(),
-        }
-    }
-
-    pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + self.offset
-    }
-
-    /// The real time at which this clock reads `t`.
-    pub fn to_real(&self, t: DateTime<Utc>) -> DateTime<Utc> {
-        t - self.offset
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct RunOptions {
-    pub cal: Calendar,
-    pub schedule: Schedule,
-    pub clock: Clock,
-    /// Flush once no event came for this long…
-    pub quiet: Duration,
-    /// …or once the oldest unflushed event is this old.
-    pub max_delay: Duration,
-    /// How long a past difference must persist before it is written (drift).
-    pub settle: Duration,
-    /// Days before today built on a first start.
-    pub initial_days: u64,
-    /// Days after today covered (future-dated transactions).
-    pub horizon_days: u64,
-    /// Identifies this instance in the lease and finalization records.
-    pub owner: String,
-    /// How long the lease lasts without renewal (renewed every third of
-    /// it): a standby takes over within this time of the leader's death.
-    pub lease_ttl: Duration,
-    /// Enable and use change-stream pre-images (off: locate old values
-    /// through the stored reports instead).
-    pub pre_images: bool,
-    /// Where the tailer reports what it does (metrics, status page).
-    pub telemetry: Arc<Telemetry>,
-    /// How long failures of the active instance may persist (each retried
-    /// after a pause) before `tally run` exits for a supervisor to restart.
-    pub give_up_after: Duration,
-}
-
-impl RunOptions {
-    pub fn new(cal: Calendar) -> RunOptions {
-        RunOptions {
-            cal,
-            schedule: Schedule::default(),
-            clock: Clock::real(),
-            quiet: Duration::from_millis(200),
-            max_delay: Duration::from_millis(500),
-            settle: Duration::from_secs(20),
-            initial_days: 60,
-            horizon_days: 400,
-            owner: format!("{}-{}-{:04x}", hostname(), std::process::id(), nonce()),
-            lease_ttl: Duration::from_secs(15),
-            pre_images: true,
-            telemetry: Arc::new(Telemetry::new()),
-            give_up_after: Duration::from_secs(300),
-        }
-    }
-}
-
-/// 16 random bits (std's randomly keyed hasher), so that two processes
-/// with one hostname and pid (containers) are still two lease owners.
-fn nonce() -> u16 {
-    use std::hash::BuildHasher;
-    std::collections::hash_map::RandomState::new().hash_one(std::process::id()) as u16
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "tally".to_owned())
-}
-
-/// Counters of what the service did, for logs and `status`.
-#[derive(Clone, Debug, Default)]
-pub struct Counters {
-    pub events: u64,
-    pub flushes: u64,
-    pub documents_written: u64,
-    pub rejects: u64,
-    pub drift_applied: u64,
-    pub history_lost: u64,
-    pub reconnects: u64,
-    pub full_refreshes: u64,
-    pub finalizations: u64,
-    /// Dirty users rebuilt from memory, and rescanned from the source.
-    pub users_from_memory: u64,
-    pub users_rescanned: u64,
-}
-
-/// Runs until `shutdown` completes, then flushes, checkpoints and returns
-/// (the counters of the last term as the active instance).
-///
-/// Several instances may run against one database: one is active, holding
-/// the lease ([`lease`]); the others stand by and take over from the stored
-/// checkpoint when it is released or expires. An instance that loses the
-/// lease stops at once, drops its unflushed work (its writes would be
-/// rejected anyway: they are fenced) and stands by again.
-pub async fn run(
+pub(super) struct Tailer {
     db: Database,
-    opts: RunOptions,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<Counters> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        flag.store(true, Ordering::SeqCst);
-    });
-    let ttl = opts.lease_ttl;
-    loop {
-        opts.telemetry.set_leader(false);
-        let heartbeat = tokio::spawn(standby_heartbeat(db.clone(), opts.telemetry.clone()));
-        // A stop ends the wait at once, whatever call it is in.
-        let acquired = tokio::select! {
-            r = lease::acquire(&db, &opts.owner, ttl, &stop) => r,
-            () = raised(&stop) => Ok(None),
-        };
-        heartbeat.abort();
-        let Some(fence) = acquired? else {
-            return Ok(Counters::default());
-        };
-        lease::set_leader(true);
-        opts.telemetry.set_leader(true);
-        info!(owner = %fence.owner, token = fence.token, "Acquired leadership.");
-        let lost = Arc::new(AtomicBool::new(false));
-        let keeper = tokio::spawn(lease::keep(db.clone(), fence.clone(), ttl, lost.clone()));
-        // The work ends at once when the lease is lost (whatever await it is
-        // in: its writes would be refused anyway), and at the latest
-        // STOP_GRACE after a stop.
-        let result = tokio::select! {
-            r = lead(db.clone(), opts.clone(), fence.clone(), &stop) => r,
-            () = raised(&lost) => Err(LostLease { token: fence.token }.into()),
-            () = stopped_for(&stop, STOP_GRACE) => {
-                warn!("Stopped without the last checkpoint: the last flush did not finish in time; the events since the stored checkpoint replay on the next start.");
-                Ok(Counters::default())
-            }
-        };
-        keeper.abort();
-        lease::set_leader(false);
-        opts.telemetry.set_leader(false);
-        match result {
-            Err(e) if lease::is_lost(&e) || lost.load(Ordering::SeqCst) => {
-                warn!(
-                    token = fence.token,
-                    "Lost leadership: dropping unflushed work and standing by."
-                );
-            }
-            other => {
-                // Within the 10 s a stop may take (STOP_GRACE before it):
-                // first the transaction a dropped step may have left open.
-                fence.abort_open().await;
-                let released =
-                    tokio::time::timeout(Duration::from_secs(2), lease::release(&db, &fence)).await;
-                match released {
-                    Ok(Ok(_)) => info!(token = fence.token, "Released leadership."),
-                    Ok(Err(e)) => {
-                        warn!(error = %store::redact_uri(&format!("{e:#}")), "Could not release the lease; it expires on its own.")
-                    }
-                    Err(_) => warn!("Could not release the lease in time; it expires on its own."),
-                }
-                return other;
-            }
-        }
-    }
-}
-
-/// Resolves once `flag` is set.
-async fn raised(flag: &AtomicBool) {
-    while !flag.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Resolves `grace` after `stop` is set.
-async fn stopped_for(stop: &AtomicBool, grace: Duration) {
-    raised(stop).await;
-    tokio::time::sleep(grace).await;
-}
-
-/// How long a stop waits for the active instance's last flush and
-/// checkpoint before it leaves without them (a stop must fit in 10 s,
-/// the lease release included).
-const STOP_GRACE: Duration = Duration::from_secs(7);
-
-/// The longest one step of the active instance may take (a flush, a
-/// finalization, a recovery); past it the step counts as failed.
-const STEP_LIMIT: Duration = Duration::from_secs(300);
-
-/// The active instance gave up: a failure persisted past `give_up_after`.
-#[derive(Debug)]
-pub struct GaveUp {
-    pub seconds: u64,
-}
-
-impl std::fmt::Display for GaveUp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "gave up after failing for {} s (--give-up-after)",
-            self.seconds
-        )
-    }
-}
-
-impl std::error::Error for GaveUp {}
-
-/// The longest a start (or a start again after a failure) may take: it
-/// reads the whole window (about a minute at 2,000 users on SecantusDB).
-/// Below the 10 minutes after which `/healthz` reports a stalled loop.
-const START_LIMIT: Duration = Duration::from_secs(540);
-
-/// A step (or a start) that did not finish within its limit.
-#[derive(Debug)]
-struct StepTimedOut(Duration);
-
-impl std::fmt::Display for StepTimedOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "no progress within {} s", self.0.as_secs())
-    }
-}
-
-impl std::error::Error for StepTimedOut {}
-
-/// The active instance's failures in a row: each is counted and retried
-/// after a growing pause; one that lasts `give_up_after` ends the service.
-struct Failures {
-    since: Option<Instant>,
-    in_a_row: u32,
-    give_up_after: Duration,
-    telemetry: Arc<Telemetry>,
-}
-
-impl Failures {
-    fn new(opts: &RunOptions) -> Failures {
-        Failures {
-            since: None,
-            in_a_row: 0,
-            give_up_after: opts.give_up_after,
-            telemetry: opts.telemetry.clone(),
-        }
-    }
-
-    fn cleared(&mut self) {
-        self.since = None;
-        self.in_a_row = 0;
-    }
-
-    /// Counts `e`; the pause before the next try, or [`GaveUp`].
-    fn failed(&mut self, e: anyhow::Error, what: &str) -> Result<Duration> {
-        let cause = failure_cause(&e);
-        self.telemetry.write_failure(cause);
-        let since = *self.since.get_or_insert_with(Instant::now);
-        self.in_a_row += 1;
-        let error = store::redact_uri(&format!("{e:#}"));
-        if since.elapsed() >= self.give_up_after {
-            let seconds = self.give_up_after.as_secs();
-            error!(%error, cause = cause.as_str(), failures = self.in_a_row, seconds, "Giving up: {what} kept failing; exiting so that a supervisor restarts tally.");
-            return Err(e.context(GaveUp { seconds }));
-        }
-        let backoff = Duration::from_millis(100 * 2_u64.pow(self.in_a_row.min(7)))
-            .min(Duration::from_secs(10));
-        warn!(%error, cause = cause.as_str(), failures = self.in_a_row, backoff_ms = backoff.as_millis() as u64, "{what} failed; retrying.");
-        Ok(backoff)
-    }
-}
-
-fn failure_cause(e: &anyhow::Error) -> Failure {
-    if lease::is_timeout(e) || e.chain().any(|c| c.is::<StepTimedOut>()) {
-        Failure::Timeout
-    } else if is_transient(e) {
-        Failure::Unavailable
-    } else if e
-        .chain()
-        .any(|c| c.is::<mongodb::error::Error>() || c.is::<store::WriteErrors>())
-    {
-        Failure::ServerError
-    } else {
-        Failure::Other
-    }
-}
-
-/// While standing by: tells the health endpoints the process is alive and
-/// whether the server answers (a standby is ready when it could take over).
-async fn standby_heartbeat(db: Database, telemetry: Arc<Telemetry>) {
-    loop {
-        let connected = db.run_command(doc! { "ping": 1 }).await.is_ok();
-        telemetry.turn(connected);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-}
-
-/// The active instance's work, until `stop` (flush and checkpoint, then
-/// `Ok`). A failed step is counted and retried: one the server's absence
-/// explains keeps the work in memory and reopens the stream; any other
-/// starts the work again from what the store holds (the checkpoint and the
-/// stored documents: the same path as a restart after `kill -9`). Ends
-/// with [`GaveUp`] once failures persist for `give_up_after`, and with
-/// [`LostLease`] when a fenced write finds the lease gone.
-async fn lead(
-    db: Database,
-    opts: RunOptions,
-    fence: Fence,
-    stop: &Arc<AtomicBool>,
-) -> Result<Counters> {
-    let mut failures = Failures::new(&opts);
-    // Set when the server went away: starting again is a recovery by
-    // reconnecting (counted like a reopened stream).
-    let mut after_outage = false;
-    'term: loop {
-        let started = Tailer::start(db.clone(), opts.clone(), Some(fence.clone()), stop.clone());
-        let started = match tokio::time::timeout(START_LIMIT, started).await {
-            Ok(r) => r,
-            Err(_) => Err(StepTimedOut(START_LIMIT).into()),
-        };
-        let mut tailer = match started {
-            Ok(t) => {
-                if std::mem::take(&mut after_outage) {
-                    opts.telemetry.recovery(Recovery::Reconnect);
-                }
-                t
-            }
-            Err(e) if lease::is_lost(&e) => return Err(e),
-            Err(e) => {
-                let away = is_transient(&e);
-                after_outage |= away;
-                // Alive, not ready, while failing.
-                opts.telemetry.turn(false);
-                if e.chain().any(|c| c.is::<StepTimedOut>()) {
-                    fence.abort_open().await;
-                }
-                let backoff = failures.failed(e, "Starting")?;
-                pause(backoff, stop).await;
-                if stop.load(Ordering::SeqCst) {
-                    return Ok(Counters::default());
-                }
-                continue 'term;
-            }
-        };
-        while !stop.load(Ordering::SeqCst) {
-            tailer.opts.telemetry.turn(tailer.stream.is_some());
-            let saves = tailer.saves;
-            let step = match tokio::time::timeout(STEP_LIMIT, tailer.step()).await {
-                Ok(r) => r,
-                Err(_) => Err(StepTimedOut(STEP_LIMIT).into()),
-            };
-            let e = match step {
-                Ok(()) => {
-                    // Progress is a checkpoint stored with the stream open;
-                    // a turn that only did not fail does not end a streak
-                    // (a flush that keeps failing, a stream that cannot
-                    // open, would never give up).
-                    if tailer.stream.is_some() && tailer.saves > saves {
-                        failures.cleared();
-                    }
-                    continue;
-                }
-                Err(e) if lease::is_lost(&e) => return Err(e),
-                Err(e) => e,
-            };
-            let transient = is_transient(&e);
-            if transient {
-                tailer.counters.reconnects += 1;
-                tailer.stream = None;
-            }
-            // Not ready while failing.
-            tailer.opts.telemetry.turn(false);
-            if e.chain().any(|c| c.is::<StepTimedOut>()) {
-                fence.abort_open().await;
-            }
-            let backoff = failures.failed(e, "A step")?;
-            pause(backoff, stop).await;
-            if !transient {
-                // State in memory may be half-updated: start again from
-                // the store, exactly as after a crash — or, on a stop,
-                // write nothing more (the events since the checkpoint
-                // replay on the next start).
-                if stop.load(Ordering::SeqCst) {
-                    warn!("Stopped without the last flush after a failure; the events since the stored checkpoint replay on the next start.");
-                    return Ok(tailer.counters);
-                }
-                continue 'term;
-            }
-        }
-        return tailer.finish().await;
-    }
-}
-
-impl Tailer {
-    /// The last flush and checkpoint of a stop, within [`SHUTDOWN_WRITES`].
-    /// A server that is away now loses nothing: the events after the
-    /// stored checkpoint replay on the next start and recompute the same
-    /// content.
-    async fn finish(mut self) -> Result<Counters> {
-        let last = async {
-            self.flush().await?;
-            self.save().await
-        };
-        match tokio::time::timeout(SHUTDOWN_WRITES, last).await {
-            Ok(Ok(())) => info!(
-                events = self.counters.events,
-                documents = self.counters.documents_written,
-                users_from_memory = self.counters.users_from_memory,
-                users_rescanned = self.counters.users_rescanned,
-                "Stopped cleanly."
-            ),
-            Ok(Err(e)) if lease::is_lost(&e) => return Err(e),
-            outcome => {
-                let error = match outcome {
-                    Ok(Err(e)) => store::redact_uri(&format!("{e:#}")),
-                    _ => format!("no answer within {} s", SHUTDOWN_WRITES.as_secs()),
-                };
-                warn!(%error, "Stopped without the last checkpoint; the events since the stored checkpoint replay on the next start.");
-            }
-        }
-        Ok(self.counters)
-    }
-}
-
-/// How long a stop waits for its last flush and checkpoint (the whole stop
-/// must fit in 10 s, the server selection timeout is 5 s).
-const SHUTDOWN_WRITES: Duration = Duration::from_secs(6);
-
-/// Sleeps `d`, or less once `stop` is set.
-async fn pause(d: Duration, stop: &AtomicBool) {
-    let until = Instant::now() + d;
-    while !stop.load(Ordering::SeqCst) && Instant::now() < until {
-        tokio::time::sleep(
-            Duration::from_millis(100).min(until.saturating_duration_since(Instant::now())),
-        )
-        .await;
-    }
-}
-
-struct Tailer {
-    db: Database,
-    opts: RunOptions,
+    pub(super) opts: RunOptions,
     checkpoint: Checkpoint,
     /// Proof of the lease: every write goes behind it (`None`: unfenced).
     fence: Option<Fence>,
-    stream: Option<ChangeStream<RawDocumentBuf>>,
+    pub(super) stream: Option<ChangeStream<RawDocumentBuf>>,
     /// Token after the last event handled (not yet necessarily flushed).
     token: Option<ResumeToken>,
     /// Every user's inputs over the open window, and stored fingerprints.
     live: Live,
-    /// user → first day to recompute.
-    dirty: HashMap<ObjectId, NaiveDate>,
-    /// Dirty users to rescan from the source (a change before the window,
-    /// or a user it does not hold); the others are rebuilt from memory.
-    rescan: HashSet<ObjectId>,
-    /// user → (earliest day touched by a recent transaction event, when).
-    floors: HashMap<ObjectId, (NaiveDate, Instant)>,
-    /// Users with settled drift whose documents before the window are
-    /// still to be recomputed: a focused rescan from each one's first
-    /// stored document (drift moves every earlier closing balance, SPEC §4).
-    /// Until it is done the user stays in the checkpoint's `pending`.
-    deep: HashSet<ObjectId>,
-    /// Transactions whose old version must be located.
-    locate: Vec<(Bson, Option<ObjectId>)>,
-    /// Validity of source documents seen, in event order: a reason, or
-    /// `None` for a valid (or deleted) document.
-    verdicts: Vec<(&'static str, SourceId, Option<crate::source::RejectReason>)>,
+    /// What the events handled left to do.
+    work: Work,
     /// Documents with a reject record ([`reject_key`]): only those need
     /// clearing when a valid version arrives.
     known_rejects: HashSet<String>,
-    full_refresh: bool,
     /// When (service clock) the stream last came back empty.
     caught_up_at: Option<DateTime<Utc>>,
     /// Server wall time of the last event read (real time).
     last_event_wall: Option<DateTime<Utc>>,
-    first_dirty_at: Option<Instant>,
     last_event_at: Instant,
     last_save: Instant,
     next_steps: Vec<(Kind, NaiveDate, DateTime<Utc>)>,
     backoff: Duration,
     pre_images: bool,
-    counters: Counters,
+    pub(super) counters: Counters,
     /// Checkpoints stored by this tailer (progress, for [`Failures`]).
-    saves: u64,
+    pub(super) saves: u64,
     /// When the stream was opened, until its first answer: an empty first
     /// answer is the aggregate's first batch, as of the opening.
     opened_at: Option<DateTime<Utc>>,
@@ -563,7 +78,7 @@ struct Tailer {
 const UNKNOWN_FIELD: i32 = 40415;
 
 impl Tailer {
-    async fn start(
+    pub(super) async fn start(
         db: Database,
         opts: RunOptions,
         fence: Option<Fence>,
@@ -584,17 +99,10 @@ impl Tailer {
             stream: None,
             token: None,
             live: Live::new(opts.cal, first_of_month(today), today, Default::default()),
-            dirty: HashMap::new(),
-            rescan: HashSet::new(),
-            floors: HashMap::new(),
-            deep: HashSet::new(),
-            locate: Vec::new(),
-            verdicts: Vec::new(),
+            work: Work::default(),
             known_rejects: HashSet::new(),
-            full_refresh: false,
             caught_up_at: None,
             last_event_wall: None,
-            first_dirty_at: None,
             last_event_at: Instant::now(),
             last_save: Instant::now(),
             next_steps: Vec::new(),
@@ -632,7 +140,7 @@ impl Tailer {
             // Pending past the settle delay: its drift may have been
             // written in the window, not yet before it.
             if now - since >= settle {
-                tailer.deep.insert(user);
+                tailer.work.deep.insert(user);
             }
             tailer.mark(user, tailer.managed_from(), None);
         }
@@ -738,7 +246,7 @@ impl Tailer {
             "Open window loaded into memory."
         );
         self.live = live;
-        self.rescan.clear();
+        self.work.rescan.clear();
         Ok(())
     }
 
@@ -987,7 +495,7 @@ impl Tailer {
             let from = self.live.open_from();
             for user in users {
                 self.mark(user, from, None);
-                self.rescan.insert(user);
+                self.work.rescan.insert(user);
             }
         }
         let stats = result?;
@@ -996,7 +504,7 @@ impl Tailer {
     }
 
     /// One turn: due timers, a batch of events, a flush when due.
-    async fn step(&mut self) -> Result<()> {
+    pub(super) async fn step(&mut self) -> Result<()> {
         let now = self.opts.clock.now();
         for i in 0..self.next_steps.len() {
             let (kind, period, at) = self.next_steps[i];
@@ -1068,6 +576,7 @@ impl Tailer {
         !self.settled()
             && (self.last_event_at.elapsed() >= self.opts.quiet
                 || self
+                    .work
                     .first_dirty_at
                     .is_some_and(|t| t.elapsed() >= self.opts.max_delay))
     }
@@ -1084,9 +593,9 @@ impl Tailer {
             .collect();
         let from = self.managed_from();
         for user in due {
-            if self.deep.insert(user) || !self.dirty.contains_key(&user) {
+            if self.work.deep.insert(user) || !self.work.dirty.contains_key(&user) {
                 self.mark(user, from, None);
-                self.rescan.insert(user);
+                self.work.rescan.insert(user);
             }
         }
     }
@@ -1130,9 +639,9 @@ impl Tailer {
         self.load_live().await?;
         self.known_rejects = load_reject_keys(&self.db).await?;
         inject::point("recover.loaded")?;
-        self.dirty.clear();
-        self.locate.clear();
-        self.first_dirty_at = None;
+        self.work.dirty.clear();
+        self.work.locate.clear();
+        self.work.first_dirty_at = None;
         self.token = None;
         self.checkpoint.resume_token = None;
         self.checkpoint.start_at = Some(start_at);
@@ -1158,21 +667,12 @@ impl Tailer {
         }
     }
 
+    /// Queues `user` from `day`: rebuilt from memory when the window
+    /// holds the user and the day, rescanned from the source otherwise.
     fn mark(&mut self, user: ObjectId, day: NaiveDate, tx_day: Option<NaiveDate>) {
-        if day < self.live.open_from() || !self.live.holds(&user) {
-            self.rescan.insert(user);
-        }
-        let e = self.dirty.entry(user).or_insert(day);
-        *e = (*e).min(day);
-        if let Some(d) = tx_day {
-            let floor = self.floors.entry(user).or_insert((d, Instant::now()));
-            if floor.1.elapsed() >= self.opts.settle {
-                *floor = (d, Instant::now());
-            } else {
-                *floor = (floor.0.min(d), Instant::now());
-            }
-        }
-        self.first_dirty_at.get_or_insert_with(Instant::now);
+        let rescan = day < self.live.open_from() || !self.live.holds(&user);
+        self.work
+            .mark(user, day, tx_day, rescan, self.opts.settle, Instant::now());
     }
 
     fn handle(&mut self, raw: RawDocumentBuf) {
@@ -1207,8 +707,8 @@ impl Tailer {
             | OperationType::Rename
             | OperationType::DropDatabase => {
                 error!(operation = ?event.operation_type, collection = %coll, "Source collection dropped or renamed: refreshing the window and restarting the stream.");
-                self.full_refresh = true;
-                self.first_dirty_at.get_or_insert_with(Instant::now);
+                self.work.full_refresh = true;
+                self.work.first_dirty_at.get_or_insert_with(Instant::now);
                 if event.operation_type == OperationType::Invalidate {
                     self.stream = None;
                     self.token = None;
@@ -1231,7 +731,7 @@ impl Tailer {
                     match decode_transaction(doc) {
                         Ok(tx) => {
                             new_user = Some(tx.user_id);
-                            self.verdicts.push((TRANSACTIONS, tx.id.clone(), None));
+                            self.work.verdicts.push((TRANSACTIONS, tx.id.clone(), None));
                             new_tx = Some(tx);
                         }
                         Err(r) => {
@@ -1239,8 +739,11 @@ impl Tailer {
                             self.opts
                                 .telemetry
                                 .reject(TRANSACTIONS, &SourceId::from_bson(&id), r);
-                            self.verdicts
-                                .push((TRANSACTIONS, SourceId::from_bson(&id), Some(r)));
+                            self.work.verdicts.push((
+                                TRANSACTIONS,
+                                SourceId::from_bson(&id),
+                                Some(r),
+                            ));
                             new_user = doc.get_object_id("user_id").ok();
                         }
                     }
@@ -1269,11 +772,12 @@ impl Tailer {
                         let day = cal.day_of_millis(tx.date);
                         self.mark(tx.user_id, day, Some(day));
                     } else if !has_old && event.operation_type != OperationType::Insert {
-                        self.locate.push((id.clone(), new_user));
+                        self.work.locate.push((id.clone(), new_user));
                     }
                 }
                 if is_delete {
-                    self.verdicts
+                    self.work
+                        .verdicts
                         .push((TRANSACTIONS, SourceId::from_bson(&id), None));
                 }
             }
@@ -1291,18 +795,25 @@ impl Tailer {
                         Some(r) => {
                             self.counters.rejects += 1;
                             self.opts.telemetry.reject(POCKETS, &SourceId::Oid(p.id), r);
-                            self.verdicts.push((POCKETS, SourceId::Oid(p.id), Some(r)));
+                            self.work
+                                .verdicts
+                                .push((POCKETS, SourceId::Oid(p.id), Some(r)));
                         }
-                        None => self.verdicts.push((POCKETS, SourceId::Oid(p.id), None)),
+                        None => self
+                            .work
+                            .verdicts
+                            .push((POCKETS, SourceId::Oid(p.id), None)),
                     },
                     Some(Err(r)) => {
                         self.opts
                             .telemetry
                             .reject(POCKETS, &SourceId::from_bson(&id), r);
-                        self.verdicts
+                        self.work
+                            .verdicts
                             .push((POCKETS, SourceId::from_bson(&id), Some(r)))
                     }
                     None => self
+                        .work
                         .verdicts
                         .push((POCKETS, SourceId::from_bson(&id), None)),
                 }
@@ -1317,7 +828,7 @@ impl Tailer {
                     || (!known && !has_old && event.operation_type != OperationType::Insert)
                 {
                     // Without the old version the previous owner is unknown.
-                    self.locate.push((id, users.first().copied()));
+                    self.work.locate.push((id, users.first().copied()));
                 }
                 // A pocket that opens, closes or changes owner moves the days
                 // from then on at once; a bare balance change waits (drift).
@@ -1354,10 +865,10 @@ impl Tailer {
 
     /// Finds the users of documents whose old version the event lacked.
     async fn resolve_locations(&mut self) -> Result<()> {
-        if self.locate.is_empty() {
+        if self.work.locate.is_empty() {
             return Ok(());
         }
-        let ids: Vec<Bson> = self.locate.iter().map(|(id, _)| id.clone()).collect();
+        let ids: Vec<Bson> = self.work.locate.iter().map(|(id, _)| id.clone()).collect();
         // Days a transaction counted on (its old day: a floor, SPEC §4), and
         // owners of a pocket. A pocket listed on a day says nothing about
         // which days its change touches: its owners are dirty, no floor.
@@ -1399,7 +910,7 @@ impl Tailer {
             }
         }
         let from = self.managed_from();
-        for (id, known_user) in std::mem::take(&mut self.locate) {
+        for (id, known_user) in std::mem::take(&mut self.work.locate) {
             let key = id.to_string();
             match (found.get(&key), owners.get(&key)) {
                 (Some(places), _) => {
@@ -1416,7 +927,7 @@ impl Tailer {
                     Some(user) => self.mark(user, from, None),
                     None => {
                         warn!(id = %id, "A deleted document could not be located without pre-images; refreshing the window.");
-                        self.full_refresh = true;
+                        self.work.full_refresh = true;
                     }
                 },
             }
@@ -1433,18 +944,13 @@ impl Tailer {
         // until they are resolved.
         self.resolve_locations().await?;
         inject::point("flush.located")?;
-        let dirty = self.dirty.clone();
-        let full_refresh = self.full_refresh;
+        let dirty = self.work.dirty.clone();
+        let full_refresh = self.work.full_refresh;
         let started = Instant::now();
         let result = self.flush_dirty().await;
         self.opts.telemetry.flushed(started.elapsed());
         if result.is_err() {
-            for (user, day) in dirty {
-                let e = self.dirty.entry(user).or_insert(day);
-                *e = (*e).min(day);
-            }
-            self.full_refresh |= full_refresh;
-            self.first_dirty_at.get_or_insert_with(Instant::now);
+            self.work.restore(dirty, full_refresh, Instant::now());
         }
         result
     }
@@ -1453,13 +959,13 @@ impl Tailer {
         let now = self.opts.clock.now();
         let today = self.opts.cal.day_of(now);
         let managed_from = self.managed_from();
-        if self.full_refresh {
+        if self.work.full_refresh {
             self.counters.full_refreshes += 1;
             self.opts.telemetry.recovery(Recovery::FullRefresh);
-            self.full_refresh = false;
+            self.work.full_refresh = false;
             self.backfill_window(managed_from).await?;
             self.load_live().await?;
-            self.dirty.clear();
+            self.work.dirty.clear();
         }
         let reports_open_from = self.reports_open_from(today);
         let to = today + Days::new(self.opts.horizon_days);
@@ -1467,9 +973,10 @@ impl Tailer {
         // document (or the managed start, if earlier): every document the
         // drift changes, however old.
         let deep: HashSet<ObjectId> = self
+            .work
             .deep
             .iter()
-            .filter(|u| self.dirty.contains_key(u))
+            .filter(|u| self.work.dirty.contains_key(u))
             .copied()
             .collect();
         if !deep.is_empty() {
@@ -1482,18 +989,18 @@ impl Tailer {
                 let from = first
                     .get(user)
                     .map_or(managed_from, |d| (*d).min(managed_from));
-                if let Some(day) = self.dirty.get_mut(user) {
+                if let Some(day) = self.work.dirty.get_mut(user) {
                     *day = (*day).min(from);
                 }
-                self.rescan.insert(*user);
+                self.work.rescan.insert(*user);
             }
         }
         // Users the window holds are rebuilt from memory; the others are
         // rescanned from the source, which also reloads them into memory.
         let mut per_user: Vec<(ObjectId, Vec<DocChange>)> = Vec::new();
         let mut rescan: BTreeMap<NaiveDate, Vec<ObjectId>> = BTreeMap::new();
-        for (user, day) in std::mem::take(&mut self.dirty) {
-            if self.rescan.contains(&user) {
+        for (user, day) in std::mem::take(&mut self.work.dirty) {
+            if self.work.rescan.contains(&user) {
                 rescan.entry(day).or_default().push(user);
             } else {
                 let changes =
@@ -1538,7 +1045,8 @@ impl Tailer {
                     },
                 )
                 .await?;
-                self.verdicts
+                self.work
+                    .verdicts
                     .extend(rejects.into_iter().map(|(c, id, r)| (c, id, Some(r))));
             }
         }
@@ -1547,16 +1055,16 @@ impl Tailer {
         self.write(writes).await?;
         inject::point("flush.written")?;
         for user in &rescanned {
-            self.rescan.remove(user);
+            self.work.rescan.remove(user);
         }
         for user in &deep {
-            self.deep.remove(user);
+            self.work.deep.remove(user);
         }
         self.counters.flushes += 1;
         self.settle_rejects(now).await?;
         inject::point("flush.rejects")?;
-        if self.dirty.is_empty() {
-            self.first_dirty_at = None;
+        if self.work.dirty.is_empty() {
+            self.work.first_dirty_at = None;
         }
         if self.settled() {
             self.save().await?;
@@ -1569,7 +1077,7 @@ impl Tailer {
     /// one: most valid documents never had a record).
     async fn settle_rejects(&mut self, now: DateTime<Utc>) -> Result<()> {
         let mut last: HashMap<String, (&'static str, &SourceId, Option<_>)> = HashMap::new();
-        for (coll, id, verdict) in &self.verdicts {
+        for (coll, id, verdict) in &self.work.verdicts {
             last.insert(reject_key(coll, id), (*coll, id, *verdict));
         }
         let mut rejects = Vec::new();
@@ -1590,7 +1098,7 @@ impl Tailer {
                 None => self.known_rejects.remove(&key),
             };
         }
-        self.verdicts.clear();
+        self.work.verdicts.clear();
         Ok(())
     }
 
@@ -1623,11 +1131,7 @@ impl Tailer {
             // Only a recomputation from the user's first stored document
             // saw every document a balance change can reach.
             let whole = deep.contains(&user);
-            let floor = self
-                .floors
-                .get(&user)
-                .filter(|(_, at)| at.elapsed() < self.opts.settle)
-                .map(|(d, _)| *d);
+            let floor = self.work.floor(&user, self.opts.settle, Instant::now());
             let mut held: Vec<DocChange> = Vec::new();
             for change in changes {
                 if change.kind == Kind::Snapshot
@@ -1675,15 +1179,10 @@ impl Tailer {
         writes
     }
 
-    /// Whether nothing that events created is pending: no user to
-    /// recompute, no old version to locate, no reject verdict to record, no
-    /// refresh to do. Only then may the checkpoint move past those events
-    /// (a `kill -9` before that replays them).
+    /// [`Work::settled`]: only then may the checkpoint move past the
+    /// events handled.
     fn settled(&self) -> bool {
-        self.dirty.is_empty()
-            && self.locate.is_empty()
-            && self.verdicts.is_empty()
-            && !self.full_refresh
+        self.work.settled()
     }
 
     /// Whether the stream has delivered everything written before `at`:
@@ -1720,154 +1219,37 @@ impl Tailer {
     }
 }
 
-/// The fields of a change event tally reads, taken from its raw bytes
-/// (reading them in place is about 3× faster than deserializing the
-/// driver's `ChangeStreamEvent<Document>`; `benches/ledger.rs`).
-#[derive(Debug)]
-pub struct Event {
-    pub operation_type: OperationType,
-    pub collection: String,
-    /// `documentKey._id` (`Null` when absent).
-    pub id: Bson,
-    pub full_document: Option<Document>,
-    pub full_document_before_change: Option<Document>,
-    pub wall_millis: Option<i64>,
-}
-
-impl Event {
-    pub fn from_raw(raw: &RawDocument) -> Result<Event> {
-        let op = raw.get_str("operationType").context("operationType")?;
-        let operation_type = match op {
-            "insert" => OperationType::Insert,
-            "update" => OperationType::Update,
-            "replace" => OperationType::Replace,
-            "delete" => OperationType::Delete,
-            other => bson::from_bson(Bson::String(other.to_owned()))
-                .with_context(|| format!("operationType {other:?}"))?,
+impl Tailer {
+    /// The last flush and checkpoint of a stop, within [`SHUTDOWN_WRITES`].
+    /// A server that is away now loses nothing: the events after the
+    /// stored checkpoint replay on the next start and recompute the same
+    /// content.
+    pub(super) async fn finish(mut self) -> Result<Counters> {
+        let last = async {
+            self.flush().await?;
+            self.save().await
         };
-        let collection = raw
-            .get_document("ns")
-            .ok()
-            .and_then(|ns| ns.get_str("coll").ok())
-            .unwrap_or_default()
-            .to_owned();
-        let id = match raw
-            .get_document("documentKey")
-            .ok()
-            .and_then(|k| k.get("_id").ok().flatten())
-        {
-            Some(v) => Bson::try_from(v.to_raw_bson()).context("documentKey._id")?,
-            None => Bson::Null,
-        };
-        let document = |field: &str| -> Result<Option<Document>> {
-            match raw.get_document(field) {
-                Ok(d) => Ok(Some(
-                    Document::try_from(d).with_context(|| field.to_owned())?,
-                )),
-                Err(_) => Ok(None), // absent or null
+        match tokio::time::timeout(SHUTDOWN_WRITES, last).await {
+            Ok(Ok(())) => info!(
+                events = self.counters.events,
+                documents = self.counters.documents_written,
+                users_from_memory = self.counters.users_from_memory,
+                users_rescanned = self.counters.users_rescanned,
+                "Stopped cleanly."
+            ),
+            Ok(Err(e)) if lease::is_lost(&e) => return Err(e),
+            outcome => {
+                let error = match outcome {
+                    Ok(Err(e)) => store::redact_uri(&format!("{e:#}")),
+                    _ => format!("no answer within {} s", SHUTDOWN_WRITES.as_secs()),
+                };
+                warn!(%error, "Stopped without the last checkpoint; the events since the stored checkpoint replay on the next start.");
             }
-        };
-        Ok(Event {
-            operation_type,
-            collection,
-            id,
-            full_document: document("fullDocument")?,
-            full_document_before_change: document("fullDocumentBeforeChange")?,
-            wall_millis: raw
-                .get_datetime("wallTime")
-                .ok()
-                .map(|t| t.timestamp_millis()),
-        })
+        }
+        Ok(self.counters)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use mongodb::change_stream::event::ChangeStreamEvent;
-
-    #[test]
-    fn failures_back_off_and_give_up_only_once_they_persisted() {
-        let mut opts = RunOptions::new(Calendar::from_name("UTC").unwrap());
-        opts.give_up_after = Duration::from_millis(300);
-        let telemetry = opts.telemetry.clone();
-        let mut failures = Failures::new(&opts);
-        let first = failures.failed(anyhow::anyhow!("boom"), "A step").unwrap();
-        let second = failures.failed(anyhow::anyhow!("boom"), "A step").unwrap();
-        assert!(second > first, "{second:?} > {first:?}");
-        for _ in 0..20 {
-            let _ = failures.failed(anyhow::anyhow!("boom"), "A step");
-        }
-        assert_eq!(
-            failures.failed(anyhow::anyhow!("boom"), "A step").ok(),
-            Some(Duration::from_secs(10)),
-            "the pause is capped at 10 s"
-        );
-        // A success clears the streak: the give-up clock starts again.
-        failures.cleared();
-        std::thread::sleep(Duration::from_millis(350));
-        assert!(failures.failed(anyhow::anyhow!("boom"), "A step").is_ok());
-        std::thread::sleep(Duration::from_millis(350));
-        let e = failures
-            .failed(anyhow::anyhow!("boom"), "A step")
-            .expect_err("persisted past give_up_after");
-        assert!(e.downcast_ref::<GaveUp>().is_some(), "{e:#}");
-        let other = telemetry.write_failures.values();
-        assert!(
-            other.contains(&([Failure::Other.as_str()], 25)),
-            "every failure is counted: {other:?}"
-        );
-    }
-
-    #[test]
-    fn failures_are_counted_by_cause() {
-        let timed_out = anyhow::Error::from(lease::TimedOut("renewing the lease"));
-        assert_eq!(failure_cause(&timed_out), Failure::Timeout);
-        let step = anyhow::Error::from(StepTimedOut(STEP_LIMIT)).context("flushing");
-        assert_eq!(failure_cause(&step), Failure::Timeout);
-        assert_eq!(failure_cause(&anyhow::anyhow!("a bug")), Failure::Other);
-    }
-
-    #[test]
-    fn raw_events_read_like_the_drivers_typed_events() {
-        let id = bson::oid::ObjectId::new();
-        let full = doc! { "_id": id, "user_id": id, "type": "expense", "amount": 1.5 };
-        let events = [
-            doc! {
-                "_id": { "_data": "8263" }, "operationType": "insert",
-                "ns": { "db": "coin", "coll": "transactions" },
-                "documentKey": { "_id": id }, "fullDocument": full.clone(),
-                "wallTime": bson::DateTime::from_millis(1_700_000_000_123),
-                "clusterTime": Timestamp { time: 1, increment: 2 },
-            },
-            doc! {
-                "_id": { "_data": "8264" }, "operationType": "delete",
-                "ns": { "db": "coin", "coll": "pockets" },
-                "documentKey": { "_id": "legacy-1" }, "fullDocument": Bson::Null,
-                "fullDocumentBeforeChange": full.clone(),
-            },
-            doc! { "_id": { "_data": "8265" }, "operationType": "invalidate" },
-        ];
-        for e in events {
-            let raw = RawDocumentBuf::from_document(&e).unwrap();
-            let ours = Event::from_raw(&raw).unwrap();
-            let typed: ChangeStreamEvent<Document> = bson::from_document(e).unwrap();
-            assert_eq!(ours.operation_type, typed.operation_type);
-            let coll = typed.ns.and_then(|n| n.coll).unwrap_or_default();
-            assert_eq!(ours.collection, coll);
-            let key = typed.document_key.and_then(|k| k.get("_id").cloned());
-            assert_eq!(ours.id, key.unwrap_or(Bson::Null));
-            assert_eq!(ours.full_document, typed.full_document);
-            assert_eq!(
-                ours.full_document_before_change,
-                typed.full_document_before_change
-            );
-            assert_eq!(
-                ours.wall_millis,
-                typed.wall_time.map(|w| w.timestamp_millis())
-            );
-        }
-        let bad = RawDocumentBuf::from_document(&doc! { "operationType": 5 }).unwrap();
-        assert!(Event::from_raw(&bad).is_err());
-    }
-}
+/// How long a stop waits for its last flush and checkpoint (the whole stop
+/// must fit in 10 s, the server selection timeout is 5 s).
+const SHUTDOWN_WRITES: Duration = Duration::from_secs(6);

@@ -1,0 +1,38 @@
+//! `tally run`: follow the change streams of `transactions` and `pockets`
+//! and keep every output document current.
+//!
+//! How it stays right:
+//! - **Recompute, don't guess.** An event only marks a user dirty from the
+//!   first day it can affect. A flush recomputes the dirty users' documents
+//!   from the source with the very scan backfill uses, and writes what
+//!   differs. Replaying an event is therefore harmless.
+//! - **Checkpoint after the effect.** The resume token is stored only once
+//!   every event before it has been flushed; a `kill -9` at any instant
+//!   replays at most the unflushed events, which recompute to the same
+//!   content. A first start takes the server's operation time, builds the
+//!   window with a backfill and streams from that time.
+//! - **The two-write pattern.** A user's days before the earliest day its
+//!   recent transaction events touched are past: a change there (a pocket
+//!   balance that no transaction explains, or the moment between the API's
+//!   transaction write and its balance write) is held until it has
+//!   persisted for the settle delay, then written and counted as drift.
+//! - **Old values.** With pre-images the old version of a changed document
+//!   is in the event; without them tally finds where a transaction counted
+//!   through the reports that list it, and falls back to a full refresh of
+//!   the window when nothing can locate it.
+//!
+//! The module family: [`options`] (clock, options, counters), [`run`]
+//! (leadership, failures, stopping), [`tailer`] (the active instance's
+//! work: stream, window, flushes, steps, checkpoints), [`work`] (what
+//! events left to do: the one set a flush consumes), [`event`] (change
+//! events read in place).
+
+mod event;
+mod options;
+mod run;
+mod tailer;
+mod work;
+
+pub use event::Event;
+pub use options::{Clock, Counters, RunOptions};
+pub use run::{run, GaveUp};

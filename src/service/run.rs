@@ -1,0 +1,375 @@
+//! Leadership and failures: who is active, how long it may fail, how it
+//! stops. The active instance's work itself is [`super::tailer`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use bson::doc;
+use mongodb::Database;
+use tracing::{error, info, warn};
+
+use super::options::{Counters, RunOptions};
+use super::tailer::Tailer;
+use crate::errors::is_transient;
+use crate::lease::{self, Fence, LostLease};
+use crate::store;
+use crate::telemetry::{Failure, Recovery, Telemetry};
+
+/// Runs until `shutdown` completes, then flushes, checkpoints and returns
+/// (the counters of the last term as the active instance).
+///
+/// Several instances may run against one database: one is active, holding
+/// the lease ([`lease`]); the others stand by and take over from the stored
+/// checkpoint when it is released or expires. An instance that loses the
+/// lease stops at once, drops its unflushed work (its writes would be
+/// rejected anyway: they are fenced) and stands by again.
+pub async fn run(
+    db: Database,
+    opts: RunOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Counters> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        flag.store(true, Ordering::SeqCst);
+    });
+    let ttl = opts.lease_ttl;
+    loop {
+        opts.telemetry.set_leader(false);
+        let heartbeat = tokio::spawn(standby_heartbeat(db.clone(), opts.telemetry.clone()));
+        // A stop ends the wait at once, whatever call it is in.
+        let acquired = tokio::select! {
+            r = lease::acquire(&db, &opts.owner, ttl, &stop) => r,
+            () = raised(&stop) => Ok(None),
+        };
+        heartbeat.abort();
+        let Some(fence) = acquired? else {
+            return Ok(Counters::default());
+        };
+        lease::set_leader(true);
+        opts.telemetry.set_leader(true);
+        info!(owner = %fence.owner, token = fence.token, "Acquired leadership.");
+        let lost = Arc::new(AtomicBool::new(false));
+        let keeper = tokio::spawn(lease::keep(db.clone(), fence.clone(), ttl, lost.clone()));
+        // The work ends at once when the lease is lost (whatever await it is
+        // in: its writes would be refused anyway), and at the latest
+        // STOP_GRACE after a stop.
+        let result = tokio::select! {
+            r = lead(db.clone(), opts.clone(), fence.clone(), &stop) => r,
+            () = raised(&lost) => Err(LostLease { token: fence.token }.into()),
+            () = stopped_for(&stop, STOP_GRACE) => {
+                warn!("Stopped without the last checkpoint: the last flush did not finish in time; the events since the stored checkpoint replay on the next start.");
+                Ok(Counters::default())
+            }
+        };
+        keeper.abort();
+        lease::set_leader(false);
+        opts.telemetry.set_leader(false);
+        match result {
+            Err(e) if lease::is_lost(&e) || lost.load(Ordering::SeqCst) => {
+                warn!(
+                    token = fence.token,
+                    "Lost leadership: dropping unflushed work and standing by."
+                );
+            }
+            other => {
+                // Within the 10 s a stop may take (STOP_GRACE before it):
+                // first the transaction a dropped step may have left open.
+                fence.abort_open().await;
+                let released =
+                    tokio::time::timeout(Duration::from_secs(2), lease::release(&db, &fence)).await;
+                match released {
+                    Ok(Ok(_)) => info!(token = fence.token, "Released leadership."),
+                    Ok(Err(e)) => {
+                        warn!(error = %store::redact_uri(&format!("{e:#}")), "Could not release the lease; it expires on its own.")
+                    }
+                    Err(_) => warn!("Could not release the lease in time; it expires on its own."),
+                }
+                return other;
+            }
+        }
+    }
+}
+
+/// Resolves once `flag` is set.
+async fn raised(flag: &AtomicBool) {
+    while !flag.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Resolves `grace` after `stop` is set.
+async fn stopped_for(stop: &AtomicBool, grace: Duration) {
+    raised(stop).await;
+    tokio::time::sleep(grace).await;
+}
+
+/// How long a stop waits for the active instance's last flush and
+/// checkpoint before it leaves without them (a stop must fit in 10 s,
+/// the lease release included).
+const STOP_GRACE: Duration = Duration::from_secs(7);
+
+/// The longest one step of the active instance may take (a flush, a
+/// finalization, a recovery); past it the step counts as failed.
+const STEP_LIMIT: Duration = Duration::from_secs(300);
+
+/// The active instance gave up: a failure persisted past `give_up_after`.
+#[derive(Debug)]
+pub struct GaveUp {
+    pub seconds: u64,
+}
+
+impl std::fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "gave up after failing for {} s (--give-up-after)",
+            self.seconds
+        )
+    }
+}
+
+impl std::error::Error for GaveUp {}
+
+/// The longest a start (or a start again after a failure) may take: it
+/// reads the whole window (about a minute at 2,000 users on SecantusDB).
+/// Below the 10 minutes after which `/healthz` reports a stalled loop.
+const START_LIMIT: Duration = Duration::from_secs(540);
+
+/// A step (or a start) that did not finish within its limit.
+#[derive(Debug)]
+struct StepTimedOut(Duration);
+
+impl std::fmt::Display for StepTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no progress within {} s", self.0.as_secs())
+    }
+}
+
+impl std::error::Error for StepTimedOut {}
+
+/// The active instance's failures in a row: each is counted and retried
+/// after a growing pause; one that lasts `give_up_after` ends the service.
+struct Failures {
+    since: Option<Instant>,
+    in_a_row: u32,
+    give_up_after: Duration,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Failures {
+    fn new(opts: &RunOptions) -> Failures {
+        Failures {
+            since: None,
+            in_a_row: 0,
+            give_up_after: opts.give_up_after,
+            telemetry: opts.telemetry.clone(),
+        }
+    }
+
+    fn cleared(&mut self) {
+        self.since = None;
+        self.in_a_row = 0;
+    }
+
+    /// Counts `e`; the pause before the next try, or [`GaveUp`].
+    fn failed(&mut self, e: anyhow::Error, what: &str) -> Result<Duration> {
+        let cause = failure_cause(&e);
+        self.telemetry.write_failure(cause);
+        let since = *self.since.get_or_insert_with(Instant::now);
+        self.in_a_row += 1;
+        let error = store::redact_uri(&format!("{e:#}"));
+        if since.elapsed() >= self.give_up_after {
+            let seconds = self.give_up_after.as_secs();
+            error!(%error, cause = cause.as_str(), failures = self.in_a_row, seconds, "Giving up: {what} kept failing; exiting so that a supervisor restarts tally.");
+            return Err(e.context(GaveUp { seconds }));
+        }
+        let backoff = Duration::from_millis(100 * 2_u64.pow(self.in_a_row.min(7)))
+            .min(Duration::from_secs(10));
+        warn!(%error, cause = cause.as_str(), failures = self.in_a_row, backoff_ms = backoff.as_millis() as u64, "{what} failed; retrying.");
+        Ok(backoff)
+    }
+}
+
+fn failure_cause(e: &anyhow::Error) -> Failure {
+    if lease::is_timeout(e) || e.chain().any(|c| c.is::<StepTimedOut>()) {
+        Failure::Timeout
+    } else if is_transient(e) {
+        Failure::Unavailable
+    } else if e
+        .chain()
+        .any(|c| c.is::<mongodb::error::Error>() || c.is::<store::WriteErrors>())
+    {
+        Failure::ServerError
+    } else {
+        Failure::Other
+    }
+}
+
+/// While standing by: tells the health endpoints the process is alive and
+/// whether the server answers (a standby is ready when it could take over).
+async fn standby_heartbeat(db: Database, telemetry: Arc<Telemetry>) {
+    loop {
+        let connected = db.run_command(doc! { "ping": 1 }).await.is_ok();
+        telemetry.turn(connected);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The active instance's work, until `stop` (flush and checkpoint, then
+/// `Ok`). A failed step is counted and retried: one the server's absence
+/// explains keeps the work in memory and reopens the stream; any other
+/// starts the work again from what the store holds (the checkpoint and the
+/// stored documents: the same path as a restart after `kill -9`). Ends
+/// with [`GaveUp`] once failures persist for `give_up_after`, and with
+/// [`LostLease`] when a fenced write finds the lease gone.
+async fn lead(
+    db: Database,
+    opts: RunOptions,
+    fence: Fence,
+    stop: &Arc<AtomicBool>,
+) -> Result<Counters> {
+    let mut failures = Failures::new(&opts);
+    // Set when the server went away: starting again is a recovery by
+    // reconnecting (counted like a reopened stream).
+    let mut after_outage = false;
+    'term: loop {
+        let started = Tailer::start(db.clone(), opts.clone(), Some(fence.clone()), stop.clone());
+        let started = match tokio::time::timeout(START_LIMIT, started).await {
+            Ok(r) => r,
+            Err(_) => Err(StepTimedOut(START_LIMIT).into()),
+        };
+        let mut tailer = match started {
+            Ok(t) => {
+                if std::mem::take(&mut after_outage) {
+                    opts.telemetry.recovery(Recovery::Reconnect);
+                }
+                t
+            }
+            Err(e) if lease::is_lost(&e) => return Err(e),
+            Err(e) => {
+                let away = is_transient(&e);
+                after_outage |= away;
+                // Alive, not ready, while failing.
+                opts.telemetry.turn(false);
+                if e.chain().any(|c| c.is::<StepTimedOut>()) {
+                    fence.abort_open().await;
+                }
+                let backoff = failures.failed(e, "Starting")?;
+                pause(backoff, stop).await;
+                if stop.load(Ordering::SeqCst) {
+                    return Ok(Counters::default());
+                }
+                continue 'term;
+            }
+        };
+        while !stop.load(Ordering::SeqCst) {
+            tailer.opts.telemetry.turn(tailer.stream.is_some());
+            let saves = tailer.saves;
+            let step = match tokio::time::timeout(STEP_LIMIT, tailer.step()).await {
+                Ok(r) => r,
+                Err(_) => Err(StepTimedOut(STEP_LIMIT).into()),
+            };
+            let e = match step {
+                Ok(()) => {
+                    // Progress is a checkpoint stored with the stream open;
+                    // a turn that only did not fail does not end a streak
+                    // (a flush that keeps failing, a stream that cannot
+                    // open, would never give up).
+                    if tailer.stream.is_some() && tailer.saves > saves {
+                        failures.cleared();
+                    }
+                    continue;
+                }
+                Err(e) if lease::is_lost(&e) => return Err(e),
+                Err(e) => e,
+            };
+            let transient = is_transient(&e);
+            if transient {
+                tailer.counters.reconnects += 1;
+                tailer.stream = None;
+            }
+            // Not ready while failing.
+            tailer.opts.telemetry.turn(false);
+            if e.chain().any(|c| c.is::<StepTimedOut>()) {
+                fence.abort_open().await;
+            }
+            let backoff = failures.failed(e, "A step")?;
+            pause(backoff, stop).await;
+            if !transient {
+                // State in memory may be half-updated: start again from
+                // the store, exactly as after a crash — or, on a stop,
+                // write nothing more (the events since the checkpoint
+                // replay on the next start).
+                if stop.load(Ordering::SeqCst) {
+                    warn!("Stopped without the last flush after a failure; the events since the stored checkpoint replay on the next start.");
+                    return Ok(tailer.counters);
+                }
+                continue 'term;
+            }
+        }
+        return tailer.finish().await;
+    }
+}
+
+/// Sleeps `d`, or less once `stop` is set.
+pub(super) async fn pause(d: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + d;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+        tokio::time::sleep(
+            Duration::from_millis(100).min(until.saturating_duration_since(Instant::now())),
+        )
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calendar::Calendar;
+
+    #[test]
+    fn failures_back_off_and_give_up_only_once_they_persisted() {
+        let mut opts = RunOptions::new(Calendar::from_name("UTC").unwrap());
+        opts.give_up_after = Duration::from_millis(300);
+        let telemetry = opts.telemetry.clone();
+        let mut failures = Failures::new(&opts);
+        let first = failures.failed(anyhow::anyhow!("boom"), "A step").unwrap();
+        let second = failures.failed(anyhow::anyhow!("boom"), "A step").unwrap();
+        assert!(second > first, "{second:?} > {first:?}");
+        for _ in 0..20 {
+            let _ = failures.failed(anyhow::anyhow!("boom"), "A step");
+        }
+        assert_eq!(
+            failures.failed(anyhow::anyhow!("boom"), "A step").ok(),
+            Some(Duration::from_secs(10)),
+            "the pause is capped at 10 s"
+        );
+        // A success clears the streak: the give-up clock starts again.
+        failures.cleared();
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(failures.failed(anyhow::anyhow!("boom"), "A step").is_ok());
+        std::thread::sleep(Duration::from_millis(350));
+        let e = failures
+            .failed(anyhow::anyhow!("boom"), "A step")
+            .expect_err("persisted past give_up_after");
+        assert!(e.downcast_ref::<GaveUp>().is_some(), "{e:#}");
+        let other = telemetry.write_failures.values();
+        assert!(
+            other.contains(&([Failure::Other.as_str()], 25)),
+            "every failure is counted: {other:?}"
+        );
+    }
+
+    #[test]
+    fn failures_are_counted_by_cause() {
+        let timed_out = anyhow::Error::from(lease::TimedOut("renewing the lease"));
+        assert_eq!(failure_cause(&timed_out), Failure::Timeout);
+        let step = anyhow::Error::from(StepTimedOut(STEP_LIMIT)).context("flushing");
+        assert_eq!(failure_cause(&step), Failure::Timeout);
+        assert_eq!(failure_cause(&anyhow::anyhow!("a bug")), Failure::Other);
+    }
+}
