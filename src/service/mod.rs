@@ -27,6 +27,7 @@
 //! events left to do: the one set a flush consumes), [`event`] (change
 //! events read in place).
 
+pub mod backend;
 mod event;
 mod options;
 mod run;
@@ -35,4 +36,4 @@ mod work;
 
 pub use event::Event;
 pub use options::{Clock, Counters, RunOptions};
-pub use run::{run, GaveUp};
+pub use run::{lead_unfenced, run, GaveUp};

@@ -10,10 +10,14 @@ use crate::schedule::Schedule;
 use crate::telemetry::Telemetry;
 
 /// The service's notion of now: real time, optionally shifted (tests and
-/// demos start the clock at a chosen instant; it then runs at real speed).
+/// demos start the clock at a chosen instant; it then runs at real speed),
+/// or tokio's clock (a simulation with paused time: the service's days and
+/// its timers then move together, as fast as the simulation runs).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Clock {
     offset: chrono::Duration,
+    /// Follows tokio's clock from (its instant, the time it stood for).
+    runtime: Option<(tokio::time::Instant, DateTime<Utc>)>,
 }
 
 impl Clock {
@@ -24,16 +28,32 @@ impl Clock {
     pub fn starting_at(t: DateTime<Utc>) -> Clock {
         Clock {
             offset: t - Utc::now(),
+            runtime: None,
+        }
+    }
+
+    /// Reads `t` now and moves with tokio's clock (paused in simulations).
+    pub fn of_runtime(t: DateTime<Utc>) -> Clock {
+        Clock {
+            offset: chrono::Duration::zero(),
+            runtime: Some((tokio::time::Instant::now(), t)),
         }
     }
 
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + self.offset
+        match self.runtime {
+            Some((at, t)) => t + chrono::Duration::from_std(at.elapsed()).unwrap_or_default(),
+            None => Utc::now() + self.offset,
+        }
     }
 
     /// The real time at which this clock reads `t`.
     pub fn to_real(&self, t: DateTime<Utc>) -> DateTime<Utc> {
-        t - self.offset
+        match self.runtime {
+            // Server times in a simulation are the simulation's.
+            Some(_) => t,
+            None => t - self.offset,
+        }
     }
 }
 

@@ -3,13 +3,16 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use anyhow::Result;
 use bson::doc;
 use mongodb::Database;
 use tracing::{error, info, warn};
 
+use super::backend::{Backend, Mongo};
 use super::options::{Counters, RunOptions};
 use super::tailer::Tailer;
 use crate::errors::is_transient;
@@ -58,7 +61,7 @@ pub async fn run(
         // in: its writes would be refused anyway), and at the latest
         // STOP_GRACE after a stop.
         let result = tokio::select! {
-            r = lead(db.clone(), opts.clone(), fence.clone(), &stop) => r,
+            r = lead(Mongo(db.clone()), opts.clone(), Some(fence.clone()), &stop) => r,
             () = raised(&lost) => Err(LostLease { token: fence.token }.into()),
             () = stopped_for(&stop, STOP_GRACE) => {
                 warn!("Stopped without the last checkpoint: the last flush did not finish in time; the events since the stored checkpoint replay on the next start.");
@@ -226,10 +229,10 @@ async fn standby_heartbeat(db: Database, telemetry: Arc<Telemetry>) {
 /// stored documents: the same path as a restart after `kill -9`). Ends
 /// with [`GaveUp`] once failures persist for `give_up_after`, and with
 /// [`LostLease`] when a fenced write finds the lease gone.
-async fn lead(
-    db: Database,
+async fn lead<B: Backend + Clone>(
+    backend: B,
     opts: RunOptions,
-    fence: Fence,
+    fence: Option<Fence>,
     stop: &Arc<AtomicBool>,
 ) -> Result<Counters> {
     let mut failures = Failures::new(&opts);
@@ -237,7 +240,7 @@ async fn lead(
     // reconnecting (counted like a reopened stream).
     let mut after_outage = false;
     'term: loop {
-        let started = Tailer::start(db.clone(), opts.clone(), Some(fence.clone()), stop.clone());
+        let started = Tailer::start(backend.clone(), opts.clone(), fence.clone(), stop.clone());
         let started = match tokio::time::timeout(START_LIMIT, started).await {
             Ok(r) => r,
             Err(_) => Err(StepTimedOut(START_LIMIT).into()),
@@ -256,7 +259,7 @@ async fn lead(
                 // Alive, not ready, while failing.
                 opts.telemetry.turn(false);
                 if e.chain().any(|c| c.is::<StepTimedOut>()) {
-                    fence.abort_open().await;
+                    abort_open(&fence).await;
                 }
                 let backoff = failures.failed(e, "Starting")?;
                 pause(backoff, stop).await;
@@ -295,7 +298,7 @@ async fn lead(
             // Not ready while failing.
             tailer.opts.telemetry.turn(false);
             if e.chain().any(|c| c.is::<StepTimedOut>()) {
-                fence.abort_open().await;
+                abort_open(&fence).await;
             }
             let backoff = failures.failed(e, "A step")?;
             pause(backoff, stop).await;
@@ -313,6 +316,25 @@ async fn lead(
         }
         return tailer.finish().await;
     }
+}
+
+/// Aborts the transaction a dropped step may have left open.
+async fn abort_open(fence: &Option<Fence>) {
+    if let Some(f) = fence {
+        f.abort_open().await;
+    }
+}
+
+/// The active instance's loop — start, steps, failures and their retries,
+/// the last flush of a stop — on any [`Backend`], without a lease: what
+/// `tests/simulation.rs` runs against an in-memory server. Ends when `stop`
+/// is set (or with [`GaveUp`]).
+pub async fn lead_unfenced<B: Backend + Clone>(
+    backend: B,
+    opts: RunOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<Counters> {
+    lead(backend, opts, None, &stop).await
 }
 
 /// Sleeps `d`, or less once `stop` is set.

@@ -4,47 +4,42 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use tokio::time::Instant;
+
+use anyhow::Result;
 use bson::oid::ObjectId;
-use bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
+use bson::{Bson, RawDocumentBuf, Timestamp};
 use chrono::{DateTime, Days, NaiveDate, Utc};
-use futures::TryStreamExt;
 use mongodb::change_stream::event::{OperationType, ResumeToken};
-use mongodb::change_stream::ChangeStream;
-use mongodb::options::{FullDocumentBeforeChangeType, FullDocumentType};
-use mongodb::Database;
 use tracing::{error, info, warn};
 
+use super::backend::{Backend, Changes, Watch};
 use super::event::Event;
 use super::options::{Counters, RunOptions};
 use super::run::pause;
 use super::work::Work;
-use crate::batch;
 use crate::calendar::{first_of_month, last_of_month};
 use crate::errors::{command_code, is_history_lost};
 use crate::inject;
 use crate::lease::{self, Fence};
 use crate::live::Live;
 use crate::reports::Kind;
-use crate::scan::{
-    load_categories, load_reject_keys, reject_key, scan_since_with, Difference, DocChange, Focus,
-    Range,
-};
+use crate::scan::{reject_key, Difference, DocChange, Focus, Range};
 use crate::schedule;
 use crate::source::{decode_pocket, decode_transaction, SourceId};
-use crate::state::{self, Checkpoint, Claim};
+use crate::state::{Checkpoint, Claim};
 use crate::store::{self, Write, POCKETS, TRANSACTIONS};
 use crate::telemetry::{Recovery, WriteMix};
 
-pub(super) struct Tailer {
-    db: Database,
+pub(super) struct Tailer<B: Backend> {
+    backend: B,
     pub(super) opts: RunOptions,
     checkpoint: Checkpoint,
     /// Proof of the lease: every write goes behind it (`None`: unfenced).
     fence: Option<Fence>,
-    pub(super) stream: Option<ChangeStream<RawDocumentBuf>>,
+    pub(super) stream: Option<B::Changes>,
     /// Token after the last event handled (not yet necessarily flushed).
     token: Option<ResumeToken>,
     /// Every user's inputs over the open window, and stored fingerprints.
@@ -77,23 +72,23 @@ pub(super) struct Tailer {
 /// (`Location40415`: an unknown field of `$changeStream`).
 const UNKNOWN_FIELD: i32 = 40415;
 
-impl Tailer {
+impl<B: Backend> Tailer<B> {
     pub(super) async fn start(
-        db: Database,
+        backend: B,
         opts: RunOptions,
         fence: Option<Fence>,
         stop: Arc<AtomicBool>,
-    ) -> Result<Tailer> {
-        for line in store::init(&db, false, opts.pre_images).await? {
+    ) -> Result<Tailer<B>> {
+        for line in backend.init(opts.pre_images).await? {
             if line.starts_with("suggestion") {
                 warn!("{line}");
             }
         }
-        let mut checkpoint = state::load_checkpoint(&db).await?;
+        let mut checkpoint = backend.load_checkpoint().await?;
         let now = opts.clock.now();
         let today = opts.cal.day_of(now);
         let mut tailer = Tailer {
-            db,
+            backend,
             checkpoint: Checkpoint::default(),
             fence,
             stream: None,
@@ -133,7 +128,7 @@ impl Tailer {
         tailer.token = tailer.checkpoint.resume_token.clone();
         tailer.load_live().await?;
         inject::point("start.loaded")?;
-        tailer.known_rejects = load_reject_keys(&tailer.db).await?;
+        tailer.known_rejects = tailer.backend.load_reject_keys().await?;
         let now = tailer.opts.clock.now();
         let settle = chrono::Duration::from_std(tailer.opts.settle).unwrap_or_default();
         for (user, since) in tailer.checkpoint.pending.clone() {
@@ -148,13 +143,10 @@ impl Tailer {
         inject::point("start.planned")?;
         if let Err(e) = tailer.open_stream().await {
             // Down longer than the server's history: the stored token is gone.
-            match e.downcast_ref::<mongodb::error::Error>() {
-                Some(m) if is_history_lost(m) => {
-                    let m = m.clone();
-                    tailer.recover_history_lost(&m).await?;
-                }
-                _ => return Err(e),
+            if !history_lost(&e) {
+                return Err(e);
             }
+            tailer.recover_history_lost(&e).await?;
         }
         info!(
             time_zone = tailer.opts.cal.name(),
@@ -170,15 +162,7 @@ impl Tailer {
     }
 
     async fn operation_time(&self) -> Result<Timestamp> {
-        let reply = self
-            .db
-            .run_command(doc! { "ping": 1 })
-            .await
-            .context("asking the server for its time")?;
-        reply
-            .get_timestamp("operationTime")
-            .or_else(|_| reply.get_document("$clusterTime").and_then(|c| c.get_timestamp("clusterTime")))
-            .context("the server reports no operationTime: a replica set (or SecantusDB) is required for change streams")
+        self.backend.operation_time().await
     }
 
     async fn backfill_window(&mut self, from: NaiveDate) -> Result<()> {
@@ -189,16 +173,11 @@ impl Tailer {
             to,
             kinds: Kind::ALL.to_vec(),
         };
-        let s = batch::backfill_fenced(
-            &self.db,
-            self.opts.cal,
-            range,
-            now,
-            false,
-            self.fence.clone(),
-        )
-        .await?;
-        self.counters.documents_written += s.writes.changed();
+        let changed = self
+            .backend
+            .backfill(self.opts.cal, range, now, self.fence.clone())
+            .await?;
+        self.counters.documents_written += changed;
         Ok(())
     }
 
@@ -215,7 +194,7 @@ impl Tailer {
             self.opts.cal,
             from,
             managed_from,
-            load_categories(&self.db).await?,
+            self.backend.load_categories().await?,
         );
         let focus = Focus {
             reports_open_from: Some(self.reports_open_from(today)),
@@ -223,21 +202,21 @@ impl Tailer {
             ..Focus::default()
         };
         let range = self.window(live.open_from(), today);
-        scan_since_with(
-            &self.db,
-            self.opts.cal,
-            range,
-            now,
-            from,
-            managed_from,
-            focus,
-            |r| {
-                if let (Some(user), Some(kept)) = (r.user, r.kept) {
-                    live.insert(user, kept);
-                }
-            },
-        )
-        .await?;
+        self.backend
+            .scan(
+                self.opts.cal,
+                range,
+                now,
+                from,
+                managed_from,
+                focus,
+                &mut |r| {
+                    if let (Some(user), Some(kept)) = (r.user, r.kept) {
+                        live.insert(user, kept);
+                    }
+                },
+            )
+            .await?;
         info!(
             from = %from,
             users = live.user_count(),
@@ -267,35 +246,28 @@ impl Tailer {
     }
 
     async fn open_stream(&mut self) -> Result<()> {
-        let pipeline = [doc! { "$match": { "ns.coll": { "$in": [TRANSACTIONS, POCKETS] } } }];
-        let mut watch = self
-            .db
-            .watch()
-            .pipeline(pipeline.clone())
-            .full_document(FullDocumentType::UpdateLookup)
-            .max_await_time(Duration::from_millis(200));
-        if self.pre_images {
-            watch = watch.full_document_before_change(FullDocumentBeforeChangeType::WhenAvailable);
-        }
-        watch = match (&self.token, self.checkpoint.start_at) {
-            (Some(t), _) => watch.resume_after(t.clone()),
-            (None, Some(ts)) => watch.start_at_operation_time(ts),
-            (None, None) => watch,
+        let watch = Watch {
+            resume_after: self.token.clone(),
+            start_at: self.checkpoint.start_at,
+            pre_images: self.pre_images,
         };
-        match watch.await {
+        match self.backend.watch(watch).await {
             Ok(s) => {
-                // Events stay raw: `Event::from_raw` reads the fields in
-                // place and materializes only the documents it decodes.
-                self.stream = Some(s.with_type::<RawDocumentBuf>());
+                self.stream = Some(s);
                 self.opened_at = Some(self.opts.clock.now());
                 Ok(())
             }
-            Err(e) if self.pre_images && command_code(&e) == Some(UNKNOWN_FIELD) => {
+            Err(e)
+                if self.pre_images
+                    && e.downcast_ref::<mongodb::error::Error>()
+                        .and_then(command_code)
+                        == Some(UNKNOWN_FIELD) =>
+            {
                 warn!(error = %e, "Server refuses pre-images in change streams; following without them.");
                 self.pre_images = false;
                 Box::pin(self.open_stream()).await
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 
@@ -304,7 +276,9 @@ impl Tailer {
     async fn plan_steps(&mut self, now: DateTime<Utc>) -> Result<()> {
         self.next_steps.clear();
         for kind in Kind::ALL {
-            let done = state::last_finalized(&self.db, kind.cli_name())
+            let done = self
+                .backend
+                .last_finalized(kind)
                 .await?
                 .inspect(|(p, at)| self.opts.telemetry.schedule_last(kind, *p, *at))
                 .map(|(p, _)| p);
@@ -338,16 +312,17 @@ impl Tailer {
 
     async fn run_step(&mut self, kind: Kind, period: NaiveDate) -> Result<()> {
         let now = self.opts.clock.now();
-        let claim = state::claim(
-            &self.db,
-            kind.cli_name(),
-            period,
-            &self.opts.owner,
-            now,
-            chrono::Duration::minutes(10),
-            self.fence.as_ref(),
-        )
-        .await?;
+        let claim = self
+            .backend
+            .claim(
+                kind,
+                period,
+                &self.opts.owner,
+                now,
+                chrono::Duration::minutes(10),
+                self.fence.as_ref(),
+            )
+            .await?;
         inject::point("finalize.claimed")?;
         if kind == Kind::Report {
             // Whoever runs it, the day's reports are final from now on.
@@ -371,29 +346,30 @@ impl Tailer {
             closed_only = closed;
             replaced + closed
         } else {
-            let documents = schedule::finalize(
-                &self.db,
-                self.opts.cal,
-                kind,
-                period,
-                now,
-                self.managed_from(),
-                self.fence.as_ref(),
-            )
-            .await?;
+            let documents = self
+                .backend
+                .finalize(
+                    self.opts.cal,
+                    kind,
+                    period,
+                    now,
+                    self.managed_from(),
+                    self.fence.as_ref(),
+                )
+                .await?;
             self.opts.telemetry.written_to(kind, documents);
             documents
         };
         inject::point("finalize.written")?;
-        state::finish(
-            &self.db,
-            kind.cli_name(),
-            period,
-            documents,
-            self.opts.clock.now(),
-            self.fence.as_ref(),
-        )
-        .await?;
+        self.backend
+            .finish(
+                kind,
+                period,
+                documents,
+                self.opts.clock.now(),
+                self.fence.as_ref(),
+            )
+            .await?;
         inject::point("finalize.recorded")?;
         self.counters.finalizations += 1;
         if kind == Kind::Monthly {
@@ -463,8 +439,10 @@ impl Tailer {
         let replaced = stats.changed();
         let mut closed = 0;
         for period in closes.iter().map(|(_, p, _)| *p).collect::<BTreeSet<_>>() {
-            closed +=
-                schedule::mark_final(&self.db, kind, period, now, self.fence.as_ref()).await?;
+            closed += self
+                .backend
+                .mark_final(kind, period, now, self.fence.as_ref())
+                .await?;
         }
         self.live.record(&closes);
         self.opts.telemetry.written_to(kind, closed);
@@ -486,7 +464,7 @@ impl Tailer {
         let users: HashSet<ObjectId> = writes.iter().map(|(u, _, _)| *u).collect();
         let writes: Vec<Write> = writes.into_iter().map(|(_, _, w)| w).collect();
         let mix = WriteMix::of(&writes);
-        let result = store::execute(&self.db, writes, self.fence.as_ref()).await;
+        let result = self.backend.execute(writes, self.fence.as_ref()).await;
         if let Ok(stats) = &result {
             self.opts.telemetry.written(&mix, stats);
         }
@@ -548,7 +526,7 @@ impl Tailer {
                     self.backoff = Duration::from_millis(100);
                     break;
                 }
-                Err(e) if is_history_lost(&e) => {
+                Err(e) if history_lost(&e) => {
                     self.recover_history_lost(&e).await?;
                     break;
                 }
@@ -613,21 +591,16 @@ impl Tailer {
                 );
                 Ok(())
             }
-            Err(e) => match e.downcast_ref::<mongodb::error::Error>() {
-                Some(m) if is_history_lost(m) => {
-                    let m = m.clone();
-                    self.recover_history_lost(&m).await
-                }
-                // Counted and retried by the caller (`lead`): in place when
-                // the server is away, from the stored state otherwise.
-                _ => Err(e.context("reopening the change stream")),
-            },
+            Err(e) if history_lost(&e) => self.recover_history_lost(&e).await,
+            // Counted and retried by the caller (`lead`): in place when
+            // the server is away, from the stored state otherwise.
+            Err(e) => Err(e.context("reopening the change stream")),
         }
     }
 
     /// The stored token is older than the server's history: recompute the
     /// window from the source, then stream from a fresh operation time.
-    async fn recover_history_lost(&mut self, e: &mongodb::error::Error) -> Result<()> {
+    async fn recover_history_lost(&mut self, e: &anyhow::Error) -> Result<()> {
         self.counters.history_lost += 1;
         self.opts.telemetry.recovery(Recovery::HistoryLost);
         error!(error = %e, recoveries = self.counters.history_lost, "Change stream history lost: recomputing the window from the source.");
@@ -637,7 +610,7 @@ impl Tailer {
         // The store now holds the window recomputed from the source; memory
         // must too, or later flushes would build from stale ledgers.
         self.load_live().await?;
-        self.known_rejects = load_reject_keys(&self.db).await?;
+        self.known_rejects = self.backend.load_reject_keys().await?;
         inject::point("recover.loaded")?;
         self.work.dirty.clear();
         self.work.locate.clear();
@@ -872,43 +845,8 @@ impl Tailer {
         // Days a transaction counted on (its old day: a floor, SPEC §4), and
         // owners of a pocket. A pocket listed on a day says nothing about
         // which days its change touches: its owners are dirty, no floor.
-        let mut found: HashMap<String, Vec<(ObjectId, NaiveDate)>> = HashMap::new();
-        let mut owners: HashMap<String, HashSet<ObjectId>> = HashMap::new();
-        let reports = self.db.collection::<Document>(Kind::Report.collection());
-        let filter = doc! { "$or": [
-            { "transactions_by_pocket.transactions.transaction_id": { "$in": ids.clone() } },
-            { "transactions_by_pocket.pocket_id": { "$in": ids.clone() } },
-        ] };
-        let mut cursor = reports
-            .find(filter)
-            .projection(doc! { "user_id": 1, "report_date": 1, "transactions_by_pocket.pocket_id": 1, "transactions_by_pocket.transactions.transaction_id": 1 })
-            .await?;
-        while let Some(r) = cursor.try_next().await? {
-            let (Ok(user), Ok(day)) = (r.get_object_id("user_id"), r.get_datetime("report_date"))
-            else {
-                continue;
-            };
-            let day = crate::calendar::label_date(*day);
-            for p in r
-                .get_array("transactions_by_pocket")
-                .map(|a| a.as_slice())
-                .unwrap_or(&[])
-            {
-                let Some(p) = p.as_document() else { continue };
-                if let Some(pid) = p.get("pocket_id") {
-                    owners.entry(pid.to_string()).or_default().insert(user);
-                }
-                for t in p
-                    .get_array("transactions")
-                    .map(|a| a.as_slice())
-                    .unwrap_or(&[])
-                {
-                    if let Some(tid) = t.as_document().and_then(|t| t.get("transaction_id")) {
-                        found.entry(tid.to_string()).or_default().push((user, day));
-                    }
-                }
-            }
-        }
+        let located = self.backend.locate(ids).await?;
+        let (found, owners) = (located.transactions, located.pockets);
         let from = self.managed_from();
         for (id, known_user) in std::mem::take(&mut self.work.locate) {
             let key = id.to_string();
@@ -983,7 +921,7 @@ impl Tailer {
             let users: Vec<ObjectId> = deep.iter().copied().collect();
             let mut first = HashMap::new();
             for chunk in users.chunks(500) {
-                first.extend(store::first_stored_days(&self.db, chunk).await?);
+                first.extend(self.backend.first_stored_days(chunk).await?);
             }
             for user in &deep {
                 let from = first
@@ -1027,24 +965,26 @@ impl Tailer {
                     keep_from: Some(self.live.from()),
                 };
                 let live = &self.live;
-                let rejects = scan_since_with(
-                    &self.db,
-                    self.opts.cal,
-                    range,
-                    now,
-                    since,
-                    managed_from,
-                    focus,
-                    |r| {
-                        if let Some(user) = r.user {
-                            if let Some(kept) = r.kept {
-                                live.insert(user, kept);
+                let per_user = &mut per_user;
+                let rejects = self
+                    .backend
+                    .scan(
+                        self.opts.cal,
+                        range,
+                        now,
+                        since,
+                        managed_from,
+                        focus,
+                        &mut |r| {
+                            if let Some(user) = r.user {
+                                if let Some(kept) = r.kept {
+                                    live.insert(user, kept);
+                                }
+                                per_user.push((user, r.changes));
                             }
-                            per_user.push((user, r.changes));
-                        }
-                    },
-                )
-                .await?;
+                        },
+                    )
+                    .await?;
                 self.work
                     .verdicts
                     .extend(rejects.into_iter().map(|(c, id, r)| (c, id, Some(r))));
@@ -1089,9 +1029,9 @@ impl Tailer {
                 None => {}
             }
         }
-        store::record_rejects(&self.db, &rejects, now).await?;
+        self.backend.record_rejects(&rejects, now).await?;
         inject::point("rejects.recorded")?;
-        store::clear_rejects(&self.db, &corrected).await?;
+        self.backend.clear_rejects(&corrected).await?;
         for (key, (_, _, verdict)) in last {
             match verdict {
                 Some(_) => self.known_rejects.insert(key),
@@ -1204,13 +1144,9 @@ impl Tailer {
                 self.checkpoint.resume_token = Some(t.clone());
             }
         }
-        state::save_checkpoint(
-            &self.db,
-            &self.checkpoint,
-            self.opts.clock.now(),
-            self.fence.as_ref(),
-        )
-        .await?;
+        self.backend
+            .save_checkpoint(&self.checkpoint, self.opts.clock.now(), self.fence.as_ref())
+            .await?;
         inject::point("checkpoint.saved")?;
         self.opts.telemetry.checkpoint_saved();
         self.saves += 1;
@@ -1219,7 +1155,7 @@ impl Tailer {
     }
 }
 
-impl Tailer {
+impl<B: Backend> Tailer<B> {
     /// The last flush and checkpoint of a stop, within [`SHUTDOWN_WRITES`].
     /// A server that is away now loses nothing: the events after the
     /// stored checkpoint replay on the next start and recompute the same
@@ -1253,3 +1189,9 @@ impl Tailer {
 /// How long a stop waits for its last flush and checkpoint (the whole stop
 /// must fit in 10 s, the server selection timeout is 5 s).
 const SHUTDOWN_WRITES: Duration = Duration::from_secs(6);
+
+/// Whether `e` says the stream's history no longer holds its start.
+fn history_lost(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<mongodb::error::Error>()
+        .is_some_and(is_history_lost)
+}

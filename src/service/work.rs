@@ -7,7 +7,9 @@
 //! again (recomputations are idempotent).
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bson::oid::ObjectId;
 use bson::Bson;
