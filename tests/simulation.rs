@@ -25,8 +25,8 @@
 //! failures that go away by themselves (ShutdownInProgress) and others
 //! (InternalError).
 //!
-//! `SIM_SEEDS=N` runs seeds 1..=N (default 150, about two minutes in a debug
-//! build on two cores), `SIM_SEED=S` one seed only. A seed replays exactly:
+//! `SIM_SEEDS=N` runs N seeds from `SIM_FIRST` (defaults 150 from 1: about two
+//! minutes in a debug build on two cores), `SIM_SEED=S` one seed only. A seed replays exactly:
 //! time is tokio's paused clock, every choice comes from the seed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -84,7 +84,10 @@ struct World {
     outputs: BTreeMap<(Kind, ObjectId, NaiveDate), Document>,
     checkpoint: Checkpoint,
     rejects: BTreeMap<String, (&'static str, SourceId, RejectReason)>,
+    /// Periods finalized before the simulation (nothing due at its start).
     finalized: HashMap<Kind, NaiveDate>,
+    /// Finalization records: (kind, period) → (owner, done, runs claimed).
+    steps: BTreeMap<(Kind, NaiveDate), (String, bool, u32)>,
     pre_images: bool,
     /// Faults: ‰ of calls failing before their effect, and after it.
     fail_before: u64,
@@ -346,6 +349,24 @@ impl Memory {
         stored
     }
 
+    /// Computes `range` from the source and writes what differs (backfill,
+    /// and the steps done from the source); the documents changed.
+    fn recompute(w: &mut World, cal: &Calendar, range: &Range, now: DateTime<Utc>) -> u64 {
+        let today = cal.day_of(now);
+        let (users, _) = Memory::expected(w, cal, range, today, None);
+        let mut writes = Vec::new();
+        for (user, (_, _, _, docs)) in users {
+            let stored = Memory::stored_of(w, user, range);
+            writes.extend(
+                compare_user(user, docs, today, stored, now, cal.name())
+                    .into_iter()
+                    .map(|c| c.write),
+            );
+        }
+        let s = Memory::apply(w, writes);
+        s.inserted + s.updated + s.deleted
+    }
+
     fn apply(w: &mut World, writes: Vec<Write>) -> WriteStats {
         let mut stats = WriteStats::default();
         for write in writes {
@@ -528,22 +549,7 @@ impl Backend for Memory {
         _fence: Option<Fence>,
     ) -> Result<u64> {
         self.hop("backfill", false).await?;
-        let today = cal.day_of(now);
-        let changed = {
-            let mut w = self.lock();
-            let (users, _) = Memory::expected(&w, &cal, &range, today, None);
-            let mut writes = Vec::new();
-            for (user, (_, _, _, docs)) in users {
-                let stored = Memory::stored_of(&w, user, &range);
-                writes.extend(
-                    compare_user(user, docs, today, stored, now, cal.name())
-                        .into_iter()
-                        .map(|c| c.write),
-                );
-            }
-            let s = Memory::apply(&mut w, writes);
-            s.inserted + s.updated + s.deleted
-        };
+        let changed = Memory::recompute(&mut self.lock(), &cal, &range, now);
         self.hop("backfill", true).await?;
         Ok(changed)
     }
@@ -707,56 +713,115 @@ impl Backend for Memory {
 
     async fn last_finalized(&self, kind: Kind) -> Result<Option<(NaiveDate, DateTime<Utc>)>> {
         self.hop("last finalized", false).await?;
-        Ok(self
-            .lock()
-            .finalized
-            .get(&kind)
-            .map(|p| (*p, self.clock.now())))
+        let w = self.lock();
+        let done = w
+            .steps
+            .iter()
+            .filter(|((k, _), (_, done, _))| *k == kind && *done)
+            .map(|((_, p), _)| *p)
+            .chain(w.finalized.get(&kind).copied())
+            .max();
+        Ok(done.map(|p| (p, self.clock.now())))
     }
 
     async fn claim(
         &self,
         kind: Kind,
         period: NaiveDate,
-        _: &str,
+        owner: &str,
         _: DateTime<Utc>,
         _: chrono::Duration,
         _: Option<&Fence>,
     ) -> Result<Claim> {
-        panic!("finalization is not simulated: {kind:?} {period} came due")
+        self.hop("claim", false).await?;
+        let claim = {
+            let mut w = self.lock();
+            let step = w
+                .steps
+                .entry((kind, period))
+                .or_insert_with(|| (owner.to_owned(), false, 0));
+            // One instance: its own claim, left by a crash or a failure,
+            // is still its own (`state::claim`).
+            if step.1 || step.0 != owner {
+                Claim::Taken
+            } else {
+                step.2 += 1;
+                Claim::Mine
+            }
+        };
+        self.hop("claim", true).await?;
+        Ok(claim)
     }
 
     async fn finish(
         &self,
-        _: Kind,
-        _: NaiveDate,
+        kind: Kind,
+        period: NaiveDate,
         _: u64,
         _: DateTime<Utc>,
         _: Option<&Fence>,
     ) -> Result<()> {
-        panic!("finalization is not simulated")
+        self.hop("finish", false).await?;
+        if let Some(step) = self.lock().steps.get_mut(&(kind, period)) {
+            step.1 = true;
+        }
+        self.hop("finish", true).await
     }
 
     async fn finalize(
         &self,
-        _: Calendar,
-        _: Kind,
+        cal: Calendar,
+        kind: Kind,
+        period: NaiveDate,
+        now: DateTime<Utc>,
         _: NaiveDate,
-        _: DateTime<Utc>,
-        _: NaiveDate,
-        _: Option<&Fence>,
+        fence: Option<&Fence>,
     ) -> Result<u64> {
-        panic!("finalization is not simulated")
+        if kind == Kind::Report {
+            return self.mark_final(kind, period, now, fence).await;
+        }
+        self.hop("finalize", false).await?;
+        let to = match kind {
+            Kind::Monthly => tally::calendar::last_of_month(period),
+            _ => period,
+        };
+        let range = Range {
+            from: period,
+            to,
+            kinds: vec![kind],
+        };
+        let changed = Memory::recompute(&mut self.lock(), &cal, &range, now);
+        self.hop("finalize", true).await?;
+        Ok(changed)
     }
 
     async fn mark_final(
         &self,
-        _: Kind,
-        _: NaiveDate,
-        _: DateTime<Utc>,
+        kind: Kind,
+        period: NaiveDate,
+        now: DateTime<Utc>,
         _: Option<&Fence>,
     ) -> Result<u64> {
-        panic!("finalization is not simulated")
+        self.hop("mark final", false).await?;
+        let changed = {
+            let mut w = self.lock();
+            let at = BsonDateTime::from_millis(now.timestamp_millis());
+            let mut changed = 0;
+            for ((k, _, p), d) in w.outputs.iter_mut() {
+                if *k == kind && *p == period && !d.get_bool(kind.final_field()).unwrap_or(false) {
+                    d.insert(kind.final_field(), true);
+                    d.insert("revision", revision(d) + 1);
+                    d.insert("updated_at", at);
+                    if kind == Kind::Report {
+                        d.insert("finalized_at", at);
+                    }
+                    changed += 1;
+                }
+            }
+            changed
+        };
+        self.hop("mark final", true).await?;
+        Ok(changed)
     }
 }
 
@@ -962,10 +1027,17 @@ async fn simulate(seed: u64) -> Result<Outcome> {
     let mut rng = Rng::new(seed);
     let cal = Calendar::from_name(["UTC", "America/New_York", "Asia/Tokyo"][rng.below(3) as usize])
         .expect("zone");
-    // Noon on a day of the year, in the simulation's time: no step comes due.
-    let start: DateTime<Utc> = cal
-        .day_start(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap() + Days::new(rng.below(300)))
-        + chrono::Duration::hours(12);
+    // 23:58 local on a day of the year (a month's last day one time in
+    // three): the night's three steps come due while the workload and the
+    // faults go on.
+    let day = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap() + Days::new(rng.below(364));
+    let day = if rng.chance(33) {
+        tally::calendar::last_of_month(day)
+    } else {
+        day
+    };
+    let start: DateTime<Utc> =
+        cal.day_start(tally::calendar::next_day(day)) - chrono::Duration::minutes(2);
     let clock = Clock::of_runtime(start);
     let memory = Memory {
         world: Arc::new(Mutex::new(World::default())),
@@ -1037,7 +1109,10 @@ async fn simulate(seed: u64) -> Result<Outcome> {
         w.fail_before = 0;
         w.fail_after = 0;
     }
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Past the night's last step (00:01) and the settle delay.
+    let night_over = start + chrono::Duration::minutes(5);
+    let wait = (night_over - clock.now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait.max(Duration::from_secs(30))).await;
     stop.store(true, Ordering::SeqCst);
     match service.await {
         Ok(Ok(_)) => {}
@@ -1091,6 +1166,22 @@ async fn simulate(seed: u64) -> Result<Outcome> {
             rejects.len()
         );
     }
+    // Each of the night's steps done, and run to the end once (a retry
+    // after a failure or a crash claims it again; it never ran twice after
+    // it was done).
+    let mut due = vec![(Kind::Report, day), (Kind::Snapshot, day)];
+    if day == tally::calendar::last_of_month(day) {
+        due.push((Kind::Monthly, first_of_month(day)));
+    }
+    for step in &due {
+        match w.steps.get(step) {
+            Some((_, true, _)) => {}
+            other => bail!("the step {step:?} is not done: {other:?}"),
+        }
+    }
+    if let Some(extra) = w.steps.keys().find(|k| !due.contains(k)) {
+        bail!("a step ran that was not due: {extra:?}");
+    }
     if let Some(id) = api.invalid.iter().find(|id| {
         !w.rejects
             .contains_key(&reject_key(TRANSACTIONS, &SourceId::Oid(**id)))
@@ -1121,11 +1212,13 @@ fn seeded_crashes_and_failures_between_any_two_awaits_converge() {
     let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
         Ok(s) => vec![s.parse().expect("SIM_SEED: a number")],
         Err(_) => {
-            let n: u64 = std::env::var("SIM_SEEDS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(150);
-            (1..=n).collect()
+            let var = |name: &str, default: u64| -> u64 {
+                std::env::var(name).ok().map_or(default, |v| {
+                    v.parse().unwrap_or_else(|_| panic!("{name}: a number"))
+                })
+            };
+            let first = var("SIM_FIRST", 1);
+            (first..first + var("SIM_SEEDS", 150)).collect()
         }
     };
     let started = std::time::Instant::now();
