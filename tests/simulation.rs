@@ -42,6 +42,7 @@ use mongodb::change_stream::event::ResumeToken;
 
 use tally::calendar::{first_of_month, label_date, Calendar};
 use tally::lease::Fence;
+use tally::lease::LostLease;
 use tally::ledger::{UserLedger, YtdBaseline};
 use tally::live::StoredMeta;
 use tally::money::Money;
@@ -50,7 +51,7 @@ use tally::scan::{compare_user, reject_key, Difference, Focus, Kept, Range, User
 use tally::schedule::Schedule;
 use tally::seed::Rng;
 use tally::service::backend::{Backend, Changes, Located, Rejects, Watch};
-use tally::service::{lead_unfenced, Clock, RunOptions};
+use tally::service::{run_with, Clock, RunOptions};
 use tally::source::{decode_pocket, decode_transaction, Pocket, RejectReason, SourceId};
 use tally::state::{Checkpoint, Claim};
 use tally::store::{Write, WriteStats};
@@ -86,8 +87,9 @@ struct World {
     rejects: BTreeMap<String, (&'static str, SourceId, RejectReason)>,
     /// Periods finalized before the simulation (nothing due at its start).
     finalized: HashMap<Kind, NaiveDate>,
-    /// Finalization records: (kind, period) → (owner, done, runs claimed).
-    steps: BTreeMap<(Kind, NaiveDate), (String, bool, u32)>,
+    /// Finalization records: (kind, period) → (owner, done, runs claimed,
+    /// lease token of the claim).
+    steps: BTreeMap<(Kind, NaiveDate), (String, bool, u32, i64)>,
     pre_images: bool,
     /// Faults: ‰ of calls failing before their effect, and after it.
     fail_before: u64,
@@ -99,6 +101,12 @@ struct World {
     /// window): older tokens meet ChangeStreamHistoryLost.
     history_from: usize,
     history_losses: u64,
+    lease: Option<Lease>,
+    /// Leaderships granted, and fenced writes refused (a deposed leader).
+    terms: u64,
+    refused: u64,
+    /// Instance → until when its calls stall (a pause or a cut network).
+    partitioned: HashMap<usize, tokio::time::Instant>,
 }
 
 /// A server error with `code`, as the driver builds it from a reply.
@@ -116,6 +124,16 @@ const HISTORY_LOST: i32 = 286;
 struct Memory {
     world: Arc<Mutex<World>>,
     clock: Clock,
+    /// Which instance's connection this is (partitions cut one off).
+    instance: usize,
+}
+
+/// The lease document.
+struct Lease {
+    owner: String,
+    token: i64,
+    expires: tokio::time::Instant,
+    released: bool,
 }
 
 fn key(id: &Bson) -> String {
@@ -135,6 +153,13 @@ impl Memory {
     /// here, and the call may fail.
     async fn hop(&self, what: &str, after: bool) -> Result<()> {
         tokio::task::yield_now().await;
+        loop {
+            let until = self.lock().partitioned.get(&self.instance).copied();
+            match until {
+                Some(t) if t > tokio::time::Instant::now() => tokio::time::sleep_until(t).await,
+                _ => break,
+            }
+        }
         let mut w = self.lock();
         w.calls += 1;
         let permille = if after { w.fail_after } else { w.fail_before };
@@ -158,6 +183,19 @@ impl Memory {
             return Err(server_error(code, &what));
         }
         Ok(())
+    }
+
+    /// Fenced writes prove the lease current ([`tally::lease::fenced`]):
+    /// a deposed leader's write is refused, nothing of it lands.
+    fn fenced(w: &mut World, fence: Option<&Fence>) -> Result<()> {
+        let Some(f) = fence else { return Ok(()) };
+        match &w.lease {
+            Some(l) if l.owner == f.owner && l.token == f.token && !l.released => Ok(()),
+            _ => {
+                w.refused += 1;
+                Err(LostLease { token: f.token }.into())
+            }
+        }
     }
 
     fn log(
@@ -525,10 +563,14 @@ impl Backend for Memory {
         &self,
         c: &Checkpoint,
         _now: DateTime<Utc>,
-        _fence: Option<&Fence>,
+        fence: Option<&Fence>,
     ) -> Result<()> {
         self.hop("save checkpoint", false).await?;
-        self.lock().checkpoint = c.clone();
+        {
+            let mut w = self.lock();
+            Memory::fenced(&mut w, fence)?;
+            w.checkpoint = c.clone();
+        }
         self.hop("save checkpoint", true).await
     }
 
@@ -546,10 +588,14 @@ impl Backend for Memory {
         cal: Calendar,
         range: Range,
         now: DateTime<Utc>,
-        _fence: Option<Fence>,
+        fence: Option<Fence>,
     ) -> Result<u64> {
         self.hop("backfill", false).await?;
-        let changed = Memory::recompute(&mut self.lock(), &cal, &range, now);
+        let changed = {
+            let mut w = self.lock();
+            Memory::fenced(&mut w, fence.as_ref())?;
+            Memory::recompute(&mut w, &cal, &range, now)
+        };
         self.hop("backfill", true).await?;
         Ok(changed)
     }
@@ -637,9 +683,13 @@ impl Backend for Memory {
         })
     }
 
-    async fn execute(&self, writes: Vec<Write>, _fence: Option<&Fence>) -> Result<WriteStats> {
+    async fn execute(&self, writes: Vec<Write>, fence: Option<&Fence>) -> Result<WriteStats> {
         self.hop("execute", false).await?;
-        let stats = Memory::apply(&mut self.lock(), writes);
+        let stats = {
+            let mut w = self.lock();
+            Memory::fenced(&mut w, fence)?;
+            Memory::apply(&mut w, writes)
+        };
         self.hop("execute", true).await?;
         Ok(stats)
     }
@@ -717,7 +767,7 @@ impl Backend for Memory {
         let done = w
             .steps
             .iter()
-            .filter(|((k, _), (_, done, _))| *k == kind && *done)
+            .filter(|((k, _), (_, done, _, _))| *k == kind && *done)
             .map(|((_, p), _)| *p)
             .chain(w.finalized.get(&kind).copied())
             .max();
@@ -731,22 +781,26 @@ impl Backend for Memory {
         owner: &str,
         _: DateTime<Utc>,
         _: chrono::Duration,
-        _: Option<&Fence>,
+        fence: Option<&Fence>,
     ) -> Result<Claim> {
         self.hop("claim", false).await?;
         let claim = {
             let mut w = self.lock();
+            let token = fence.map_or(0, |f| f.token);
             let step = w
                 .steps
                 .entry((kind, period))
-                .or_insert_with(|| (owner.to_owned(), false, 0));
-            // One instance: its own claim, left by a crash or a failure,
-            // is still its own (`state::claim`).
-            if step.1 || step.0 != owner {
-                Claim::Taken
-            } else {
+                .or_insert_with(|| (owner.to_owned(), false, 0, token));
+            // As `state::claim`: not once done; an owner's own claim (left
+            // by its failure or crash) is still its own, and a claim made
+            // under an older lease is taken over at once.
+            if !step.1 && (step.0 == owner || step.3 < token) {
+                step.0 = owner.to_owned();
                 step.2 += 1;
+                step.3 = token;
                 Claim::Mine
+            } else {
+                Claim::Taken
             }
         };
         self.hop("claim", true).await?;
@@ -759,11 +813,15 @@ impl Backend for Memory {
         period: NaiveDate,
         _: u64,
         _: DateTime<Utc>,
-        _: Option<&Fence>,
+        fence: Option<&Fence>,
     ) -> Result<()> {
         self.hop("finish", false).await?;
-        if let Some(step) = self.lock().steps.get_mut(&(kind, period)) {
-            step.1 = true;
+        {
+            let mut w = self.lock();
+            Memory::fenced(&mut w, fence)?;
+            if let Some(step) = w.steps.get_mut(&(kind, period)) {
+                step.1 = true;
+            }
         }
         self.hop("finish", true).await
     }
@@ -790,7 +848,11 @@ impl Backend for Memory {
             to,
             kinds: vec![kind],
         };
-        let changed = Memory::recompute(&mut self.lock(), &cal, &range, now);
+        let changed = {
+            let mut w = self.lock();
+            Memory::fenced(&mut w, fence)?;
+            Memory::recompute(&mut w, &cal, &range, now)
+        };
         self.hop("finalize", true).await?;
         Ok(changed)
     }
@@ -800,11 +862,12 @@ impl Backend for Memory {
         kind: Kind,
         period: NaiveDate,
         now: DateTime<Utc>,
-        _: Option<&Fence>,
+        fence: Option<&Fence>,
     ) -> Result<u64> {
         self.hop("mark final", false).await?;
         let changed = {
             let mut w = self.lock();
+            Memory::fenced(&mut w, fence)?;
             let at = BsonDateTime::from_millis(now.timestamp_millis());
             let mut changed = 0;
             for ((k, _, p), d) in w.outputs.iter_mut() {
@@ -822,6 +885,77 @@ impl Backend for Memory {
         };
         self.hop("mark final", true).await?;
         Ok(changed)
+    }
+
+    async fn acquire(
+        &self,
+        owner: &str,
+        ttl: Duration,
+        stop: &AtomicBool,
+    ) -> Result<Option<Fence>> {
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            match self.hop("acquire", false).await {
+                Ok(()) => {
+                    let mut w = self.lock();
+                    let now = tokio::time::Instant::now();
+                    let free = w
+                        .lease
+                        .as_ref()
+                        .is_none_or(|l| l.released || l.expires <= now);
+                    if free {
+                        let token = w.lease.as_ref().map_or(0, |l| l.token) + 1;
+                        w.lease = Some(Lease {
+                            owner: owner.to_owned(),
+                            token,
+                            expires: now + ttl,
+                            released: false,
+                        });
+                        w.terms += 1;
+                        return Ok(Some(Fence::new(owner, token)));
+                    }
+                }
+                // `lease::acquire` retries what goes away by itself.
+                Err(e) if tally::errors::is_transient(&e) => {}
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(ttl / 3).await;
+        }
+    }
+
+    async fn keep(&self, fence: Fence, ttl: Duration, lost: Arc<AtomicBool>) {
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            if self.hop("renew", false).await.is_err() {
+                continue;
+            }
+            let mut w = self.lock();
+            match w.lease.as_mut() {
+                Some(l) if l.owner == fence.owner && l.token == fence.token && !l.released => {
+                    l.expires = tokio::time::Instant::now() + ttl;
+                }
+                _ => break,
+            }
+        }
+        lost.store(true, Ordering::SeqCst);
+    }
+
+    async fn release(&self, fence: &Fence) -> Result<bool> {
+        self.hop("release", false).await?;
+        let mut w = self.lock();
+        match w.lease.as_mut() {
+            Some(l) if l.owner == fence.owner && l.token == fence.token => {
+                l.released = true;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn ping(&self) -> bool {
+        self.hop("ping", false).await.is_ok()
     }
 }
 
@@ -1016,6 +1150,10 @@ impl Api {
 
 struct Outcome {
     history_losses: u64,
+    partitions: usize,
+    exits: usize,
+    terms: u64,
+    refused: u64,
     ops: usize,
     crashes: usize,
     failures: u64,
@@ -1042,6 +1180,7 @@ async fn simulate(seed: u64) -> Result<Outcome> {
     let memory = Memory {
         world: Arc::new(Mutex::new(World::default())),
         clock,
+        instance: 0,
     };
     let pre_images = rng.chance(50);
     {
@@ -1065,7 +1204,7 @@ async fn simulate(seed: u64) -> Result<Outcome> {
     opts.horizon_days = HORIZON_DAYS;
     opts.pre_images = pre_images;
     opts.give_up_after = Duration::from_secs(3600);
-    opts.owner = format!("sim-{seed}");
+    opts.lease_ttl = Duration::from_secs(3);
     {
         let mut w = memory.lock();
         w.fail_before = [0, 5, 30][rng.below(3) as usize];
@@ -1074,23 +1213,47 @@ async fn simulate(seed: u64) -> Result<Outcome> {
     }
     let crash_permille = [0, 20, 80][rng.below(3) as usize];
     let history_permille = [0, 0, 10][rng.below(3) as usize];
+    let partition_permille = [0, 15, 40][rng.below(3) as usize];
+    // One instance, or two sharing the lease (one active, one standing by).
+    let instances = 1 + rng.below(2) as usize;
     let stop = Arc::new(AtomicBool::new(false));
-    let spawn = |stop: &Arc<AtomicBool>| {
-        tokio::spawn(lead_unfenced(memory.clone(), opts.clone(), stop.clone()))
+    let spawn = |i: usize| {
+        let mut opts = opts.clone();
+        opts.owner = format!("sim-{seed}-{i}");
+        let memory = Memory {
+            instance: i,
+            ..memory.clone()
+        };
+        let stop = stop.clone();
+        let shutdown = async move {
+            while !stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::spawn(run_with(memory, opts, shutdown))
     };
-    let mut service = spawn(&stop);
-    let mut crashes = 0;
+    let mut running: Vec<_> = (0..instances).map(spawn).collect();
+    let (mut crashes, mut exits, mut partitions) = (0, 0, 0);
     let ops = 40 + rng.below(160) as usize;
     for _ in 0..ops {
         tokio::time::sleep(Duration::from_millis(rng.below(120))).await;
         api.op(&mut rng).await;
+        let k = rng.below(instances as u64) as usize;
         if rng.below(1000) < crash_permille {
-            // kill -9 wherever the service is parked; start it again.
+            // kill -9 wherever the instance is parked; a supervisor starts
+            // it again.
             tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
-            service.abort();
-            let _ = service.await;
+            running[k].abort();
+            let _ = (&mut running[k]).await;
             crashes += 1;
-            service = spawn(&stop);
+            running[k] = spawn(k);
+        }
+        if rng.below(1000) < partition_permille {
+            // The instance stalls (paused, or cut off) for up to 8 s: its
+            // lease (3 s) may pass to the other, whose writes then win.
+            let until = tokio::time::Instant::now() + Duration::from_millis(rng.below(8000));
+            memory.lock().partitioned.insert(k, until);
+            partitions += 1;
         }
         if rng.below(1000) < history_permille {
             // The history moves past whatever was not read yet.
@@ -1098,9 +1261,15 @@ async fn simulate(seed: u64) -> Result<Outcome> {
             w.history_from = w.log.len();
             w.history_losses += 1;
         }
-        if service.is_finished() {
-            let r = service.await;
-            bail!("the service ended during the workload: {r:?}");
+        for (i, task) in running.iter_mut().enumerate() {
+            if task.is_finished() {
+                // It exited (a failure it could not get past): restarted.
+                match (&mut *task).await {
+                    Ok(Err(_)) => exits += 1,
+                    other => bail!("instance {i} ended during the workload: {other:?}"),
+                }
+                *task = spawn(i);
+            }
         }
     }
     // The faults end; the service settles (drift: the settle delay).
@@ -1108,15 +1277,18 @@ async fn simulate(seed: u64) -> Result<Outcome> {
         let mut w = memory.lock();
         w.fail_before = 0;
         w.fail_after = 0;
+        w.partitioned.clear();
     }
     // Past the night's last step (00:01) and the settle delay.
     let night_over = start + chrono::Duration::minutes(5);
     let wait = (night_over - clock.now()).to_std().unwrap_or_default();
     tokio::time::sleep(wait.max(Duration::from_secs(30))).await;
     stop.store(true, Ordering::SeqCst);
-    match service.await {
-        Ok(Ok(_)) => {}
-        other => bail!("the service did not stop cleanly: {other:?}"),
+    for (i, task) in running.into_iter().enumerate() {
+        match task.await {
+            Ok(Ok(_)) => {}
+            other => bail!("instance {i} did not stop cleanly: {other:?}"),
+        }
     }
     let w = memory.lock();
     let managed_from = w
@@ -1175,7 +1347,7 @@ async fn simulate(seed: u64) -> Result<Outcome> {
     }
     for step in &due {
         match w.steps.get(step) {
-            Some((_, true, _)) => {}
+            Some((_, true, _, _)) => {}
             other => bail!("the step {step:?} is not done: {other:?}"),
         }
     }
@@ -1190,6 +1362,10 @@ async fn simulate(seed: u64) -> Result<Outcome> {
     }
     Ok(Outcome {
         history_losses: w.history_losses,
+        partitions,
+        exits,
+        terms: w.terms,
+        refused: w.refused,
         ops,
         crashes,
         failures: w.failures,
@@ -1223,13 +1399,17 @@ fn seeded_crashes_and_failures_between_any_two_awaits_converge() {
     };
     let started = std::time::Instant::now();
     let (mut crashes, mut failures, mut calls, mut ops, mut documents) = (0, 0, 0, 0, 0);
-    let mut history_losses = 0;
+    let (mut history_losses, mut partitions, mut exits, mut terms, mut refused) = (0, 0, 0, 0, 0);
     let mut failed = Vec::new();
     for &seed in &seeds {
         match run_seed(seed) {
             Ok(o) => {
                 crashes += o.crashes;
                 history_losses += o.history_losses;
+                partitions += o.partitions;
+                exits += o.exits;
+                terms += o.terms;
+                refused += o.refused;
                 failures += o.failures;
                 calls += o.calls;
                 ops += o.ops;
@@ -1239,7 +1419,7 @@ fn seeded_crashes_and_failures_between_any_two_awaits_converge() {
         }
     }
     eprintln!(
-        "{} seeds in {:.1} s: {ops} API calls, {calls} server calls, {failures} injected failures, {crashes} crashes, {history_losses} history losses, {documents} documents checked",
+        "{} seeds in {:.1} s: {ops} API calls, {calls} server calls, {failures} injected failures, {crashes} crashes, {exits} exits, {partitions} partitions, {history_losses} history losses, {terms} leaderships, {refused} fenced writes refused, {documents} documents checked",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
@@ -1253,8 +1433,14 @@ fn seeded_crashes_and_failures_between_any_two_awaits_converge() {
     // Not vacuous: faults of every kind were injected.
     if seeds.len() >= 50 {
         assert!(
-            crashes > 0 && failures > 0 && history_losses > 0 && documents > 0,
-            "crashes {crashes}, failures {failures}, history losses {history_losses}, documents {documents}"
+            crashes > 0
+                && failures > 0
+                && history_losses > 0
+                && partitions > 0
+                && refused > 0
+                && documents > 0,
+            "crashes {crashes}, failures {failures}, history losses {history_losses}, \
+             partitions {partitions}, refused {refused}, documents {documents}"
         );
     }
 }

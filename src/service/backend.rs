@@ -8,6 +8,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -22,7 +24,7 @@ use mongodb::Database;
 
 use crate::batch;
 use crate::calendar::Calendar;
-use crate::lease::Fence;
+use crate::lease::{self, Fence};
 use crate::reports::{Categories, Kind};
 use crate::scan::{self, Focus, Range, UserResult};
 use crate::source::{RejectReason, SourceId};
@@ -162,6 +164,26 @@ pub trait Backend: Send + Sync {
         now: DateTime<Utc>,
         fence: Option<&Fence>,
     ) -> impl Future<Output = Result<u64>> + Send;
+
+    // The lease ([`crate::lease`]): one active instance, fenced writes.
+
+    /// Waits until `owner` holds the lease; `None` once `stop` is set.
+    fn acquire(
+        &self,
+        owner: &str,
+        ttl: Duration,
+        stop: &AtomicBool,
+    ) -> impl Future<Output = Result<Option<Fence>>> + Send;
+    /// Renews the lease every `ttl / 3` until it is lost, then sets `lost`.
+    fn keep(
+        &self,
+        fence: Fence,
+        ttl: Duration,
+        lost: Arc<AtomicBool>,
+    ) -> impl Future<Output = ()> + Send;
+    fn release(&self, fence: &Fence) -> impl Future<Output = Result<bool>> + Send;
+    /// Whether the server answers (a standby's readiness).
+    fn ping(&self) -> impl Future<Output = bool> + Send;
 }
 
 /// The real server.
@@ -359,6 +381,27 @@ impl Backend for Mongo {
         fence: Option<&Fence>,
     ) -> Result<u64> {
         crate::schedule::mark_final(&self.0, kind, period, now, fence).await
+    }
+
+    async fn acquire(
+        &self,
+        owner: &str,
+        ttl: Duration,
+        stop: &AtomicBool,
+    ) -> Result<Option<Fence>> {
+        lease::acquire(&self.0, owner, ttl, stop).await
+    }
+
+    async fn keep(&self, fence: Fence, ttl: Duration, lost: Arc<AtomicBool>) {
+        lease::keep(self.0.clone(), fence, ttl, lost).await
+    }
+
+    async fn release(&self, fence: &Fence) -> Result<bool> {
+        lease::release(&self.0, fence).await
+    }
+
+    async fn ping(&self) -> bool {
+        self.0.run_command(doc! { "ping": 1 }).await.is_ok()
     }
 }
 

@@ -36,4 +36,4 @@ mod work;
 
 pub use event::Event;
 pub use options::{Clock, Counters, RunOptions};
-pub use run::{lead_unfenced, run, GaveUp};
+pub use run::{run, run_with, GaveUp};

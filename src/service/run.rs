@@ -8,7 +8,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use anyhow::Result;
-use bson::doc;
 use mongodb::Database;
 use tracing::{error, info, warn};
 
@@ -33,6 +32,16 @@ pub async fn run(
     opts: RunOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Counters> {
+    run_with(Mongo(db), opts, shutdown).await
+}
+
+/// [`run`] on any [`Backend`] (`tests/simulation.rs` runs several
+/// instances against an in-memory server).
+pub async fn run_with<B: Backend + Clone + 'static>(
+    backend: B,
+    opts: RunOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Counters> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     tokio::spawn(async move {
@@ -42,13 +51,13 @@ pub async fn run(
     let ttl = opts.lease_ttl;
     loop {
         opts.telemetry.set_leader(false);
-        let heartbeat = tokio::spawn(standby_heartbeat(db.clone(), opts.telemetry.clone()));
+        let heartbeat = Task::spawn(standby_heartbeat(backend.clone(), opts.telemetry.clone()));
         // A stop ends the wait at once, whatever call it is in.
         let acquired = tokio::select! {
-            r = lease::acquire(&db, &opts.owner, ttl, &stop) => r,
+            r = backend.acquire(&opts.owner, ttl, &stop) => r,
             () = raised(&stop) => Ok(None),
         };
-        heartbeat.abort();
+        drop(heartbeat);
         let Some(fence) = acquired? else {
             return Ok(Counters::default());
         };
@@ -56,19 +65,22 @@ pub async fn run(
         opts.telemetry.set_leader(true);
         info!(owner = %fence.owner, token = fence.token, "Acquired leadership.");
         let lost = Arc::new(AtomicBool::new(false));
-        let keeper = tokio::spawn(lease::keep(db.clone(), fence.clone(), ttl, lost.clone()));
+        let keeper = {
+            let (b, fence, lost) = (backend.clone(), fence.clone(), lost.clone());
+            Task::spawn(async move { b.keep(fence, ttl, lost).await })
+        };
         // The work ends at once when the lease is lost (whatever await it is
         // in: its writes would be refused anyway), and at the latest
         // STOP_GRACE after a stop.
         let result = tokio::select! {
-            r = lead(Mongo(db.clone()), opts.clone(), Some(fence.clone()), &stop) => r,
+            r = lead(backend.clone(), opts.clone(), Some(fence.clone()), &stop) => r,
             () = raised(&lost) => Err(LostLease { token: fence.token }.into()),
             () = stopped_for(&stop, STOP_GRACE) => {
                 warn!("Stopped without the last checkpoint: the last flush did not finish in time; the events since the stored checkpoint replay on the next start.");
                 Ok(Counters::default())
             }
         };
-        keeper.abort();
+        drop(keeper);
         lease::set_leader(false);
         opts.telemetry.set_leader(false);
         match result {
@@ -83,7 +95,7 @@ pub async fn run(
                 // first the transaction a dropped step may have left open.
                 fence.abort_open().await;
                 let released =
-                    tokio::time::timeout(Duration::from_secs(2), lease::release(&db, &fence)).await;
+                    tokio::time::timeout(Duration::from_secs(2), backend.release(&fence)).await;
                 match released {
                     Ok(Ok(_)) => info!(token = fence.token, "Released leadership."),
                     Ok(Err(e)) => {
@@ -94,6 +106,23 @@ pub async fn run(
                 return other;
             }
         }
+    }
+}
+
+/// A task that ends with its handle: the lease keeper and the heartbeat
+/// must not outlive the instance's loop, however that loop ends (a dropped
+/// future included).
+struct Task(tokio::task::JoinHandle<()>);
+
+impl Task {
+    fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) -> Task {
+        Task(tokio::spawn(f))
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -214,9 +243,9 @@ fn failure_cause(e: &anyhow::Error) -> Failure {
 
 /// While standing by: tells the health endpoints the process is alive and
 /// whether the server answers (a standby is ready when it could take over).
-async fn standby_heartbeat(db: Database, telemetry: Arc<Telemetry>) {
+async fn standby_heartbeat<B: Backend>(backend: B, telemetry: Arc<Telemetry>) {
     loop {
-        let connected = db.run_command(doc! { "ping": 1 }).await.is_ok();
+        let connected = backend.ping().await;
         telemetry.turn(connected);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -323,18 +352,6 @@ async fn abort_open(fence: &Option<Fence>) {
     if let Some(f) = fence {
         f.abort_open().await;
     }
-}
-
-/// The active instance's loop — start, steps, failures and their retries,
-/// the last flush of a stop — on any [`Backend`], without a lease: what
-/// `tests/simulation.rs` runs against an in-memory server. Ends when `stop`
-/// is set (or with [`GaveUp`]).
-pub async fn lead_unfenced<B: Backend + Clone>(
-    backend: B,
-    opts: RunOptions,
-    stop: Arc<AtomicBool>,
-) -> Result<Counters> {
-    lead(backend, opts, None, &stop).await
 }
 
 /// Sleeps `d`, or less once `stop` is set.
