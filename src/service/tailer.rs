@@ -1074,18 +1074,22 @@ impl<B: Backend> Tailer<B> {
             let floor = self.work.floor(&user, self.opts.settle, Instant::now());
             let mut held: Vec<DocChange> = Vec::new();
             for change in changes {
-                if change.kind == Kind::Snapshot
-                    && change.period < managed_from
-                    && change.difference == Difference::Missing
-                {
-                    continue;
-                }
                 let end = if change.kind == Kind::Monthly {
                     last_of_month(change.period)
                 } else {
                     change.period
                 };
-                if floor.is_none_or(|f| end < f) {
+                let past = floor.is_none_or(|f| end < f);
+                // Before the managed start tally keeps stored documents
+                // current and creates none, but the reports and summaries
+                // a back-dated transaction creates (its floor).
+                if change.period < managed_from
+                    && change.difference == Difference::Missing
+                    && (change.kind == Kind::Snapshot || past)
+                {
+                    continue;
+                }
+                if past {
                     held.push(change);
                 } else {
                     writes.push((change.user, change.period, change.write));
