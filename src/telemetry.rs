@@ -411,8 +411,12 @@ impl Telemetry {
         self.drift.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A step failed: counted by cause. Until the stream drains again the
+    /// service no longer knows it is caught up, so lag counts from the last
+    /// event seen (it grows while the failure lasts instead of reading 0).
     pub fn write_failure(&self, cause: Failure) {
         self.write_failures.add([cause.as_str()], 1);
+        self.caught_up.store(false, Ordering::Relaxed);
     }
 
     pub fn late_event(&self, kind: Kind) {
@@ -600,6 +604,11 @@ mod tests {
         assert!((t.lag_seconds(now) - 5.0).abs() < 1e-9);
         t.caught_up();
         assert_eq!(t.lag_seconds(now), 0.0);
+        t.write_failure(Failure::Unavailable);
+        assert!(
+            (t.lag_seconds(now) - 5.0).abs() < 1e-9,
+            "a failure ends caught-up"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! A seeded simulation of `tally run`'s loop (issue 10): the real service
-//! code — `service::lead_unfenced`: start, stream, flushes, drift, rejects,
+//! code — `service::run_with`: leadership, start, stream, flushes, drift, rejects,
 //! checkpoints, failure handling and retries — against an in-memory server
 //! behind the same `Backend` trait the MongoDB one implements, on tokio's
 //! paused clock, while an API workload keeps writing the way coin does.

@@ -724,26 +724,22 @@ impl<B: Backend> Tailer<B> {
                 let (touched, known) = self
                     .live
                     .set_transaction(&SourceId::from_bson(&id), new_tx.as_ref());
-                let earliest = touched.iter().map(|(_, d)| *d);
-                let old_day = event
+                // The old version, from the pre-image (decoded once).
+                let old = event
                     .full_document_before_change
                     .as_ref()
                     .and_then(|d| decode_transaction(d).ok())
-                    .map(|tx| cal.day_of_millis(tx.date));
-                self.count_late(earliest.chain(old_day).min());
+                    .map(|tx| (tx.user_id, cal.day_of_millis(tx.date)));
+                let earliest = touched.iter().map(|(_, d)| *d);
+                self.count_late(earliest.chain(old.map(|(_, d)| d)).min());
                 for (user, day) in touched {
                     self.mark(user, day, Some(day));
                 }
                 if !known {
                     // Not in memory: before the window, of a user the
                     // window does not hold, invalid, or new.
-                    let old = event
-                        .full_document_before_change
-                        .as_ref()
-                        .and_then(|d| decode_transaction(d).ok());
-                    if let Some(tx) = old {
-                        let day = cal.day_of_millis(tx.date);
-                        self.mark(tx.user_id, day, Some(day));
+                    if let Some((user, day)) = old {
+                        self.mark(user, day, Some(day));
                     } else if !has_old && event.operation_type != OperationType::Insert {
                         self.work.locate.push((id.clone(), new_user));
                     }
