@@ -95,7 +95,7 @@ pub async fn backfill_fenced(
             .await?;
         }
         if scanner.rejects.len() >= FLUSH_AT {
-            scanner.flush_rejects(db).await?;
+            scanner.flush_rejects(db, fence.as_ref()).await?;
         }
         progress.update(scanner.users_done, scanner.users_with_pockets() as u64);
     }
@@ -103,7 +103,7 @@ pub async fn backfill_fenced(
     drop(sender);
     let (mut writes, mut raced) = writer.await??;
     scanner.scan_undated(db).await?;
-    scanner.flush_rejects(db).await?;
+    scanner.flush_rejects(db, fence.as_ref()).await?;
     progress.finish();
     for _ in 0..RACE_RETRIES {
         if raced.is_empty() {
@@ -275,7 +275,7 @@ pub async fn reconcile(
             .map(|c| c.write.clone())
             .collect();
         report.repaired = Some(store::execute(db, writes, None).await?);
-        scanner.flush_rejects(db).await?;
+        scanner.flush_rejects(db, None).await?;
     }
     Ok(report)
 }

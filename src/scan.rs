@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::calendar::{date_label, first_of_month, label_date, Calendar};
 use crate::diff::{diff, FieldDiff};
+use crate::lease::Fence;
 use crate::ledger::{Balances, UserLedger};
 use crate::money::Money;
 use crate::reports::{earliest_dependency, Categories, Kind, UserView};
@@ -735,9 +736,9 @@ impl Scanner {
     }
 
     /// Writes the reject records gathered so far and removes corrected ones.
-    pub async fn flush_rejects(&mut self, db: &Database) -> Result<()> {
-        store::record_rejects(db, &std::mem::take(&mut self.rejects), self.now).await?;
-        store::clear_rejects(db, &std::mem::take(&mut self.corrected)).await
+    pub async fn flush_rejects(&mut self, db: &Database, fence: Option<&Fence>) -> Result<()> {
+        store::record_rejects(db, &std::mem::take(&mut self.rejects), self.now, fence).await?;
+        store::clear_rejects(db, &std::mem::take(&mut self.corrected), fence).await
     }
 
     pub fn rejected(&self) -> u64 {

@@ -391,18 +391,33 @@ impl Memory {
     /// and the steps done from the source); the documents changed.
     fn recompute(w: &mut World, cal: &Calendar, range: &Range, now: DateTime<Utc>) -> u64 {
         let today = cal.day_of(now);
+        let open = Memory::reports_open_from(w, today);
         let (users, _) = Memory::expected(w, cal, range, today, None);
         let mut writes = Vec::new();
         for (user, (_, _, _, docs)) in users {
             let stored = Memory::stored_of(w, user, range);
             writes.extend(
-                compare_user(user, docs, today, stored, now, cal.name())
+                compare_user(user, docs, open, stored, now, cal.name())
                     .into_iter()
                     .map(|c| c.write),
             );
         }
         let s = Memory::apply(w, writes);
         s.inserted + s.updated + s.deleted
+    }
+
+    /// As `scan::reports_open_from`: today, or tomorrow once today's
+    /// reports step is recorded done.
+    fn reports_open_from(w: &World, today: NaiveDate) -> NaiveDate {
+        let done = w
+            .steps
+            .iter()
+            .any(|((k, p), s)| *k == Kind::Report && *p >= today && s.1);
+        if done {
+            tally::calendar::next_day(today)
+        } else {
+            today
+        }
     }
 
     fn apply(w: &mut World, writes: Vec<Write>) -> WriteStats {
@@ -594,6 +609,15 @@ impl Backend for Memory {
         let changed = {
             let mut w = self.lock();
             Memory::fenced(&mut w, fence.as_ref())?;
+            // As the real backfill's scanner: records what it reads invalid
+            // and clears the records of what it reads valid.
+            let (txs, _, rejects) = Memory::decoded(&w);
+            for t in txs {
+                w.rejects.remove(&reject_key(TRANSACTIONS, &t.id));
+            }
+            for (c, id, r) in rejects {
+                w.rejects.insert(reject_key(c, &id), (c, id, r));
+            }
             Memory::recompute(&mut w, &cal, &range, now)
         };
         self.hop("backfill", true).await?;
@@ -629,7 +653,9 @@ impl Backend for Memory {
                 .as_ref()
                 .map(|u| u.iter().copied().collect::<HashSet<_>>());
             let (expected, rejects) = Memory::expected(&w, &cal, &range, today, users.as_ref());
-            let open = focus.reports_open_from.unwrap_or(today);
+            let open = focus
+                .reports_open_from
+                .unwrap_or_else(|| Memory::reports_open_from(&w, today));
             let mut results = Vec::new();
             for (user, (ledger, txs, pockets, docs)) in expected {
                 let stored = Memory::stored_of(&w, user, &range);
@@ -738,10 +764,12 @@ impl Backend for Memory {
         &self,
         rejects: &[(&'static str, SourceId, RejectReason)],
         _now: DateTime<Utc>,
+        fence: Option<&Fence>,
     ) -> Result<()> {
         self.hop("record rejects", false).await?;
         {
             let mut w = self.lock();
+            Memory::fenced(&mut w, fence)?;
             for (coll, id, r) in rejects {
                 w.rejects
                     .insert(reject_key(coll, id), (coll, id.clone(), *r));
@@ -750,15 +778,31 @@ impl Backend for Memory {
         self.hop("record rejects", true).await
     }
 
-    async fn clear_rejects(&self, corrected: &[(&'static str, SourceId)]) -> Result<()> {
+    async fn clear_rejects(
+        &self,
+        corrected: &[(&'static str, SourceId)],
+        fence: Option<&Fence>,
+    ) -> Result<()> {
         self.hop("clear rejects", false).await?;
         {
             let mut w = self.lock();
+            Memory::fenced(&mut w, fence)?;
             for (coll, id) in corrected {
                 w.rejects.remove(&reject_key(coll, id));
             }
         }
         self.hop("clear rejects", true).await
+    }
+
+    async fn revalidate_rejects(&self, fence: Option<&Fence>) -> Result<u64> {
+        self.hop("revalidate rejects", false).await?;
+        let mut w = self.lock();
+        Memory::fenced(&mut w, fence)?;
+        let (_, _, rejects) = Memory::decoded(&w);
+        let invalid: HashSet<String> = rejects.iter().map(|(c, id, _)| reject_key(c, id)).collect();
+        let before = w.rejects.len();
+        w.rejects.retain(|k, _| invalid.contains(k));
+        Ok((before - w.rejects.len()) as u64)
     }
 
     async fn last_finalized(&self, kind: Kind) -> Result<Option<(NaiveDate, DateTime<Utc>)>> {
@@ -967,9 +1011,44 @@ struct Api {
     memory: Memory,
     users: Vec<(ObjectId, [ObjectId; 2])>,
     balances: HashMap<ObjectId, Money>,
-    /// Transaction id → (user, its effects as (pocket, signed amount)).
-    txs: BTreeMap<ObjectId, (ObjectId, Vec<(ObjectId, Money)>)>,
+    /// Transaction id → its fields as the API sees them.
+    txs: BTreeMap<ObjectId, Tx>,
+    /// Invalid transactions not corrected yet.
     invalid: Vec<ObjectId>,
+    /// Pockets opened later (beyond each user's two): (pocket, owner).
+    extra: Vec<(ObjectId, ObjectId)>,
+}
+
+/// A transaction as the API wrote it.
+#[derive(Clone)]
+struct Tx {
+    user: ObjectId,
+    kind: &'static str,
+    amount: Money,
+    from: Option<ObjectId>,
+    to: Option<ObjectId>,
+}
+
+impl Tx {
+    /// (pocket, signed amount) of each effect.
+    fn effects(&self) -> Vec<(ObjectId, Money)> {
+        let mut e = Vec::new();
+        if matches!(self.kind, "expense" | "transfer") {
+            e.extend(self.from.map(|p| (p, Money::ZERO - self.amount)));
+        }
+        if matches!(self.kind, "income" | "transfer") {
+            e.extend(self.to.map(|p| (p, self.amount)));
+        }
+        e
+    }
+
+    fn fields(&self) -> Document {
+        let pocket = |p: Option<ObjectId>| p.map_or(Bson::Null, Bson::ObjectId);
+        doc! {
+            "user_id": self.user, "type": self.kind, "amount": self.amount.to_bson(),
+            "pocket_from_id": pocket(self.from), "pocket_to_id": pocket(self.to),
+        }
+    }
 }
 
 fn cents(rng: &mut Rng) -> Money {
@@ -977,6 +1056,13 @@ fn cents(rng: &mut Rng) -> Money {
     format!("{}.{:02}", c / 100, c % 100)
         .parse()
         .expect("money")
+}
+
+fn negate(effects: Vec<(ObjectId, Money)>) -> Vec<(ObjectId, Money)> {
+    effects
+        .into_iter()
+        .map(|(p, m)| (p, Money::ZERO - m))
+        .collect()
 }
 
 impl Api {
@@ -987,6 +1073,7 @@ impl Api {
             balances: HashMap::new(),
             txs: BTreeMap::new(),
             invalid: Vec::new(),
+            extra: Vec::new(),
         };
         {
             let mut w = api.memory.lock();
@@ -998,20 +1085,31 @@ impl Api {
             let user = ObjectId::new();
             let pockets = [ObjectId::new(), ObjectId::new()];
             for (i, p) in pockets.iter().enumerate() {
-                let b = if rng.chance(50) {
-                    cents(rng)
-                } else {
-                    Money::ZERO
-                };
-                api.balances.insert(*p, b);
-                api.memory.put_pocket(doc! {
-                    "_id": *p, "user_id": user, "name": format!("p{i}"), "type": "main",
-                    "balance": b.to_bson(), "created_at": Bson::Null, "deleted_at": Bson::Null,
-                });
+                api.open_pocket(rng, *p, user, &format!("p{i}"), Bson::Null);
             }
             api.users.push((user, pockets));
         }
         api
+    }
+
+    fn open_pocket(
+        &mut self,
+        rng: &mut Rng,
+        id: ObjectId,
+        user: ObjectId,
+        name: &str,
+        created: Bson,
+    ) {
+        let b = if rng.chance(50) {
+            cents(rng)
+        } else {
+            Money::ZERO
+        };
+        self.balances.insert(id, b);
+        self.memory.put_pocket(doc! {
+            "_id": id, "user_id": user, "name": name, "type": "main",
+            "balance": b.to_bson(), "created_at": created, "deleted_at": Bson::Null,
+        });
     }
 
     fn date(&self, rng: &mut Rng) -> BsonDateTime {
@@ -1022,109 +1120,141 @@ impl Api {
         BsonDateTime::from_millis(t.timestamp_millis())
     }
 
-    fn effects(kind: &str, amount: Money, pockets: [ObjectId; 2]) -> Vec<(ObjectId, Money)> {
-        match kind {
-            "income" => vec![(pockets[0], amount)],
-            "expense" => vec![(pockets[0], Money::ZERO - amount)],
-            _ => vec![(pockets[0], Money::ZERO - amount), (pockets[1], amount)],
-        }
-    }
-
     /// The balance writes after a transaction write, one by one, with a
-    /// pause between (the service may look in between).
-    async fn move_balances(&mut self, delta: Vec<(ObjectId, Money)>, rng: &mut Rng) {
+    /// pause between (the service may look in between) — or, like a
+    /// multi-document transaction, all at once.
+    async fn move_balances(&mut self, delta: Vec<(ObjectId, Money)>, rng: &mut Rng, atomic: bool) {
         for (p, m) in delta {
-            tokio::time::sleep(Duration::from_millis(rng.below(50))).await;
-            let b = self.balances.get_mut(&p).expect("pocket");
+            if !atomic {
+                tokio::time::sleep(Duration::from_millis(rng.below(50))).await;
+            }
+            let b = self.balances.entry(p).or_insert(Money::ZERO);
             *b += m;
             let b = *b;
             self.memory.set_balance(p, b);
         }
     }
 
+    fn random_tx(&self, rng: &mut Rng, user: ObjectId, pockets: [ObjectId; 2]) -> Tx {
+        let kind = ["income", "expense", "transfer"][rng.below(3) as usize];
+        let (a, b) = if rng.chance(50) {
+            (pockets[0], pockets[1])
+        } else {
+            (pockets[1], pockets[0])
+        };
+        Tx {
+            user,
+            kind,
+            amount: cents(rng),
+            from: (kind != "income").then_some(a),
+            to: (kind != "expense").then_some(b),
+        }
+    }
+
+    /// A new transaction dated `date`, then its balances.
+    async fn insert(&mut self, rng: &mut Rng, tx: Tx, date: BsonDateTime) -> ObjectId {
+        let id = ObjectId::new();
+        let category = rng.chance(70).then(|| self.memory.lock().categories[0].0);
+        let mut d = doc! { "_id": id };
+        d.extend(tx.fields());
+        d.insert("category_id", category.map_or(Bson::Null, Bson::ObjectId));
+        d.insert("date", date);
+        d.insert("deleted_at", Bson::Null);
+        self.memory.insert_tx(d);
+        let effects = tx.effects();
+        self.txs.insert(id, tx);
+        let atomic = rng.chance(30);
+        self.move_balances(effects, rng, atomic).await;
+        id
+    }
+
+    /// An edit of `id` (a field of `set`), then the balances it moves.
+    async fn edit(&mut self, rng: &mut Rng, id: ObjectId, new: Tx, set: Document) {
+        self.memory.update_tx(&Bson::ObjectId(id), set);
+        let old = self.txs.insert(id, new.clone()).expect("known");
+        let mut delta = new.effects();
+        delta.extend(negate(old.effects()));
+        self.move_balances(delta, rng, false).await;
+    }
+
     async fn op(&mut self, rng: &mut Rng) {
         let (user, pockets) = self.users[rng.below(self.users.len() as u64) as usize];
         let roll = rng.below(100);
         let existing: Vec<ObjectId> = self.txs.keys().copied().collect();
+        let any = |rng: &mut Rng| existing[rng.below(existing.len() as u64) as usize];
         match roll {
-            _ if roll < 50 || existing.is_empty() => {
-                let kind = ["income", "expense", "transfer"][rng.below(3) as usize];
-                let amount = cents(rng);
-                let id = ObjectId::new();
-                let category = rng.chance(70).then(|| self.memory.lock().categories[0].0);
-                self.memory.insert_tx(doc! {
-                    "_id": id, "user_id": user, "type": kind, "amount": amount.to_bson(),
-                    "pocket_from_id": if kind == "income" { Bson::Null } else { Bson::ObjectId(pockets[0]) },
-                    "pocket_to_id": match kind { "income" => Bson::ObjectId(pockets[0]), "transfer" => Bson::ObjectId(pockets[1]), _ => Bson::Null },
-                    "category_id": category.map_or(Bson::Null, Bson::ObjectId),
-                    "date": self.date(rng), "deleted_at": Bson::Null,
-                });
-                let effects = Api::effects(kind, amount, pockets);
-                self.txs.insert(id, (user, effects.clone()));
-                self.move_balances(effects, rng).await;
+            _ if roll < 40 || existing.is_empty() => {
+                let tx = self.random_tx(rng, user, pockets);
+                let date = self.date(rng);
+                self.insert(rng, tx, date).await;
             }
-            50..=64 => {
-                // A new amount or a new date.
-                let id = existing[rng.below(existing.len() as u64) as usize];
-                let doc = self
-                    .memory
-                    .lock()
-                    .transactions
-                    .get(&key(&Bson::ObjectId(id)))
-                    .cloned()
-                    .expect("tx");
-                let kind = doc.get_str("type").expect("type").to_owned();
-                let owner = doc.get_object_id("user_id").expect("user");
-                let pockets = self
+            40..=51 => {
+                // An edit of one field: amount, date, type, pocket, category.
+                let id = any(rng);
+                let mut tx = self.txs[&id].clone();
+                let owner = self
                     .users
                     .iter()
-                    .find(|(u, _)| *u == owner)
+                    .find(|(u, _)| *u == tx.user)
                     .expect("owner")
                     .1;
-                if rng.chance(50) {
-                    let amount = cents(rng);
-                    self.memory
-                        .update_tx(&Bson::ObjectId(id), doc! { "amount": amount.to_bson() });
-                    let new = Api::effects(&kind, amount, pockets);
-                    let (_, old) = self.txs.insert(id, (owner, new.clone())).expect("known");
-                    let mut delta: Vec<(ObjectId, Money)> = new;
-                    delta.extend(old.into_iter().map(|(p, m)| (p, Money::ZERO - m)));
-                    self.move_balances(delta, rng).await;
-                } else {
-                    let date = self.date(rng);
-                    self.memory
-                        .update_tx(&Bson::ObjectId(id), doc! { "date": date });
+                match rng.below(5) {
+                    0 => {
+                        tx.amount = cents(rng);
+                        let set = doc! { "amount": tx.amount.to_bson() };
+                        self.edit(rng, id, tx, set).await;
+                    }
+                    1 => {
+                        let date = self.date(rng);
+                        self.memory
+                            .update_tx(&Bson::ObjectId(id), doc! { "date": date });
+                    }
+                    2 => {
+                        let other = self.random_tx(rng, tx.user, owner);
+                        tx.kind = other.kind;
+                        tx.from = other.from;
+                        tx.to = other.to;
+                        let set = tx.fields();
+                        self.edit(rng, id, tx, set).await;
+                    }
+                    3 => {
+                        let swap = |p: Option<ObjectId>| {
+                            p.map(|p| if p == owner[0] { owner[1] } else { owner[0] })
+                        };
+                        tx.from = swap(tx.from);
+                        tx.to = swap(tx.to);
+                        let set = tx.fields();
+                        self.edit(rng, id, tx, set).await;
+                    }
+                    _ => {
+                        let c = self.memory.lock().categories[rng.below(2) as usize].0;
+                        self.memory
+                            .update_tx(&Bson::ObjectId(id), doc! { "category_id": c });
+                    }
                 }
             }
-            65..=74 => {
+            52..=59 => {
                 // Soft delete: the API reverses the balances.
-                let id = existing[rng.below(existing.len() as u64) as usize];
+                let id = any(rng);
                 let now = self.memory.wall();
                 self.memory
                     .update_tx(&Bson::ObjectId(id), doc! { "deleted_at": now });
-                let (_, old) = self.txs.remove(&id).expect("known");
-                self.move_balances(
-                    old.into_iter().map(|(p, m)| (p, Money::ZERO - m)).collect(),
-                    rng,
-                )
-                .await;
+                let old = self.txs.remove(&id).expect("known");
+                self.move_balances(negate(old.effects()), rng, false).await;
             }
-            75..=84 => {
-                let id = existing[rng.below(existing.len() as u64) as usize];
+            60..=67 => {
+                let id = any(rng);
                 self.memory.delete_tx(&Bson::ObjectId(id));
-                let (_, old) = self.txs.remove(&id).expect("known");
-                self.move_balances(
-                    old.into_iter().map(|(p, m)| (p, Money::ZERO - m)).collect(),
-                    rng,
-                )
-                .await;
+                let old = self.txs.remove(&id).expect("known");
+                self.move_balances(negate(old.effects()), rng, false).await;
             }
-            85..=91 => {
+            68..=73 => {
                 // Drift: a balance no transaction explains.
                 let p = pockets[rng.below(2) as usize];
-                self.move_balances(vec![(p, cents(rng))], rng).await;
+                let by = cents(rng);
+                self.move_balances(vec![(p, by)], rng, false).await;
             }
-            92..=95 => {
+            74..=77 => {
                 // Invalid: an amount that is not a number.
                 let id = ObjectId::new();
                 self.memory.insert_tx(doc! {
@@ -1132,6 +1262,52 @@ impl Api {
                     "pocket_from_id": pockets[0], "date": self.date(rng),
                 });
                 self.invalid.push(id);
+            }
+            78..=81 if !self.invalid.is_empty() => {
+                // Corrected: it counts from now on, with its balance.
+                let id = self
+                    .invalid
+                    .remove(rng.below(self.invalid.len() as u64) as usize);
+                let doc = self
+                    .memory
+                    .lock()
+                    .transactions
+                    .get(&key(&Bson::ObjectId(id)))
+                    .cloned()
+                    .expect("tx");
+                let tx = Tx {
+                    user: doc.get_object_id("user_id").expect("user"),
+                    kind: "expense",
+                    amount: cents(rng),
+                    from: doc.get_object_id("pocket_from_id").ok(),
+                    to: None,
+                };
+                self.memory
+                    .update_tx(&Bson::ObjectId(id), doc! { "amount": tx.amount.to_bson() });
+                let effects = tx.effects();
+                self.txs.insert(id, tx);
+                self.move_balances(effects, rng, false).await;
+            }
+            82..=85 => {
+                // A pocket opened now (with an opening balance).
+                let id = ObjectId::new();
+                let created = Bson::DateTime(self.memory.wall());
+                self.open_pocket(rng, id, user, "opened", created);
+                self.extra.push((id, user));
+            }
+            86..=93 if !self.extra.is_empty() => {
+                // An opened pocket closed, or handed to another user.
+                let k = rng.below(self.extra.len() as u64) as usize;
+                let (p, _) = self.extra[k];
+                let mut doc = self.memory.lock().pockets.get(&p).cloned().expect("pocket");
+                if rng.chance(50) {
+                    doc.insert("deleted_at", self.memory.wall());
+                    self.extra.remove(k);
+                } else {
+                    doc.insert("user_id", user);
+                    self.extra[k].1 = user;
+                }
+                self.memory.put_pocket(doc);
             }
             _ => {
                 // A pocket renamed (a replace, as some admin tools do).
@@ -1165,7 +1341,7 @@ async fn simulate(seed: u64) -> Result<Outcome> {
     let mut rng = Rng::new(seed);
     let cal = Calendar::from_name(["UTC", "America/New_York", "Asia/Tokyo"][rng.below(3) as usize])
         .expect("zone");
-    // 23:58 local on a day of the year (a month's last day one time in
+    // 23:58:50 local on a day of the year (a month's last day one time in
     // three): the night's three steps come due while the workload and the
     // faults go on.
     let day = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap() + Days::new(rng.below(364));
@@ -1175,7 +1351,7 @@ async fn simulate(seed: u64) -> Result<Outcome> {
         day
     };
     let start: DateTime<Utc> =
-        cal.day_start(tally::calendar::next_day(day)) - chrono::Duration::minutes(2);
+        cal.day_start(tally::calendar::next_day(day)) - chrono::Duration::seconds(70);
     let clock = Clock::of_runtime(start);
     let memory = Memory {
         world: Arc::new(Mutex::new(World::default())),
@@ -1216,7 +1392,11 @@ async fn simulate(seed: u64) -> Result<Outcome> {
     let partition_permille = [0, 15, 40][rng.below(3) as usize];
     // One instance, or two sharing the lease (one active, one standing by).
     let instances = 1 + rng.below(2) as usize;
-    let stop = Arc::new(AtomicBool::new(false));
+    let instances = std::env::var("SIM_INSTANCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(instances);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let spawn = |i: usize| {
         let mut opts = opts.clone();
         opts.owner = format!("sim-{seed}-{i}");
@@ -1224,11 +1404,9 @@ async fn simulate(seed: u64) -> Result<Outcome> {
             instance: i,
             ..memory.clone()
         };
-        let stop = stop.clone();
+        let mut stopped = stopped.clone();
         let shutdown = async move {
-            while !stop.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let _ = stopped.wait_for(|s| *s).await;
         };
         tokio::spawn(run_with(memory, opts, shutdown))
     };
@@ -1280,10 +1458,10 @@ async fn simulate(seed: u64) -> Result<Outcome> {
         w.partitioned.clear();
     }
     // Past the night's last step (00:01) and the settle delay.
-    let night_over = start + chrono::Duration::minutes(5);
+    let night_over = start + chrono::Duration::seconds(70 + 60 + 40);
     let wait = (night_over - clock.now()).to_std().unwrap_or_default();
     tokio::time::sleep(wait.max(Duration::from_secs(30))).await;
-    stop.store(true, Ordering::SeqCst);
+    stop.send_replace(true);
     for (i, task) in running.into_iter().enumerate() {
         match task.await {
             Ok(Ok(_)) => {}
@@ -1321,9 +1499,12 @@ async fn simulate(seed: u64) -> Result<Outcome> {
     }
     if !wrong.is_empty() {
         bail!(
-            "{} documents differ from the source, e.g. {:?}",
+            "{} documents differ from the source, e.g. {:?}; steps {:?}; now {}; checkpoint {:?}",
             wrong.len(),
-            &wrong[..wrong.len().min(5)]
+            &wrong[..wrong.len().min(5)],
+            w.steps,
+            clock.now(),
+            w.checkpoint.reports_final_through,
         );
     }
     for (coll, id, _) in &rejects {
@@ -1332,10 +1513,18 @@ async fn simulate(seed: u64) -> Result<Outcome> {
         }
     }
     if w.rejects.len() != rejects.len() {
+        let invalid: HashSet<String> = rejects.iter().map(|(c, id, _)| reject_key(c, id)).collect();
+        let stale: Vec<_> = w
+            .rejects
+            .iter()
+            .filter(|(k, _)| !invalid.contains(*k))
+            .map(|(_, v)| v)
+            .collect();
         bail!(
-            "{} reject records for {} invalid documents",
+            "{} reject records for {} invalid documents: not invalid now {:?}",
             w.rejects.len(),
-            rejects.len()
+            rejects.len(),
+            stale
         );
     }
     // Each of the night's steps done, and run to the end once (a retry

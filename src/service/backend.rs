@@ -117,11 +117,16 @@ pub trait Backend: Send + Sync {
         &self,
         rejects: &[(&'static str, SourceId, RejectReason)],
         now: DateTime<Utc>,
+        fence: Option<&Fence>,
     ) -> impl Future<Output = Result<()>> + Send;
     fn clear_rejects(
         &self,
         corrected: &[(&'static str, SourceId)],
+        fence: Option<&Fence>,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// [`store::revalidate_rejects`]: after events were lost.
+    fn revalidate_rejects(&self, fence: Option<&Fence>)
+        -> impl Future<Output = Result<u64>> + Send;
     /// The last period of `kind` finalized, and when.
     fn last_finalized(
         &self,
@@ -317,12 +322,21 @@ impl Backend for Mongo {
         &self,
         rejects: &[(&'static str, SourceId, RejectReason)],
         now: DateTime<Utc>,
+        fence: Option<&Fence>,
     ) -> Result<()> {
-        store::record_rejects(&self.0, rejects, now).await
+        store::record_rejects(&self.0, rejects, now, fence).await
     }
 
-    async fn clear_rejects(&self, corrected: &[(&'static str, SourceId)]) -> Result<()> {
-        store::clear_rejects(&self.0, corrected).await
+    async fn clear_rejects(
+        &self,
+        corrected: &[(&'static str, SourceId)],
+        fence: Option<&Fence>,
+    ) -> Result<()> {
+        store::clear_rejects(&self.0, corrected, fence).await
+    }
+
+    async fn revalidate_rejects(&self, fence: Option<&Fence>) -> Result<u64> {
+        store::revalidate_rejects(&self.0, fence).await
     }
 
     async fn last_finalized(&self, kind: Kind) -> Result<Option<(NaiveDate, DateTime<Utc>)>> {

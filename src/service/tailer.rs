@@ -282,6 +282,14 @@ impl<B: Backend> Tailer<B> {
                 .await?
                 .inspect(|(p, at)| self.opts.telemetry.schedule_last(kind, *p, *at))
                 .map(|(p, _)| p);
+            if let (Kind::Report, Some(done)) = (kind, done) {
+                // A day recorded finalized stays final, even when the
+                // checkpoint saying so was not stored before a crash: a
+                // restart before midnight would otherwise write that day's
+                // reports open again (found by tests/simulation.rs).
+                let through = &mut self.checkpoint.reports_final_through;
+                *through = Some(through.map_or(done, |t| t.max(done)));
+            }
             let due = self
                 .opts
                 .schedule
@@ -606,6 +614,9 @@ impl<B: Backend> Tailer<B> {
         error!(error = %e, recoveries = self.counters.history_lost, "Change stream history lost: recomputing the window from the source.");
         let start_at = self.operation_time().await?;
         self.backfill_window(self.managed_from()).await?;
+        // The lost events may have corrected or deleted documents with a
+        // reject record, outside the window too.
+        self.backend.revalidate_rejects(self.fence.as_ref()).await?;
         inject::point("recover.backfilled")?;
         // The store now holds the window recomputed from the source; memory
         // must too, or later flushes would build from stale ledgers.
@@ -898,7 +909,10 @@ impl<B: Backend> Tailer<B> {
             self.opts.telemetry.recovery(Recovery::FullRefresh);
             self.work.full_refresh = false;
             self.backfill_window(managed_from).await?;
+            self.backend.revalidate_rejects(self.fence.as_ref()).await?;
             self.load_live().await?;
+            // The backfill records and clears rejects itself.
+            self.known_rejects = self.backend.load_reject_keys().await?;
             self.work.dirty.clear();
         }
         let reports_open_from = self.reports_open_from(today);
@@ -1025,9 +1039,13 @@ impl<B: Backend> Tailer<B> {
                 None => {}
             }
         }
-        self.backend.record_rejects(&rejects, now).await?;
+        self.backend
+            .record_rejects(&rejects, now, self.fence.as_ref())
+            .await?;
         inject::point("rejects.recorded")?;
-        self.backend.clear_rejects(&corrected).await?;
+        self.backend
+            .clear_rejects(&corrected, self.fence.as_ref())
+            .await?;
         for (key, (_, _, verdict)) in last {
             match verdict {
                 Some(_) => self.known_rejects.insert(key),
