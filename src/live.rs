@@ -202,18 +202,37 @@ impl Live {
         self.tx_owner.len()
     }
 
-    /// Replaces a user's state with what a scan kept of it.
-    pub fn insert(&self, user: ObjectId, kept: Kept) {
+    /// Replaces a user's state with what a scan kept of it. A transaction
+    /// or pocket the scan found with this user that the window still holds
+    /// for another (it changed hands since that user was read) leaves the
+    /// other's state; those users are returned, to be recomputed (found by
+    /// tests/simulation.rs: a rescan of a pocket's new owner, read before
+    /// the move's event, left the pocket in the old owner's snapshots).
+    pub fn insert(&self, user: ObjectId, kept: Kept) -> Vec<ObjectId> {
         self.remove(&user);
+        let mut displaced = Vec::new();
         let mut ledger = UserLedger::default();
         let mut transactions = BTreeMap::new();
         for tx in kept.transactions {
             ledger.apply(&self.cal, &tx);
-            self.tx_owner.insert(tx.id.clone(), user);
+            if let Some(other) = self.tx_owner.insert(tx.id.clone(), user) {
+                if let Some(mut state) = self.users.get_mut(&other) {
+                    if let Some(old) = state.transactions.remove(&tx.id) {
+                        state.ledger.retract(&self.cal, &old);
+                        displaced.push(other);
+                    }
+                }
+            }
             transactions.insert(tx.id.clone(), tx);
         }
         for id in kept.pockets.keys() {
-            self.pocket_owner.insert(*id, user);
+            if let Some(other) = self.pocket_owner.insert(*id, user) {
+                if let Some(mut state) = self.users.get_mut(&other) {
+                    if state.pockets.remove(id).is_some() {
+                        displaced.push(other);
+                    }
+                }
+            }
         }
         let state = UserState {
             transactions,
@@ -223,6 +242,9 @@ impl Live {
             baseline: kept.baseline,
         };
         self.users.insert(user, state);
+        displaced.sort_by_key(|u| u.bytes());
+        displaced.dedup();
+        displaced
     }
 
     fn remove(&self, user: &ObjectId) {
@@ -628,6 +650,64 @@ mod tests {
         assert_ne!(without_d, incremental);
         live.set_transaction(&d.id, Some(&d));
         assert_eq!(w.documents(&live), incremental);
+    }
+
+    #[test]
+    fn a_rescan_that_takes_a_pocket_and_a_transaction_displaces_their_old_owner() {
+        let w = World::new();
+        let tx = w.tx(w.user, "12.5", "2026-11-03", 10);
+        let live = w.load(std::slice::from_ref(&tx));
+        // The source now says: the pocket and the transaction are `other`'s.
+        let mut pocket = w.pocket.clone();
+        pocket.user_id = Some(w.other);
+        let mut moved = tx.clone();
+        moved.user_id = w.other;
+        let displaced = live.insert(
+            w.other,
+            Kept {
+                transactions: vec![moved.clone()],
+                pockets: [
+                    (pocket.id, pocket.clone()),
+                    (w.other_pocket.id, w.other_pocket.clone()),
+                ]
+                .into_iter()
+                .collect(),
+                stored: Vec::new(),
+                baseline: YtdBaseline {
+                    from: day("2026-10-01"),
+                    income: Money::ZERO,
+                    expense: "100".parse().unwrap(),
+                },
+            },
+        );
+        assert_eq!(displaced, vec![w.user], "the old owner is told");
+        // What a fresh load of the same source builds.
+        let fresh = Live::new(
+            w.cal,
+            day("2026-10-01"),
+            day("2026-10-01"),
+            Categories::default(),
+        );
+        for (user, txs, pockets) in [
+            (w.user, vec![], vec![]),
+            (w.other, vec![moved], vec![pocket, w.other_pocket.clone()]),
+        ] {
+            let _ = fresh.insert(
+                user,
+                Kept {
+                    transactions: txs,
+                    pockets: pockets.into_iter().map(|p| (p.id, p)).collect(),
+                    stored: Vec::new(),
+                    baseline: YtdBaseline {
+                        from: day("2026-10-01"),
+                        income: Money::ZERO,
+                        expense: "100".parse().unwrap(),
+                    },
+                },
+            );
+        }
+        assert_eq!(w.documents(&live), w.documents(&fresh));
+        assert!(live.insert(w.user, Kept::default()).is_empty());
     }
 
     #[test]

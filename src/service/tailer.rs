@@ -212,7 +212,9 @@ impl<B: Backend> Tailer<B> {
                 focus,
                 &mut |r| {
                     if let (Some(user), Some(kept)) = (r.user, r.kept) {
-                        live.insert(user, kept);
+                        // Read at once, so nothing changed hands meanwhile
+                        // that the stream will not replay.
+                        let _ = live.insert(user, kept);
                     }
                 },
             )
@@ -958,6 +960,7 @@ impl<B: Backend> Tailer<B> {
             }
         }
         let rescanned: Vec<ObjectId> = rescan.values().flatten().copied().collect();
+        let mut displaced: Vec<ObjectId> = Vec::new();
         self.counters.users_rescanned += rescanned.len() as u64;
         self.counters.users_from_memory += per_user.len() as u64;
         for (from, users) in rescan {
@@ -976,6 +979,7 @@ impl<B: Backend> Tailer<B> {
                 };
                 let live = &self.live;
                 let per_user = &mut per_user;
+                let displaced = &mut displaced;
                 let rejects = self
                     .backend
                     .scan(
@@ -988,7 +992,7 @@ impl<B: Backend> Tailer<B> {
                         &mut |r| {
                             if let Some(user) = r.user {
                                 if let Some(kept) = r.kept {
-                                    live.insert(user, kept);
+                                    displaced.extend(live.insert(user, kept));
                                 }
                                 per_user.push((user, r.changes));
                             }
@@ -1006,6 +1010,13 @@ impl<B: Backend> Tailer<B> {
         inject::point("flush.written")?;
         for user in &rescanned {
             self.work.rescan.remove(user);
+        }
+        // Users a rescan took a transaction or pocket from (it changed
+        // hands): every day it counted on may have moved; the next flush
+        // rescans them.
+        for user in displaced {
+            self.mark(user, managed_from, None);
+            self.work.rescan.insert(user);
         }
         for user in &deep {
             self.work.deep.remove(user);
