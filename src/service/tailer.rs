@@ -150,6 +150,7 @@ impl<B: Backend> Tailer<B> {
         let open_from = tailer.live.open_from();
         for user in tailer.live.users() {
             tailer.mark(user, open_from, None);
+            tailer.work.compare.insert(user);
         }
         tailer.plan_steps(now).await?;
         inject::point("start.planned")?;
@@ -672,6 +673,8 @@ impl<B: Backend> Tailer<B> {
     /// Queues `user` from `day`: rebuilt from memory when the window
     /// holds the user and the day, rescanned from the source otherwise.
     fn mark(&mut self, user: ObjectId, day: NaiveDate, tx_day: Option<NaiveDate>) {
+        // Queued for a reason of its own now, not just a start's comparison.
+        self.work.compare.remove(&user);
         let rescan = day < self.live.open_from() || !self.live.holds(&user);
         self.work
             .mark(user, day, tx_day, rescan, self.opts.settle, Instant::now());
@@ -1020,7 +1023,17 @@ impl<B: Backend> Tailer<B> {
                     .extend(rejects.into_iter().map(|(c, id, r)| (c, id, Some(r))));
             }
         }
-        let writes = self.hold_past_changes(per_user, now, &deep);
+        // Users queued only by a start's comparison: nothing of theirs
+        // changed, so a clean comparison leaves them as they were.
+        let compared: HashSet<ObjectId> = self
+            .work
+            .compare
+            .iter()
+            .filter(|u| self.work.dirty.contains_key(u) || per_user.iter().any(|(p, _)| p == *u))
+            .copied()
+            .collect();
+        self.work.compare.retain(|u| !compared.contains(u));
+        let writes = self.hold_past_changes(per_user, now, &deep, &compared);
         inject::point("flush.computed")?;
         self.write(writes).await?;
         inject::point("flush.written")?;
@@ -1102,6 +1115,7 @@ impl<B: Backend> Tailer<B> {
         per_user: Vec<(ObjectId, Vec<DocChange>)>,
         now: DateTime<Utc>,
         deep: &HashSet<ObjectId>,
+        compared: &HashSet<ObjectId>,
     ) -> Vec<(ObjectId, NaiveDate, Write)> {
         let managed_from = self.managed_from();
         let settle = chrono::Duration::from_std(self.opts.settle).unwrap_or_default();
@@ -1139,13 +1153,16 @@ impl<B: Backend> Tailer<B> {
             if held.is_empty() {
                 if whole {
                     pending.remove(&user);
-                } else {
+                } else if !compared.contains(&user) {
                     pending.entry(user).or_insert(now);
                 }
                 continue;
             }
             match pending.get(&user) {
-                Some(since) if now - *since >= settle => {
+                // Persisted for the settle delay, and no transaction of the
+                // user is between its two writes now (its intermediate state
+                // would be written as drift and restated back a moment later).
+                Some(since) if now - *since >= settle && floor.is_none() => {
                     self.counters.drift_applied += 1;
                     self.opts.telemetry.drift_applied();
                     info!(user = %user.to_hex(), documents = held.len(), "Balance drift settled; restating past documents.");

@@ -33,6 +33,9 @@ pub(super) struct Work {
     /// every earlier closing balance, SPEC §4). Until it is done the user
     /// stays in the checkpoint's `pending`.
     pub deep: HashSet<ObjectId>,
+    /// Users queued only to compare their window with what is stored (a
+    /// start): a clean comparison does not make them pending.
+    pub compare: HashSet<ObjectId>,
     /// user → (earliest day touched by a recent transaction event, when).
     pub floors: HashMap<ObjectId, (NaiveDate, Instant)>,
     /// Documents whose old version must be located (id, owner if known).
