@@ -91,20 +91,6 @@ fn start_tally(bin: &str, uri: &str, db: &str, initial_days: u64, settle: u64) -
         .unwrap_or_else(|e| panic!("starting {bin}: {e}"))
 }
 
-async fn wait_started(db: &Database) {
-    for _ in 0..6000 {
-        if let Ok(Some(_)) = db
-            .collection::<Document>("tally_state")
-            .find_one(doc! {})
-            .await
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("tally never wrote its checkpoint");
-}
-
 /// What one stored output document holds of interest here.
 #[derive(Clone, Copy)]
 struct Stored {
@@ -655,7 +641,7 @@ fn main() {
 
             let started = Instant::now();
             let mut tally = start_tally(&bin, &uri, &name, initial_days, settle);
-            wait_started(&db).await;
+            common::wait_started(&db).await;
             let startup = started.elapsed();
 
             // Change events on the output collections tell when tally is

@@ -83,20 +83,6 @@ fn server_pid(port: u16) -> Option<u32> {
         .max()
 }
 
-async fn wait_started(db: &Database) {
-    for _ in 0..6000 {
-        if let Ok(Some(_)) = db
-            .collection::<Document>("tally_state")
-            .find_one(doc! {})
-            .await
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("tally never wrote its checkpoint");
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -429,7 +415,7 @@ fn main() {
 
         let started = Instant::now();
         let mut tally = start_tally(&uri, &name);
-        wait_started(&db).await;
+        common::wait_started(&db).await;
         let startup = started.elapsed();
 
         // Watch tally's report writes; a write is reflected when a report

@@ -31,7 +31,7 @@ use crate::source::{
     decode_category, decode_pocket, decode_transaction, Pocket, RejectReason, SourceId,
 };
 use crate::store::{
-    self, key_filter, same_content, write_over, Write, CATEGORIES, POCKETS, REJECTS, TRANSACTIONS,
+    self, key_filter, same_content, write_over, Write, CATEGORIES, POCKETS, TRANSACTIONS,
 };
 
 /// The periods a run covers.
@@ -922,16 +922,9 @@ pub fn reject_key(coll: &str, id: &SourceId) -> String {
 
 /// The documents that have a reject record, by [`reject_key`].
 pub async fn load_reject_keys(db: &Database) -> Result<HashSet<String>> {
-    let mut keys = HashSet::new();
-    let mut cursor = db
-        .collection::<Document>(REJECTS)
-        .find(doc! {})
-        .await
-        .context("reading tally_rejects")?;
-    while let Some(d) = cursor.try_next().await.context("reading tally_rejects")? {
-        if let (Ok(coll), Some(id)) = (d.get_str("collection"), d.get("source_id")) {
-            keys.insert(reject_key(coll, &SourceId::from_bson(id)));
-        }
-    }
-    Ok(keys)
+    Ok(store::reject_records(db)
+        .await?
+        .into_iter()
+        .map(|(coll, id)| reject_key(&coll, &SourceId::from_bson(&id)))
+        .collect())
 }

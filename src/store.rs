@@ -854,6 +854,23 @@ pub async fn record_rejects(
     Ok(())
 }
 
+/// Every reject record, as (collection, source `_id`).
+pub async fn reject_records(db: &Database) -> Result<Vec<(String, Bson)>> {
+    use futures::TryStreamExt;
+    let mut records = Vec::new();
+    let mut cursor = db
+        .collection::<Document>(REJECTS)
+        .find(doc! {})
+        .await
+        .context("reading tally_rejects")?;
+    while let Some(d) = cursor.try_next().await.context("reading tally_rejects")? {
+        if let (Ok(coll), Some(id)) = (d.get_str("collection"), d.get("source_id")) {
+            records.push((coll.to_owned(), id.clone()));
+        }
+    }
+    Ok(records)
+}
+
 /// Reads every reject record's source document again and removes the
 /// records of those now valid or gone; how many it removed. After events
 /// were lost (history lost, a source collection dropped) nothing else would
@@ -862,20 +879,13 @@ pub async fn record_rejects(
 pub async fn revalidate_rejects(db: &Database, fence: Option<&Fence>) -> Result<u64> {
     use futures::TryStreamExt;
     let mut recorded: HashMap<&'static str, Vec<Bson>> = HashMap::new();
-    let mut cursor = db
-        .collection::<Document>(REJECTS)
-        .find(doc! {})
-        .await
-        .context("reading tally_rejects")?;
-    while let Some(d) = cursor.try_next().await.context("reading tally_rejects")? {
-        let coll = match d.get_str("collection") {
-            Ok(TRANSACTIONS) => TRANSACTIONS,
-            Ok(POCKETS) => POCKETS,
+    for (coll, id) in reject_records(db).await? {
+        let coll = match coll.as_str() {
+            TRANSACTIONS => TRANSACTIONS,
+            POCKETS => POCKETS,
             _ => continue,
         };
-        if let Some(id) = d.get("source_id") {
-            recorded.entry(coll).or_default().push(id.clone());
-        }
+        recorded.entry(coll).or_default().push(id);
     }
     let mut corrected = Vec::new();
     for (coll, ids) in recorded {

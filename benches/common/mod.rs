@@ -249,3 +249,18 @@ pub fn listed_ids(report: &Document) -> Vec<bson::oid::ObjectId> {
     }
     out
 }
+
+/// Waits until `tally run` has stored its first checkpoint (it streams).
+pub async fn wait_started(db: &Database) {
+    for _ in 0..6000 {
+        if let Ok(Some(_)) = db
+            .collection::<Document>("tally_state")
+            .find_one(doc! {})
+            .await
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("tally never wrote its checkpoint");
+}
