@@ -20,12 +20,13 @@ use bson::{doc, Document};
 use chrono::{Days, NaiveDate, TimeZone, Utc};
 use common::{bare_scan, benching, env, Meter};
 use mongodb::Client;
-use tally::batch::backfill;
-use tally::calendar::{date_label, first_of_month, Calendar};
-use tally::reports::{earliest_dependency, Kind};
-use tally::scan::Range;
-use tally::seed::{seed, SeedOptions};
-use tally::store::{self, Write};
+use tally::batch::backfill::backfill;
+use tally::batch::scan::Range;
+use tally::batch::seed::{seed, SeedOptions};
+use tally::core::calendar::{date_label, first_of_month, Calendar};
+use tally::core::reports::{earliest_dependency, Kind};
+use tally::mongo::bulk;
+use tally::plan::write::Write;
 
 fn main() {
     let (users, per_user) = if benching() {
@@ -47,7 +48,7 @@ fn main() {
         let now = Utc.with_ymd_and_hms(2026, 3, 2, 12, 0, 0).unwrap();
         let opts = SeedOptions { users, transactions_per_user: per_user, from, to, seed: 1, bulk: true };
         let seeded = seed(&db, &cal, &opts).await.expect("seed");
-        tally::store::init(&db, true, false).await.expect("init");
+        tally::mongo::connect::init(&db, true, false).await.expect("init");
 
         let start = cal.day_start(earliest_dependency(from));
         let filter = doc! { "date": { "$gte": bson::DateTime::from_millis(start.timestamp_millis()) } };
@@ -85,7 +86,7 @@ fn main() {
         let mut stored = reports.find_one(doc! {}).await.expect("read").expect("a report");
         stored.remove("_id");
         let filter = doc! { "user_id": stored.get("user_id").unwrap(), "report_date": stored.get("report_date").unwrap() };
-        let stats = store::execute(&db, vec![Write::Upsert { kind: Kind::Report, filter, set: stored, if_revision: None }], None)
+        let stats = bulk::execute(&db, vec![Write::Upsert { kind: Kind::Report, filter, set: stored, if_revision: None }], None)
             .await
             .expect("execute");
         assert_eq!((stats.inserted, stats.updated, stats.conflicts, stats.errors), (0, 0, 1, 0), "{stats:?}");

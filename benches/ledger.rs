@@ -43,12 +43,12 @@ use bson::{doc, Bson, Document};
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{black_box, Criterion, Throughput};
 use mongodb::change_stream::event::ChangeStreamEvent;
-use tally::calendar::{last_of_month, Calendar};
-use tally::ledger::UserLedger;
-use tally::money::Money;
-use tally::reports::{Categories, UserView};
-use tally::seed::Rng;
-use tally::source::{decode_transaction, Pocket, Transaction};
+use tally::core::calendar::{last_of_month, Calendar};
+use tally::core::ledger::UserLedger;
+use tally::core::money::Money;
+use tally::core::reports::{Categories, UserView};
+use tally::core::rng::Rng;
+use tally::core::source::{decode_transaction, Pocket, Transaction};
 
 const N: usize = 200_000;
 const USERS: usize = 1000;

@@ -22,8 +22,8 @@ use bson::{doc, Document};
 use chrono::NaiveDate;
 use futures::TryStreamExt;
 use mongodb::Client;
-use tally::calendar::{date_label, Calendar};
-use tally::seed::{seed, SeedOptions};
+use tally::batch::seed::{seed, SeedOptions};
+use tally::core::calendar::{date_label, Calendar};
 
 /// `elapsed_ms`, `documents` and `closed_only` of the "Finalized." line of
 /// (kind, period) in `log`.
@@ -58,7 +58,7 @@ fn main() {
                 bulk: true,
             };
             let seeded = seed(&db, &cal, &opts).await.expect("seed");
-            tally::store::init(&db, true, true).await.expect("init");
+            tally::mongo::connect::init(&db, true, true).await.expect("init");
 
             let log_path = std::env::temp_dir().join(format!("{name}.log"));
             let log = std::fs::File::create(&log_path).expect("log file");

@@ -16,7 +16,7 @@
 //!    clock set shortly before the night, the steps a few seconds apart
 //!    (same periods, same work; see [`Night::run_schedule`]);
 //! 5. **manual `tally finalize`**: the same three steps by
-//!    [`tally::schedule::finalize`] (the CLI's manual trigger, which rescans
+//!    [`tally::batch::finalize::finalize`] (the CLI's manual trigger, which rescans
 //!    the server), on the output documents of the night's periods restored
 //!    to what the backfill left, for comparison.
 //!
@@ -52,12 +52,13 @@ use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
 use common::{bare_scan, benching, cpu_seconds, env, row, secs, status_bytes, Meter, Phase};
 use futures::TryStreamExt;
 use mongodb::{Client, Database};
-use tally::batch::backfill;
-use tally::calendar::{date_label, first_of_month, Calendar};
-use tally::reports::{earliest_dependency, Kind};
-use tally::scan::Range;
-use tally::schedule::{finalize, parse_time, Schedule};
-use tally::seed::{seed, SeedOptions, SeedSummary};
+use tally::batch::backfill::backfill;
+use tally::batch::finalize::finalize;
+use tally::batch::scan::Range;
+use tally::batch::seed::{seed, SeedOptions, SeedSummary};
+use tally::core::calendar::{date_label, first_of_month, Calendar};
+use tally::core::reports::{earliest_dependency, Kind};
+use tally::core::schedule::{parse_time, Schedule};
 
 const ZONE: &str = "America/New_York";
 /// Seed of the dataset: the same seed gives the same first users at any size.
@@ -216,7 +217,9 @@ fn main() {
             .expect("seed");
             // As an operator would: `tally init --create-source-index`. The
             // indexes also serve the old jobs' per-user queries.
-            tally::store::init(&db, true, true).await.expect("init");
+            tally::mongo::connect::init(&db, true, true)
+                .await
+                .expect("init");
             header(&sizes, &night, &seeded, &meter);
 
             backfill_phase(&db, &night, &meter).await;
@@ -348,7 +351,9 @@ async fn memory_phase(
             seed(&db, &night.cal, &night.seed_options(users, sizes.per_user))
                 .await
                 .expect("seed");
-            tally::store::init(&db, true, true).await.expect("init");
+            tally::mongo::connect::init(&db, true, true)
+                .await
+                .expect("init");
             let s = backfill(&db, night.cal, night.range(), night.evening, false)
                 .await
                 .expect("backfill");
@@ -1052,11 +1057,11 @@ async fn finalize_reads(db: &Database, night: &Night, meter: &Meter) {
     let since =
         |d: NaiveDate| bson::DateTime::from_millis(night.cal.day_start(d).timestamp_millis());
     let month = first_of_month(night.day);
-    let label = tally::calendar::date_label;
+    let label = tally::core::calendar::date_label;
     // Year-to-date baselines: the final snapshot of the day before the
     // period (and on the 1st, the previous month's summary), read by date
     // without hint in every variant, as `scan_since` does.
-    let prev = tally::calendar::prev_day;
+    let prev = tally::core::calendar::prev_day;
     let baselines = |from: NaiveDate| {
         let mut b = vec![("daily_financial_snapshots", "snapshot_date", prev(from))];
         if from == first_of_month(from) {

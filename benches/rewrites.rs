@@ -59,10 +59,11 @@ use chrono::{Days, Months, NaiveDate, Utc};
 use common::{benching, env};
 use futures::TryStreamExt;
 use mongodb::{Client, Database};
-use tally::calendar::{date_label, first_of_month, Calendar};
-use tally::money::Money;
-use tally::reports::Kind;
-use tally::seed::{seed, Rng, SeedOptions};
+use tally::batch::seed::{seed, SeedOptions};
+use tally::core::calendar::{date_label, first_of_month, Calendar};
+use tally::core::money::Money;
+use tally::core::reports::Kind;
+use tally::core::rng::Rng;
 
 /// The seed of each phase's random calls: both phases make the same calls.
 const CALLS_SEED: u64 = 11;
@@ -610,7 +611,7 @@ fn main() {
             };
             seed(&db, &cal, &opts).await.expect("seed");
             // As an operator would: `tally init --create-source-index`.
-            tally::store::init(&db, true, true).await.expect("init");
+            tally::mongo::connect::init(&db, true, true).await.expect("init");
             let mut pockets = Vec::new();
             let mut cursor = db
                 .collection::<Document>("pockets")
@@ -618,7 +619,7 @@ fn main() {
                 .await
                 .expect("pockets");
             while let Some(d) = cursor.try_next().await.expect("pockets") {
-                if let Ok(p) = tally::source::decode_pocket(&d) {
+                if let Ok(p) = tally::core::source::decode_pocket(&d) {
                     if let (Some(u), Ok(b)) = (p.user_id, p.balance) {
                         pockets.push((u, p.id, b));
                     }

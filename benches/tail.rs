@@ -34,9 +34,10 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use mongodb::options::FullDocumentType;
 use mongodb::{Client, Database};
-use tally::calendar::Calendar;
-use tally::money::Money;
-use tally::seed::{seed, Rng, SeedOptions};
+use tally::batch::seed::{seed, SeedOptions};
+use tally::core::calendar::Calendar;
+use tally::core::money::Money;
+use tally::core::rng::Rng;
 use tokio::sync::Mutex;
 
 fn env(name: &str, default: f64) -> f64 {
@@ -393,11 +394,11 @@ fn main() {
         };
         seed(&db, &cal, &opts).await.expect("seed");
         // As an operator would: `tally init --create-source-index`.
-        tally::store::init(&db, true, true).await.expect("init");
+        tally::mongo::connect::init(&db, true, true).await.expect("init");
         let mut pockets: Vec<(ObjectId, ObjectId, Money)> = Vec::new();
         let mut cursor = db.collection::<Document>("pockets").find(doc! { "deleted_at": null }).await.unwrap();
         while let Some(d) = cursor.try_next().await.unwrap() {
-            if let Ok(p) = tally::source::decode_pocket(&d) {
+            if let Ok(p) = tally::core::source::decode_pocket(&d) {
                 if let (Some(u), Ok(b)) = (p.user_id, p.balance) {
                     pockets.push((u, p.id, b));
                 }

@@ -38,8 +38,8 @@ use bson::{doc, Document};
 use futures::TryStreamExt;
 use mongodb::options::FullDocumentType;
 use mongodb::{Client, Database};
-use tally::money::Money;
-use tally::seed::Rng;
+use tally::core::money::Money;
+use tally::core::rng::Rng;
 use tokio::sync::Mutex;
 
 const LEADS: &str = "Acquired leadership.";
@@ -323,7 +323,7 @@ fn main() {
                 .status()
                 .expect("tally seed");
             assert!(seeded.success(), "tally seed: {seeded}");
-            tally::store::init(&db, true, true).await.expect("init");
+            tally::mongo::connect::init(&db, true, true).await.expect("init");
 
             let trickle_log = dir.join("trickle.log");
             let mut trickle = tally_cmd(&uri, &name, &[
@@ -338,7 +338,7 @@ fn main() {
             let mut pockets = Vec::new();
             let mut cursor = db.collection::<Document>("pockets").find(doc! { "deleted_at": null }).await.unwrap();
             while let Some(d) = cursor.try_next().await.unwrap() {
-                if let Ok(p) = tally::source::decode_pocket(&d) {
+                if let Ok(p) = tally::core::source::decode_pocket(&d) {
                     if let (Some(u), Ok(_)) = (p.user_id, p.balance) {
                         pockets.push((u, p.id));
                     }

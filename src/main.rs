@@ -4,21 +4,21 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     malloc_arenas();
-    let cli = match tally::config::parse_cli(std::env::args_os()) {
+    let cli = match tally::cli::config::parse_cli(std::env::args_os()) {
         Ok(cli) => cli,
-        Err(tally::config::LoadError::Usage(e)) => e.exit(),
-        Err(tally::config::LoadError::Invalid(e)) => {
+        Err(tally::cli::config::LoadError::Usage(e)) => e.exit(),
+        Err(tally::cli::config::LoadError::Invalid(e)) => {
             eprintln!("tally: error: {e:#}");
             return ExitCode::from(2);
         }
     };
     let log_format = cli.global.log_format;
-    tally::logging::init(log_format, &cli.settings.log);
+    tally::ops::logging::init(log_format, &cli.settings.log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             let message = format!("cannot start the async runtime: {e}");
-            tally::logging::fatal(log_format, &message);
+            tally::ops::logging::fatal(log_format, &message);
             return ExitCode::from(3);
         }
     };
@@ -31,8 +31,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            let message = tally::store::redact_uri(&format!("{e:#}"));
-            tally::logging::fatal(log_format, &message);
+            let message = tally::mongo::connect::redact_uri(&format!("{e:#}"));
+            tally::ops::logging::fatal(log_format, &message);
             ExitCode::from(tally::exit_status(&e))
         }
     }

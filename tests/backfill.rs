@@ -11,6 +11,8 @@ use bson::{doc, Bson, Document};
 use futures::TryStreamExt;
 use mongodb::{Client, Database};
 use serde_json::Value;
+use tally::mongo::connect;
+use tally::plan::write;
 
 const NOW: &str = "2026-03-15T12:00:00Z";
 const FROM: &str = "2026-01-20";
@@ -456,12 +458,13 @@ fn bad_flags_exit_2_with_a_message_that_says_what_to_fix_and_an_unreachable_serv
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_address_stored_documents_by_id() {
     use chrono::{NaiveDate, TimeZone, Utc};
-    use tally::reports::Kind;
-    use tally::store::{self, key_filter, write_over};
+    use tally::core::reports::Kind;
+    use tally::mongo::bulk;
+    use tally::plan::write::{key_filter, write_over};
 
     let db = database("backfill_by_id").await;
     db.drop().await.expect("drop");
-    store::init(&db, false, false).await.expect("indexes");
+    connect::init(&db, false, false).await.expect("indexes");
     let reports = db.collection::<Document>(Kind::Report.collection());
     let now = Utc.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).unwrap();
     let (user, day) = (
@@ -479,13 +482,13 @@ async fn writes_address_stored_documents_by_id() {
     };
 
     let first = write_over(Kind::Report, filter.clone(), content(1), None, now, "UTC");
-    let store::Write::Upsert { set, .. } = &first else {
+    let write::Write::Upsert { set, .. } = &first else {
         panic!("an upsert")
     };
     let id = set
         .get_object_id("_id")
         .expect("a new document carries its _id");
-    let stats = store::execute(&db, vec![first], None).await.unwrap();
+    let stats = bulk::execute(&db, vec![first], None).await.unwrap();
     assert_eq!(stats.inserted, 1);
     let v1 = stored().await;
     assert_eq!(v1.get_object_id("_id").unwrap(), id);
@@ -498,7 +501,7 @@ async fn writes_address_stored_documents_by_id() {
         now,
         "UTC",
     );
-    let stats = store::execute(&db, vec![second], None).await.unwrap();
+    let stats = bulk::execute(&db, vec![second], None).await.unwrap();
     assert_eq!((stats.updated, stats.conflicts), (1, 0));
     let v2 = stored().await;
     assert_eq!(
@@ -525,7 +528,7 @@ async fn writes_address_stored_documents_by_id() {
         now,
         "UTC",
     );
-    let stats = store::execute(&db, vec![third], None).await.unwrap();
+    let stats = bulk::execute(&db, vec![third], None).await.unwrap();
     assert_eq!((stats.updated, stats.conflicts), (0, 1));
     assert_eq!(stored().await.get_i64("transaction_count").unwrap(), 2);
 
@@ -533,7 +536,7 @@ async fn writes_address_stored_documents_by_id() {
     // meets the key and is not written (the stored document may be newer),
     // a conflict that makes the caller read the stored document again.
     let fourth = write_over(Kind::Report, filter.clone(), content(4), None, now, "UTC");
-    let stats = store::execute(&db, vec![fourth], None).await.unwrap();
+    let stats = bulk::execute(&db, vec![fourth], None).await.unwrap();
     assert_eq!(
         (stats.inserted, stats.updated, stats.conflicts, stats.errors),
         (0, 0, 1, 0)
@@ -556,7 +559,7 @@ async fn writes_address_stored_documents_by_id() {
         now,
         "UTC",
     );
-    let stats = store::execute(&db, vec![fifth], None).await.unwrap();
+    let stats = bulk::execute(&db, vec![fifth], None).await.unwrap();
     assert_eq!((stats.updated, stats.conflicts), (1, 0));
     let v5 = stored().await;
     assert_eq!(v5.get_object_id("_id").unwrap(), id);
@@ -570,11 +573,11 @@ async fn writes_address_stored_documents_by_id() {
     assert_eq!(reports.count_documents(doc! {}).await.unwrap(), 1);
 
     // A surplus document is deleted by the same _id.
-    let gone = store::Write::Delete {
+    let gone = write::Write::Delete {
         kind: Kind::Report,
         filter: doc! { "_id": id },
     };
-    let stats = store::execute(&db, vec![gone], None).await.unwrap();
+    let stats = bulk::execute(&db, vec![gone], None).await.unwrap();
     assert_eq!(stats.deleted, 1);
     assert_eq!(reports.count_documents(doc! {}).await.unwrap(), 0);
 }
@@ -582,13 +585,14 @@ async fn writes_address_stored_documents_by_id() {
 #[tokio::test(flavor = "multi_thread")]
 async fn fenced_inserts_skip_taken_keys_and_write_the_rest() {
     use chrono::{NaiveDate, TimeZone, Utc};
-    use tally::lease;
-    use tally::reports::Kind;
-    use tally::store::{self, key_filter, write_over};
+    use tally::core::reports::Kind;
+    use tally::mongo::bulk;
+    use tally::mongo::lease;
+    use tally::plan::write::{key_filter, write_over};
 
     let db = database("backfill_fenced_dup").await;
     db.drop().await.expect("drop");
-    store::init(&db, false, false).await.expect("indexes");
+    connect::init(&db, false, false).await.expect("indexes");
     let fence = lease::try_acquire(&db, "a", std::time::Duration::from_secs(60))
         .await
         .unwrap()
@@ -609,11 +613,11 @@ async fn fenced_inserts_skip_taken_keys_and_write_the_rest() {
     };
     // Users 1 and 3 already have their document (another writer's).
     let first = vec![new(users[1], 1), new(users[3], 1)];
-    store::execute(&db, first, Some(&fence)).await.unwrap();
+    bulk::execute(&db, first, Some(&fence)).await.unwrap();
     let taken = all(&db, Kind::Report.collection()).await;
 
     let writes = users.iter().map(|u| new(*u, 2)).collect();
-    let stats = store::execute(&db, writes, Some(&fence)).await.unwrap();
+    let stats = bulk::execute(&db, writes, Some(&fence)).await.unwrap();
     assert_eq!(
         (stats.inserted, stats.updated, stats.conflicts, stats.errors),
         (2, 0, 2, 0)

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value as Json;
-use tally::config::KEYS;
+use tally::cli::config::KEYS;
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// Every metric tally exports (issue 4). Checked later against `/metrics`.
@@ -65,7 +65,7 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// The default HTTP address's port, from the configuration's own defaults.
 fn default_port() -> i64 {
-    let addr: std::net::SocketAddr = tally::config::key_named("http_addr")
+    let addr: std::net::SocketAddr = tally::cli::config::key_named("http_addr")
         .expect("http_addr key")
         .default
         .parse()

@@ -24,8 +24,8 @@ use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime as BsonDateTime, Document};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
-use tally::money::Money;
-use tally::seed::Rng;
+use tally::core::money::Money;
+use tally::core::rng::Rng;
 
 use support::process::{
     env_on_own_server, first_to_log, instant, until_server_is_back, wait_for, Env, Running,
@@ -183,7 +183,7 @@ impl Env {
         self.all("pockets", doc! { "deleted_at": Bson::Null })
             .await
             .iter()
-            .filter_map(|d| tally::source::decode_pocket(d).ok())
+            .filter_map(|d| tally::core::source::decode_pocket(d).ok())
             .filter_map(|p| Some((p.user_id?, p.id)))
             .collect()
     }

@@ -5,7 +5,7 @@
 //! The dataset is built below in [`dataset`]; `backfill` runs over
 //! 2026-01-30 ..= 2026-02-02 in `America/New_York` with a fixed `now`, and
 //! every stored document of the three output collections must equal a
-//! fixture (`tally::diff::diff`: money compared numerically, bookkeeping
+//! fixture (`tally::core::diff::diff`: money compared numerically, bookkeeping
 //! ignored), with no document missing or surplus.
 //!
 //! Debugging aid: `TALLY_GOLDEN_DUMP=1 cargo test --test golden -- --nocapture`
@@ -159,12 +159,12 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
 use mongodb::{Client, Database};
 
-use tally::batch::backfill;
-use tally::calendar::{label_date, last_of_month, Calendar};
-use tally::diff::diff;
-use tally::reports::{Kind, BOOKKEEPING};
-use tally::scan::Range;
-use tally::source::RejectReason;
+use tally::batch::backfill::backfill;
+use tally::batch::scan::Range;
+use tally::core::calendar::{label_date, last_of_month, Calendar};
+use tally::core::diff::diff;
+use tally::core::reports::{Kind, BOOKKEEPING};
+use tally::core::source::RejectReason;
 
 const TIME_ZONE: &str = "America/New_York";
 const NOW: &str = "2026-02-10T12:00:00Z";

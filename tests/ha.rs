@@ -17,12 +17,15 @@ use bson::{doc, Bson, DateTime as BsonDateTime, Document};
 use chrono::{DateTime, NaiveDate, Utc};
 use mongodb::Database;
 use serde_json::Value;
-use tally::lease::{self, Fence};
-use tally::money::Money;
-use tally::reports::Kind;
-use tally::seed::Rng;
-use tally::state::{self, Checkpoint, Claim};
-use tally::store::{self, Write};
+use tally::core::money::Money;
+use tally::core::reports::Kind;
+use tally::core::rng::Rng;
+use tally::mongo::bulk;
+use tally::mongo::connect;
+use tally::mongo::lease::{self, Fence};
+use tally::mongo::state::{self, Checkpoint, Claim};
+use tally::plan::write;
+use tally::plan::write::Write;
 
 use support::process::{first_to_log, instant, Env, Running, TestClock, CATCH_UP, SETTLE_SECONDS};
 
@@ -364,7 +367,7 @@ impl Coin {
 
 fn report_write(user: ObjectId, day: &str, total: i64) -> Write {
     let day: NaiveDate = day.parse().expect("date");
-    let filter = store::key_filter(Kind::Report, user, day);
+    let filter = write::key_filter(Kind::Report, user, day);
     let mut set = filter.clone();
     set.insert("total_income", total);
     Write::Upsert {
@@ -400,7 +403,7 @@ async fn steal(env: &Env, thief: &str, ttl_ms: i64) -> Fence {
 async fn a_write_behind_a_stale_fence_fails_with_lost_lease_and_writes_nothing() {
     let env = Env::new("ha_fence", support::uri(), "UTC", instant(NOON_NY)).await;
     let db = &env.db;
-    store::init(db, false, false).await.expect("indexes");
+    connect::init(db, false, false).await.expect("indexes");
     let ttl = Duration::from_secs(60);
     let a = lease::try_acquire(db, "a", ttl)
         .await
@@ -416,14 +419,14 @@ async fn a_write_behind_a_stale_fence_fails_with_lost_lease_and_writes_nothing()
     let reports = db.collection::<Document>(Kind::Report.collection());
 
     // Current fence: the writes land, the checkpoint too.
-    let stats = store::execute(db, vec![report_write(u1, "2026-03-01", 1)], Some(&a))
+    let stats = bulk::execute(db, vec![report_write(u1, "2026-03-01", 1)], Some(&a))
         .await
         .expect("a fenced write while holding the lease");
     assert_eq!(stats.inserted, 1);
     // An insert of a document that exists meets a duplicate key, which
     // aborts its transaction; it is not written (a conflict: the stored
     // document may be newer), and the stored one stays.
-    let stats = store::execute(db, vec![report_write(u1, "2026-03-01", 2)], Some(&a))
+    let stats = bulk::execute(db, vec![report_write(u1, "2026-03-01", 2)], Some(&a))
         .await
         .expect("duplicate key path");
     assert_eq!(
@@ -443,7 +446,7 @@ async fn a_write_behind_a_stale_fence_fails_with_lost_lease_and_writes_nothing()
     // Another instance takes the lease: every write behind a's fence fails.
     let b = steal(&env, "b", 60_000).await;
     assert_eq!(b.token, 2);
-    let e = store::execute(
+    let e = bulk::execute(
         db,
         vec![
             report_write(u1, "2026-03-01", 3),
@@ -504,7 +507,7 @@ async fn a_write_behind_a_stale_fence_fails_with_lost_lease_and_writes_nothing()
     );
     let again = state::claim(db, "snapshots", day, "a", now, stale, Some(&a)).await;
     assert_eq!(again.unwrap(), Claim::Taken);
-    store::execute(db, vec![report_write(u2, "2026-03-02", 5)], Some(&b))
+    bulk::execute(db, vec![report_write(u2, "2026-03-02", 5)], Some(&b))
         .await
         .expect("the new holder writes");
     assert_eq!(reports.count_documents(doc! {}).await.unwrap(), 2);
@@ -702,7 +705,7 @@ async fn sigterm_of_the_leader_hands_over_at_once() {
 async fn fence_cost_on_small_flushes() {
     let env = Env::new("ha_cost", support::uri(), "UTC", instant(NOON_NY)).await;
     let db = &env.db;
-    store::init(db, false, false).await.expect("indexes");
+    connect::init(db, false, false).await.expect("indexes");
     let fence = lease::try_acquire(db, "bench", Duration::from_secs(600))
         .await
         .unwrap()
@@ -716,7 +719,7 @@ async fn fence_cost_on_small_flushes() {
             let writes = (0..5)
                 .map(|_| report_write(ObjectId::new(), "2026-01-05", i as i64))
                 .collect();
-            store::execute(db, writes, f).await.expect("execute");
+            bulk::execute(db, writes, f).await.expect("execute");
         }
         let flush = started.elapsed() / ROUNDS as u32;
         let started = Instant::now();

@@ -20,7 +20,7 @@ use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime as BsonDateTime, Document};
 use mongodb::{Client, Database};
 use serde_json::Value;
-use tally::money::Money;
+use tally::core::money::Money;
 
 const STARTUP: Duration = Duration::from_secs(90);
 

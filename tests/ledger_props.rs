@@ -6,7 +6,7 @@
 //! year) so that random operations collide often: same day, same pocket,
 //! same instant, edits that move a transaction across days, users, types
 //! and pockets. Transactions are generated as source *documents* in every
-//! accepted encoding and decoded by `tally::source::decode_transaction`.
+//! accepted encoding and decoded by `tally::core::source::decode_transaction`.
 //!
 //! The oracle of the accounting property (`documents_follow_the_spec`) does
 //! not use the ledger: it works from the generated models, with days known
@@ -40,12 +40,12 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{TestCaseError, TestRunner};
 
-use tally::calendar::{self, Calendar};
-use tally::diff::diff;
-use tally::ledger::UserLedger;
-use tally::money::Money;
-use tally::reports::{Categories, Kind, UserView};
-use tally::source::{decode_pocket, decode_transaction, Pocket, Transaction};
+use tally::core::calendar::{self, Calendar};
+use tally::core::diff::diff;
+use tally::core::ledger::UserLedger;
+use tally::core::money::Money;
+use tally::core::reports::{Categories, Kind, UserView};
+use tally::core::source::{decode_pocket, decode_transaction, Pocket, Transaction};
 
 type TestResult = Result<(), TestCaseError>;
 

@@ -20,9 +20,9 @@ use bson::{doc, Bson, DateTime as BsonDateTime, Document};
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use futures::FutureExt;
 use mongodb::{ClientSession, Database};
-use tally::calendar::{date_label, local_instant};
-use tally::money::Money;
-use tally::seed::Rng;
+use tally::core::calendar::{date_label, local_instant};
+use tally::core::money::Money;
+use tally::core::rng::Rng;
 
 use support::process::{
     env_on_own_server, instant, until_server_is_back, wait_for, Env, Running, TestClock, CATCH_UP,
@@ -1163,7 +1163,7 @@ async fn sigterm_while_the_server_is_away_exits_0_and_loses_nothing() {
 /// for ten minutes, while the schedule moved on: it never ran.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_finalization_can_be_retried_by_its_owner_and_only_by_it() {
-    use tally::state::{claim, finish, Claim};
+    use tally::mongo::state::{claim, finish, Claim};
     let env = Env::new("run_claim", support::uri(), "UTC", instant(NOON_NY)).await;
     let (day, now, stale) = (
         date("2026-03-14"),

@@ -40,21 +40,23 @@ use bson::{doc, Bson, DateTime as BsonDateTime, Document, RawDocumentBuf, Timest
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use mongodb::change_stream::event::ResumeToken;
 
-use tally::calendar::{first_of_month, label_date, Calendar};
-use tally::lease::Fence;
-use tally::lease::LostLease;
-use tally::ledger::{UserLedger, YtdBaseline};
-use tally::live::StoredMeta;
-use tally::money::Money;
-use tally::reports::{Categories, Kind, UserView};
-use tally::scan::{compare_user, reject_key, Difference, Focus, Kept, Range, UserResult};
-use tally::schedule::Schedule;
-use tally::seed::Rng;
+use tally::batch::scan::{reject_key, Focus, Kept, Range, UserResult};
+use tally::core::calendar::{first_of_month, label_date, Calendar};
+use tally::core::ledger::{UserLedger, YtdBaseline};
+use tally::core::money::Money;
+use tally::core::reports::{Categories, Kind, UserView};
+use tally::core::rng::Rng;
+use tally::core::schedule::Schedule;
+use tally::core::source::{decode_pocket, decode_transaction, Pocket, RejectReason, SourceId};
+use tally::mongo::bulk::WriteStats;
+use tally::mongo::lease::Fence;
+use tally::mongo::lease::LostLease;
+use tally::mongo::state::{Checkpoint, Claim};
+use tally::plan::compare::{compare_user, Difference};
+use tally::plan::fingerprint::StoredMeta;
+use tally::plan::write::Write;
 use tally::service::backend::{Backend, Changes, Located, Rejects, Watch};
 use tally::service::{run_with, Clock, RunOptions};
-use tally::source::{decode_pocket, decode_transaction, Pocket, RejectReason, SourceId};
-use tally::state::{Checkpoint, Claim};
-use tally::store::{Write, WriteStats};
 
 const TRANSACTIONS: &str = "transactions";
 const POCKETS: &str = "pockets";
@@ -185,7 +187,7 @@ impl Memory {
         Ok(())
     }
 
-    /// Fenced writes prove the lease current ([`tally::lease::fenced`]):
+    /// Fenced writes prove the lease current ([`tally::mongo::lease::fenced`]):
     /// a deposed leader's write is refused, nothing of it lands.
     fn fenced(w: &mut World, fence: Option<&Fence>) -> Result<()> {
         let Some(f) = fence else { return Ok(()) };
@@ -287,7 +289,7 @@ impl Memory {
         w: &World,
         users: Option<&HashSet<ObjectId>>,
     ) -> (
-        Vec<tally::source::Transaction>,
+        Vec<tally::core::source::Transaction>,
         BTreeMap<ObjectId, BTreeMap<ObjectId, Pocket>>,
         Rejects,
     ) {
@@ -345,7 +347,7 @@ impl Memory {
             ObjectId,
             (
                 UserLedger,
-                Vec<tally::source::Transaction>,
+                Vec<tally::core::source::Transaction>,
                 BTreeMap<ObjectId, Pocket>,
                 Vec<(Kind, NaiveDate, Document)>,
             ),
@@ -354,7 +356,8 @@ impl Memory {
     ) {
         let (txs, pockets, rejects) = Memory::decoded(w, users);
         let categories = Memory::categories(w);
-        let mut by_user: BTreeMap<ObjectId, Vec<tally::source::Transaction>> = BTreeMap::new();
+        let mut by_user: BTreeMap<ObjectId, Vec<tally::core::source::Transaction>> =
+            BTreeMap::new();
         for t in txs {
             by_user.entry(t.user_id).or_default().push(t);
         }
@@ -426,7 +429,7 @@ impl Memory {
             .iter()
             .any(|((k, p), s)| *k == Kind::Report && *p >= today && s.1);
         if done {
-            tally::calendar::next_day(today)
+            tally::core::calendar::next_day(today)
         } else {
             today
         }
@@ -762,7 +765,7 @@ impl Backend for Memory {
         for (kind, user, period) in w.outputs.keys() {
             if users.contains(user) {
                 let day = match kind {
-                    Kind::Monthly => tally::calendar::last_of_month(*period),
+                    Kind::Monthly => tally::core::calendar::last_of_month(*period),
                     _ => *period,
                 };
                 let e = first.entry(*user).or_insert(day);
@@ -896,7 +899,7 @@ impl Backend for Memory {
         }
         self.hop("finalize", false).await?;
         let to = match kind {
-            Kind::Monthly => tally::calendar::last_of_month(period),
+            Kind::Monthly => tally::core::calendar::last_of_month(period),
             _ => period,
         };
         let range = Range {
@@ -974,7 +977,7 @@ impl Backend for Memory {
                     }
                 }
                 // `lease::acquire` retries what goes away by itself.
-                Err(e) if tally::errors::is_transient(&e) => {}
+                Err(e) if tally::mongo::errors::is_transient(&e) => {}
                 Err(e) => return Err(e),
             }
             tokio::time::sleep(ttl / 3).await;
@@ -1358,12 +1361,12 @@ async fn simulate(seed: u64) -> Result<Outcome> {
     // faults go on.
     let day = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap() + Days::new(rng.below(364));
     let day = if rng.chance(33) {
-        tally::calendar::last_of_month(day)
+        tally::core::calendar::last_of_month(day)
     } else {
         day
     };
     let start: DateTime<Utc> =
-        cal.day_start(tally::calendar::next_day(day)) - chrono::Duration::seconds(70);
+        cal.day_start(tally::core::calendar::next_day(day)) - chrono::Duration::seconds(70);
     let clock = Clock::of_runtime(start);
     let memory = Memory {
         world: Arc::new(Mutex::new(World::default())),
@@ -1543,7 +1546,7 @@ async fn simulate(seed: u64) -> Result<Outcome> {
     // after a failure or a crash claims it again; it never ran twice after
     // it was done).
     let mut due = vec![(Kind::Report, day), (Kind::Snapshot, day)];
-    if day == tally::calendar::last_of_month(day) {
+    if day == tally::core::calendar::last_of_month(day) {
         due.push((Kind::Monthly, first_of_month(day)));
     }
     for step in &due {

@@ -12,9 +12,9 @@ use bson::{doc, Bson, Document};
 use chrono::NaiveDate;
 use futures::TryStreamExt;
 use mongodb::{Database, IndexModel};
-use tally::calendar::{date_label, first_of_month, last_of_month, next_day, Calendar};
-use tally::money::Money;
-use tally::source::decode_transaction;
+use tally::core::calendar::{date_label, first_of_month, last_of_month, next_day, Calendar};
+use tally::core::money::Money;
+use tally::core::source::decode_transaction;
 
 pub const BATCH: usize = 100;
 const REPORTS: &str = "baseline_daily_reports";
@@ -76,7 +76,7 @@ fn totals(docs: &[Document]) -> (i64, Money, Money, Vec<Bson>) {
         n += 1;
         ids.push(t.id.to_bson());
         match t.kind {
-            tally::source::TxType::Income => income += t.amount,
+            tally::core::source::TxType::Income => income += t.amount,
             k if k.is_outflow() => expense += t.amount,
             _ => {}
         }
@@ -129,7 +129,7 @@ pub async fn snapshots(db: &Database, day: NaiveDate, users: &[ObjectId]) -> Res
             let mut total = Money::ZERO;
             let balances: Vec<Bson> = pockets
                 .iter()
-                .filter_map(|d| tally::source::decode_pocket(d).ok())
+                .filter_map(|d| tally::core::source::decode_pocket(d).ok())
                 .filter_map(|p| {
                     let b = p.balance.ok()?;
                     total += b;

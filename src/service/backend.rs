@@ -22,14 +22,18 @@ use mongodb::change_stream::ChangeStream;
 use mongodb::options::{FullDocumentBeforeChangeType, FullDocumentType};
 use mongodb::Database;
 
-use crate::batch;
-use crate::calendar::Calendar;
-use crate::lease::{self, Fence};
-use crate::reports::{Categories, Kind};
-use crate::scan::{self, Focus, Range, UserResult};
-use crate::source::{RejectReason, SourceId};
-use crate::state::{self, Checkpoint, Claim};
-use crate::store::{self, Write, WriteStats, POCKETS, TRANSACTIONS};
+use crate::batch::backfill;
+use crate::batch::scan::{self, Focus, Range, UserResult};
+use crate::core::calendar::Calendar;
+use crate::core::reports::{Categories, Kind};
+use crate::core::source::{RejectReason, SourceId};
+use crate::mongo::bulk::{self, WriteStats};
+use crate::mongo::connect;
+use crate::mongo::lease::{self, Fence};
+use crate::mongo::rejects;
+use crate::mongo::state::{self, Checkpoint, Claim};
+use crate::mongo::{POCKETS, TRANSACTIONS};
+use crate::plan::write::Write;
 
 /// Source documents found invalid: (collection, id, reason).
 pub type Rejects = Vec<(&'static str, SourceId, RejectReason)>;
@@ -108,7 +112,7 @@ pub trait Backend: Send + Sync {
     ) -> impl Future<Output = Result<WriteStats>> + Send;
     /// Where the given transactions and pockets counted, from the reports.
     fn locate(&self, ids: Vec<Bson>) -> impl Future<Output = Result<Located>> + Send;
-    /// [`store::first_stored_days`].
+    /// [`scan::first_stored_days`].
     fn first_stored_days(
         &self,
         users: &[ObjectId],
@@ -124,7 +128,7 @@ pub trait Backend: Send + Sync {
         corrected: &[(&'static str, SourceId)],
         fence: Option<&Fence>,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// [`store::revalidate_rejects`]: after events were lost.
+    /// [`rejects::revalidate_rejects`]: after events were lost.
     fn revalidate_rejects(&self, fence: Option<&Fence>)
         -> impl Future<Output = Result<u64>> + Send;
     /// The last period of `kind` finalized, and when.
@@ -170,7 +174,7 @@ pub trait Backend: Send + Sync {
         fence: Option<&Fence>,
     ) -> impl Future<Output = Result<u64>> + Send;
 
-    // The lease ([`crate::lease`]): one active instance, fenced writes.
+    // The lease ([`crate::mongo::lease`]): one active instance, fenced writes.
 
     /// Waits until `owner` holds the lease; `None` once `stop` is set.
     fn acquire(
@@ -212,7 +216,7 @@ impl Backend for Mongo {
     type Changes = MongoChanges;
 
     async fn init(&self, pre_images: bool) -> Result<Vec<String>> {
-        store::init(&self.0, false, pre_images).await
+        connect::init(&self.0, false, pre_images).await
     }
 
     async fn load_checkpoint(&self) -> Result<Checkpoint> {
@@ -247,7 +251,7 @@ impl Backend for Mongo {
         now: DateTime<Utc>,
         fence: Option<Fence>,
     ) -> Result<u64> {
-        let s = batch::backfill_fenced(&self.0, cal, range, now, false, fence).await?;
+        let s = backfill::backfill_fenced(&self.0, cal, range, now, false, fence).await?;
         Ok(s.writes.changed())
     }
 
@@ -294,7 +298,7 @@ impl Backend for Mongo {
     }
 
     async fn execute(&self, writes: Vec<Write>, fence: Option<&Fence>) -> Result<WriteStats> {
-        store::execute(&self.0, writes, fence).await
+        bulk::execute(&self.0, writes, fence).await
     }
 
     async fn locate(&self, ids: Vec<Bson>) -> Result<Located> {
@@ -315,7 +319,7 @@ impl Backend for Mongo {
     }
 
     async fn first_stored_days(&self, users: &[ObjectId]) -> Result<HashMap<ObjectId, NaiveDate>> {
-        store::first_stored_days(&self.0, users).await
+        scan::first_stored_days(&self.0, users).await
     }
 
     async fn record_rejects(
@@ -324,7 +328,7 @@ impl Backend for Mongo {
         now: DateTime<Utc>,
         fence: Option<&Fence>,
     ) -> Result<()> {
-        store::record_rejects(&self.0, rejects, now, fence).await
+        rejects::record_rejects(&self.0, rejects, now, fence).await
     }
 
     async fn clear_rejects(
@@ -332,11 +336,11 @@ impl Backend for Mongo {
         corrected: &[(&'static str, SourceId)],
         fence: Option<&Fence>,
     ) -> Result<()> {
-        store::clear_rejects(&self.0, corrected, fence).await
+        rejects::clear_rejects(&self.0, corrected, fence).await
     }
 
     async fn revalidate_rejects(&self, fence: Option<&Fence>) -> Result<u64> {
-        store::revalidate_rejects(&self.0, fence).await
+        rejects::revalidate_rejects(&self.0, fence).await
     }
 
     async fn last_finalized(&self, kind: Kind) -> Result<Option<(NaiveDate, DateTime<Utc>)>> {
@@ -384,7 +388,7 @@ impl Backend for Mongo {
         trusted_from: NaiveDate,
         fence: Option<&Fence>,
     ) -> Result<u64> {
-        crate::schedule::finalize(&self.0, cal, kind, period, now, trusted_from, fence).await
+        crate::batch::finalize::finalize(&self.0, cal, kind, period, now, trusted_from, fence).await
     }
 
     async fn mark_final(
@@ -394,7 +398,7 @@ impl Backend for Mongo {
         now: DateTime<Utc>,
         fence: Option<&Fence>,
     ) -> Result<u64> {
-        crate::schedule::mark_final(&self.0, kind, period, now, fence).await
+        crate::batch::finalize::mark_final(&self.0, kind, period, now, fence).await
     }
 
     async fn acquire(
@@ -426,7 +430,7 @@ impl Located {
         else {
             return;
         };
-        let day = crate::calendar::label_date(*day);
+        let day = crate::core::calendar::label_date(*day);
         for p in r
             .get_array("transactions_by_pocket")
             .map(|a| a.as_slice())

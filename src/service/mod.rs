@@ -25,10 +25,14 @@
 //! (leadership, failures, stopping), [`tailer`] (the active instance's
 //! work: stream, window, flushes, steps, checkpoints), [`work`] (what
 //! events left to do: the one set a flush consumes), [`event`] (change
-//! events read in place).
+//! events read in place), [`live`] (the window in memory), [`backend`]
+//! (every server call the loop makes).
+//!
+//! May use: every layer but [`crate::cli`].
 
 pub mod backend;
 mod event;
+pub mod live;
 mod options;
 mod run;
 mod tailer;

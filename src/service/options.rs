@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::calendar::Calendar;
-use crate::schedule::Schedule;
-use crate::telemetry::Telemetry;
+use crate::core::calendar::Calendar;
+use crate::core::schedule::Schedule;
+use crate::ops::telemetry::Telemetry;
 
 /// The service's notion of now: real time, optionally shifted (tests and
 /// demos start the clock at a chosen instant; it then runs at real speed),

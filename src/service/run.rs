@@ -14,10 +14,11 @@ use tracing::{error, info, warn};
 use super::backend::{Backend, Mongo};
 use super::options::{Counters, RunOptions};
 use super::tailer::Tailer;
-use crate::errors::is_transient;
-use crate::lease::{self, Fence, LostLease};
-use crate::store;
-use crate::telemetry::{Failure, Recovery, Telemetry};
+use crate::mongo::bulk;
+use crate::mongo::connect;
+use crate::mongo::errors::is_transient;
+use crate::mongo::lease::{self, Fence, LostLease};
+use crate::ops::telemetry::{Failure, Recovery, Telemetry};
 
 /// Runs until `shutdown` completes, then flushes, checkpoints and returns
 /// (the counters of the last term as the active instance).
@@ -99,7 +100,7 @@ pub async fn run_with<B: Backend + Clone + 'static>(
                 match released {
                     Ok(Ok(_)) => info!(token = fence.token, "Released leadership."),
                     Ok(Err(e)) => {
-                        warn!(error = %store::redact_uri(&format!("{e:#}")), "Could not release the lease; it expires on its own.")
+                        warn!(error = %connect::redact_uri(&format!("{e:#}")), "Could not release the lease; it expires on its own.")
                     }
                     Err(_) => warn!("Could not release the lease in time; it expires on its own."),
                 }
@@ -213,7 +214,7 @@ impl Failures {
         self.telemetry.write_failure(cause);
         let since = *self.since.get_or_insert_with(Instant::now);
         self.in_a_row += 1;
-        let error = store::redact_uri(&format!("{e:#}"));
+        let error = connect::redact_uri(&format!("{e:#}"));
         if since.elapsed() >= self.give_up_after {
             let seconds = self.give_up_after.as_secs();
             error!(%error, cause = cause.as_str(), failures = self.in_a_row, seconds, "Giving up: {what} kept failing; exiting so that a supervisor restarts tally.");
@@ -233,7 +234,7 @@ fn failure_cause(e: &anyhow::Error) -> Failure {
         Failure::Unavailable
     } else if e
         .chain()
-        .any(|c| c.is::<mongodb::error::Error>() || c.is::<store::WriteErrors>())
+        .any(|c| c.is::<mongodb::error::Error>() || c.is::<bulk::WriteErrors>())
     {
         Failure::ServerError
     } else {
@@ -368,7 +369,7 @@ pub(super) async fn pause(d: Duration, stop: &AtomicBool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calendar::Calendar;
+    use crate::core::calendar::Calendar;
 
     #[test]
     fn failures_back_off_and_give_up_only_once_they_persisted() {

@@ -20,18 +20,22 @@ use super::event::Event;
 use super::options::{Counters, RunOptions};
 use super::run::pause;
 use super::work::Work;
-use crate::calendar::{first_of_month, last_of_month};
-use crate::errors::{command_code, is_history_lost};
-use crate::inject;
-use crate::lease::{self, Fence};
-use crate::live::Live;
-use crate::reports::Kind;
-use crate::scan::{reject_key, Difference, DocChange, Focus, Range};
-use crate::schedule;
-use crate::source::{decode_pocket, decode_transaction, SourceId};
-use crate::state::{Checkpoint, Claim};
-use crate::store::{self, Write, POCKETS, TRANSACTIONS};
-use crate::telemetry::{Recovery, WriteMix};
+use crate::batch::scan::{reject_key, Focus, Range};
+use crate::core::calendar::{first_of_month, last_of_month};
+use crate::core::reports::Kind;
+use crate::core::schedule;
+use crate::core::source::{decode_pocket, decode_transaction, SourceId};
+use crate::mongo::bulk;
+use crate::mongo::connect;
+use crate::mongo::errors::{command_code, is_history_lost};
+use crate::mongo::inject;
+use crate::mongo::lease::{self, Fence};
+use crate::mongo::state::{Checkpoint, Claim};
+use crate::mongo::{POCKETS, TRANSACTIONS};
+use crate::ops::telemetry::{Recovery, WriteMix};
+use crate::plan::compare::{Difference, DocChange};
+use crate::plan::write::Write;
+use crate::service::live::Live;
 
 pub(super) struct Tailer<B: Backend> {
     backend: B,
@@ -201,7 +205,7 @@ impl<B: Backend> Tailer<B> {
         let now = self.opts.clock.now();
         let today = self.opts.cal.day_of(now);
         let managed_from = self.managed_from();
-        let previous_month = first_of_month(crate::calendar::prev_day(first_of_month(today)));
+        let previous_month = first_of_month(crate::core::calendar::prev_day(first_of_month(today)));
         let from = previous_month.max(first_of_month(managed_from));
         let live = Live::new(
             self.opts.cal,
@@ -398,7 +402,7 @@ impl<B: Backend> Tailer<B> {
         if kind == Kind::Monthly {
             // A month closed: the window moves on to the previous month.
             let today = self.opts.cal.day_of(self.opts.clock.now());
-            let month = first_of_month(crate::calendar::prev_day(first_of_month(today)));
+            let month = first_of_month(crate::core::calendar::prev_day(first_of_month(today)));
             self.live.slide(month);
         }
         outcome.done();
@@ -479,9 +483,9 @@ impl<B: Backend> Tailer<B> {
     async fn write(
         &mut self,
         writes: Vec<(ObjectId, NaiveDate, Write)>,
-    ) -> Result<store::WriteStats> {
+    ) -> Result<bulk::WriteStats> {
         if writes.is_empty() {
-            return Ok(store::WriteStats::default());
+            return Ok(bulk::WriteStats::default());
         }
         self.live.record(&writes);
         let users: HashSet<ObjectId> = writes.iter().map(|(u, _, _)| *u).collect();
@@ -554,7 +558,7 @@ impl<B: Backend> Tailer<B> {
                     break;
                 }
                 Err(e) => {
-                    warn!(error = %store::redact_uri(&e.to_string()), "Change stream failed; reconnecting.");
+                    warn!(error = %connect::redact_uri(&e.to_string()), "Change stream failed; reconnecting.");
                     self.stream = None;
                     break;
                 }
@@ -1238,7 +1242,7 @@ impl<B: Backend> Tailer<B> {
             Ok(Err(e)) if lease::is_lost(&e) => return Err(e),
             outcome => {
                 let error = match outcome {
-                    Ok(Err(e)) => store::redact_uri(&format!("{e:#}")),
+                    Ok(Err(e)) => connect::redact_uri(&format!("{e:#}")),
                     _ => format!("no answer within {} s", SHUTDOWN_WRITES.as_secs()),
                 };
                 warn!(%error, "Stopped without the last checkpoint; the events since the stored checkpoint replay on the next start.");

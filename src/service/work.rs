@@ -15,7 +15,7 @@ use bson::oid::ObjectId;
 use bson::Bson;
 use chrono::NaiveDate;
 
-use crate::source::{RejectReason, SourceId};
+use crate::core::source::{RejectReason, SourceId};
 
 /// A source document's validity as last seen: a reason, or `None` for a
 /// valid (or deleted) document.

@@ -12,7 +12,7 @@ use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
 use futures::TryStreamExt;
 use mongodb::{Client, Database};
 use serde_json::Value;
-use tally::calendar::{local_instant, Calendar};
+use tally::core::calendar::{local_instant, Calendar};
 
 /// The settle delay the tests give `tally run` (`--settle-seconds`).
 pub const SETTLE_SECONDS: u64 = 2;

@@ -18,9 +18,10 @@ use chrono::NaiveDate;
 use futures::future::try_join_all;
 use mongodb::Database;
 
-use crate::calendar::Calendar;
-use crate::money::Money;
-use crate::store::{CATEGORIES, POCKETS, TRANSACTIONS};
+use crate::core::calendar::Calendar;
+use crate::core::money::Money;
+pub use crate::core::rng::Rng;
+use crate::mongo::{CATEGORIES, POCKETS, TRANSACTIONS};
 
 #[derive(Clone, Debug)]
 pub struct SeedOptions {
@@ -39,33 +40,6 @@ pub struct SeedSummary {
     pub transactions: usize,
     pub invalid: usize,
     pub soft_deleted: usize,
-}
-
-/// splitmix64: small, fast, deterministic; good enough for test data.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, n).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    /// True with probability `percent` / 100.
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
 }
 
 /// A deterministic ObjectId: 4 bytes of a tag, 8 of a counter.
@@ -397,7 +371,7 @@ pub async fn trickle(
         .await
         .context("reading pockets")?;
     while let Some(d) = cursor.try_next().await.context("reading pockets")? {
-        if let Ok(p) = crate::source::decode_pocket(&d) {
+        if let Ok(p) = crate::core::source::decode_pocket(&d) {
             if let (Some(user), Ok(balance)) = (p.user_id, p.balance) {
                 owned.push((user, p.id, balance));
             }

@@ -4,8 +4,8 @@
 //!
 //! What is logged is decided where it happens: one line per meaningful
 //! event (start, finalization, recovery, leadership change), never one per
-//! change event — those are counted in [`telemetry`](crate::telemetry).
-//! Connection strings pass through [`redact_uri`](crate::store::redact_uri).
+//! change event — those are counted in [`telemetry`](crate::ops::telemetry).
+//! Connection strings pass through [`redact_uri`](crate::mongo::connect::redact_uri).
 
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;

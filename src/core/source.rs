@@ -5,7 +5,7 @@
 //! int32, int64, Decimal128 or numeric string. A document that is not valid
 //! (§1.4) decodes to a [`RejectReason`]; optional fields of the wrong type
 //! are treated as absent. A transaction `date` outside the supported range
-//! (1900 through 2199, [`crate::calendar::supports_millis`]) is rejected, so
+//! (1900 through 2199, [`crate::core::calendar::supports_millis`]) is rejected, so
 //! no later stage does day arithmetic at the limits of the date types.
 //! Pocket ids that the transaction's type does not name are dropped here
 //! (§1.5), so later stages never see stale ids.
@@ -17,8 +17,8 @@ use std::sync::Arc;
 use bson::oid::ObjectId;
 use bson::{Bson, Document};
 
-use crate::calendar::supports_millis;
-use crate::money::{Money, MoneyError};
+use crate::core::calendar::supports_millis;
+use crate::core::money::{Money, MoneyError};
 
 /// Why a source document counts nowhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,7 +36,7 @@ pub enum RejectReason {
     InvalidDate,
     /// A datetime outside the supported range, 1900-01-01T00:00:00Z
     /// (included) to 2200-01-01T00:00:00Z (excluded):
-    /// [`crate::calendar::supports_millis`].
+    /// [`crate::core::calendar::supports_millis`].
     DateOutOfRange,
     InvalidId,
     MissingBalance,
@@ -591,10 +591,10 @@ mod tests {
 
     /// The path of a transaction's date, decode → ledger → reports, the
     /// day arithmetic of the scans and the tailer around it included.
-    fn fold_and_report(cal: &crate::calendar::Calendar, tx: &Transaction) {
-        use crate::calendar::{first_of_month, last_of_month, next_day, prev_day};
-        use crate::reports::{earliest_dependency, Categories, Kind, UserView};
-        let mut ledger = crate::ledger::UserLedger::default();
+    fn fold_and_report(cal: &crate::core::calendar::Calendar, tx: &Transaction) {
+        use crate::core::calendar::{first_of_month, last_of_month, next_day, prev_day};
+        use crate::core::reports::{earliest_dependency, Categories, Kind, UserView};
+        let mut ledger = crate::core::ledger::UserLedger::default();
         ledger.apply(cal, tx);
         let day = cal.day_of_millis(tx.date);
         let (before, after) = (prev_day(first_of_month(day)), next_day(last_of_month(day)));
@@ -620,7 +620,7 @@ mod tests {
 
     #[test]
     fn dates_outside_the_supported_range_are_rejected_and_never_panic() {
-        use crate::calendar::{Calendar, SUPPORTED_FROM_MILLIS, SUPPORTED_UNTIL_MILLIS};
+        use crate::core::calendar::{Calendar, SUPPORTED_FROM_MILLIS, SUPPORTED_UNTIL_MILLIS};
         let year = |y: i32| {
             chrono::NaiveDate::from_ymd_opt(y, 1, 1)
                 .unwrap()

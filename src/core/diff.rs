@@ -5,8 +5,8 @@
 
 use bson::{Bson, Document};
 
-use crate::money::Money;
-use crate::reports::BOOKKEEPING;
+use crate::core::money::Money;
+use crate::core::reports::BOOKKEEPING;
 
 /// One differing field.
 #[derive(Clone, Debug, PartialEq)]

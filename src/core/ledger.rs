@@ -14,10 +14,10 @@ use std::sync::Arc;
 use bson::oid::ObjectId;
 use chrono::{Datelike, NaiveDate};
 
-use crate::calendar::Calendar;
-use crate::money::Money;
-use crate::source::{Pocket, SourceId, Transaction, TxType};
-use crate::vecmap::VecMap;
+use crate::core::calendar::Calendar;
+use crate::core::money::Money;
+use crate::core::source::{Pocket, SourceId, Transaction, TxType};
+use crate::core::vecmap::VecMap;
 
 /// Sum and count of one category's transactions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -535,7 +535,7 @@ impl YearToDate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::SourceId;
+    use crate::core::source::SourceId;
 
     fn tx(
         kind: TxType,
@@ -650,7 +650,7 @@ mod tests {
     #[test]
     fn days_behave_as_an_ordered_map() {
         use std::collections::BTreeMap;
-        let mut rng = crate::seed::Rng::new(5);
+        let mut rng = crate::core::rng::Rng::new(5);
         let base: NaiveDate = "2026-01-01".parse().unwrap();
         for round in 0..100 {
             let mut days = Days::default();

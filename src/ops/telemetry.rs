@@ -1,7 +1,7 @@
 //! What `tally run` is doing, as numbers: the counters, gauges and
 //! histograms the tailer updates where its work happens, the state that
 //! readiness depends on (connected, leader, lag), and the short recent-lists
-//! the status page shows. [`exposition`](crate::exposition) renders it for
+//! the status page shows. [`exposition`](crate::ops::exposition) renders it for
 //! Prometheus and as `/status.json`.
 //!
 //! Invariants: the hot path (one call per change event) touches atomics
@@ -26,9 +26,10 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use mongodb::change_stream::event::OperationType;
 
-use crate::reports::Kind;
-use crate::source::{RejectReason, SourceId};
-use crate::store::{WriteStats, POCKETS, TRANSACTIONS};
+use crate::core::reports::Kind;
+use crate::core::source::{RejectReason, SourceId};
+use crate::mongo::bulk::WriteStats;
+use crate::mongo::{POCKETS, TRANSACTIONS};
 
 mod series;
 mod writes;

@@ -13,8 +13,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::Database;
 
-use crate::calendar::{date_label, label_date};
-use crate::lease::{self, Fence};
+use crate::core::calendar::{date_label, label_date};
+use crate::mongo::errors;
+use crate::mongo::lease::{self, Fence};
 
 pub const STATE: &str = "tally_state";
 pub const FINALIZATIONS: &str = "tally_finalizations";
@@ -179,7 +180,7 @@ pub async fn claim(
     };
     match coll.insert_one(fresh).await {
         Ok(_) => return Ok(Claim::Mine),
-        Err(e) if is_duplicate_key(&e) => {}
+        Err(e) if errors::is_duplicate_key(&e) => {}
         Err(e) => return Err(e).context("claiming a finalization"),
     }
     let mut takeover = vec![
@@ -256,25 +257,4 @@ pub async fn last_finalized(
             instant(d.get_datetime("finished_at").ok()?),
         ))
     }))
-}
-
-/// A unique index refused a write (code 11000): see [`crate::errors`].
-pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    crate::errors::is_duplicate_key(e)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_duplicate_key_is_known_by_its_code_not_its_text() {
-        use mongodb::error::{CommandError, Error, ErrorKind};
-        let text = "E11000 duplicate key error collection: coin.tally_finalizations";
-        assert!(!is_duplicate_key(&Error::custom(text.to_owned())));
-        let other: CommandError = bson::from_document(doc! { "code": 2, "errmsg": text }).unwrap();
-        assert!(!is_duplicate_key(&Error::from(ErrorKind::Command(other))));
-        let dup: CommandError = bson::from_document(doc! { "code": 11000, "errmsg": "" }).unwrap();
-        assert!(is_duplicate_key(&Error::from(ErrorKind::Command(dup))));
-    }
 }

@@ -1,11 +1,11 @@
 //! What a flush's planned writes do to the output collections, counted
-//! before [`store::execute`](crate::store::execute) consumes them.
+//! before [`bulk::execute`](crate::mongo::bulk::execute) consumes them.
 
-use crate::reports::Kind;
-use crate::store::Write;
+use crate::core::reports::Kind;
+use crate::plan::write::Write;
 
 /// What a list of planned writes will do, per output collection: taken
-/// before [`store::execute`](crate::store::execute) consumes the list.
+/// before [`bulk::execute`](crate::mongo::bulk::execute) consumes the list.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriteMix {
     /// Writes per [`Kind`], in `Kind::ALL` order.
@@ -29,7 +29,7 @@ fn kind_index(kind: Kind) -> usize {
     Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
 }
 
-/// Whether a write planned by [`store::plan_write`](crate::store::plan_write)
+/// Whether a write planned by [`write::plan_write`](crate::plan::write::plan_write)
 /// raises `restatements`: it replaces a stored document (it guards a stored
 /// revision) that was final. The write does not carry the stored document,
 /// so "was final" is read from what plan_write leaves in it: a report keeps

@@ -25,10 +25,10 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches};
 use serde::Deserialize;
 
-use crate::calendar::Calendar;
 use crate::cli::{Cli, RunArgs};
-use crate::schedule;
-use crate::store::redact_uri;
+use crate::core::calendar::Calendar;
+use crate::core::schedule;
+use crate::mongo::connect::redact_uri;
 
 /// How a value is written in TOML.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,7 +209,7 @@ file_config! {
     give_up_after_seconds: u64,
 }
 
-pub use crate::logging::LogFormat;
+pub use crate::ops::logging::LogFormat;
 
 /// Where an effective value came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

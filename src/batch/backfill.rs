@@ -1,8 +1,6 @@
-//! `backfill` and `reconcile`: the scan of [`crate::scan`] put to work.
-//!
-//! Backfill writes what differs (idempotent: a second run over unchanged
-//! data writes nothing). Reconcile reports what differs, and with `repair`
-//! writes exactly those documents. Writes go to a writer task through a
+//! `backfill`: the scan of [`crate::batch::scan`] put to work. It writes
+//! what differs (idempotent: a second run over unchanged data writes
+//! nothing). Writes go to a writer task through a
 //! bounded channel, so reading the source and writing the output overlap
 //! while memory stays bounded.
 
@@ -16,13 +14,13 @@ use mongodb::Database;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::calendar::Calendar;
-use crate::lease::Fence;
-use crate::progress::Progress;
-use crate::reports::Kind;
-use crate::scan::{DocChange, Drift, Focus, Range, Scanner, Scope};
-use crate::source::RejectReason;
-use crate::store::{self, Prepared, Write, WriteStats};
+use crate::batch::scan::{Focus, Range, Scanner, Scope};
+use crate::core::calendar::Calendar;
+use crate::core::source::RejectReason;
+use crate::mongo::bulk::{self, Prepared, WriteStats};
+use crate::mongo::lease::Fence;
+use crate::ops::progress::Progress;
+use crate::plan::write::Write;
 
 /// Writes flushed per bulk round trip.
 const FLUSH_AT: usize = 1000;
@@ -47,7 +45,7 @@ pub struct BackfillSummary {
 /// that differ from what is stored.
 ///
 /// A write that meets a document another writer stored meanwhile is not
-/// done ([`store::execute`]: a conflict); the users of the writes sent
+/// done ([`bulk::execute`]: a conflict); the users of the writes sent
 /// with it are scanned again, stored documents included, and what still
 /// differs is written, up to [`RACE_RETRIES`] times. Fails when a write
 /// failed, or still lost its race after those rescans: the range is then
@@ -63,7 +61,7 @@ pub async fn backfill(
 }
 
 /// [`backfill`] whose output writes go behind the lease `fence` (the active
-/// instance of `tally run`): see [`store::execute`].
+/// instance of `tally run`): see [`bulk::execute`].
 pub async fn backfill_fenced(
     db: &Database,
     cal: Calendar,
@@ -125,7 +123,7 @@ pub async fn backfill_fenced(
             }
             rewrites.extend(user.changes.into_iter().map(|c| c.write));
         }
-        let stats = store::execute(db, rewrites, fence.as_ref()).await?;
+        let stats = bulk::execute(db, rewrites, fence.as_ref()).await?;
         if stats.conflicts > 0 {
             raced = users;
         }
@@ -184,14 +182,14 @@ impl std::future::Future for Writer {
 }
 
 /// The writer task: sends bulk commands the scanning side has already
-/// encoded ([`store::prepare`]), so encoding overlaps the server's work.
+/// encoded ([`bulk::prepare`]), so encoding overlaps the server's work.
 fn spawn_writer(db: Database, fence: Option<Fence>) -> (Writer, mpsc::Sender<Job>) {
     let (tx, mut rx) = mpsc::channel::<Job>(4);
     let handle = tokio::spawn(async move {
         let mut stats = WriteStats::default();
         let mut raced = Vec::new();
         while let Some((batch, users)) = rx.recv().await {
-            let s = store::execute_prepared(&db, batch, fence.as_ref()).await?;
+            let s = bulk::execute_prepared(&db, batch, fence.as_ref()).await?;
             if s.conflicts > 0 {
                 raced.extend(users);
             }
@@ -206,78 +204,10 @@ async fn send(sender: &mpsc::Sender<Job>, batch: Vec<Write>, users: Vec<ObjectId
     if batch.is_empty() {
         return Ok(());
     }
-    let prepared = store::prepare(batch)?;
+    let prepared = bulk::prepare(batch)?;
     // A closed channel means the writer failed; its error surfaces on join.
     let _ = sender.send((prepared, users)).await;
     Ok(())
-}
-
-/// What a reconcile found (and, with repair, changed).
-#[derive(Debug, Default)]
-pub struct ReconcileReport {
-    pub users: u64,
-    pub documents: u64,
-    /// Missing, surplus and differing documents (stale labels excluded).
-    pub differences: Vec<DocChange>,
-    /// Documents whose only differences are labels.
-    pub stale_labels: Vec<DocChange>,
-    pub drifts: Vec<Drift>,
-    pub rejects: BTreeMap<RejectReason, u64>,
-    pub repaired: Option<WriteStats>,
-}
-
-impl ReconcileReport {
-    pub fn count(&self, kind: Kind) -> usize {
-        self.differences.iter().filter(|d| d.kind == kind).count()
-    }
-
-    pub fn users_with_drift(&self) -> Vec<ObjectId> {
-        let mut users: Vec<ObjectId> = self.drifts.iter().map(|d| d.user).collect();
-        users.dedup();
-        users
-    }
-}
-
-/// Recomputes `range` and compares it with the stored documents. Reads all
-/// history, so that drift can be measured.
-pub async fn reconcile(
-    db: &Database,
-    cal: Calendar,
-    range: Range,
-    now: DateTime<Utc>,
-    repair: bool,
-    show_progress: bool,
-) -> Result<ReconcileReport> {
-    let days = (range.to - range.from).num_days() as u64 + 1;
-    let mut scanner = Scanner::open(db, cal, range, now, Scope::AllHistory).await?;
-    let mut progress = Progress::new("reconcile", days, show_progress);
-    let mut report = ReconcileReport::default();
-    while let Some(user) = scanner.next_user().await? {
-        report.documents += user.documents as u64;
-        for change in user.changes {
-            if change.difference.is_stale_label() {
-                report.stale_labels.push(change);
-            } else {
-                report.differences.push(change);
-            }
-        }
-        report.drifts.extend(user.drifts);
-        progress.update(scanner.users_done, scanner.users_with_pockets() as u64);
-    }
-    progress.finish();
-    report.users = scanner.users_done;
-    report.rejects = scanner.reject_counts.clone();
-    if repair {
-        let writes: Vec<Write> = report
-            .differences
-            .iter()
-            .chain(&report.stale_labels)
-            .map(|c| c.write.clone())
-            .collect();
-        report.repaired = Some(store::execute(db, writes, None).await?);
-        scanner.flush_rejects(db, None).await?;
-    }
-    Ok(report)
 }
 
 #[cfg(test)]

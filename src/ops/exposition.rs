@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
-use crate::telemetry::{CounterVec, Histogram, Telemetry};
+use crate::ops::telemetry::{CounterVec, Histogram, Telemetry};
 
 /// `Content-Type` of [`metrics`].
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -230,7 +230,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 /// What the status page shows, as JSON.
 pub fn status(t: &Telemetry, now: DateTime<Utc>, max_lag: Duration) -> Value {
     let ready = t.readiness(now, max_lag);
-    let schedule: Vec<Value> = crate::telemetry::lock_schedule(t)
+    let schedule: Vec<Value> = crate::ops::telemetry::lock_schedule(t)
         .iter()
         .map(|(kind, row)| {
             json!({
@@ -242,12 +242,12 @@ pub fn status(t: &Telemetry, now: DateTime<Utc>, max_lag: Duration) -> Value {
             })
         })
         .collect();
-    let rejects: Vec<Value> = crate::telemetry::recent_rejects(t)
+    let rejects: Vec<Value> = crate::ops::telemetry::recent_rejects(t)
         .iter()
         .rev()
         .map(|r| json!({ "at": rfc3339(r.at), "collection": r.collection, "id": r.id, "reason": r.reason }))
         .collect();
-    let recoveries: Vec<Value> = crate::telemetry::recent_recoveries(t)
+    let recoveries: Vec<Value> = crate::ops::telemetry::recent_recoveries(t)
         .iter()
         .rev()
         .map(|r| json!({ "at": rfc3339(r.at), "cause": r.cause }))
@@ -285,7 +285,7 @@ pub fn status(t: &Telemetry, now: DateTime<Utc>, max_lag: Duration) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::Recovery;
+    use crate::ops::telemetry::Recovery;
     use mongodb::change_stream::event::OperationType;
 
     #[test]

@@ -13,13 +13,15 @@ use bson::oid::ObjectId;
 use bson::{doc, Bson, Document};
 use chrono::NaiveDate;
 
-use crate::calendar::{self, date_label, first_of_month, first_of_year, last_of_month, Calendar};
-use crate::ledger::{
+use crate::core::calendar::{
+    self, date_label, first_of_month, first_of_year, last_of_month, Calendar,
+};
+use crate::core::ledger::{
     Balances, CategorySum, DayAgg, PocketDay, UserLedger, YearToDate, YtdBaseline,
 };
-use crate::money::Money;
-use crate::source::Pocket;
-use crate::vecmap::VecMap;
+use crate::core::money::Money;
+use crate::core::source::Pocket;
+use crate::core::vecmap::VecMap;
 
 /// Most transactions listed per pocket in a daily report.
 pub const MAX_LISTED: usize = 500;

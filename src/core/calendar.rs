@@ -107,7 +107,7 @@ pub const SUPPORTED_UNTIL_MILLIS: i64 = 7_258_118_400_000;
 /// reports, snapshots and year-to-date sums look at, are far from the
 /// limits of the date types, so no day arithmetic on them can fail; dates
 /// outside (year 1, year 9999, garbage milliseconds) are rejected when the
-/// source is decoded ([`crate::source::RejectReason::DateOutOfRange`]).
+/// source is decoded ([`crate::core::source::RejectReason::DateOutOfRange`]).
 pub fn supports_millis(millis: i64) -> bool {
     (SUPPORTED_FROM_MILLIS..SUPPORTED_UNTIL_MILLIS).contains(&millis)
 }
@@ -365,7 +365,7 @@ mod tests {
             "Etc/GMT+12",          // -12:00
             "Europe/Dublin",       // negative DST
         ];
-        let mut rng = crate::seed::Rng::new(11);
+        let mut rng = crate::core::rng::Rng::new(11);
         for name in zones {
             let cal = Calendar::from_name(name).unwrap();
             // Every day start of 2008..2013 and 2024..2028 and the instants around it.

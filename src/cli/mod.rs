@@ -1,9 +1,14 @@
 //! The command line: flags (each with a `TALLY_*` fallback), validation into
-//! an immutable [`Config`], and the commands' output.
+//! an immutable configuration, and the commands' output.
 //!
 //! Exit status ([`crate::exit_status`]): 0 success; 1 reconcile found
 //! differences; 2 a usage or configuration error (bad flag, unknown zone,
 //! malformed URI); 3 a runtime failure (an unreachable server, …).
+//!
+//! May use: every layer; the binary's edge, where errors become exit
+//! statuses.
+
+pub mod config;
 
 use std::process::ExitCode;
 
@@ -13,17 +18,22 @@ use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
-use crate::batch::{self, ReconcileReport};
-use crate::calendar::Calendar;
-use crate::lease::{self, LeaseInfo};
-use crate::logging::LogFormat;
-use crate::reports::Kind;
-use crate::scan::{Difference, Range};
-use crate::schedule::{self, Schedule};
-use crate::seed::{self, SeedOptions};
+use crate::batch::backfill::backfill;
+
+use crate::batch::finalize;
+use crate::batch::reconcile::{self, ReconcileReport};
+use crate::batch::scan::Range;
+use crate::batch::seed::{self, SeedOptions};
+use crate::core::calendar::Calendar;
+use crate::core::reports::Kind;
+use crate::core::schedule::{self, Schedule};
+use crate::mongo;
+use crate::mongo::connect;
+use crate::mongo::lease::{self, LeaseInfo};
+use crate::mongo::state;
+use crate::ops::logging::LogFormat;
+use crate::plan::compare::Difference;
 use crate::service::{self, Clock, RunOptions};
-use crate::state;
-use crate::store;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -42,7 +52,7 @@ pub struct Cli {
     /// The effective configuration with each value's source (`config`
     /// module); filled by `config::parse_cli`.
     #[arg(skip)]
-    pub settings: crate::config::Settings,
+    pub settings: crate::cli::config::Settings,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -90,7 +100,7 @@ pub enum Command {
     /// Checkpoint age, last event covered, finalizations, rejects.
     Status(StatusArgs),
     /// Print the effective configuration (TOML, secrets redacted, sources).
-    Config(crate::config::ConfigArgs),
+    Config(crate::cli::config::ConfigArgs),
 }
 
 #[derive(Args, Debug)]
@@ -125,7 +135,7 @@ pub struct RunArgs {
     #[arg(long, env = "TALLY_GIVE_UP_AFTER", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub give_up_after: u64,
     #[command(flatten)]
-    pub http: crate::http::HttpArgs,
+    pub http: crate::ops::http::HttpArgs,
 }
 
 #[derive(Args, Debug)]
@@ -272,8 +282,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Init(a) => {
-            let db = store::connect(&g.mongodb_uri, &g.database).await?;
-            for line in store::init(&db, a.create_source_index, !a.no_pre_images).await? {
+            let db = connect::connect(&g.mongodb_uri, &g.database).await?;
+            for line in connect::init(&db, a.create_source_index, !a.no_pre_images).await? {
                 println!("{line}");
             }
             Ok(ExitCode::SUCCESS)
@@ -287,7 +297,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 ))
                 .into());
             }
-            let db = store::connect(&g.mongodb_uri, &g.database).await?;
+            let db = connect::connect(&g.mongodb_uri, &g.database).await?;
             let opts = SeedOptions {
                 users: a.users,
                 transactions_per_user: a.transactions_per_user,
@@ -312,8 +322,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Backfill(a) => {
             let range = a.range.range()?;
-            let db = store::connect(&g.mongodb_uri, &g.database).await?;
-            let s = batch::backfill(&db, cal, range.clone(), now, !g.quiet).await?;
+            let db = connect::connect(&g.mongodb_uri, &g.database).await?;
+            let s = backfill(&db, cal, range.clone(), now, !g.quiet).await?;
             let rejected: u64 = s.rejects.values().sum();
             tracing::info!(
                 users = s.users,
@@ -355,11 +365,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(a) => {
-            crate::inject::init()?;
-            let telemetry = std::sync::Arc::new(crate::telemetry::Telemetry::new());
-            tracing::info!(version = env!("CARGO_PKG_VERSION"), uri = %store::redact_uri(&g.mongodb_uri), database = %g.database, time_zone = cal.name(), "Starting tally run.");
-            crate::http::start(&a.http, telemetry.clone()).await?;
-            let db = store::connect(&g.mongodb_uri, &g.database).await?;
+            crate::mongo::inject::init()?;
+            let telemetry = std::sync::Arc::new(crate::ops::telemetry::Telemetry::new());
+            tracing::info!(version = env!("CARGO_PKG_VERSION"), uri = %connect::redact_uri(&g.mongodb_uri), database = %g.database, time_zone = cal.name(), "Starting tally run.");
+            crate::ops::http::start(&a.http, telemetry.clone()).await?;
+            let db = connect::connect(&g.mongodb_uri, &g.database).await?;
             let mut opts = RunOptions::new(cal);
             opts.telemetry = telemetry;
             opts.schedule = Schedule {
@@ -377,9 +387,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Finalize(a) => {
-            let db = store::connect(&g.mongodb_uri, &g.database).await?;
+            let db = connect::connect(&g.mongodb_uri, &g.database).await?;
             let period = if a.kind == Kind::Monthly {
-                crate::calendar::first_of_month(a.date)
+                crate::core::calendar::first_of_month(a.date)
             } else {
                 a.date
             };
@@ -399,7 +409,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 .await?
                 .managed_from
                 .unwrap_or(NaiveDate::MAX);
-            let n = schedule::finalize(&db, cal, a.kind, period, now, trusted, None).await?;
+            let n = finalize::finalize(&db, cal, a.kind, period, now, trusted, None).await?;
             state::finish(&db, a.kind.cli_name(), period, n, Utc::now(), None).await?;
             println!(
                 "finalized {} {period}: {n} documents written",
@@ -408,11 +418,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(a) => {
-            let db = store::connect(&g.mongodb_uri, &g.database).await?;
+            let db = connect::connect(&g.mongodb_uri, &g.database).await?;
             let c = state::load_checkpoint(&db).await?;
             let lease = lease::read(&db).await?;
             let rejects = db
-                .collection::<bson::Document>(store::REJECTS)
+                .collection::<bson::Document>(mongo::REJECTS)
                 .count_documents(bson::doc! {})
                 .await?;
             let mut finals = serde_json::Map::new();
@@ -472,9 +482,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Reconcile(a) => {
             let range = a.range.range()?;
-            let db = store::connect(&g.mongodb_uri, &g.database).await?;
+            let db = connect::connect(&g.mongodb_uri, &g.database).await?;
             let report =
-                batch::reconcile(&db, cal, range.clone(), now, a.repair, !g.quiet && !a.json)
+                reconcile::reconcile(&db, cal, range.clone(), now, a.repair, !g.quiet && !a.json)
                     .await?;
             if a.json {
                 println!(
@@ -651,7 +661,7 @@ fn print_report(range: &Range, cal: &Calendar, r: &ReconcileReport, max_lines: u
 }
 
 fn json_report(range: &Range, cal: &Calendar, r: &ReconcileReport) -> Value {
-    let changes = |list: &[crate::scan::DocChange]| -> Vec<Value> {
+    let changes = |list: &[crate::plan::compare::DocChange]| -> Vec<Value> {
         list.iter()
             .map(|c| {
                 let fields: Vec<Value> = match &c.difference {

@@ -14,7 +14,7 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use crate::seed::Rng;
+use crate::core::rng::Rng;
 
 struct Injector {
     rng: Mutex<Rng>,

@@ -15,119 +15,20 @@
 //! replaces whatever X was. Replaying an event, or applying one older than
 //! a reload that already saw its effect, converges on the latest state.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 
 use bson::oid::ObjectId;
-use bson::{Bson, Document};
 use chrono::{DateTime, NaiveDate, Utc};
 use dashmap::DashMap;
 
-use crate::calendar::{first_of_month, Calendar};
-use crate::ledger::{UserLedger, YtdBaseline};
-use crate::reports::{Categories, Kind, UserView, BOOKKEEPING};
-use crate::scan::{compare_user, Difference, DocChange, Kept, StoredDoc};
-use crate::source::{Pocket, SourceId, Transaction};
-use crate::store::{int, Write};
-
-/// What tally needs to know of a stored document: a fingerprint of its
-/// content and the bookkeeping its next write continues from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredMeta {
-    id: Option<ObjectId>,
-    fingerprint: u64,
-    revision: Option<i64>,
-    restatements: i64,
-    is_final: bool,
-    created_at: Option<bson::DateTime>,
-    finalized_at: Option<bson::DateTime>,
-}
-
-impl StoredMeta {
-    /// The meta of a stored document, or of the `set` of a write.
-    pub fn of(kind: Kind, doc: &Document) -> StoredMeta {
-        StoredMeta {
-            id: doc.get_object_id("_id").ok(),
-            fingerprint: fingerprint(doc),
-            revision: int(doc.get("revision")),
-            restatements: int(doc.get("restatements")).unwrap_or(0),
-            is_final: doc.get_bool(kind.final_field()).unwrap_or(false),
-            created_at: doc.get_datetime("created_at").ok().copied(),
-            finalized_at: doc.get_datetime("finalized_at").ok().copied(),
-        }
-    }
-}
-
-impl StoredDoc for &StoredMeta {
-    fn difference(&self, content: &Document) -> Option<Difference> {
-        (fingerprint(content) != self.fingerprint).then_some(Difference::Content)
-    }
-
-    fn bookkeeping(&self, kind: Kind) -> Cow<'_, Document> {
-        let mut d = Document::new();
-        if let Some(id) = self.id {
-            d.insert("_id", id);
-        }
-        if let Some(r) = self.revision {
-            d.insert("revision", r);
-        }
-        d.insert("restatements", self.restatements);
-        d.insert(kind.final_field(), self.is_final);
-        if let Some(c) = self.created_at {
-            d.insert("created_at", c);
-        }
-        if let Some(f) = self.finalized_at {
-            d.insert("finalized_at", f);
-        }
-        Cow::Owned(d)
-    }
-}
-
-/// A hash of a document's content fields (bookkeeping aside), independent
-/// of their order at the top level; values compare exactly (type and bits).
-pub fn fingerprint(doc: &Document) -> u64 {
-    let mut fields: Vec<(&String, &Bson)> = doc
-        .iter()
-        .filter(|(k, _)| !BOOKKEEPING.contains(&k.as_str()))
-        .collect();
-    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (k, v) in fields {
-        k.hash(&mut h);
-        hash_bson(v, &mut h);
-    }
-    h.finish()
-}
-
-fn hash_bson(v: &Bson, h: &mut impl Hasher) {
-    (v.element_type() as u8).hash(h);
-    match v {
-        Bson::Double(d) => d.to_bits().hash(h),
-        Bson::String(s) => s.hash(h),
-        Bson::Document(d) => {
-            d.len().hash(h);
-            for (k, v) in d {
-                k.hash(h);
-                hash_bson(v, h);
-            }
-        }
-        Bson::Array(a) => {
-            a.len().hash(h);
-            for v in a {
-                hash_bson(v, h);
-            }
-        }
-        Bson::Boolean(b) => b.hash(h),
-        Bson::Null | Bson::Undefined | Bson::MinKey | Bson::MaxKey => {}
-        Bson::Int32(i) => i.hash(h),
-        Bson::Int64(i) => i.hash(h),
-        Bson::DateTime(t) => t.timestamp_millis().hash(h),
-        Bson::ObjectId(o) => o.bytes().hash(h),
-        Bson::Decimal128(d) => d.bytes().hash(h),
-        other => other.to_string().hash(h),
-    }
-}
+use crate::batch::scan::Kept;
+use crate::core::calendar::{first_of_month, Calendar};
+use crate::core::ledger::{UserLedger, YtdBaseline};
+use crate::core::reports::{Categories, Kind, UserView};
+use crate::core::source::{Pocket, SourceId, Transaction};
+use crate::plan::compare::{compare_user, DocChange};
+use crate::plan::fingerprint::{fingerprint, StoredMeta};
+use crate::plan::write::Write;
 
 /// One user's inputs over the window.
 #[derive(Debug)]
@@ -390,12 +291,12 @@ impl Live {
         let Some(meta) = state.stored.get(&(*kind, change.period)) else {
             return false;
         };
-        if meta.is_final || !set.get_bool(kind.final_field()).unwrap_or(false) {
+        if meta.is_final() || !set.get_bool(kind.final_field()).unwrap_or(false) {
             return false;
         }
         let mut open = set.clone();
         open.insert(kind.final_field(), false);
-        fingerprint(&open) == meta.fingerprint
+        fingerprint(&open) == meta.fingerprint()
     }
 
     /// Records writes the server has taken, so the fingerprints match
@@ -485,9 +386,11 @@ impl Live {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::money::Money;
-    use crate::source::TxType;
-    use bson::doc;
+    use crate::core::money::Money;
+    use crate::core::reports::BOOKKEEPING;
+    use crate::core::source::TxType;
+    use crate::plan::compare::Difference;
+    use bson::Document;
 
     fn day(s: &str) -> NaiveDate {
         s.parse().unwrap()
@@ -779,42 +682,5 @@ mod tests {
         // Revisions continue from the recorded ones.
         assert!(changes.iter().all(|c| matches!(&c.write,
             Write::Upsert { if_revision: Some(1), set, .. } if set.get_i64("revision") == Ok(2))));
-    }
-
-    #[test]
-    fn fingerprint_ignores_bookkeeping_and_top_level_order() {
-        let a = doc! { "user_id": 1, "total_income": "5", "revision": 3 };
-        let b = doc! { "total_income": "5", "user_id": 1, "revision": 4, "updated_at": 9 };
-        assert_eq!(fingerprint(&a), fingerprint(&b));
-    }
-
-    #[test]
-    fn fingerprint_sees_values_types_and_nested_order() {
-        let base = doc! { "n": 1_i64, "list": [ { "a": 1, "b": 2 } ] };
-        let other_value = doc! { "n": 2_i64, "list": [ { "a": 1, "b": 2 } ] };
-        let other_type = doc! { "n": 1_i32, "list": [ { "a": 1, "b": 2 } ] };
-        let nested_order = doc! { "n": 1_i64, "list": [ { "b": 2, "a": 1 } ] };
-        let fp = fingerprint(&base);
-        assert_ne!(fp, fingerprint(&other_value));
-        assert_ne!(fp, fingerprint(&other_type));
-        assert_ne!(fp, fingerprint(&nested_order));
-    }
-
-    #[test]
-    fn meta_keeps_the_bookkeeping_a_write_continues_from() {
-        let created = bson::DateTime::from_millis(1_000);
-        let stored = doc! {
-            "user_id": 1, "is_final": true, "revision": 4_i64, "restatements": 1_i64,
-            "created_at": created, "finalized_at": created,
-        };
-        let meta = &StoredMeta::of(Kind::Report, &stored);
-        let book = meta.bookkeeping(Kind::Report);
-        assert_eq!(book.get_i64("revision").unwrap(), 4);
-        assert_eq!(book.get_i64("restatements").unwrap(), 1);
-        assert!(book.get_bool("is_final").unwrap());
-        assert_eq!(book.get_datetime("created_at").unwrap(), &created);
-        assert_eq!(meta.difference(&stored), None);
-        let changed = doc! { "user_id": 2, "is_final": true };
-        assert_eq!(meta.difference(&changed), Some(Difference::Content));
     }
 }

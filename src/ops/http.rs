@@ -26,8 +26,8 @@ use chrono::Utc;
 use clap::Args;
 use tracing::info;
 
-use crate::exposition;
-use crate::telemetry::Telemetry;
+use crate::ops::exposition;
+use crate::ops::telemetry::Telemetry;
 
 /// A run loop that has not turned for this long is stuck (a turn includes
 /// a finalization step, which can take minutes on a large population).

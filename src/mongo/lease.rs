@@ -54,7 +54,7 @@ use mongodb::options::ReturnDocument;
 use mongodb::{ClientSession, Database};
 use tracing::{info, warn};
 
-use crate::errors::{is_transient, is_transient_transaction};
+use crate::mongo::errors::{is_transient, is_transient_transaction};
 
 pub const LEASE: &str = "tally_lease";
 const LEASE_ID: &str = "tally";
@@ -271,7 +271,7 @@ pub async fn try_acquire(db: &Database, owner: &str, ttl: Duration) -> Result<Op
         })),
         Ok(None) => Ok(None),
         // Held by another: the upsert collided with the existing document.
-        Err(e) if crate::state::is_duplicate_key(&e) => Ok(None),
+        Err(e) if crate::mongo::errors::is_duplicate_key(&e) => Ok(None),
         Err(e) => Err(e).context("acquiring the lease"),
     }
 }
@@ -318,7 +318,7 @@ async fn kill_session(db: &Database, lsid: Document) {
     })
     .await;
     if let Err(e) = killed {
-        warn!(error = %crate::store::redact_uri(&format!("{e:#}")), "Could not end a session; an open transaction of it may delay writes to the lease.");
+        warn!(error = %crate::mongo::connect::redact_uri(&format!("{e:#}")), "Could not end a session; an open transaction of it may delay writes to the lease.");
     }
 }
 
@@ -383,7 +383,7 @@ pub async fn acquire(
             }
             Ok(None) => {}
             Err(e) if is_transient(&e) || is_timeout(&e) => {
-                warn!(error = %crate::store::redact_uri(&format!("{e:#}")), "Cannot reach the lease yet; retrying.");
+                warn!(error = %crate::mongo::connect::redact_uri(&format!("{e:#}")), "Cannot reach the lease yet; retrying.");
             }
             Err(e) => return Err(e),
         }
@@ -436,7 +436,7 @@ pub async fn keep(db: Database, fence: Fence, ttl: Duration, lost: Arc<AtomicBoo
             Ok(false) => break,
             Err(e) if !failing => {
                 failing = true;
-                warn!(error = %crate::store::redact_uri(&format!("{e:#}")), "Cannot renew the lease; retrying.");
+                warn!(error = %crate::mongo::connect::redact_uri(&format!("{e:#}")), "Cannot renew the lease; retrying.");
             }
             Err(_) => {}
         }
@@ -496,11 +496,11 @@ where
             }
             // A crash at these points leaves a transaction open on the
             // lease document; a failure aborts it like a body's error.
-            let written = match crate::inject::point("fenced.checked") {
+            let written = match crate::mongo::inject::point("fenced.checked") {
                 Ok(()) => body(s).await,
                 Err(e) => Err(e),
             };
-            match written.and_then(|v| crate::inject::point("fenced.body").map(|()| v)) {
+            match written.and_then(|v| crate::mongo::inject::point("fenced.body").map(|()| v)) {
                 Ok(v) => {
                     if let Err(e) = s.commit_transaction().await {
                         // A refused commit can leave the transaction open
@@ -513,7 +513,7 @@ where
                         return Err(anyhow::Error::new(e).context(CommitFailed))
                             .context("committing a fenced write");
                     }
-                    crate::inject::point("fenced.committed")?;
+                    crate::mongo::inject::point("fenced.committed")?;
                     Ok(v)
                 }
                 Err(e) => {

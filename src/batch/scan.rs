@@ -21,18 +21,17 @@ use mongodb::options::Hint;
 use mongodb::Database;
 use tokio::sync::mpsc;
 
-use crate::calendar::{date_label, first_of_month, label_date, Calendar};
-use crate::diff::{diff, FieldDiff};
-use crate::lease::Fence;
-use crate::ledger::{Balances, UserLedger};
-use crate::money::Money;
-use crate::reports::{earliest_dependency, Categories, Kind, UserView};
-use crate::source::{
+use crate::core::calendar::{date_label, first_of_month, label_date, Calendar};
+use crate::core::ledger::{Balances, UserLedger};
+use crate::core::money::Money;
+use crate::core::reports::{earliest_dependency, Categories, Kind, UserView};
+use crate::core::source::{
     decode_category, decode_pocket, decode_transaction, Pocket, RejectReason, SourceId,
 };
-use crate::store::{
-    self, key_filter, same_content, write_over, Write, CATEGORIES, POCKETS, TRANSACTIONS,
-};
+use crate::mongo::lease::Fence;
+use crate::mongo::rejects;
+use crate::mongo::{CATEGORIES, POCKETS, TRANSACTIONS};
+use crate::plan::compare::{compare_user, DocChange};
 
 /// The periods a run covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,37 +39,6 @@ pub struct Range {
     pub from: NaiveDate,
     pub to: NaiveDate,
     pub kinds: Vec<Kind>,
-}
-
-/// How a stored document differs from the expected one.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Difference {
-    /// Expected but not stored.
-    Missing,
-    /// Stored but should not exist.
-    Surplus,
-    /// Both exist; the fields that differ.
-    Fields(Vec<FieldDiff>),
-    /// Both exist and the content differs from what tally last stored
-    /// (the live path compares fingerprints, not fields).
-    Content,
-}
-
-impl Difference {
-    /// Only labels differ (a rename): information, not a failure.
-    pub fn is_stale_label(&self) -> bool {
-        matches!(self, Difference::Fields(f) if f.iter().all(|d| d.label_only))
-    }
-}
-
-/// One document that differs, with the write that repairs it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DocChange {
-    pub kind: Kind,
-    pub user: ObjectId,
-    pub period: NaiveDate,
-    pub difference: Difference,
-    pub write: Write,
 }
 
 /// A pocket whose stored balance is not explained by its transactions.
@@ -97,100 +65,16 @@ pub struct UserResult {
 }
 
 /// One user's inputs from a day on, as a scan read them: the tailer's
-/// in-memory copy ([`crate::live`]).
+/// in-memory copy ([`crate::service::live`]).
 #[derive(Debug, Default)]
 pub struct Kept {
     /// Valid transactions dated from the day on, live or soft-deleted.
-    pub transactions: Vec<crate::source::Transaction>,
+    pub transactions: Vec<crate::core::source::Transaction>,
     pub pockets: BTreeMap<ObjectId, Pocket>,
     /// Fingerprints of the stored documents from the day on.
-    pub stored: Vec<((Kind, NaiveDate), crate::live::StoredMeta)>,
+    pub stored: Vec<((Kind, NaiveDate), crate::plan::fingerprint::StoredMeta)>,
     /// Income and expense of the year before the day.
-    pub baseline: crate::ledger::YtdBaseline,
-}
-
-/// A stored document as a comparison sees it: the whole document (scans)
-/// or the tailer's fingerprint of it ([`crate::live::StoredMeta`]).
-pub trait StoredDoc {
-    /// How `content` differs from the stored document; `None` if it doesn't.
-    fn difference(&self, content: &Document) -> Option<Difference>;
-    /// The stored bookkeeping fields (revision, created_at, ...).
-    fn bookkeeping(&self, kind: Kind) -> std::borrow::Cow<'_, Document>;
-}
-
-impl StoredDoc for Document {
-    fn difference(&self, content: &Document) -> Option<Difference> {
-        if same_content(content, self) {
-            return None;
-        }
-        let fields = diff(content, self);
-        (!fields.is_empty()).then_some(Difference::Fields(fields))
-    }
-
-    fn bookkeeping(&self, _: Kind) -> std::borrow::Cow<'_, Document> {
-        std::borrow::Cow::Borrowed(self)
-    }
-}
-
-/// The changes that bring one user's stored documents (`stored`: those of
-/// the compared periods) to `expected`; reports before `reports_open_from`
-/// are final. Shared by scans and the live path.
-pub fn compare_user<S: StoredDoc>(
-    user: ObjectId,
-    expected: Vec<(Kind, NaiveDate, Document)>,
-    reports_open_from: NaiveDate,
-    mut stored: HashMap<(Kind, NaiveDate), S>,
-    now: DateTime<Utc>,
-    time_zone: &str,
-) -> Vec<DocChange> {
-    let mut changes = Vec::new();
-    for (kind, period, mut content) in expected {
-        if kind == Kind::Report && period < reports_open_from {
-            content.insert("is_final", true);
-        }
-        let old = stored.remove(&(kind, period));
-        let difference = match &old {
-            None => Difference::Missing,
-            Some(s) => match s.difference(&content) {
-                None => continue,
-                Some(d) => d,
-            },
-        };
-        let bookkeeping = old.as_ref().map(|s| s.bookkeeping(kind));
-        let write = write_over(
-            kind,
-            key_filter(kind, user, period),
-            content,
-            bookkeeping.as_deref(),
-            now,
-            time_zone,
-        );
-        changes.push(DocChange {
-            kind,
-            user,
-            period,
-            difference,
-            write,
-        });
-    }
-    let mut surplus: Vec<_> = stored.into_iter().collect();
-    surplus.sort_unstable_by_key(|(key, _)| *key);
-    for ((kind, period), old) in surplus {
-        // By `_id` when known (cheaper for the server, see `write_over`).
-        let filter = match old.bookkeeping(kind).get_object_id("_id") {
-            Ok(id) => doc! { "_id": id },
-            Err(_) => key_filter(kind, user, period),
-        };
-        let write = Write::Delete { kind, filter };
-        changes.push(DocChange {
-            kind,
-            user,
-            period,
-            difference: Difference::Surplus,
-            write,
-        });
-    }
-    changes
+    pub baseline: crate::core::ledger::YtdBaseline,
 }
 
 /// Which transactions the scan reads.
@@ -221,7 +105,7 @@ pub struct Focus {
     pub reports_open_from: Option<NaiveDate>,
     /// For [`Scope::Since`]: each user's income and expense of the year
     /// before the scan's first day.
-    pub ytd_baselines: Option<std::sync::Arc<HashMap<ObjectId, crate::ledger::YtdBaseline>>>,
+    pub ytd_baselines: Option<std::sync::Arc<HashMap<ObjectId, crate::core::ledger::YtdBaseline>>>,
     /// Hand each user's inputs from this day (a 1st of month, not before
     /// the scan's first day) to the caller: [`UserResult::kept`].
     pub keep_from: Option<NaiveDate>,
@@ -377,7 +261,7 @@ pub struct Scanner {
     next_pocket_user: usize,
     categories: Categories,
     transactions: Feed,
-    pending_tx: Option<crate::source::Transaction>,
+    pending_tx: Option<crate::core::source::Transaction>,
     stored: Vec<StoredCursor>,
     known_rejects: HashSet<String>,
     /// Invalid documents seen and not yet recorded.
@@ -388,7 +272,7 @@ pub struct Scanner {
     pub transactions_read: u64,
     pub users_done: u64,
     reports_open_from: NaiveDate,
-    ytd_baselines: Option<std::sync::Arc<HashMap<ObjectId, crate::ledger::YtdBaseline>>>,
+    ytd_baselines: Option<std::sync::Arc<HashMap<ObjectId, crate::core::ledger::YtdBaseline>>>,
     keep_from: Option<NaiveDate>,
 }
 
@@ -661,9 +545,9 @@ impl Scanner {
             stored: stored
                 .iter()
                 .filter(|((_, period), _)| *period >= from)
-                .map(|(key, doc)| (*key, crate::live::StoredMeta::of(key.0, doc)))
+                .map(|(key, doc)| (*key, crate::plan::fingerprint::StoredMeta::of(key.0, doc)))
                 .collect(),
-            baseline: crate::ledger::YtdBaseline::at(from, &ledger, baseline),
+            baseline: crate::core::ledger::YtdBaseline::at(from, &ledger, baseline),
         });
         let documents = expected.len();
         let changes = compare_user(
@@ -737,8 +621,8 @@ impl Scanner {
 
     /// Writes the reject records gathered so far and removes corrected ones.
     pub async fn flush_rejects(&mut self, db: &Database, fence: Option<&Fence>) -> Result<()> {
-        store::record_rejects(db, &std::mem::take(&mut self.rejects), self.now, fence).await?;
-        store::clear_rejects(db, &std::mem::take(&mut self.corrected), fence).await
+        rejects::record_rejects(db, &std::mem::take(&mut self.rejects), self.now, fence).await?;
+        rejects::clear_rejects(db, &std::mem::take(&mut self.corrected), fence).await
     }
 
     pub fn rejected(&self) -> u64 {
@@ -792,8 +676,8 @@ pub async fn scan_since_with(
     mut focus: Focus,
     mut sink: impl FnMut(UserResult),
 ) -> Result<Vec<(&'static str, SourceId, RejectReason)>> {
-    let since = if crate::calendar::prev_day(since) < trusted_from {
-        crate::calendar::first_of_year(since)
+    let since = if crate::core::calendar::prev_day(since) < trusted_from {
+        crate::core::calendar::first_of_year(since)
     } else {
         since
     };
@@ -837,8 +721,8 @@ async fn ytd_baselines(
     db: &Database,
     since: NaiveDate,
     users: Option<&[ObjectId]>,
-) -> Result<HashMap<ObjectId, crate::ledger::YtdBaseline>> {
-    let before = crate::calendar::prev_day(since);
+) -> Result<HashMap<ObjectId, crate::core::ledger::YtdBaseline>> {
+    let before = crate::core::calendar::prev_day(since);
     let mut sources = vec![(Kind::Snapshot, before)];
     if since.day() == 1 {
         sources.push((Kind::Monthly, first_of_month(before)));
@@ -862,7 +746,7 @@ async fn ytd_baselines(
                 money("ytd_income"),
                 money("ytd_expense"),
             ) {
-                out.entry(user).or_insert(crate::ledger::YtdBaseline {
+                out.entry(user).or_insert(crate::core::ledger::YtdBaseline {
                     from: since,
                     income,
                     expense,
@@ -881,9 +765,9 @@ pub async fn reports_open_from(
     now: DateTime<Utc>,
 ) -> Result<NaiveDate> {
     let today = cal.day_of(now);
-    let last = crate::state::last_finalized(db, Kind::Report.cli_name()).await?;
+    let last = crate::mongo::state::last_finalized(db, Kind::Report.cli_name()).await?;
     Ok(match last {
-        Some((day, _)) if day >= today => crate::calendar::next_day(day),
+        Some((day, _)) if day >= today => crate::core::calendar::next_day(day),
         _ => today,
     })
 }
@@ -922,9 +806,47 @@ pub fn reject_key(coll: &str, id: &SourceId) -> String {
 
 /// The documents that have a reject record, by [`reject_key`].
 pub async fn load_reject_keys(db: &Database) -> Result<HashSet<String>> {
-    Ok(store::reject_records(db)
+    Ok(rejects::reject_records(db)
         .await?
         .into_iter()
         .map(|(coll, id)| reject_key(&coll, &SourceId::from_bson(&id)))
         .collect())
+}
+
+/// The first day from which a rescan reaches each user's every stored
+/// document: its earliest stored day (for a monthly summary, its month's
+/// last day: a rescan from any day of a month rebuilds the month's
+/// summary). Drift on one of its pockets may reach back that far. Users with
+/// no document are absent. One grouped query per collection, on the
+/// unique `(user_id, period)` index.
+pub async fn first_stored_days(
+    db: &Database,
+    users: &[bson::oid::ObjectId],
+) -> Result<HashMap<bson::oid::ObjectId, NaiveDate>> {
+    use futures::TryStreamExt;
+    let mut first: HashMap<bson::oid::ObjectId, NaiveDate> = HashMap::new();
+    for kind in Kind::ALL {
+        let field = format!("${}", kind.date_field());
+        let pipeline = [
+            doc! { "$match": { "user_id": { "$in": users } } },
+            doc! { "$group": { "_id": "$user_id", "first": { "$min": field } } },
+        ];
+        let mut cursor = db
+            .collection::<Document>(kind.collection())
+            .aggregate(pipeline)
+            .await
+            .with_context(|| format!("finding users' first documents in {}", kind.collection()))?;
+        while let Some(d) = cursor.try_next().await? {
+            if let (Ok(user), Ok(at)) = (d.get_object_id("_id"), d.get_datetime("first")) {
+                let mut day = crate::core::calendar::label_date(*at);
+                if kind == Kind::Monthly {
+                    // A rescan from any day of a month rebuilds its summary.
+                    day = crate::core::calendar::last_of_month(day);
+                }
+                let e = first.entry(user).or_insert(day);
+                *e = (*e).min(day);
+            }
+        }
+    }
+    Ok(first)
 }

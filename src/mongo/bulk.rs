@@ -1,0 +1,633 @@
+//! Execution of planned writes: unordered bulk `insert`/`update`/`delete`
+//! commands per collection, so any server speaking the wire protocol takes
+//! them; guarded replacements, conflicts counted, and fenced execution
+//! inside the lease's transaction.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bson::{doc, Bson, Document, RawArrayBuf, RawDocumentBuf};
+use mongodb::{ClientSession, Database};
+
+use crate::core::reports::Kind;
+use crate::mongo::errors;
+use crate::mongo::lease::{self, Fence};
+use crate::plan::write::{int, Write};
+
+/// What a batch of writes did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    /// Writes not done because another writer got there first: guarded
+    /// updates that found another revision (or no document), and inserts
+    /// of documents believed new whose key was taken. The stored document
+    /// is left as it is; the caller reads it again (rescans the user from
+    /// the source) and retries.
+    pub conflicts: u64,
+    pub errors: u64,
+    /// Time spent waiting for the server to take the writes.
+    pub server_time: Duration,
+}
+
+impl WriteStats {
+    /// Counts what the server's reply to a bulk command of `sent`
+    /// statements of `op` says was done.
+    fn count_reply(&mut self, op: Op, reply: &Document, sent: usize) {
+        match op {
+            Op::Insert => {
+                self.inserted += count(reply);
+                self.conflicts += failed_with(reply, errors::DUPLICATE_KEY).len() as u64;
+            }
+            Op::Update => {
+                let matched = count(reply);
+                self.updated += matched;
+                self.conflicts += (sent as u64).saturating_sub(matched);
+            }
+            Op::Delete => self.deleted += count(reply),
+        }
+    }
+
+    pub fn add(&mut self, o: WriteStats) {
+        self.inserted += o.inserted;
+        self.updated += o.updated;
+        self.deleted += o.deleted;
+        self.conflicts += o.conflicts;
+        self.errors += o.errors;
+        self.server_time += o.server_time;
+    }
+
+    pub fn changed(&self) -> u64 {
+        self.inserted + self.updated + self.deleted
+    }
+}
+
+/// Most operations in one bulk command; also bounded by size below.
+pub(crate) const BATCH_OPS: usize = 1000;
+const BATCH_BYTES: usize = 8 << 20;
+
+/// Executes writes as unordered bulk commands, per collection.
+///
+/// A new document (an upsert with no stored document to guard) is sent as
+/// an `insert`, which servers take much faster than an upsert (SecantusDB:
+/// about 3×). One whose key turns out to be taken (duplicate key: another
+/// writer stored it since it was read) is not written: it counts as a
+/// conflict, like a guarded update that finds another revision, and the
+/// stored document stays as it is — it may be newer than this write. A
+/// stored document is always replaced by a guarded update (by `_id` and
+/// revision; see [`write_over`](crate::plan::write::write_over) for one without a revision). A guarded update replaces the whole
+/// document (keeping `_id`): the written fields are all of its content and
+/// bookkeeping, a replacement is cheaper for the server than a `$set` of
+/// the same fields, and it drops fields no longer in the schema.
+///
+/// With a `fence` (the active instance of several), each bulk command runs
+/// in a transaction behind the lease ([`lease::fenced`]): once another
+/// instance holds the lease, the writes fail with [`lease::LostLease`] and
+/// change nothing.
+pub async fn execute(
+    db: &Database,
+    writes: Vec<Write>,
+    fence: Option<&Fence>,
+) -> Result<WriteStats> {
+    execute_prepared(db, prepare(writes)?, fence).await
+}
+
+/// Writes encoded as bulk commands, ready to send: [`prepare`] does the
+/// CPU work (building and encoding documents) so that a caller can do it
+/// while the server is still busy with earlier commands, and
+/// [`execute_prepared`] only sends.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    batches: Vec<Batch>,
+}
+
+impl Prepared {
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+}
+
+/// One bulk command's operations, each already encoded.
+#[derive(Debug)]
+struct Batch {
+    kind: Kind,
+    op: Op,
+    /// Insert: the documents; update and delete: the statements.
+    items: Vec<RawDocumentBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Insert,
+    /// Guarded updates.
+    Update,
+    Delete,
+}
+
+/// Encodes `writes` as bulk commands (see [`execute`] for their shape).
+pub fn prepare(writes: Vec<Write>) -> Result<Prepared> {
+    let mut per_kind: Vec<(Kind, Vec<Write>)> =
+        Kind::ALL.iter().map(|k| (*k, Vec::new())).collect();
+    for w in writes {
+        if let Some((_, v)) = per_kind.iter_mut().find(|(k, _)| *k == w.kind()) {
+            v.push(w);
+        }
+    }
+    let mut out = Prepared::default();
+    for (kind, writes) in per_kind {
+        let (mut inserts, mut guarded, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+        for w in writes {
+            match w {
+                Write::Upsert {
+                    filter,
+                    set,
+                    if_revision: None,
+                    ..
+                } => {
+                    let d = RawDocumentBuf::from_document(&whole(&filter, set))?;
+                    inserts.push((d, ()));
+                }
+                Write::Upsert {
+                    filter,
+                    set,
+                    if_revision: Some(r),
+                    ..
+                } => {
+                    let mut q = match set.get("_id") {
+                        Some(id) => doc! { "_id": id.clone() },
+                        None => filter.clone(),
+                    };
+                    q.insert("revision", revision_guard(r));
+                    let u = whole(&filter, set);
+                    guarded.push((RawDocumentBuf::from_document(&doc! { "q": q, "u": u })?, ()));
+                }
+                Write::Delete { filter, .. } => {
+                    let stmt = doc! { "q": filter, "limit": 1 };
+                    deletes.push((RawDocumentBuf::from_document(&stmt)?, ()));
+                }
+            }
+        }
+        for (op, items) in [
+            (Op::Insert, inserts),
+            (Op::Update, guarded),
+            (Op::Delete, deletes),
+        ] {
+            for chunk in chunks(items) {
+                let items = chunk.into_iter().map(|(item, ())| item).collect();
+                out.batches.push(Batch { kind, op, items });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Sends commands made by [`prepare`], in order (fenced: see [`execute`]).
+pub async fn execute_prepared(
+    db: &Database,
+    prepared: Prepared,
+    fence: Option<&Fence>,
+) -> Result<WriteStats> {
+    if let Some(fence) = fence {
+        return execute_fenced(db, prepared, fence).await;
+    }
+    let mut stats = WriteStats::default();
+    for batch in prepared.batches {
+        let coll = batch.kind.collection();
+        let reply = run_batch(db, &mut stats, coll, batch.op, &batch.items).await?;
+        stats.count_reply(batch.op, &reply, batch.items.len());
+    }
+    Ok(stats)
+}
+
+/// The guard of a replacement computed from a stored document of revision
+/// `r`: that revision, or for 0 (a stored document without one, written
+/// by something other than tally) a missing or null revision.
+fn revision_guard(r: i64) -> Bson {
+    if r == 0 {
+        Bson::Document(doc! { "$in": [Bson::Null, 0_i64] })
+    } else {
+        Bson::Int64(r)
+    }
+}
+
+/// Sends one bulk command of already encoded operations.
+async fn run_batch(
+    db: &Database,
+    stats: &mut WriteStats,
+    coll: &str,
+    op: Op,
+    items: &[RawDocumentBuf],
+) -> Result<Document> {
+    let (cmd, expected) = bulk_command(coll, op, items);
+    run_bulk(db, stats, cmd, expected, None).await
+}
+
+/// The bulk command of `items`, and the write error code its caller
+/// handles itself.
+fn bulk_command(coll: &str, op: Op, items: &[RawDocumentBuf]) -> (RawDocumentBuf, Option<i32>) {
+    let (name, key, expected) = match op {
+        Op::Insert => ("insert", "documents", Some(errors::DUPLICATE_KEY)),
+        Op::Update => ("update", "updates", None),
+        Op::Delete => ("delete", "deletes", None),
+    };
+    let mut array = RawArrayBuf::new();
+    for item in items {
+        array.push(item.clone());
+    }
+    let mut cmd = RawDocumentBuf::new();
+    cmd.append(name, coll);
+    cmd.append(key, array);
+    cmd.append("ordered", false);
+    (cmd, expected)
+}
+
+/// A duplicate key inside a transaction (which the server then aborts):
+/// the indexes, in the command, of the inserts that met one.
+#[derive(Debug)]
+struct DuplicateInTransaction(Vec<usize>);
+
+impl std::fmt::Display for DuplicateInTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "duplicate key in a fenced insert ({} documents)",
+            self.0.len()
+        )
+    }
+}
+
+impl std::error::Error for DuplicateInTransaction {}
+
+/// [`execute_prepared`] behind the lease: one transaction per bulk command,
+/// which bounds a transaction's size and time. Any write error aborts a
+/// transaction, so an insert batch that meets a duplicate key is sent
+/// again without the duplicates (counted as conflicts, never written) until
+/// the rest goes in; another write error fails the whole call (the caller
+/// keeps its work queued).
+async fn execute_fenced(db: &Database, prepared: Prepared, fence: &Fence) -> Result<WriteStats> {
+    let mut stats = WriteStats::default();
+    for batch in prepared.batches {
+        let coll = batch.kind.collection();
+        let (op, mut items) = (batch.op, batch.items);
+        loop {
+            match fenced_batch(db, fence, coll, op, &items).await {
+                Ok((reply, s)) => {
+                    stats.add(s);
+                    stats.count_reply(op, &reply, items.len());
+                    break;
+                }
+                Err(e) if op == Op::Insert && e.is::<DuplicateInTransaction>() => {
+                    let Some(DuplicateInTransaction(taken)) = e.downcast_ref() else {
+                        unreachable!("checked above")
+                    };
+                    let before = items.len();
+                    items = without(items, taken);
+                    stats.conflicts += (before - items.len()) as u64;
+                    if items.len() == before {
+                        anyhow::bail!(
+                            "a fenced insert into {coll} met a duplicate key it cannot locate"
+                        );
+                    }
+                    if items.is_empty() {
+                        break;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// `items` without those at the indexes `drop`.
+fn without(items: Vec<RawDocumentBuf>, drop: &[usize]) -> Vec<RawDocumentBuf> {
+    items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !drop.contains(i))
+        .map(|(_, item)| item)
+        .collect()
+}
+
+/// One bulk command in a fenced transaction.
+async fn fenced_batch(
+    db: &Database,
+    fence: &Fence,
+    coll: &str,
+    op: Op,
+    items: &[RawDocumentBuf],
+) -> Result<(Document, WriteStats)> {
+    let (cmd, expected) = bulk_command(coll, op, items);
+    lease::fenced(db, fence, |s| {
+        let (db, cmd, coll) = (db.clone(), cmd.clone(), coll.to_owned());
+        Box::pin(async move {
+            let mut stats = WriteStats::default();
+            let reply = run_bulk(&db, &mut stats, cmd, expected, Some(s)).await?;
+            let taken = failed_with(&reply, errors::DUPLICATE_KEY);
+            if !taken.is_empty() {
+                return Err(DuplicateInTransaction(taken).into());
+            }
+            if stats.errors > 0 {
+                anyhow::bail!("a fenced bulk write to {coll} had write errors");
+            }
+            Ok((reply, stats))
+        })
+    })
+    .await
+}
+
+/// The whole document a write leaves: `set`, with any key field it lacks.
+fn whole(filter: &Document, mut set: Document) -> Document {
+    for (k, v) in filter {
+        if !set.contains_key(k) {
+            set.insert(k.clone(), v.clone());
+        }
+    }
+    set
+}
+
+/// Indexes (in the command) of the operations that failed with `code`.
+fn failed_with(reply: &Document, code: i32) -> Vec<usize> {
+    let Ok(errors) = reply.get_array("writeErrors") else {
+        return Vec::new();
+    };
+    errors
+        .iter()
+        .filter_map(|e| match e {
+            Bson::Document(e) if int(e.get("code")) == Some(i64::from(code)) => {
+                int(e.get("index")).and_then(|i| usize::try_from(i).ok())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn count(reply: &Document) -> u64 {
+    int(reply.get("n")).unwrap_or(0).max(0) as u64
+}
+
+/// Splits encoded operations into bulk commands of at most [`BATCH_OPS`]
+/// operations and about [`BATCH_BYTES`] bytes.
+fn chunks<T>(ops: Vec<(RawDocumentBuf, T)>) -> Vec<Vec<(RawDocumentBuf, T)>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = 0;
+    for op in ops {
+        let size = op.0.as_bytes().len();
+        if !cur.is_empty() && (cur.len() >= BATCH_OPS || bytes + size > BATCH_BYTES) {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += size;
+        cur.push(op);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Runs one bulk command; write errors other than `expected` (which the
+/// caller handles) are counted and logged.
+async fn run_bulk(
+    db: &Database,
+    stats: &mut WriteStats,
+    cmd: RawDocumentBuf,
+    expected: Option<i32>,
+    session: Option<&mut ClientSession>,
+) -> Result<Document> {
+    let started = Instant::now();
+    let reply = match session {
+        Some(s) => db.run_raw_command(cmd).session(s).await,
+        None => db.run_raw_command(cmd).await,
+    }
+    .context("bulk write to the output collections")?;
+    stats.server_time += started.elapsed();
+    if let Ok(errors) = reply.get_array("writeErrors") {
+        let unexpected: Vec<&Bson> = errors
+            .iter()
+            .filter(|e| {
+                expected.is_none()
+                    || !matches!(e, Bson::Document(d) if int(d.get("code")) == expected.map(i64::from))
+            })
+            .collect();
+        stats.errors += unexpected.len() as u64;
+        if let Some(Bson::Document(first)) = unexpected.first() {
+            tracing::warn!(errors = unexpected.len(), first = %first, "Bulk write had errors.");
+        }
+    }
+    Ok(reply)
+}
+
+/// Write errors in the reply of a bulk command: the command succeeded
+/// (`ok: 1`), yet some of its statements did not apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteErrors {
+    /// How many statements failed.
+    pub count: usize,
+    /// The first failure's server code and message.
+    pub code: Option<i64>,
+    pub message: String,
+}
+
+impl std::fmt::Display for WriteErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = self
+            .code
+            .map_or("no code".to_owned(), |c| format!("code {c}"));
+        write!(
+            f,
+            "{} write error(s), the first {code}: {}",
+            self.count, self.message
+        )
+    }
+}
+
+impl std::error::Error for WriteErrors {}
+
+/// Fails with [`WriteErrors`] when a bulk command's reply lists any.
+pub fn check_write_errors(reply: &Document) -> Result<(), WriteErrors> {
+    let errors = match reply.get_array("writeErrors") {
+        Ok(errors) if !errors.is_empty() => errors,
+        _ => return Ok(()),
+    };
+    let first = errors.first().and_then(Bson::as_document);
+    Err(WriteErrors {
+        count: errors.len(),
+        code: first.and_then(|d| int(d.get("code"))),
+        message: first
+            .and_then(|d| d.get_str("errmsg").ok())
+            .unwrap_or_default()
+            .to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::calendar::date_label;
+    use crate::plan::write::{key_filter, write_over};
+    use bson::oid::ObjectId;
+    use chrono::{DateTime, NaiveDate, Utc};
+
+    #[test]
+    fn write_errors_in_a_bulk_reply_fail_with_the_first_code_and_message() {
+        assert_eq!(check_write_errors(&doc! { "n": 2, "ok": 1.0 }), Ok(()));
+        assert_eq!(
+            check_write_errors(&doc! { "n": 2, "writeErrors": [], "ok": 1.0 }),
+            Ok(())
+        );
+        let reply = doc! {
+            "n": 1, "ok": 1.0,
+            "writeErrors": [
+                { "index": 1, "code": 121, "errmsg": "Document failed validation" },
+                { "index": 2, "code": 11000, "errmsg": "E11000" },
+            ],
+        };
+        let e = check_write_errors(&reply).unwrap_err();
+        assert_eq!(
+            e,
+            WriteErrors {
+                count: 2,
+                code: Some(121),
+                message: "Document failed validation".to_owned()
+            }
+        );
+        let text = format!(
+            "{:#}",
+            anyhow::Error::from(e).context("recording rejected source documents")
+        );
+        assert_eq!(
+            text,
+            "recording rejected source documents: 2 write error(s), the first code 121: \
+             Document failed validation"
+        );
+    }
+
+    fn now(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    /// The statements of the one batch `prepare` makes of `w`.
+    fn prepared(w: Write) -> (Op, Vec<Document>) {
+        let p = prepare(vec![w]).unwrap();
+        assert_eq!(p.batches.len(), 1);
+        let b = &p.batches[0];
+        let items = b.items.iter().map(|i| i.to_document().unwrap()).collect();
+        (b.op, items)
+    }
+
+    #[test]
+    fn a_stored_document_is_only_ever_replaced_under_its_guard() {
+        let user = ObjectId::new();
+        let day: NaiveDate = "2026-01-05".parse().unwrap();
+        let filter = key_filter(Kind::Report, user, day);
+        let content = doc! { "user_id": user, "report_date": date_label(day), "total_income": 5, "is_final": false };
+        let t = now("2026-01-05T12:00:00Z");
+
+        // New: an insert under a fresh _id, never an upsert.
+        let new = write_over(
+            Kind::Report,
+            filter.clone(),
+            content.clone(),
+            None,
+            t,
+            "UTC",
+        );
+        let (op, items) = prepared(new);
+        assert_eq!(op, Op::Insert);
+        assert!(items[0].get_object_id("_id").is_ok());
+
+        // Stored without a revision (another writer's document): replaced
+        // by its _id, guarded by the missing revision; revision 1 after.
+        let id = ObjectId::new();
+        let foreign =
+            doc! { "_id": id, "user_id": user, "report_date": date_label(day), "total_income": 4 };
+        let w = write_over(
+            Kind::Report,
+            filter.clone(),
+            content.clone(),
+            Some(&foreign),
+            t,
+            "UTC",
+        );
+        let Write::Upsert {
+            if_revision: Some(0),
+            ref set,
+            ..
+        } = w
+        else {
+            panic!("a stored document is a guarded replacement: {w:?}");
+        };
+        assert_eq!(set.get_i64("revision").unwrap(), 1);
+        let (op, items) = prepared(w);
+        assert_eq!(op, Op::Update);
+        assert_eq!(
+            items[0].get_document("q").unwrap(),
+            &doc! { "_id": id, "revision": { "$in": [Bson::Null, 0_i64] } }
+        );
+        assert!(items[0].get("upsert").is_none(), "never an upsert");
+
+        // A stored revision guards by that revision.
+        let mut ours = foreign.clone();
+        ours.insert("revision", 3_i64);
+        let (_, items) = prepared(write_over(
+            Kind::Report,
+            filter.clone(),
+            content.clone(),
+            Some(&ours),
+            t,
+            "UTC",
+        ));
+        assert_eq!(
+            items[0].get_document("q").unwrap(),
+            &doc! { "_id": id, "revision": 3_i64 }
+        );
+
+        // An _id that is not an ObjectId: found by its key, and kept.
+        let mut odd = foreign.clone();
+        odd.insert("_id", "legacy-1");
+        let (op, items) = prepared(write_over(
+            Kind::Report,
+            filter.clone(),
+            content,
+            Some(&odd),
+            t,
+            "UTC",
+        ));
+        assert_eq!(op, Op::Update);
+        let mut q = filter;
+        q.insert("revision", doc! { "$in": [Bson::Null, 0_i64] });
+        assert_eq!(items[0].get_document("q").unwrap(), &q);
+        assert!(items[0].get_document("u").unwrap().get("_id").is_none());
+    }
+
+    #[test]
+    fn an_insert_that_meets_a_taken_key_is_a_conflict_not_a_write() {
+        let reply = doc! {
+            "n": 1, "ok": 1.0,
+            "writeErrors": [
+                { "index": 0, "code": 11000, "errmsg": "E11000 duplicate key" },
+                { "index": 2, "code": 11000, "errmsg": "E11000 duplicate key" },
+            ],
+        };
+        let mut stats = WriteStats::default();
+        stats.count_reply(Op::Insert, &reply, 3);
+        assert_eq!(
+            (stats.inserted, stats.updated, stats.conflicts, stats.errors),
+            (1, 0, 2, 0)
+        );
+        let docs = |n: u8| {
+            (0..n)
+                .map(|i| RawDocumentBuf::from_document(&doc! { "i": i as i32 }).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let left = without(docs(4), &[1, 3]);
+        let left: Vec<i32> = left
+            .iter()
+            .map(|d| d.to_document().unwrap().get_i32("i").unwrap())
+            .collect();
+        assert_eq!(left, vec![0, 2]);
+    }
+}

@@ -1,0 +1,129 @@
+//! Expected against stored: the changes that bring one user's stored
+//! documents to what the data contract says they must hold. Scans compare
+//! whole stored documents; the live path compares fingerprints
+//! ([`crate::plan::fingerprint`]). Both go through [`compare_user`].
+
+use std::collections::HashMap;
+
+use bson::oid::ObjectId;
+use bson::{doc, Document};
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::core::diff::{diff, FieldDiff};
+use crate::core::reports::Kind;
+use crate::plan::write::{key_filter, same_content, write_over, Write};
+
+/// How a stored document differs from the expected one.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Difference {
+    /// Expected but not stored.
+    Missing,
+    /// Stored but should not exist.
+    Surplus,
+    /// Both exist; the fields that differ.
+    Fields(Vec<FieldDiff>),
+    /// Both exist and the content differs from what tally last stored
+    /// (the live path compares fingerprints, not fields).
+    Content,
+}
+
+impl Difference {
+    /// Only labels differ (a rename): information, not a failure.
+    pub fn is_stale_label(&self) -> bool {
+        matches!(self, Difference::Fields(f) if f.iter().all(|d| d.label_only))
+    }
+}
+
+/// One document that differs, with the write that repairs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocChange {
+    pub kind: Kind,
+    pub user: ObjectId,
+    pub period: NaiveDate,
+    pub difference: Difference,
+    pub write: Write,
+}
+
+/// A stored document as a comparison sees it: the whole document (scans)
+/// or the tailer's fingerprint of it ([`crate::plan::fingerprint::StoredMeta`]).
+pub trait StoredDoc {
+    /// How `content` differs from the stored document; `None` if it doesn't.
+    fn difference(&self, content: &Document) -> Option<Difference>;
+    /// The stored bookkeeping fields (revision, created_at, ...).
+    fn bookkeeping(&self, kind: Kind) -> std::borrow::Cow<'_, Document>;
+}
+
+impl StoredDoc for Document {
+    fn difference(&self, content: &Document) -> Option<Difference> {
+        if same_content(content, self) {
+            return None;
+        }
+        let fields = diff(content, self);
+        (!fields.is_empty()).then_some(Difference::Fields(fields))
+    }
+
+    fn bookkeeping(&self, _: Kind) -> std::borrow::Cow<'_, Document> {
+        std::borrow::Cow::Borrowed(self)
+    }
+}
+
+/// The changes that bring one user's stored documents (`stored`: those of
+/// the compared periods) to `expected`; reports before `reports_open_from`
+/// are final. Shared by scans and the live path.
+pub fn compare_user<S: StoredDoc>(
+    user: ObjectId,
+    expected: Vec<(Kind, NaiveDate, Document)>,
+    reports_open_from: NaiveDate,
+    mut stored: HashMap<(Kind, NaiveDate), S>,
+    now: DateTime<Utc>,
+    time_zone: &str,
+) -> Vec<DocChange> {
+    let mut changes = Vec::new();
+    for (kind, period, mut content) in expected {
+        if kind == Kind::Report && period < reports_open_from {
+            content.insert("is_final", true);
+        }
+        let old = stored.remove(&(kind, period));
+        let difference = match &old {
+            None => Difference::Missing,
+            Some(s) => match s.difference(&content) {
+                None => continue,
+                Some(d) => d,
+            },
+        };
+        let bookkeeping = old.as_ref().map(|s| s.bookkeeping(kind));
+        let write = write_over(
+            kind,
+            key_filter(kind, user, period),
+            content,
+            bookkeeping.as_deref(),
+            now,
+            time_zone,
+        );
+        changes.push(DocChange {
+            kind,
+            user,
+            period,
+            difference,
+            write,
+        });
+    }
+    let mut surplus: Vec<_> = stored.into_iter().collect();
+    surplus.sort_unstable_by_key(|(key, _)| *key);
+    for ((kind, period), old) in surplus {
+        // By `_id` when known (cheaper for the server, see `write_over`).
+        let filter = match old.bookkeeping(kind).get_object_id("_id") {
+            Ok(id) => doc! { "_id": id },
+            Err(_) => key_filter(kind, user, period),
+        };
+        let write = Write::Delete { kind, filter };
+        changes.push(DocChange {
+            kind,
+            user,
+            period,
+            difference: Difference::Surplus,
+            write,
+        });
+    }
+    changes
+}
