@@ -22,29 +22,8 @@
 //! The numbers are defined in `docs/data-contract.md`; code cites its
 //! sections as "contract §N".
 
-/// An error no restart can fix: a bad flag, setting or URI. `tally` exits 2
-/// on it; every other failure exits 3, so that supervisors restart those
-/// and only those (README, "Exit status").
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
-/// The exit status of a command that failed with `e`: 2 for a
-/// [`UsageError`], 3 for a runtime failure.
-pub fn exit_status(e: &anyhow::Error) -> u8 {
-    if e.chain().any(|c| c.is::<UsageError>()) {
-        2
-    } else {
-        3
-    }
-}
+pub mod error;
+pub use error::{Error, Kind};
 
 pub mod batch;
 pub mod cli;

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let message = tally::mongo::connect::redact_uri(&format!("{e:#}"));
             tally::ops::logging::fatal(log_format, &message);
-            ExitCode::from(tally::exit_status(&e))
+            ExitCode::from(tally::cli::exit_status(&e))
         }
     }
 }

@@ -34,11 +34,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail};
 use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime as BsonDateTime, Document, RawDocumentBuf, Timestamp};
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use mongodb::change_stream::event::ResumeToken;
+use tally::error::Result;
 
 use tally::batch::scan::{reject_key, Focus, Kept, Range, UserResult};
 use tally::core::calendar::{first_of_month, label_date, Calendar};
@@ -112,7 +113,7 @@ struct World {
 }
 
 /// A server error with `code`, as the driver builds it from a reply.
-fn server_error(code: i32, what: &str) -> anyhow::Error {
+fn server_error(code: i32, what: &str) -> tally::Error {
     let c: mongodb::error::CommandError =
         bson::from_document(doc! { "code": code, "codeName": "Simulated", "errmsg": what })
             .expect("command error");
@@ -977,7 +978,7 @@ impl Backend for Memory {
                     }
                 }
                 // `lease::acquire` retries what goes away by itself.
-                Err(e) if tally::mongo::errors::is_transient(&e) => {}
+                Err(e) if e.is_retryable() => {}
                 Err(e) => return Err(e),
             }
             tokio::time::sleep(ttl / 3).await;
@@ -1352,7 +1353,7 @@ struct Outcome {
     documents: usize,
 }
 
-async fn simulate(seed: u64) -> Result<Outcome> {
+async fn simulate(seed: u64) -> anyhow::Result<Outcome> {
     let mut rng = Rng::new(seed);
     let cal = Calendar::from_name(["UTC", "America/New_York", "Asia/Tokyo"][rng.below(3) as usize])
         .expect("zone");
@@ -1578,7 +1579,7 @@ async fn simulate(seed: u64) -> Result<Outcome> {
     })
 }
 
-fn run_seed(seed: u64) -> Result<Outcome> {
+fn run_seed(seed: u64) -> anyhow::Result<Outcome> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)

@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use crate::bail;
+use crate::error::Result;
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 use mongodb::Database;

@@ -2,7 +2,7 @@
 //! snapshots and monthly summaries computed by the batch scan. When each is
 //! due is [`crate::core::schedule`].
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use bson::{doc, DateTime as BsonDateTime, Document};
 use chrono::{DateTime, NaiveDate, Utc};
 use mongodb::Database;
@@ -112,7 +112,7 @@ pub async fn finalize(
                     ..Focus::default()
                 };
             }
-            anyhow::bail!(
+            crate::bail!(
                 "finalizing {} of {period}: writes still lost a race with another writer \
                  after {RACE_RETRIES} rescans; the step is not recorded and runs again",
                 kind.cli_name()
@@ -128,7 +128,7 @@ const RACE_RETRIES: usize = 3;
 /// does not record it ([`crate::mongo::state::finish`]) and runs it again.
 fn check_step_writes(kind: Kind, period: NaiveDate, stats: &bulk::WriteStats) -> Result<()> {
     if stats.errors > 0 {
-        anyhow::bail!(
+        crate::bail!(
             "finalizing {} of {period}: {} writes failed (see the log); the step is not \
              recorded and runs again",
             kind.cli_name(),

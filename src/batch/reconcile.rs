@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use crate::error::Result;
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 use mongodb::Database;

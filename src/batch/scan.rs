@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use bson::oid::ObjectId;
 use bson::{doc, Bson, Document};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
@@ -170,7 +170,9 @@ impl Feed {
                 Ok(c) => c,
                 Err(e) => {
                     let _ = tx
-                        .send(Err(anyhow::Error::new(e).context(format!("reading {coll}"))))
+                        .send(Err(
+                            crate::error::Error::from(e).context(format!("reading {coll}"))
+                        ))
                         .await;
                     return;
                 }
@@ -194,7 +196,9 @@ impl Feed {
                     }
                     Err(e) => {
                         let _ = tx
-                            .send(Err(anyhow::Error::new(e).context(format!("reading {coll}"))))
+                            .send(Err(
+                                crate::error::Error::from(e).context(format!("reading {coll}"))
+                            ))
                             .await;
                         return;
                     }

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime as BsonDateTime, Decimal128, Document};
 use chrono::NaiveDate;
@@ -346,7 +346,7 @@ async fn write_like_the_api(db: &Database, users: Vec<UserData>) -> Result<()> {
                     }
                 }
             }
-            anyhow::Ok(())
+            Ok::<_, crate::error::Error>(())
         }
     });
     try_join_all(tasks).await?;
@@ -378,7 +378,7 @@ pub async fn trickle(
         }
     }
     if owned.is_empty() {
-        anyhow::bail!("no pockets to write to: seed some users first");
+        crate::bail!("no pockets to write to: seed some users first");
     }
     let mut rng = Rng::new(seed ^ 0x7121_C41E);
     let period = std::time::Duration::from_secs_f64(1.0 / per_second);

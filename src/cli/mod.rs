@@ -1,7 +1,7 @@
 //! The command line: flags (each with a `TALLY_*` fallback), validation into
 //! an immutable configuration, and the commands' output.
 //!
-//! Exit status ([`crate::exit_status`]): 0 success; 1 reconcile found
+//! Exit status ([`exit_status`]): 0 success; 1 reconcile found
 //! differences; 2 a usage or configuration error (bad flag, unknown zone,
 //! malformed URI); 3 a runtime failure (an unreachable server, …).
 //!
@@ -34,6 +34,22 @@ use crate::mongo::state;
 use crate::ops::logging::LogFormat;
 use crate::plan::compare::Difference;
 use crate::service::{self, Clock, RunOptions};
+
+/// The exit status of a command that failed with `e`: 2 for a
+/// configuration or usage error ([`crate::Kind::Config`]: no restart can fix it),
+/// 3 for a runtime failure, so that supervisors restart those and only
+/// those (README, "Exit status").
+pub fn exit_status(e: &anyhow::Error) -> u8 {
+    let config = e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<crate::Error>())
+        .any(|e| e.kind() == crate::Kind::Config);
+    if config {
+        2
+    } else {
+        3
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -182,7 +198,7 @@ pub struct RangeArgs {
 impl RangeArgs {
     fn range(&self) -> Result<Range> {
         if self.from > self.to {
-            return Err(crate::UsageError(format!(
+            return Err(crate::Error::config(format!(
                 "--from {} is after --to {}: give the earlier date first",
                 self.from, self.to
             ))
@@ -271,7 +287,7 @@ fn parse_kind(s: &str) -> Result<Kind, String> {
 }
 
 /// Runs the parsed command; errors are the caller's to print (exit status
-/// by [`crate::exit_status`]).
+/// by [`exit_status`]).
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
     let now = g.now.unwrap_or_else(Utc::now);
@@ -292,7 +308,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let to = a.to.unwrap_or_else(|| cal.day_of(now));
             let from = a.from.unwrap_or(to - chrono::Days::new(59));
             if from > to {
-                return Err(crate::UsageError(format!(
+                return Err(crate::Error::config(format!(
                     "--from {from} is after --to {to}: give the earlier date first"
                 ))
                 .into());
@@ -703,4 +719,21 @@ fn json_report(range: &Range, cal: &Calendar, r: &ReconcileReport) -> Value {
         })),
         "clean": r.differences.is_empty(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_configuration_errors_exit_2() {
+        let config = anyhow::Error::from(crate::Error::config("--from is after --to"))
+            .context("backfill");
+        assert_eq!(exit_status(&config), 2);
+        let wrapped = crate::Error::config("unknown zone").context("reading flags");
+        assert_eq!(exit_status(&anyhow::Error::from(wrapped)), 2);
+        let lost = crate::Error::new(crate::Kind::Transient, "server gone");
+        assert_eq!(exit_status(&anyhow::Error::from(lost)), 3);
+        assert_eq!(exit_status(&anyhow::anyhow!("invalid")), 3);
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use bson::{doc, Bson, Document, RawArrayBuf, RawDocumentBuf};
 use mongodb::{ClientSession, Database};
 
@@ -259,6 +259,12 @@ impl std::fmt::Display for DuplicateInTransaction {
 
 impl std::error::Error for DuplicateInTransaction {}
 
+impl From<DuplicateInTransaction> for crate::Error {
+    fn from(d: DuplicateInTransaction) -> crate::Error {
+        crate::Error::from_source(crate::Kind::DuplicateKey, d)
+    }
+}
+
 /// [`execute_prepared`] behind the lease: one transaction per bulk command,
 /// which bounds a transaction's size and time. Any write error aborts a
 /// transaction, so an insert batch that meets a duplicate key is sent
@@ -277,15 +283,15 @@ async fn execute_fenced(db: &Database, prepared: Prepared, fence: &Fence) -> Res
                     stats.count_reply(op, &reply, items.len());
                     break;
                 }
-                Err(e) if op == Op::Insert && e.is::<DuplicateInTransaction>() => {
-                    let Some(DuplicateInTransaction(taken)) = e.downcast_ref() else {
+                Err(e) if op == Op::Insert && e.find::<DuplicateInTransaction>().is_some() => {
+                    let Some(DuplicateInTransaction(taken)) = e.find() else {
                         unreachable!("checked above")
                     };
                     let before = items.len();
                     items = without(items, taken);
                     stats.conflicts += (before - items.len()) as u64;
                     if items.len() == before {
-                        anyhow::bail!(
+                        crate::bail!(
                             "a fenced insert into {coll} met a duplicate key it cannot locate"
                         );
                     }
@@ -329,7 +335,7 @@ async fn fenced_batch(
                 return Err(DuplicateInTransaction(taken).into());
             }
             if stats.errors > 0 {
-                anyhow::bail!("a fenced bulk write to {coll} had write errors");
+                crate::bail!("a fenced bulk write to {coll} had write errors");
             }
             Ok((reply, stats))
         })
@@ -446,6 +452,16 @@ impl std::fmt::Display for WriteErrors {
 
 impl std::error::Error for WriteErrors {}
 
+impl From<WriteErrors> for crate::Error {
+    fn from(w: WriteErrors) -> crate::Error {
+        let kind = match w.code {
+            Some(c) if c == i64::from(errors::DUPLICATE_KEY) => crate::Kind::DuplicateKey,
+            _ => crate::Kind::Fatal,
+        };
+        crate::Error::from_source(kind, w)
+    }
+}
+
 /// Fails with [`WriteErrors`] when a bulk command's reply lists any.
 pub fn check_write_errors(reply: &Document) -> Result<(), WriteErrors> {
     let errors = match reply.get_array("writeErrors") {
@@ -496,7 +512,7 @@ mod tests {
         );
         let text = format!(
             "{:#}",
-            anyhow::Error::from(e).context("recording rejected source documents")
+            crate::error::Error::from(e).context("recording rejected source documents")
         );
         assert_eq!(
             text,

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
+use crate::Error;
 use bson::{doc, Document};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Database, IndexModel};
@@ -30,10 +31,13 @@ pub async fn connect(uri: &str, database: &str) -> Result<Database> {
     let mut opts = ClientOptions::parse(uri).await.map_err(|e| match *e.kind {
         // A malformed URI; anything else (a DNS lookup of a
         // mongodb+srv URI) may pass on a restart.
-        mongodb::error::ErrorKind::InvalidArgument { .. } => anyhow::Error::new(crate::UsageError(
-            format!("invalid MongoDB URI {redacted}: {}", e.kind),
-        )),
-        _ => anyhow::anyhow!("cannot resolve the MongoDB URI {redacted}: {}", e.kind),
+        mongodb::error::ErrorKind::InvalidArgument { .. } => {
+            Error::config(format!("invalid MongoDB URI {redacted}: {}", e.kind))
+        }
+        _ => Error::new(
+            errors::kind_of(&e),
+            format!("cannot resolve the MongoDB URI {redacted}: {}", e.kind),
+        ),
     })?;
     opts.app_name.get_or_insert_with(|| "tally".to_owned());
     opts.server_selection_timeout
@@ -46,9 +50,10 @@ pub async fn connect(uri: &str, database: &str) -> Result<Database> {
     let client = Client::with_options(opts)
         .with_context(|| format!("cannot create a client for {redacted}"))?;
     let db = client.database(database);
-    db.run_command(doc! { "ping": 1 })
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach MongoDB at {redacted}: {}", short_error(&e)))?;
+    db.run_command(doc! { "ping": 1 }).await.map_err(|e| {
+        let message = format!("cannot reach MongoDB at {redacted}: {}", short_error(&e));
+        Error::new(errors::kind_of(&e), message)
+    })?;
     Ok(db)
 }
 

@@ -9,8 +9,13 @@
 //! continue (a pipeline that drops `_id`, a post-image lookup that fails, a
 //! transaction with too many operations…), and MongoDB documents only 286
 //! as "the resume point is no longer in the oplog".
+//!
+//! [`kind_of`] turns these into the [`Kind`] of tally's error; every
+//! MongoDB error becomes a [`crate::Error`] through it.
 
 use mongodb::error::{Error, ErrorKind, WriteFailure};
+
+use crate::Kind;
 
 /// MongoDB's `DuplicateKey`.
 pub const DUPLICATE_KEY: i32 = 11000;
@@ -58,8 +63,8 @@ pub fn is_namespace_not_found(e: &Error) -> bool {
 }
 
 /// An error that may go away by itself (network, election, overload):
-/// worth retrying after a wait. Looks through `anyhow` context.
-pub fn is_transient(e: &anyhow::Error) -> bool {
+/// worth retrying after a wait.
+pub fn is_transient(e: &Error) -> bool {
     const LABELS: [&str; 5] = [
         "RetryableError",
         "RetryableWriteError",
@@ -72,28 +77,41 @@ pub fn is_transient(e: &anyhow::Error) -> bool {
     // InterruptedAtShutdown, InterruptedDueToReplStateChange,
     // NotPrimaryNoSecondaryOk, NotPrimaryOrSecondary.
     const CODES: [i32; 11] = [6, 7, 89, 91, 189, 9001, 10107, 11600, 11602, 13435, 13436];
-    e.chain()
-        .filter_map(|c| c.downcast_ref::<mongodb::error::Error>())
-        .any(|m| {
-            matches!(
-                &*m.kind,
-                ErrorKind::Io(_)
-                    | ErrorKind::ServerSelection { .. }
-                    | ErrorKind::ConnectionPoolCleared { .. }
-            ) || matches!(&*m.kind, ErrorKind::Command(c) if CODES.contains(&c.code))
-                || LABELS.iter().any(|l| m.contains_label(l))
-        })
+    matches!(
+        &*e.kind,
+        ErrorKind::Io(_)
+            | ErrorKind::ServerSelection { .. }
+            | ErrorKind::ConnectionPoolCleared { .. }
+    ) || matches!(&*e.kind, ErrorKind::Command(c) if CODES.contains(&c.code))
+        || LABELS.iter().any(|l| e.contains_label(l))
+}
+
+/// What a caller can do about a MongoDB error, from its code and labels.
+pub fn kind_of(e: &Error) -> Kind {
+    if is_history_lost(e) {
+        Kind::HistoryLost
+    } else if is_duplicate_key(e) {
+        Kind::DuplicateKey
+    } else if is_transient(e) {
+        Kind::Transient
+    } else {
+        Kind::Fatal
+    }
+}
+
+impl From<Error> for crate::Error {
+    fn from(e: Error) -> crate::Error {
+        crate::Error::from_source(kind_of(&e), e)
+    }
 }
 
 /// A write conflict, or a commit whose outcome is unknown: run the whole
-/// transaction again. Looks through `anyhow` context.
-pub fn is_transient_transaction(e: &anyhow::Error) -> bool {
-    e.chain()
-        .filter_map(|c| c.downcast_ref::<mongodb::error::Error>())
-        .any(|m| {
-            m.contains_label("TransientTransactionError")
-                || m.contains_label("UnknownTransactionCommitResult")
-        })
+/// transaction again. Looks for the server's error through the context.
+pub fn is_transient_transaction(e: &crate::Error) -> bool {
+    e.find::<Error>().is_some_and(|m| {
+        m.contains_label("TransientTransactionError")
+            || m.contains_label("UnknownTransactionCommitResult")
+    })
 }
 
 #[cfg(test)]
@@ -197,13 +215,18 @@ mod tests {
     }
 
     #[test]
-    fn transient_errors_by_kind_code_and_label_under_context() {
-        let wrap = |e: Error| anyhow::Error::from(e).context("writing the checkpoint");
-        assert!(is_transient(&wrap(Error::from(
-            std::io::ErrorKind::ConnectionReset
-        ))));
+    fn transient_errors_by_kind_code_and_label_keep_their_kind_under_context() {
+        let kind = |e: Error| {
+            crate::Error::from(e)
+                .context("writing the checkpoint")
+                .kind()
+        };
+        assert_eq!(
+            kind(Error::from(std::io::ErrorKind::ConnectionReset)),
+            Kind::Transient
+        );
         for code in [6, 7, 89, 91, 189, 9001, 10107, 11600, 11602, 13435, 13436] {
-            assert!(is_transient(&wrap(command(code))), "{code}");
+            assert_eq!(kind(command(code)), Kind::Transient, "{code}");
         }
         for label in [
             "RetryableError",
@@ -212,17 +235,19 @@ mod tests {
             "TransientTransactionError",
             "SystemOverloadedError",
         ] {
-            assert!(is_transient(&wrap(labelled(&[label]))), "{label}");
+            assert_eq!(kind(labelled(&[label])), Kind::Transient, "{label}");
         }
-        assert!(!is_transient(&wrap(command(11000))));
-        assert!(!is_transient(&wrap(labelled(&[]))));
-        assert!(!is_transient(&wrap(custom("HostUnreachable"))));
-        assert!(!is_transient(&anyhow::anyhow!("network timeout")));
+        assert_eq!(kind(command(11000)), Kind::DuplicateKey);
+        assert_eq!(kind(command(286)), Kind::HistoryLost);
+        assert_eq!(kind(command(280)), Kind::Fatal);
+        assert_eq!(kind(labelled(&[])), Kind::Fatal);
+        assert_eq!(kind(custom("HostUnreachable")), Kind::Fatal);
+        assert_eq!(kind(custom(MISLEADING)), Kind::Fatal);
     }
 
     #[test]
     fn transient_transactions_by_label_under_context() {
-        let wrap = |e: Error| anyhow::Error::from(e).context("a fenced write");
+        let wrap = |e: Error| crate::Error::from(e).context("a fenced write");
         assert!(is_transient_transaction(&wrap(labelled(&[
             "TransientTransactionError"
         ]))));
@@ -233,7 +258,7 @@ mod tests {
             "RetryableWriteError"
         ]))));
         assert!(!is_transient_transaction(&wrap(command(112))));
-        assert!(!is_transient_transaction(&anyhow::anyhow!(
+        assert!(!is_transient_transaction(&crate::Error::fatal(
             "TransientTransactionError"
         )));
     }

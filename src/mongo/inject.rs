@@ -36,11 +36,17 @@ impl std::fmt::Display for Injected {
 
 impl std::error::Error for Injected {}
 
+impl From<Injected> for crate::Error {
+    fn from(i: Injected) -> crate::Error {
+        crate::Error::from_source(crate::Kind::Fatal, i)
+    }
+}
+
 /// Reads `TALLY_INJECT` once; a malformed value is a usage error.
-pub fn init() -> anyhow::Result<()> {
+pub fn init() -> crate::error::Result<()> {
     let parsed = match std::env::var("TALLY_INJECT") {
         Ok(spec) if !spec.trim().is_empty() => Some(parse(&spec).map_err(|m| {
-            crate::UsageError(format!(
+            crate::Error::config(format!(
                 "TALLY_INJECT={spec:?}: {m} (expected seed=N,crash=PER_MILLE,fail=PER_MILLE)"
             ))
         })?),
@@ -78,7 +84,7 @@ fn parse(spec: &str) -> Result<Injector, String> {
 }
 
 /// A fault point: crashes, fails or passes as `TALLY_INJECT` draws.
-pub fn point(name: &'static str) -> anyhow::Result<()> {
+pub fn point(name: &'static str) -> crate::error::Result<()> {
     let Some(Some(injector)) = INJECTOR.get() else {
         return Ok(());
     };

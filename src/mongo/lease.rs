@@ -47,14 +47,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
+use crate::Kind;
 use bson::{doc, Bson, Document};
 use chrono::{DateTime, Utc};
 use mongodb::options::ReturnDocument;
 use mongodb::{ClientSession, Database};
 use tracing::{info, warn};
 
-use crate::mongo::errors::{is_transient, is_transient_transaction};
+use crate::mongo::errors::is_transient_transaction;
 
 pub const LEASE: &str = "tally_lease";
 const LEASE_ID: &str = "tally";
@@ -128,9 +129,15 @@ impl fmt::Display for TimedOut {
 
 impl std::error::Error for TimedOut {}
 
-/// Whether `e` (or its cause) is a [`TimedOut`] lease or fenced call.
-pub fn is_timeout(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.is::<TimedOut>())
+impl From<TimedOut> for crate::Error {
+    fn from(t: TimedOut) -> crate::Error {
+        crate::Error::from_source(Kind::TimedOut, t)
+    }
+}
+
+/// Whether `e` (or its cause) is a call without an answer in time.
+pub fn is_timeout(e: &crate::Error) -> bool {
+    e.kind() == Kind::TimedOut
 }
 
 /// `f`, or [`TimedOut`] after `limit`.
@@ -163,9 +170,15 @@ impl fmt::Display for LostLease {
 
 impl std::error::Error for LostLease {}
 
+impl From<LostLease> for crate::Error {
+    fn from(l: LostLease) -> crate::Error {
+        crate::Error::from_source(Kind::LeaseLost, l)
+    }
+}
+
 /// Whether `e` (or its cause) is [`LostLease`].
-pub fn is_lost(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.is::<LostLease>())
+pub fn is_lost(e: &crate::Error) -> bool {
+    e.kind() == Kind::LeaseLost
 }
 
 static LEADER: AtomicBool = AtomicBool::new(false);
@@ -265,7 +278,7 @@ pub async fn try_acquire(db: &Database, owner: &str, ttl: Duration) -> Result<Op
             token: match d.get("token") {
                 Some(Bson::Int64(t)) => *t,
                 Some(Bson::Int32(t)) => i64::from(*t),
-                other => anyhow::bail!("the lease has a token of an unexpected type: {other:?}"),
+                other => crate::bail!("the lease has a token of an unexpected type: {other:?}"),
             },
             session: Some(Arc::new(tokio::sync::Mutex::new(session))),
         })),
@@ -382,7 +395,7 @@ pub async fn acquire(
                 );
             }
             Ok(None) => {}
-            Err(e) if is_transient(&e) || is_timeout(&e) => {
+            Err(e) if e.is_retryable() => {
                 warn!(error = %crate::mongo::connect::redact_uri(&format!("{e:#}")), "Cannot reach the lease yet; retrying.");
             }
             Err(e) => return Err(e),
@@ -510,7 +523,8 @@ where
                         // session's server side, as a successor would.
                         let lsid = s.id().clone();
                         kill_session(db, lsid).await;
-                        return Err(anyhow::Error::new(e).context(CommitFailed))
+                        let kind = crate::mongo::errors::kind_of(&e);
+                        return Err(crate::Error::from_source(kind, CommitFailed(e)))
                             .context("committing a fenced write");
                     }
                     crate::mongo::inject::point("fenced.committed")?;
@@ -539,12 +553,12 @@ where
 /// label the transaction did not commit (SecantusDB answers a WiredTiger
 /// commit conflict with `InternalError` and no label), so the whole
 /// transaction can run again.
-#[derive(Clone, Copy, Debug)]
-struct CommitFailed;
+#[derive(Debug)]
+struct CommitFailed(mongodb::error::Error);
 
 impl fmt::Display for CommitFailed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the server refused the commit")
+        write!(f, "the server refused the commit: {}", self.0)
     }
 }
 
@@ -552,8 +566,8 @@ impl std::error::Error for CommitFailed {}
 
 /// Worth running the whole fenced transaction again: a transient error, or
 /// a commit the server refused.
-fn is_retryable_transaction(e: &anyhow::Error) -> bool {
-    is_transient_transaction(e) || e.downcast_ref::<CommitFailed>().is_some()
+fn is_retryable_transaction(e: &crate::Error) -> bool {
+    is_transient_transaction(e) || e.find::<CommitFailed>().is_some()
 }
 
 #[cfg(test)]
@@ -562,13 +576,15 @@ mod tests {
 
     #[test]
     fn a_refused_commit_runs_again_and_other_errors_do_not() {
-        let refused = anyhow::Error::new(std::io::Error::other("InternalError"))
-            .context(CommitFailed)
-            .context("committing a fenced write");
+        let refused = crate::Error::from_source(
+            Kind::Fatal,
+            CommitFailed(mongodb::error::Error::custom("InternalError")),
+        )
+        .context("committing a fenced write");
         assert!(is_retryable_transaction(&refused));
-        let body = anyhow::anyhow!("a fenced bulk write had write errors");
+        let body = crate::Error::fatal("a fenced bulk write had write errors");
         assert!(!is_retryable_transaction(&body));
-        let timed_out = anyhow::Error::from(TimedOut("a fenced write")).context("flushing");
+        let timed_out = crate::error::Error::from(TimedOut("a fenced write")).context("flushing");
         assert!(is_timeout(&timed_out) && !is_retryable_transaction(&timed_out));
     }
 
@@ -581,9 +597,9 @@ mod tests {
 
     #[test]
     fn a_lost_lease_is_recognized_under_context() {
-        let e = anyhow::Error::from(LostLease { token: 7 }).context("writing the checkpoint");
+        let e = crate::error::Error::from(LostLease { token: 7 }).context("writing the checkpoint");
         assert!(is_lost(&e));
         assert!(format!("{e:#}").contains("fencing token 7"));
-        assert!(!is_lost(&anyhow::anyhow!("something else")));
+        assert!(!is_lost(&crate::Error::fatal("something else")));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use bson::{doc, Bson, DateTime as BsonDateTime, Document};
 use chrono::{DateTime, Utc};
 use mongodb::Database;

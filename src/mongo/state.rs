@@ -6,7 +6,7 @@
 //! replaying events after a crash rewrites the same content: nothing is
 //! lost and nothing is counted twice.
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime as BsonDateTime, Document, Timestamp};
 use chrono::{DateTime, NaiveDate, Utc};

@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use bson::oid::ObjectId;
 use bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
 use chrono::{DateTime, NaiveDate, Utc};

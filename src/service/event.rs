@@ -1,6 +1,6 @@
 //! A change event, read in place from its raw bytes.
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use bson::{Bson, Document, RawDocument};
 use mongodb::change_stream::event::OperationType;
 

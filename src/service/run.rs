@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use anyhow::Result;
+use crate::error::Result;
 use mongodb::Database;
 use tracing::{error, info, warn};
 
@@ -16,9 +16,9 @@ use super::options::{Counters, RunOptions};
 use super::tailer::Tailer;
 use crate::mongo::bulk;
 use crate::mongo::connect;
-use crate::mongo::errors::is_transient;
 use crate::mongo::lease::{self, Fence, LostLease};
 use crate::ops::telemetry::{Failure, Recovery, Telemetry};
+use crate::Kind;
 
 /// Runs until `shutdown` completes, then flushes, checkpoints and returns
 /// (the counters of the last term as the active instance).
@@ -184,6 +184,12 @@ impl std::fmt::Display for StepTimedOut {
 
 impl std::error::Error for StepTimedOut {}
 
+impl From<StepTimedOut> for crate::Error {
+    fn from(t: StepTimedOut) -> crate::Error {
+        crate::Error::from_source(Kind::TimedOut, t)
+    }
+}
+
 /// The active instance's failures in a row: each is counted and retried
 /// after a growing pause; one that lasts `give_up_after` ends the service.
 struct Failures {
@@ -209,7 +215,7 @@ impl Failures {
     }
 
     /// Counts `e`; the pause before the next try, or [`GaveUp`].
-    fn failed(&mut self, e: anyhow::Error, what: &str) -> Result<Duration> {
+    fn failed(&mut self, e: crate::error::Error, what: &str) -> Result<Duration> {
         let cause = failure_cause(&e);
         self.telemetry.write_failure(cause);
         let since = *self.since.get_or_insert_with(Instant::now);
@@ -227,18 +233,16 @@ impl Failures {
     }
 }
 
-fn failure_cause(e: &anyhow::Error) -> Failure {
-    if lease::is_timeout(e) || e.chain().any(|c| c.is::<StepTimedOut>()) {
-        Failure::Timeout
-    } else if is_transient(e) {
-        Failure::Unavailable
-    } else if e
-        .chain()
-        .any(|c| c.is::<mongodb::error::Error>() || c.is::<bulk::WriteErrors>())
-    {
-        Failure::ServerError
-    } else {
-        Failure::Other
+fn failure_cause(e: &crate::Error) -> Failure {
+    match e.kind() {
+        Kind::TimedOut => Failure::Timeout,
+        Kind::Transient => Failure::Unavailable,
+        _ if e.find::<mongodb::error::Error>().is_some()
+            || e.find::<bulk::WriteErrors>().is_some() =>
+        {
+            Failure::ServerError
+        }
+        _ => Failure::Other,
     }
 }
 
@@ -284,11 +288,11 @@ async fn lead<B: Backend + Clone>(
             }
             Err(e) if lease::is_lost(&e) => return Err(e),
             Err(e) => {
-                let away = is_transient(&e);
+                let away = e.kind() == Kind::Transient;
                 after_outage |= away;
                 // Alive, not ready, while failing.
                 opts.telemetry.turn(false);
-                if e.chain().any(|c| c.is::<StepTimedOut>()) {
+                if e.find::<StepTimedOut>().is_some() {
                     abort_open(&fence).await;
                 }
                 let backoff = failures.failed(e, "Starting")?;
@@ -320,14 +324,14 @@ async fn lead<B: Backend + Clone>(
                 Err(e) if lease::is_lost(&e) => return Err(e),
                 Err(e) => e,
             };
-            let transient = is_transient(&e);
+            let transient = e.kind() == Kind::Transient;
             if transient {
                 tailer.counters.reconnects += 1;
                 tailer.stream = None;
             }
             // Not ready while failing.
             tailer.opts.telemetry.turn(false);
-            if e.chain().any(|c| c.is::<StepTimedOut>()) {
+            if e.find::<StepTimedOut>().is_some() {
                 abort_open(&fence).await;
             }
             let backoff = failures.failed(e, "A step")?;
@@ -377,26 +381,32 @@ mod tests {
         opts.give_up_after = Duration::from_millis(300);
         let telemetry = opts.telemetry.clone();
         let mut failures = Failures::new(&opts);
-        let first = failures.failed(anyhow::anyhow!("boom"), "A step").unwrap();
-        let second = failures.failed(anyhow::anyhow!("boom"), "A step").unwrap();
+        let first = failures
+            .failed(crate::Error::fatal("boom"), "A step")
+            .unwrap();
+        let second = failures
+            .failed(crate::Error::fatal("boom"), "A step")
+            .unwrap();
         assert!(second > first, "{second:?} > {first:?}");
         for _ in 0..20 {
-            let _ = failures.failed(anyhow::anyhow!("boom"), "A step");
+            let _ = failures.failed(crate::Error::fatal("boom"), "A step");
         }
         assert_eq!(
-            failures.failed(anyhow::anyhow!("boom"), "A step").ok(),
+            failures.failed(crate::Error::fatal("boom"), "A step").ok(),
             Some(Duration::from_secs(10)),
             "the pause is capped at 10 s"
         );
         // A success clears the streak: the give-up clock starts again.
         failures.cleared();
         std::thread::sleep(Duration::from_millis(350));
-        assert!(failures.failed(anyhow::anyhow!("boom"), "A step").is_ok());
+        assert!(failures
+            .failed(crate::Error::fatal("boom"), "A step")
+            .is_ok());
         std::thread::sleep(Duration::from_millis(350));
         let e = failures
-            .failed(anyhow::anyhow!("boom"), "A step")
+            .failed(crate::Error::fatal("boom"), "A step")
             .expect_err("persisted past give_up_after");
-        assert!(e.downcast_ref::<GaveUp>().is_some(), "{e:#}");
+        assert_eq!(e.to_string(), GaveUp { seconds: 0 }.to_string(), "{e:#}");
         let other = telemetry.write_failures.values();
         assert!(
             other.contains(&([Failure::Other.as_str()], 25)),
@@ -406,10 +416,10 @@ mod tests {
 
     #[test]
     fn failures_are_counted_by_cause() {
-        let timed_out = anyhow::Error::from(lease::TimedOut("renewing the lease"));
+        let timed_out = crate::error::Error::from(lease::TimedOut("renewing the lease"));
         assert_eq!(failure_cause(&timed_out), Failure::Timeout);
-        let step = anyhow::Error::from(StepTimedOut(STEP_LIMIT)).context("flushing");
+        let step = crate::error::Error::from(StepTimedOut(STEP_LIMIT)).context("flushing");
         assert_eq!(failure_cause(&step), Failure::Timeout);
-        assert_eq!(failure_cause(&anyhow::anyhow!("a bug")), Failure::Other);
+        assert_eq!(failure_cause(&crate::Error::fatal("a bug")), Failure::Other);
     }
 }

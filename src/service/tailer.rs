@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use anyhow::Result;
+use crate::error::Result;
 use bson::oid::ObjectId;
 use bson::{Bson, RawDocumentBuf, Timestamp};
 use chrono::{DateTime, Days, NaiveDate, Utc};
@@ -278,8 +278,7 @@ impl<B: Backend> Tailer<B> {
             }
             Err(e)
                 if self.pre_images
-                    && e.downcast_ref::<mongodb::error::Error>()
-                        .and_then(command_code)
+                    && e.find::<mongodb::error::Error>().and_then(command_code)
                         == Some(UNKNOWN_FIELD) =>
             {
                 warn!(error = %e, "Server refuses pre-images in change streams; following without them.");
@@ -455,7 +454,7 @@ impl<B: Backend> Tailer<B> {
         // then on); the rest are only closed, by one update of the period.
         let stats = self.write(writes).await?;
         if stats.errors + stats.conflicts > 0 {
-            anyhow::bail!(
+            crate::bail!(
                 "finalizing {} {}: {} writes failed and {} met a concurrent writer",
                 kind.cli_name(),
                 period,
@@ -627,7 +626,7 @@ impl<B: Backend> Tailer<B> {
 
     /// The stored token is older than the server's history: recompute the
     /// window from the source, then stream from a fresh operation time.
-    async fn recover_history_lost(&mut self, e: &anyhow::Error) -> Result<()> {
+    async fn recover_history_lost(&mut self, e: &crate::error::Error) -> Result<()> {
         self.counters.history_lost += 1;
         self.opts.telemetry.recovery(Recovery::HistoryLost);
         error!(error = %e, recoveries = self.counters.history_lost, "Change stream history lost: recomputing the window from the source.");
@@ -1257,7 +1256,7 @@ impl<B: Backend> Tailer<B> {
 const SHUTDOWN_WRITES: Duration = Duration::from_secs(6);
 
 /// Whether `e` says the stream's history no longer holds its start.
-fn history_lost(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<mongodb::error::Error>()
+fn history_lost(e: &crate::error::Error) -> bool {
+    e.find::<mongodb::error::Error>()
         .is_some_and(is_history_lost)
 }
