@@ -935,7 +935,7 @@ async fn hard_deletes_older_than_the_window_without_pre_images_converge() {
 // 9. Crashes and failures anywhere
 // ---------------------------------------------------------------------------
 
-/// Round after round, `tally run` works under `TALLY_INJECT` (src/inject.rs):
+/// Round after round, `tally run` works under `TALLY_INJECT` (src/mongo/inject.rs):
 /// at each named point between its awaits — inside fenced transactions,
 /// between a flush's writes and its checkpoint, within a start — a seeded
 /// draw crashes it (abort, as `kill -9`, an open transaction left behind)

@@ -2493,7 +2493,7 @@ fn edge_instants_fall_on_their_local_day() {
 
 /// Known bug (found by this property; the main properties' ids avoid it).
 ///
-/// SPEC §1.1 accepts any `_id`. `SourceId`'s `Ord` (src/source.rs) compares
+/// SPEC §1.1 accepts any `_id`. `SourceId`'s `Ord` (src/core/source.rs) compares
 /// two ids of different BSON types by their text form, so the string "5"
 /// and the int32 5 — or an ObjectId and the string of its hex — compare
 /// `Equal` while `PartialEq` says they differ (and MongoDB holds both as
