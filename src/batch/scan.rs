@@ -444,16 +444,7 @@ impl Scanner {
                     self.pending_tx = Some(tx);
                     return Ok(());
                 }
-                Err(r) => {
-                    let id = SourceId::from_bson(raw.get("_id").unwrap_or(&Bson::Null));
-                    note_reject(
-                        &mut self.rejects,
-                        &mut self.reject_counts,
-                        TRANSACTIONS,
-                        id,
-                        r,
-                    );
-                }
+                Err(r) => self.reject_transaction(&raw, r),
             }
         }
         Ok(())
@@ -610,17 +601,22 @@ impl Scanner {
             .context("reading undated transactions")?
         {
             if let Err(r) = decode_transaction(&raw) {
-                let id = SourceId::from_bson(raw.get("_id").unwrap_or(&Bson::Null));
-                note_reject(
-                    &mut self.rejects,
-                    &mut self.reject_counts,
-                    TRANSACTIONS,
-                    id,
-                    r,
-                );
+                self.reject_transaction(&raw, r);
             }
         }
         Ok(())
+    }
+
+    /// Counts and keeps the reject record of an invalid transaction.
+    fn reject_transaction(&mut self, raw: &Document, reason: RejectReason) {
+        let id = SourceId::from_bson(raw.get("_id").unwrap_or(&Bson::Null));
+        note_reject(
+            &mut self.rejects,
+            &mut self.reject_counts,
+            TRANSACTIONS,
+            id,
+            reason,
+        );
     }
 
     /// Writes the reject records gathered so far and removes corrected ones.

@@ -727,8 +727,8 @@ mod tests {
 
     #[test]
     fn only_configuration_errors_exit_2() {
-        let config = anyhow::Error::from(crate::Error::config("--from is after --to"))
-            .context("backfill");
+        let config =
+            anyhow::Error::from(crate::Error::config("--from is after --to")).context("backfill");
         assert_eq!(exit_status(&config), 2);
         let wrapped = crate::Error::config("unknown zone").context("reading flags");
         assert_eq!(exit_status(&anyhow::Error::from(wrapped)), 2);
