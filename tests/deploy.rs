@@ -458,6 +458,34 @@ fn alert_rules_use_exported_metrics_and_are_explained_in_the_readme() {
     assert!(n >= 8, "only {n} alerts");
 }
 
+/// CI runs the test command the README gives a newcomer (STYLE.md, "keep
+/// `.ci/run` calling the README's test command").
+#[test]
+fn ci_runs_the_test_command_of_the_readme() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ci = std::fs::read_to_string(root.join(".ci/run")).expect(".ci/run");
+    let cmd = ci
+        .lines()
+        .find_map(|l| l.strip_prefix("TEST_CMD=\""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect(".ci/run sets TEST_CMD=\"...\"");
+    assert!(
+        ci.lines().any(|l| l.trim() == "$TEST_CMD"),
+        ".ci/run does not run $TEST_CMD"
+    );
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    let two = readme
+        .split_once("## The two commands")
+        .and_then(|(_, rest)| rest.split_once("\n## "))
+        .map(|(section, _)| section)
+        .expect("README has a section The two commands");
+    assert!(
+        two.lines()
+            .any(|l| l.split('#').next().map(str::trim) == Some(cmd)),
+        "README's two commands do not include {cmd:?}, the TEST_CMD of .ci/run"
+    );
+}
+
 #[test]
 fn systemd_unit_runs_tally_hardened_with_the_uri_from_a_file() {
     let unit = read("tally.service");

@@ -597,7 +597,7 @@ fn chromium() -> Option<PathBuf> {
             return None;
         }
         panic!(
-            "chromium is not installed: `apt-get install -y chromium` (as .ci/run does), \
+            "chromium is not installed: `apt-get install -y chromium` (as scripts/test does), \
              or set TALLY_SKIP_BROWSER=1 to skip the status-page test"
         );
     }

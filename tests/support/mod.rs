@@ -362,9 +362,16 @@ fn secantusd() -> Result<&'static Path, String> {
     .map_err(Clone::clone)
 }
 
-/// The interpreter from the script's `#!` line (a real python, not a shim),
-/// falling back to `python3`.
+/// The interpreter of the script: the venv's `python` beside it
+/// (`scripts/secantusdb` installs into `.tally-data/venv`; in a path with a
+/// space or a long one pip writes a `#!/bin/sh` trampoline instead of the
+/// python), else the one on its `#!` line (a real python, not a shim), else
+/// `python3`.
 fn python_for(script: &Path) -> PathBuf {
+    let beside = script.with_file_name("python");
+    if beside.is_file() {
+        return beside;
+    }
     let first = fs::read_to_string(script).unwrap_or_default();
     let first = first.lines().next().unwrap_or_default();
     match first.strip_prefix("#!").map(str::trim) {
