@@ -7,7 +7,7 @@
 //! 3. **baseline**: the three old cron jobs re-created (see [`old_design`]:
 //!    *not part of tally*, for comparison only) for one night;
 //! 4. **tally run**: the same night's three steps done by the `tally run`
-//!    binary with every user's state already in memory (`src/live.rs`: the
+//!    binary with every user's state already in memory (`src/service/live.rs`: the
 //!    documents are built from memory and only what differs is written),
 //!    timed from its "Finalized." log lines, per step and in total, with the
 //!    ratio to the baseline (target ≤ 1/10), and its peak RSS at the end of
