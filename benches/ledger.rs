@@ -14,9 +14,10 @@
 //!   the least any fold must do (memory traffic plus one decimal add);
 //! - `change_events/decode_change_event`: raw change-stream events (BSON
 //!   bytes as the server sends them: resume token, operationType, ns,
-//!   documentKey, fullDocument in the SPEC's shapes, wallTime, clusterTime;
-//!   one in ten an update with its updateDescription) deserialized into the
-//!   driver's `ChangeStreamEvent<Document>`, then the transaction decoded
+//!   documentKey, fullDocument in the shapes contract §1.1 accepts,
+//!   wallTime, clusterTime; one in ten an update with its
+//!   updateDescription) deserialized into the driver's
+//!   `ChangeStreamEvent<Document>`, then the transaction decoded
 //!   (how `tally run` read events before); `deserialize_only` without the
 //!   decode; `raw_then_decode` is what `tally run` does now (target
 //!   ≥ 200,000 events/s on one core): the stream typed `RawDocumentBuf`,
@@ -99,9 +100,9 @@ fn documents(n: usize) -> Vec<Document> {
         .collect()
 }
 
-/// A transaction document in one of the SPEC's accepted shapes: amounts as
-/// Decimal128, double, int32 or a numeric string; legacy type names and
-/// pocket field names; bookkeeping fields the API writes.
+/// A transaction document in one of the shapes contract §1.1 accepts:
+/// amounts as Decimal128, double, int32 or a numeric string; legacy type
+/// names and pocket field names; bookkeeping fields the API writes.
 fn spec_shaped(rng: &mut Rng, mut d: Document) -> Document {
     let amount = Money::from_bson(d.get("amount").expect("amount")).expect("money");
     match rng.below(10) {

@@ -1,6 +1,6 @@
 //! tally keeps the reports of the "coin" personal-finance backend right all
 //! the time: it computes daily reports, daily balance snapshots and monthly
-//! summaries (see `../shared/SPEC.md`, summarized in the README) from the
+//! summaries (every number defined in `docs/data-contract.md`) from the
 //! `transactions` and `pockets` collections of MongoDB.
 //!
 //! # Layout
@@ -20,7 +20,7 @@
 //! - [`cli`] — commands and configuration; the binary's edge.
 //!
 //! The numbers are defined in `docs/data-contract.md`; code cites its
-//! sections as "contract §N".
+//! sections as "contract §N.M" (or `docs/data-contract.md §N.M`).
 
 pub mod error;
 pub use error::{Error, Kind};

@@ -11,7 +11,8 @@
 //! Debugging aid: `TALLY_GOLDEN_DUMP=1 cargo test --test golden -- --nocapture`
 //! prints what tally stored, as canonical extended JSON. Never paste that
 //! output into the fixtures unchecked: every fixture number comes from the
-//! derivation at the end of this comment, done by hand from SPEC.md.
+//! derivation at the end of this comment, done by hand from
+//! `docs/data-contract.md`.
 //!
 //! # Choice of `now`
 //! `now` = 2026-02-10T12:00:00Z = 07:00 local on 2026-02-10, so "today" is
@@ -67,7 +68,7 @@
 //! | T21 | 2026-02-02 19:00 (Bob)  | expense        | double 0.1           | from P4                                   | C1  | = 2026-02-03T00:00Z, still Feb 2 locally |
 //! | T22 | 2026-02-02 10:00        | expense        | int32 3              | from P7 (invalid pocket of Alice)         | C1  | `_id` is the string "legacy-22" |
 //!
-//! # Derivation (SPEC §1.5, §4, §5)
+//! # Derivation (contract §1.2, §4, §5)
 //! net(p, d) per pocket and day (live, valid transactions of the owner only):
 //! - P1: 01-10 +2000 (T02); 01-30 −0.1 −0.2 −120 = −120.3 (T03,T04,T07);
 //!   01-31 −300 (T09); 02-01 −12.5 −50 +60 = −2.5 (T13,T14,T15); 02-20 −100 (T19).
@@ -86,7 +87,7 @@
 //! - P5: 40 always. P6: counts only from 02-05 (never in the periods below).
 //! - P7 is invalid: it never counts and has no balance; T22's −3 shows only in the breakdowns.
 //!
-//! Counting pockets (SPEC §1.2): Alice 01-01..01-30: P1, P3; 01-31: P1, P2, P3;
+//! Counting pockets (contract §1.3): Alice 01-01..01-30: P1, P3; 01-31: P1, P2, P3;
 //! 02-01 onwards: P1, P2 (P3 deleted 02-01 17:00Z < day end 02-02 05:00Z).
 //! Bob: P4 always. Carol: P5 (P6 from 02-05).
 //!
@@ -391,7 +392,7 @@ fn compare(kind: Kind, expected: &[Document], stored: &[Document], failures: &mu
     }
 }
 
-/// SPEC §5 bookkeeping of a document written once by a backfill at `now`.
+/// Contract §5.1 bookkeeping of a document written once by a backfill at `now`.
 fn check_bookkeeping(kind: Kind, d: &Document, today: NaiveDate, failures: &mut Vec<String>) {
     let (user, period) = key(kind, d);
     let name = format!(

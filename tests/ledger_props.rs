@@ -1,5 +1,6 @@
-//! Property tests of the pure core: decoding (SPEC §1), the ledger (§1.5,
-//! §4), the report builders (§5) and money (§2). No database, no runtime.
+//! Property tests of the pure core: decoding (`docs/data-contract.md` §1),
+//! the ledger (contract §1.2, §4), the report builders (contract §5) and
+//! money (contract §2). No database, no runtime.
 //!
 //! The universe is small on purpose (1–3 users, 1–4 pockets, 0–3
 //! categories, 11 days in `America/New_York` around a DST change or the new
@@ -11,22 +12,22 @@
 //! The oracle of the accounting property (`documents_follow_the_spec`) does
 //! not use the ledger: it works from the generated models, with days known
 //! by construction (an instant is generated *as* "local 23:59:59.999 of D")
-//! and balances computed from SPEC §4's formula.
+//! and balances computed from contract §4.1's formula.
 //!
 //! Properties: 1 `incremental_equals_from_scratch`, 2
 //! `apply_then_retract_is_identity`, 3 `incremental_and_scratch_documents_agree`,
 //! 4 `documents_follow_the_spec` (+ `_with_pocket_lifetimes`), 5
 //! `double_cents_sum_exactly` and `percent_is_the_exact_quotient_rounded_half_even`,
-//! 6 `drift_changes_exactly_the_documents_that_show_the_pocket` (SPEC §4:
+//! 6 `drift_changes_exactly_the_documents_that_show_the_pocket` (contract §4.3:
 //! a balance change no transaction explains moves every closing balance of
 //! the pocket, however old, and nothing else), 7
-//! `float_noise_in_a_balance_changes_no_document` (SPEC §4: B(p) is the
+//! `float_noise_in_a_balance_changes_no_document` (contract §2.3: B(p) is the
 //! stored balance rounded half-even to cents, so coin's float64 noise is
 //! not drift and a third decimal is drift only where rounding says).
-//! `ids_that_print_alike` (ignored) shows a known bug: `_id`s of different
-//! BSON types with the same text form share a ledger slot; the other
-//! properties generate ids that never print alike so that they keep
-//! guarding everything else.
+//! `ids_that_print_alike` and `ids_that_print_alike_minimal` are the
+//! regression tests of a fixed bug: `_id`s of different BSON types with the
+//! same text form (1 and "1") shared a ledger slot. The main properties
+//! generate ids that never print alike; these two generate ids that do.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -738,7 +739,7 @@ impl TxModel {
         d
     }
 
-    /// What SPEC §1 says the document is, computed without the decoder:
+    /// What contract §1 says the document is, computed without the decoder:
     /// `None` when it counts nowhere.
     fn live(&self, u: &Universe) -> Option<LiveTx> {
         let flow = flow(self.kind)?;
@@ -793,12 +794,12 @@ struct LiveTx {
     millis: i64,
     note: Option<String>,
     /// The type as listed in reports: the canonical name (a decision of
-    /// tally's; SPEC §5.1 does not say).
+    /// tally's: contract §8 decision 3).
     type_name: &'static str,
 }
 
 impl LiveTx {
-    /// The effect on pocket `p` (SPEC §1.5), in cents.
+    /// The effect on pocket `p` (contract §1.2), in cents.
     fn effect(&self, p: ObjectId) -> i64 {
         let into = if self.to == Some(p) { self.cents } else { 0 };
         let out = if self.from == Some(p) { self.cents } else { 0 };
@@ -1199,7 +1200,7 @@ fn opt_oid_field(d: &Document, key: &str) -> Result<Option<ObjectId>, TestCaseEr
     }
 }
 
-/// A pocket as SPEC §1.2/§4 sees it.
+/// A pocket as contract §1.3 and §4.1 see it.
 struct PocketFacts {
     id: ObjectId,
     owner: ObjectId,
@@ -1210,7 +1211,7 @@ struct PocketFacts {
     kind: Bson,
 }
 
-/// SPEC §4 computed directly from the live transactions, in cents.
+/// Contract §4 computed directly from the live transactions, in cents.
 struct Oracle {
     live: Vec<LiveTx>,
     pockets: Vec<PocketFacts>,
@@ -1243,7 +1244,7 @@ impl Oracle {
         }
     }
 
-    /// Owned pockets counting on `day` (SPEC §1.2), ascending by id.
+    /// Owned pockets counting on `day` (contract §1.3), ascending by id.
     fn counting(&self, user: ObjectId, day: NaiveDate) -> Vec<&PocketFacts> {
         let end = local_midnight(add_days(day, 1));
         self.pockets
@@ -1802,7 +1803,7 @@ fn check_monthly(
     Ok(())
 }
 
-/// SPEC §4, §5 on the documents built from `ledgers`.
+/// Contract §4, §5 on the documents built from `ledgers`.
 fn check_documents(s: &Scenario, source: &Source, ledgers: &Ledgers) -> TestResult {
     let u = &s.universe;
     let o = Oracle::new(s, source);
@@ -1878,7 +1879,7 @@ fn check_documents(s: &Scenario, source: &Source, ledgers: &Ledgers) -> TestResu
 // ---------------------------------------------------------------- drift
 
 /// The fields of document `key` that a drift of pocket `p` moves, by path,
-/// from SPEC §4 and the models (which days `p` counts on, which pockets
+/// from contract §4.1 and the models (which days `p` counts on, which pockets
 /// the day's live transactions name), not from the ledger: closing(p, D)
 /// = B(p) − Σ net(p, d > D) moves with B(p) on every day D, and so does
 /// opening(p, D) = closing(p, D) − net(p, D); a user's balances are sums
@@ -1952,7 +1953,7 @@ fn check_drift<'k>(
     prop_assert_eq!(
         differing,
         predicted.keys().map(|k| k.name()).collect::<BTreeSet<_>>(),
-        "{}: documents that differ (left: built, right: SPEC §4)",
+        "{}: documents that differ (left: built, right: contract §4.3)",
         what
     );
     for (k, paths) in &predicted {
@@ -2020,7 +2021,7 @@ fn drift() -> impl Strategy<Value = i64> {
     (size, any::<bool>()).prop_map(|(c, negative)| if negative { -c } else { c })
 }
 
-/// coin's arithmetic on a balance (SPEC §4): per API call, the stored
+/// coin's arithmetic on a balance (contract §2.3): per API call, the stored
 /// Decimal128 is read into a float64, the call's amounts (each a
 /// Decimal128 read into a float64) are added in float64, and the sum is
 /// written back as its shortest text (Rust's `{}` of an f64, like Go's
@@ -2193,7 +2194,7 @@ proptest! {
     }
 
     /// Property 5b: percent_of_total is the exact quotient rounded half-even
-    /// to 2 decimals (SPEC §5.3), checked with integer arithmetic.
+    /// to 2 decimals (contract §2.3), checked with integer arithmetic.
     #[test]
     fn percent_is_the_exact_quotient_rounded_half_even(
         t in prop_oneof![1i64..200, 1i64..100_000_000_000],
@@ -2219,7 +2220,7 @@ proptest! {
     // follows from property 1 once the builders are deterministic.
     #![proptest_config(config(100))]
 
-    /// Property 4: accounting identities and SPEC §4/§5 on the documents,
+    /// Property 4: accounting identities and contract §4/§5 on the documents,
     /// against an oracle that does not use the ledger. Pockets have no
     /// lifetimes here; `documents_follow_the_spec_with_pocket_lifetimes`
     /// adds them.
@@ -2256,7 +2257,7 @@ proptest! {
     }
 }
 
-/// Property 6: drift (SPEC §4). Every document of every kind is built over
+/// Property 6: drift (contract §4.3). Every document of every kind is built over
 /// the universe's days, days 40 and 400 before the window and 40 after it,
 /// and by `build_range`; then pocket p's balance document gets a non-zero
 /// whole-cent drift δ (up to 10^12, written in any encoding, decoded by
@@ -2337,7 +2338,7 @@ fn drift_changes_exactly_the_documents_that_show_the_pocket() {
 }
 
 /// Property 7: B(p) is the stored balance rounded half-even to cents
-/// (SPEC §4). (a) A balance kept by coin's float64 arithmetic (start
+/// (contract §2.3). (a) A balance kept by coin's float64 arithmetic (start
 /// balance, then up to 300 amounts of either sign over several API calls:
 /// `coin_balance`) builds exactly the documents that the exact decimal
 /// sum builds. (b) That exact sum with more decimals (x.xx then 1 to 4
@@ -2491,20 +2492,19 @@ fn edge_instants_fall_on_their_local_day() {
     }
 }
 
-/// Known bug (found by this property; the main properties' ids avoid it).
+/// Regression test of a bug this property found, since fixed.
 ///
-/// SPEC §1.1 accepts any `_id`. `SourceId`'s `Ord` (src/core/source.rs) compares
-/// two ids of different BSON types by their text form, so the string "5"
-/// and the int32 5 — or an ObjectId and the string of its hex — compare
-/// `Equal` while `PartialEq` says they differ (and MongoDB holds both as
-/// distinct documents). The ledger keys each pocket's list by (timestamp,
-/// id): two such transactions of one user at the same instant on the same
-/// pocket share one slot. The second `apply` overwrites the first's entry
-/// (count 2, one listed — under the first's id with the second's amount),
-/// and retracting one removes the other's entry, so incremental ≠ from
-/// scratch and the report's `transactions[]` misses a transaction (§5.1).
-/// The generator here is dense (one user, one pocket, two instants, ids
-/// that print alike) so the collision is found within a few cases.
+/// Contract §1.1 accepts any `_id`, and MongoDB holds the string "5" and
+/// the int32 5 (or an ObjectId and the string of its hex) as distinct
+/// documents. `SourceId`'s `Ord` (src/core/source.rs) used to compare such
+/// ids by their text form alone, so they compared `Equal`; the ledger keys
+/// each pocket's list by (timestamp, id), and two such transactions of one
+/// user at the same instant on the same pocket shared one slot: the report's
+/// `transactions[]` missed one of them (contract §5.2) and incremental
+/// differed from scratch. `Ord` now breaks the tie by BSON type (contract
+/// §8 decision 7). The generator here is dense (one user, one pocket, two
+/// instants, ids that print alike) so that a regression is found within a
+/// few cases.
 #[test]
 fn ids_that_print_alike() {
     let universe = Universe {

@@ -1,5 +1,5 @@
 //! The from-scratch generator: a streaming, user-at-a-time merge of the
-//! source and the stored documents (SPEC §7).
+//! source and the stored documents (`docs/data-contract.md` §7.1).
 //!
 //! Transactions are read in one cursor sorted by (`user_id`, `date`);
 //! the stored documents of the range in one cursor per kind sorted by

@@ -134,7 +134,7 @@ pub struct RunArgs {
     #[arg(long, env = "TALLY_INITIAL_DAYS", default_value_t = 60)]
     pub initial_days: u64,
     /// Seconds a balance change no transaction explains must persist before
-    /// it is applied (20 s keeps the whole path within SPEC's 30 s).
+    /// it is applied (20 s keeps the whole path within 30 s: contract §4.4).
     #[arg(long, env = "TALLY_SETTLE_SECONDS", default_value_t = 20)]
     pub settle_seconds: u64,
     /// Neither enable nor ask for change-stream pre-images.

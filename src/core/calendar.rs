@@ -1,4 +1,4 @@
-//! Days and months in the reporting time zone (SPEC §3).
+//! Days and months in the reporting time zone (`docs/data-contract.md` §3).
 //!
 //! Day D is [first instant whose local date is D, first instant of D+1);
 //! around a DST change a day is 23 or 25 hours long. Output documents label
@@ -62,7 +62,7 @@ impl Calendar {
     }
 
     /// The day containing an instant given in milliseconds since the epoch:
-    /// the D with `day_start(D) <= millis < day_start(D + 1)` (SPEC §3).
+    /// the D with `day_start(D) <= millis < day_start(D + 1)` (contract §3).
     pub fn day_of_millis(&self, millis: i64) -> NaiveDate {
         match self.table.day_of_millis(millis) {
             Some(day) => day,

@@ -1,7 +1,8 @@
 //! Field-by-field comparison of an expected document with a stored one
-//! (SPEC §7): bookkeeping fields are ignored, money compares numerically
-//! (2.50 equals 2.5), and differences in labels only (`*_name`,
-//! `pocket_type`) are marked so reconcile can list them as stale labels.
+//! (`docs/data-contract.md` §7.3): bookkeeping fields are ignored, money
+//! compares numerically (2.50 equals 2.5), and differences in labels only
+//! (`*_name`, `pocket_type`) are marked so reconcile can list them as stale
+//! labels.
 
 use bson::{Bson, Document};
 

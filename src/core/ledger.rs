@@ -1,5 +1,7 @@
 //! The pure ledger: one user's live transactions folded into per-day,
-//! per-category and per-pocket sums (SPEC §1.5, §4, §5).
+//! per-category and per-pocket sums (`docs/data-contract.md` §1.2 effects,
+//! §4.1 net and closing balances, §5.2–§5.4 the sums the documents show).
+//! Every sum is exact money (contract §2.2): nothing is rounded here.
 //!
 //! `apply` and `retract` are exact inverses: retracting a transaction that
 //! was applied restores the ledger to a state equal to one that never saw
@@ -19,51 +21,81 @@ use crate::core::money::Money;
 use crate::core::source::{Pocket, SourceId, Transaction, TxType};
 use crate::core::vecmap::VecMap;
 
-/// Sum and count of one category's transactions.
+/// Sum and count of one category's transactions: a category entry of
+/// contract §5.2 (`amount`, `transaction_count`). An entry whose count
+/// falls to 0 is removed, so no entry has amount 0 (contract §5.7).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CategorySum {
+    /// Σ of the amounts, exact.
     pub amount: Money,
+    /// Number of live transactions.
     pub count: i64,
 }
 
-/// What one transaction shows in a pocket's list.
+/// What one transaction shows in a pocket's list (contract §5.2,
+/// transaction entry); its `transaction_id` and `timestamp` are the key in
+/// [`PocketDay::transactions`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct TxEntry {
+    /// Written as its canonical name (`type`, contract §1.2).
     pub kind: TxType,
+    /// The amount as read, never rounded (contract §2.3).
     pub amount: Money,
+    /// `category_id`, null when absent (labelled per contract §1.4).
     pub category_id: Option<ObjectId>,
+    /// `note`, null when absent or not a string (contract §1.1).
     pub note: Option<Arc<str>>,
 }
 
-/// One pocket's movements on one day.
+/// One pocket's movements on one day: an entry of a report's
+/// `transactions_by_pocket` (contract §5.2), kept for every pocket id a
+/// transaction uses for its type, owned by the user or not.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PocketDay {
+    /// Σ incomes with this `pocket_to`.
     pub income: Money,
+    /// Σ `expense`, `dp` and `withdraw` with this `pocket_from`.
     pub expense: Money,
+    /// Σ transfers with this `pocket_to` (a self-transfer included).
     pub transfer_in: Money,
+    /// Σ transfers with this `pocket_from` (a self-transfer included).
     pub transfer_out: Money,
+    /// Transactions touching the pocket; a self-transfer counts once.
     pub count: i64,
-    /// Keyed by (timestamp millis, transaction id): the list's sort order.
+    /// Keyed by (timestamp millis, transaction id): the list's sort order
+    /// (contract §8 decision 7).
     pub transactions: VecMap<(i64, SourceId), TxEntry>,
 }
 
 impl PocketDay {
-    /// net(p, d) of SPEC §4.
+    /// net(p, d) of contract §4.1: income − expense + transfer_in −
+    /// transfer_out.
     pub fn net(&self) -> Money {
         self.income - self.expense + self.transfer_in - self.transfer_out
     }
 }
 
-/// Everything one user's live transactions of one day add up to.
+/// Everything one user's live transactions of one day add up to: the
+/// totals of a daily report (contract §5.2), summed over a month for the
+/// monthly summary (contract §5.4).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DayAgg {
+    /// `transaction_count`: live transactions of the day.
     pub count: i64,
+    /// `total_income`: Σ incomes.
     pub income: Money,
+    /// `total_expense`: Σ `expense`, `dp` and `withdraw`.
     pub expense: Money,
+    /// `total_transfer_in`: Σ transfers that have a `pocket_to`.
     pub transfer_in: Money,
+    /// `total_transfer_out`: Σ transfers that have a `pocket_from`.
     pub transfer_out: Money,
+    /// By `category_id` (None: no category); sorted for output by the
+    /// report builder (contract §5.7).
     pub income_by_category: VecMap<Option<ObjectId>, CategorySum>,
+    /// As `income_by_category`, for the outflows.
     pub expense_by_category: VecMap<Option<ObjectId>, CategorySum>,
+    /// By pocket id, in hex order: the order of `transactions_by_pocket`.
     pub pockets: VecMap<ObjectId, PocketDay>,
 }
 
@@ -417,8 +449,9 @@ fn bump(
     }
 }
 
-/// Closing balances per pocket (SPEC §4): closing(p, D) = B(p) − Σ net(p, d)
-/// over the days d after D, answered in O(log days) from suffix sums.
+/// Closing balances per pocket (contract §4.1): closing(p, D) = B(p) −
+/// Σ net(p, d) over the days d after D, answered in O(log days) from suffix
+/// sums.
 #[derive(Debug, Default)]
 pub struct Balances {
     /// Per owned, valid pocket: its balance B(p) and (day, Σ net over days ≥ day), ascending.
@@ -459,11 +492,15 @@ impl Balances {
 /// Income and expense from 1 January of `from`'s year up to (not
 /// including) `from`: what a ledger that starts at `from` cannot know.
 /// Taken from an already final document (the previous day's snapshot or
-/// the previous month's summary), it spares re-reading the year.
+/// the previous month's summary), it spares re-reading the year
+/// (contract §7.2).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct YtdBaseline {
+    /// The first day of the ledger the baseline completes.
     pub from: NaiveDate,
+    /// Σ incomes from 1 January of `from`'s year to the day before `from`.
     pub income: Money,
+    /// Σ outflows (`expense`, `dp`, `withdraw`) over the same days.
     pub expense: Money,
 }
 
@@ -486,7 +523,9 @@ impl YtdBaseline {
     }
 }
 
-/// Year-to-date income and expense through any day, from prefix sums.
+/// Year-to-date income and expense through any day, from prefix sums:
+/// `ytd_income` and `ytd_expense` of snapshots and summaries (contract
+/// §5.3, §5.4).
 #[derive(Debug, Default)]
 pub struct YearToDate {
     /// (day, Σ income, Σ expense) from 1 January of the day's year through day.

@@ -1,4 +1,4 @@
-//! Exact money (SPEC §2).
+//! Exact money (`docs/data-contract.md` §2).
 //!
 //! Every amount and balance is a [`Money`]: an exact decimal with up to 28
 //! significant digits. Binary floating point never touches a sum: a double
@@ -70,7 +70,7 @@ impl Money {
     }
 
     /// Rounded half-even to whole cents (2 decimal places): how a pocket
-    /// balance is read (data contract, balances). coin computes balances
+    /// balance is read (contract §2.3). coin computes balances
     /// through float64, so a stored balance such as `2144365.3999999994`
     /// means 2144365.40; amounts are never rounded.
     pub fn to_cents(self) -> Money {
@@ -110,8 +110,8 @@ impl Money {
         Decimal128::from_str(&s).expect("a normalized decimal is a valid Decimal128 string")
     }
 
-    /// `self ÷ total × 100`, rounded half-even to 2 decimals as SPEC §5.3
-    /// asks, from the exact quotient (0 when `total` is zero).
+    /// `self ÷ total × 100`, rounded half-even to 2 decimals as contract
+    /// §2.3 asks, from the exact quotient (0 when `total` is zero).
     pub fn percent_of(self, total: Money) -> f64 {
         if total.is_zero() {
             return 0.0;
@@ -157,7 +157,7 @@ impl FromStr for Money {
     type Err = MoneyError;
 
     /// A plain decimal: optional sign, digits, optional fraction, optional
-    /// exponent; surrounding spaces ignored (SPEC §1.4).
+    /// exponent; surrounding spaces ignored (contract §2.1).
     fn from_str(s: &str) -> Result<Money, MoneyError> {
         let s = s.trim();
         let b = s.as_bytes();

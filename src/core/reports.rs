@@ -1,11 +1,23 @@
-//! Builders of the three output documents (SPEC §5) — the one place that
+//! Builders of the three output documents (`docs/data-contract.md` §5.2
+//! daily report, §5.3 snapshot, §5.4 monthly summary) — the one place that
 //! knows the output schema.
 //!
 //! A builder turns one user's ledger, pockets and the category labels into
 //! the *content* of a document: keys, every number, labels and the final
 //! flag. The bookkeeping fields (`time_zone`, `revision`, `restatements`,
 //! `generated_at`, `created_at`, `updated_at`, `finalized_at`) are the
-//! store's business and are listed in [`BOOKKEEPING`].
+//! store's business (contract §5.1, `crate::plan::write`) and are listed in
+//! [`BOOKKEEPING`].
+//!
+//! Conventions of every builder (contract §2, §5.1, §5.7):
+//! - money is Decimal128 holding the exact value, in the unit coin stores,
+//!   trailing zeros removed; nothing is rounded here except
+//!   `percent_of_total` (pocket balances arrive already rounded to cents
+//!   by the decoder, contract §2.3);
+//! - counts are int64; a null is written as BSON null, never omitted;
+//! - every array has the order of contract §5.7; an empty one is `[]`;
+//! - a builder returns `None` exactly when the document must not exist
+//!   (contract §5.8), and the caller then deletes a stored one.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -23,10 +35,12 @@ use crate::core::money::Money;
 use crate::core::source::Pocket;
 use crate::core::vecmap::VecMap;
 
-/// Most transactions listed per pocket in a daily report.
+/// Most transactions listed per pocket in a daily report: the first 500 in
+/// list order, then `transactions_truncated: true` (contract §5.2).
 pub const MAX_LISTED: usize = 500;
 
-/// Fields that are not content: ignored by comparisons, kept by the store.
+/// Fields that are not content: ignored by comparisons (contract §7.3),
+/// kept by the store (contract §5.1).
 pub const BOOKKEEPING: [&str; 8] = [
     "_id",
     "time_zone",
@@ -38,7 +52,7 @@ pub const BOOKKEEPING: [&str; 8] = [
     "finalized_at",
 ];
 
-/// The three kinds of output document.
+/// The three kinds of output document (contract §5.2–§5.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Report,
@@ -57,7 +71,9 @@ impl Kind {
         }
     }
 
-    /// The date field of the unique key (`user_id`, this).
+    /// The date field of the unique key (`user_id`, this): the period as a
+    /// date label, 00:00:00 UTC of the local date (contract §3); for
+    /// `month`, its 1st.
     pub fn date_field(self) -> &'static str {
         match self {
             Kind::Report => "report_date",
@@ -66,7 +82,8 @@ impl Kind {
         }
     }
 
-    /// The flag that says the period is closed.
+    /// The flag that says the period is closed (contract §6): content, so
+    /// compared by reconcile.
     pub fn final_field(self) -> &'static str {
         match self {
             Kind::Report => "is_final",
@@ -88,11 +105,15 @@ impl Kind {
     }
 }
 
-/// Category labels (SPEC §1.3).
+/// Category labels (contract §1.4): every `user_categories` `_id` that is an
+/// ObjectId, with its `name` (`Unknown` when it has no string name),
+/// whoever owns it and deleted or not.
 #[derive(Clone, Debug, Default)]
 pub struct Categories(pub HashMap<ObjectId, String>);
 
 impl Categories {
+    /// The `category_name` written for `id`: `Uncategorized` for no
+    /// category, `Unknown` for an id no category has (contract §1.4).
     pub fn label(&self, id: Option<ObjectId>) -> &str {
         match id {
             None => "Uncategorized",
@@ -103,13 +124,21 @@ impl Categories {
 
 /// One user's data, ready to build any document from.
 pub struct UserView<'a> {
+    /// The user: `user_id` of every document built.
     pub user_id: ObjectId,
+    /// The user's live transactions folded by day (contract §1.2, §4.1).
     pub ledger: &'a UserLedger,
-    /// The user's own pockets (valid or not), by id.
+    /// The user's own pockets (valid or not), by id: the pockets whose
+    /// balances count (contract §1.3) and whose labels are written
+    /// (contract §1.4).
     pub pockets: &'a BTreeMap<ObjectId, Pocket>,
+    /// Category labels (contract §1.4).
     pub categories: &'a Categories,
+    /// The reporting zone: day and month boundaries (contract §3).
     pub cal: &'a Calendar,
+    /// closing(p, D) of every owned, valid pocket (contract §4.1).
     balances: Balances,
+    /// Year-to-date income and outflow through any day (contract §5.3).
     ytd: YearToDate,
 }
 
@@ -133,13 +162,13 @@ impl<'a> UserView<'a> {
     }
 
     /// For a ledger that starts at `baseline.from`: year-to-date figures
-    /// continue from the baseline instead of from zero.
+    /// continue from the baseline instead of from zero (contract §7.2).
     pub fn with_ytd_baseline(mut self, baseline: YtdBaseline) -> UserView<'a> {
         self.ytd = YearToDate::with_baseline(self.ledger, Some(baseline));
         self
     }
 
-    /// The user's pockets that count on `day` (SPEC §1.2), by id.
+    /// The user's pockets that count on `day` (contract §1.3), by id.
     fn counting_pockets(&self, day: NaiveDate) -> impl Iterator<Item = &'a Pocket> + '_ {
         let end = self.cal.day_end(day).timestamp_millis();
         self.pockets.values().filter(move |p| p.counts_before(end))
@@ -157,7 +186,8 @@ impl<'a> UserView<'a> {
             .map_or(Money::ZERO, PocketDay::net)
     }
 
-    /// User-level (opening, closing) of `day`: sums over counting pockets.
+    /// User-level (opening, closing) of `day`: sums over counting pockets,
+    /// 0 when none counts (contract §4.2).
     fn user_balances(&self, day: NaiveDate) -> (Money, Money) {
         let mut opening = Money::ZERO;
         let mut closing = Money::ZERO;
@@ -169,7 +199,9 @@ impl<'a> UserView<'a> {
         (opening, closing)
     }
 
-    /// (name, type) labels of a pocket named by one of the user's transactions.
+    /// (name, type) labels of a pocket named by one of the user's
+    /// transactions: its own labels (null when missing) for a pocket of the
+    /// user, `Unknown` and `""` for any other id (contract §1.4).
     fn pocket_labels(&self, pocket: &ObjectId) -> (Bson, Bson) {
         match self.pockets.get(pocket) {
             Some(p) => (opt_string(&p.name), opt_string(&p.kind)),
@@ -177,6 +209,12 @@ impl<'a> UserView<'a> {
         }
     }
 
+    /// A category list (contract §5.2, §5.4), one entry per category:
+    /// `category_id` (null for none), `category_name` (contract §1.4),
+    /// `amount` (exact sum), `percent_of_total` (monthly only, when `total`
+    /// is given: contract §2.3) and `transaction_count`. Sorted by `amount`
+    /// descending, then `category_id` hex ascending with null last
+    /// (contract §5.7).
     fn category_entries(
         &self,
         sums: &VecMap<Option<ObjectId>, CategorySum>,
@@ -206,7 +244,35 @@ impl<'a> UserView<'a> {
         )
     }
 
-    /// SPEC §5.1; `None` when the user has no live transaction on `day`.
+    /// The `daily_financial_reports` document of `day` (contract §5.2).
+    ///
+    /// Exists exactly when the user has a live transaction on `day`
+    /// (`None` otherwise, contract §5.2, §5.8). `closed` is `is_final`:
+    /// true for a day before today or one whose 23:59 step has run
+    /// (contract §6). Fields, money as exact Decimal128 (contract §2.4):
+    /// - `user_id`; `report_date`: `day` as a date label (contract §3);
+    /// - `opening_balance`, `closing_balance`: the user's opening(D) and
+    ///   closing(D), summed over the pockets counting on `day`, 0 when none
+    ///   does (contract §4.2); pocket balances are cents (contract §2.3),
+    ///   the rest exact; `net_change` = closing − opening;
+    /// - `total_income`: Σ incomes; `total_expense`: Σ `expense`, `dp` and
+    ///   `withdraw`; `total_transfer_in` / `total_transfer_out`: Σ transfers
+    ///   with a `pocket_to` / a `pocket_from`, whoever owns the pocket;
+    ///   `transaction_count`: live transactions of the day (int64);
+    /// - `expense_by_category`, `income_by_category`: see
+    ///   `category_entries` (transfers in neither);
+    /// - `transactions_by_pocket`: one entry per pocket id a transaction of
+    ///   the day uses for its type (contract §1.2), sorted by `pocket_id`
+    ///   hex: `pocket_name`, `pocket_type` (contract §1.4); `income`,
+    ///   `expense`, `transfer_in`, `transfer_out` (a self-transfer adds to
+    ///   both); `opening_balance`, `closing_balance` = opening(p, D),
+    ///   closing(p, D), null when p is not the user's or does not count on
+    ///   `day` (contract §4.1); `transaction_count` (a self-transfer once);
+    ///   `transactions`: `{transaction_id, type (canonical), amount,
+    ///   category_id, category_name, note, timestamp}` sorted by timestamp
+    ///   then id (contract §8 decision 7), the first [`MAX_LISTED`];
+    ///   `transactions_truncated` when more touched p;
+    /// - `is_final` (contract §6).
     pub fn daily_report(&self, day: NaiveDate, closed: bool) -> Option<Document> {
         let agg = self.ledger.days.get(&day)?;
         let (opening, closing) = self.user_balances(day);
@@ -273,7 +339,24 @@ impl<'a> UserView<'a> {
         })
     }
 
-    /// SPEC §5.2; `None` when no pocket of the user counts on `day`.
+    /// The `daily_financial_snapshots` document of `day` (contract §5.3),
+    /// for a closed day only: the caller never asks for today or later.
+    ///
+    /// `None` when no pocket of the user counts on `day` (contract §5.8).
+    /// Fields, money as exact Decimal128 (contract §2.4):
+    /// - `user_id`; `snapshot_date`: `day` as a date label (contract §3);
+    /// - `pocket_balances`: one entry per pocket counting on `day`
+    ///   (contract §1.3), sorted by `pocket_id` hex: `pocket_name`,
+    ///   `pocket_type` (null when missing), `balance` = closing(p, D) and
+    ///   `balance_change` = net(p, D) (contract §4.1; cents, since B(p) is);
+    /// - `total_balance`: Σ `balance`, the user's closing(D) (contract §4.2);
+    /// - `total_income`, `total_expense`, `total_transfer_in`,
+    ///   `total_transfer_out`, `transaction_count`: as the daily report of
+    ///   `day`, 0 when it has none;
+    /// - `ytd_income`, `ytd_expense`: Σ incomes and Σ outflows from
+    ///   1 January of `day`'s year through `day`; `ytd_net` = their
+    ///   difference (contract §3, §5.3);
+    /// - `is_complete`: always true (contract §6).
     pub fn snapshot(&self, day: NaiveDate) -> Option<Document> {
         let mut total = Money::ZERO;
         let balances: Vec<Bson> = self
@@ -313,9 +396,34 @@ impl<'a> UserView<'a> {
         })
     }
 
-    /// SPEC §5.3 for the month containing `month`. `None` when the user has
-    /// no live transaction in it and (for a closed month) no pocket counting
-    /// on its last day.
+    /// The `monthly_financial_summaries` document of the month containing
+    /// `month` (contract §5.4). `closed` is `is_complete`: the month's last
+    /// day is before today (contract §6).
+    ///
+    /// `None` when the user has no live transaction in the month and, for a
+    /// closed month, no pocket counting on its last day (contract §5.8).
+    /// Fields, money as exact Decimal128 (contract §2.4):
+    /// - `user_id`; `month`: the month's 1st as a date label (contract §3);
+    /// - `income`, `expense`, `transfer_in`, `transfer_out`: the daily
+    ///   totals of contract §5.2 summed over the month; `net` = income −
+    ///   expense;
+    /// - `opening_balance`: the user's opening on the month's first day;
+    ///   `closing_balance`: the user's closing on its last day, even a
+    ///   future one (contract §4.2);
+    /// - `expense_by_category`, `income_by_category`: see
+    ///   `category_entries`, with `percent_of_total` of the month's
+    ///   `expense` or `income`, rounded half-even to 2 decimals and stored
+    ///   as a double (contract §2.3);
+    /// - `by_pocket`: one entry per pocket id a transaction of the month
+    ///   uses for its type, sorted by `pocket_id` hex: `pocket_name`,
+    ///   `pocket_type` (contract §1.4), `income`, `expense`, `transfer_in`,
+    ///   `transfer_out` and `net` = income − expense + transfer_in −
+    ///   transfer_out;
+    /// - `ytd_income`, `ytd_expense`, `ytd_net`: from 1 January through the
+    ///   month's last day, future-dated transactions included;
+    /// - `day_count`: days of the month with a live transaction;
+    ///   `transaction_count`: its live transactions (both int64);
+    /// - `is_complete` (contract §6).
     pub fn monthly(&self, month: NaiveDate, closed: bool) -> Option<Document> {
         let first = first_of_month(month);
         let last = last_of_month(month);
@@ -384,8 +492,9 @@ impl<'a> UserView<'a> {
     }
 
     /// Every document of `kinds` for the periods of [from, to] (months: every
-    /// month intersecting it), keyed by (kind, period date). `today` is the
-    /// first day that is not closed.
+    /// month intersecting it; snapshots: closed days only), keyed by (kind,
+    /// period date), as contract §7.1 defines a range. `today` is the first
+    /// day that is not closed.
     pub fn build_range(
         &self,
         kinds: &[Kind],
@@ -423,7 +532,8 @@ impl<'a> UserView<'a> {
 }
 
 /// The earliest day whose transactions a range's documents depend on:
-/// 1 January of the year of the range's first month (for YTD).
+/// 1 January of the year of the range's first month (for YTD, contract
+/// §7.1).
 pub fn earliest_dependency(from: NaiveDate) -> NaiveDate {
     first_of_year(first_of_month(from))
 }
@@ -439,6 +549,8 @@ fn merge_categories(
     }
 }
 
+/// Category ids by hex (the order of their bytes), null last (contract
+/// §5.7).
 fn cmp_id_null_last(a: &Option<ObjectId>, b: &Option<ObjectId>) -> std::cmp::Ordering {
     match (a, b) {
         (Some(a), Some(b)) => a.bytes().cmp(&b.bytes()),

@@ -1,7 +1,7 @@
-//! The light timers (SPEC §6): when each finalization is due, and what it
-//! does. Times are local to the reporting zone and DST-safe: a local time
-//! skipped by a DST jump fires at the first instant after the jump, a
-//! repeated one fires once, at its first occurrence.
+//! The light timers (`docs/data-contract.md` §6): when each finalization
+//! is due, and what it does. Times are local to the reporting zone and
+//! DST-safe: a local time skipped by a DST jump fires at the first instant
+//! after the jump, a repeated one fires once, at its first occurrence.
 //!
 //! - reports of day D final at D + `report_at` (default 23:59);
 //! - snapshots of day D at D+1 + `snapshot_at` (default 00:00);

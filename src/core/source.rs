@@ -1,14 +1,16 @@
-//! Decoding of the source collections (SPEC §1) into typed values.
+//! Decoding of the source collections (`docs/data-contract.md` §1) into
+//! typed values.
 //!
 //! Every accepted encoding is read here and nowhere else: legacy field names
 //! (`pocket_from`, `pocket_to`), legacy upper-case types, amounts as double,
 //! int32, int64, Decimal128 or numeric string. A document that is not valid
-//! (§1.4) decodes to a [`RejectReason`]; optional fields of the wrong type
-//! are treated as absent. A transaction `date` outside the supported range
-//! (1900 through 2199, [`crate::core::calendar::supports_millis`]) is rejected, so
-//! no later stage does day arithmetic at the limits of the date types.
+//! (contract §1.5) decodes to a [`RejectReason`]; optional fields of the
+//! wrong type are treated as absent. A transaction `date` outside the
+//! supported range (1900 through 2199,
+//! [`crate::core::calendar::supports_millis`]) is rejected, so no later
+//! stage does day arithmetic at the limits of the date types.
 //! Pocket ids that the transaction's type does not name are dropped here
-//! (§1.5), so later stages never see stale ids.
+//! (contract §1.2), so later stages never see stale ids.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -219,7 +221,7 @@ impl PartialOrd for SourceId {
     }
 }
 
-/// A valid transaction (SPEC §1.1), live or soft-deleted.
+/// A valid transaction (contract §1.1, §1.5), live or soft-deleted.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Transaction {
     pub id: SourceId,
@@ -245,7 +247,7 @@ impl Transaction {
 }
 
 /// A pocket as far as it could be read. An invalid pocket still lends its
-/// labels to the breakdown of its user's reports (SPEC §1.5).
+/// labels to the breakdown of its user's reports (contract §1.4, §1.5).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pocket {
     pub id: ObjectId,
@@ -342,7 +344,7 @@ pub fn decode_pocket(doc: &Document) -> Result<Pocket, RejectReason> {
     let user_id = object_id(doc.get("user_id"));
     let balance = match doc.get("balance") {
         None | Some(Bson::Null) => Err(RejectReason::MissingBalance),
-        // Whole cents, half-even (SPEC §4): float noise from coin's
+        // Whole cents, half-even (contract §2.3): float noise from coin's
         // arithmetic is not drift; a third decimal is.
         Some(v) => Money::from_bson(v)
             .map(Money::to_cents)

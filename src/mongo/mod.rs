@@ -18,5 +18,5 @@ pub mod state;
 pub const TRANSACTIONS: &str = "transactions";
 pub const POCKETS: &str = "pockets";
 pub const CATEGORIES: &str = "user_categories";
-/// One record per invalid source document (docs/data-contract.md §8).
+/// One record per invalid source document (`docs/data-contract.md` §5.5).
 pub const REJECTS: &str = "tally_rejects";

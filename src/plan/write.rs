@@ -1,5 +1,5 @@
 //! The write that brings a stored document to its expected content, with
-//! the bookkeeping of docs/data-contract.md §5: `created_at` is set once;
+//! the bookkeeping of `docs/data-contract.md` §5.1: `created_at` is set once;
 //! `revision` starts at 1 and grows by one on each change of content;
 //! `restatements` grows when the content of an already final document
 //! changes; an unchanged document is never written.
@@ -44,7 +44,7 @@ pub fn key_filter(kind: Kind, user: bson::oid::ObjectId, period: NaiveDate) -> D
 }
 
 /// Decides the write that brings `stored` to `expected` content, with the
-/// bookkeeping rules of SPEC §5; `None` when nothing changes.
+/// bookkeeping rules of contract §5.1; `None` when nothing changes.
 pub fn plan_write(
     kind: Kind,
     filter: Document,
@@ -68,7 +68,7 @@ pub fn plan_write(
 }
 
 /// The upsert that replaces `stored` (known to differ) by `content`:
-/// revision, restatements, created_at and finalized_at follow SPEC §5.
+/// revision, restatements, created_at and finalized_at follow contract §5.1.
 /// Only the bookkeeping fields of `stored` are read.
 ///
 /// Without `stored` the write is an insert of a new document; with it, a

@@ -2,7 +2,7 @@
 //! into ledgers, and a fingerprint of every stored document of the window.
 //!
 //! A change event updates this state at once (a transaction's old version
-//! is retracted and its new one applied: exact inverses, SPEC §4), so a
+//! is retracted and its new one applied: exact inverses, contract §2.2), so a
 //! flush builds the touched users' documents with the same builders as
 //! backfill, compares them with the fingerprints and writes only what
 //! differs — it reads nothing from the server. The window starts on a 1st

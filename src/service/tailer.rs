@@ -873,7 +873,7 @@ impl<B: Backend> Tailer<B> {
             return Ok(());
         }
         let ids: Vec<Bson> = self.work.locate.iter().map(|(id, _)| id.clone()).collect();
-        // Days a transaction counted on (its old day: a floor, SPEC §4), and
+        // Days a transaction counted on (old day: a floor, contract §4.4), and
         // owners of a pocket. A pocket listed on a day says nothing about
         // which days its change touches: its owners are dirty, no floor.
         let located = self.backend.locate(ids).await?;
@@ -1100,7 +1100,7 @@ impl<B: Backend> Tailer<B> {
     }
 
     /// The writes to do now: changes before the first day a user's recent
-    /// transaction events touched are past (SPEC §4) and are held until
+    /// transaction events touched are past (contract §4.4) and are held until
     /// they have persisted for the settle delay, then written as drift.
     ///
     /// A user recomputed from a day after the start of the in-memory window

@@ -30,7 +30,7 @@ pub(super) struct Work {
     pub rescan: HashSet<ObjectId>,
     /// Users whose documents before the window are to be recomputed: a
     /// focused rescan from each one's first stored document (drift moves
-    /// every earlier closing balance, SPEC §4). Until it is done the user
+    /// every earlier closing balance, contract §4.3). Until done, the user
     /// stays in the checkpoint's `pending`.
     pub deep: HashSet<ObjectId>,
     /// Users queued only to compare their window with what is stored (a
