@@ -48,7 +48,7 @@ pub struct BackfillSummary {
 /// A write that meets a document another writer stored meanwhile is not
 /// done ([`bulk::execute`]: a conflict); the users of the writes sent
 /// with it are scanned again, stored documents included, and what still
-/// differs is written, up to [`RACE_RETRIES`] times. Fails when a write
+/// differs is written, up to `RACE_RETRIES` (3) times. Fails when a write
 /// failed, or still lost its race after those rescans: the range is then
 /// not known to be right.
 pub async fn backfill(

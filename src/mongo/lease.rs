@@ -239,7 +239,7 @@ fn free_for(owner: &str) -> Document {
     ] }
 }
 
-/// One attempt to acquire the lease (free as [`free_for`] says). `None`:
+/// One attempt to acquire the lease (free as `free_for` says). `None`:
 /// another instance holds it. The previous term's session is ended first,
 /// so that its open transaction, if its holder died in one, cannot hold
 /// the acquisition up; the new term's session is stored in the lease.

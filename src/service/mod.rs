@@ -21,10 +21,10 @@
 //!   through the reports that list it, and falls back to a full refresh of
 //!   the window when nothing can locate it.
 //!
-//! The module family: [`options`] (clock, options, counters), [`run`]
-//! (leadership, failures, stopping), [`tailer`] (the active instance's
-//! work: stream, window, flushes, steps, checkpoints), [`work`] (what
-//! events left to do: the one set a flush consumes), [`event`] (change
+//! The module family: `options` (clock, options, counters), `run`
+//! (leadership, failures, stopping), `tailer` (the active instance's
+//! work: stream, window, flushes, steps, checkpoints), `work` (what
+//! events left to do: the one set a flush consumes), `event` (change
 //! events read in place), [`live`] (the window in memory), [`backend`]
 //! (every server call the loop makes).
 //!
