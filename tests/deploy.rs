@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value as Json;
-use tally::cli::config::KEYS;
+use tally::cli::settings::SETTINGS;
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// Every metric tally exports (issue 4). Checked later against `/metrics`.
@@ -65,7 +65,7 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// The default HTTP address's port, from the configuration's own defaults.
 fn default_port() -> i64 {
-    let addr: std::net::SocketAddr = tally::cli::config::key_named("http_addr")
+    let addr: std::net::SocketAddr = tally::cli::settings::setting("http_addr")
         .expect("http_addr key")
         .default
         .parse()
@@ -79,10 +79,8 @@ fn default_port() -> i64 {
 
 fn tally(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
-    for k in KEYS {
-        if let Some(var) = k.env {
-            c.env_remove(var);
-        }
+    for s in SETTINGS {
+        c.env_remove(s.env);
     }
     c.env_remove("TALLY_CONFIG").env_remove("TALLY_NOW");
     c.args(args).envs(env.iter().copied());
@@ -193,17 +191,17 @@ fn every_yaml_json_and_toml_file_under_deploy_parses() {
 fn example_config_documents_every_key_and_loads_in_tally() {
     let text = read("tally.toml");
     let table: toml::Table = text.parse().expect("TOML");
-    for k in KEYS {
+    for s in SETTINGS {
         assert!(
-            table.contains_key(k.name),
+            table.contains_key(s.key),
             "deploy/tally.toml lacks {}",
-            k.name
+            s.key
         );
     }
     let path = deploy().join("tally.toml");
     let e = Effective::of(&tally(&["--config", path.to_str().unwrap(), "config"], &[]));
-    for k in KEYS {
-        assert_eq!(e.source(k.name), "file", "{} read from the file", k.name);
+    for s in SETTINGS {
+        assert_eq!(e.source(s.key), "file", "{} read from the file", s.key);
     }
     assert_eq!(e.str("database"), "coin");
     assert_eq!(e.str("timezone"), "UTC");
@@ -211,12 +209,12 @@ fn example_config_documents_every_key_and_loads_in_tally() {
     assert_eq!(e.int("lease_ttl_seconds"), 15);
     assert_eq!(e.int("settle_seconds"), 20);
     // The example's values are the defaults, URI aside.
-    for k in KEYS.iter().filter(|k| k.name != "mongodb_uri") {
-        let v = match &table[k.name] {
-            toml::Value::String(s) => s.clone(),
+    for s in SETTINGS.iter().filter(|s| s.key != "mongodb_uri") {
+        let v = match &table[s.key] {
+            toml::Value::String(v) => v.clone(),
             other => other.to_string(),
         };
-        assert_eq!(v, k.default, "deploy/tally.toml {} is the default", k.name);
+        assert_eq!(v, s.default, "deploy/tally.toml {} is the default", s.key);
     }
 }
 
@@ -630,8 +628,8 @@ fn precedence_is_flag_then_env_then_file_then_default() {
 
     // Without a file, the defaults.
     let e = Effective::of(&tally(&["config"], &[]));
-    for k in KEYS {
-        assert_eq!(e.source(k.name), "default", "{}", k.name);
+    for s in SETTINGS {
+        assert_eq!(e.source(s.key), "default", "{}", s.key);
     }
 }
 

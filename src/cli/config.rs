@@ -1,362 +1,35 @@
-//! The configuration file (`--config tally.toml`, or `TALLY_CONFIG`) and the
-//! effective configuration that `tally config` prints.
+//! The effective configuration: clap parses the flags (and their
+//! `TALLY_*` variables), the configuration file it names (`--config
+//! tally.toml`, or `TALLY_CONFIG`) is read and checked, and every setting is
+//! resolved — flags > environment > file > defaults — and parsed into the
+//! [`Cli`]'s [`Settings`]; `tally config` prints them with their sources.
 //!
-//! Precedence: flags > `TALLY_*` environment > file > built-in defaults.
-//! The file's keys are the flags' names with `_` for `-` (see [`KEYS`]). A
-//! key that names a clap argument becomes that argument's *default value*
-//! and the command line is parsed again, so clap itself keeps flags and
-//! environment above the file and parses the result. Keys without a flag
-//! (yet) are resolved here and carried as plain values in [`Settings`].
+//! The settings themselves — flags, variables, keys, defaults, parsers,
+//! help — are defined once, in `cli::settings`; this file only joins the
+//! sources.
 //!
-//! Invariant: a file value never overrides a value given on the command
-//! line or in the environment, and every file value is validated — with the
-//! key named — whether or not the command uses it. The MongoDB URI is
-//! printed only redacted.
+//! Invariant: a file value never overrides a flag or a variable, and the
+//! file is checked whole — every key, with the file, line and key named —
+//! whether or not the command uses it. The MongoDB URI is printed only
+//! redacted.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, CommandFactory, FromArgMatches};
-use serde::Deserialize;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
-use crate::cli::{Cli, RunArgs};
-use crate::core::calendar::Calendar;
-use crate::core::schedule;
+use crate::cli::settings::{setting, Entry, FileConfig, Setting, Settings, Source, Type, SETTINGS};
+use crate::cli::Cli;
 use crate::mongo::connect::redact_uri;
-
-/// How a value is written in TOML.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Type {
-    Str,
-    Int,
-    Bool,
-}
-
-/// One configuration setting: its file key, the clap argument id that
-/// carries it (if any), its environment variable and built-in default.
-#[derive(Clone, Copy, Debug)]
-pub struct Key {
-    pub name: &'static str,
-    /// Clap argument id; `None` when no flag exists for it.
-    pub arg: Option<&'static str>,
-    pub env: Option<&'static str>,
-    pub ty: Type,
-    pub default: &'static str,
-}
-
-const fn key(
-    name: &'static str,
-    arg: Option<&'static str>,
-    env: Option<&'static str>,
-    ty: Type,
-    default: &'static str,
-) -> Key {
-    Key {
-        name,
-        arg,
-        env,
-        ty,
-        default,
-    }
-}
-
-/// Every setting, in the order `tally config` prints them. Defaults must
-/// equal clap's (a unit test checks those that have a flag).
-pub const KEYS: &[Key] = &[
-    key(
-        "mongodb_uri",
-        Some("mongodb_uri"),
-        Some("TALLY_MONGODB_URI"),
-        Type::Str,
-        "mongodb://127.0.0.1:27017",
-    ),
-    key(
-        "database",
-        Some("database"),
-        Some("TALLY_DATABASE"),
-        Type::Str,
-        "coin",
-    ),
-    key(
-        "timezone",
-        Some("timezone"),
-        Some("TALLY_TIMEZONE"),
-        Type::Str,
-        "UTC",
-    ),
-    key("quiet", Some("quiet"), None, Type::Bool, "false"),
-    key("log", None, Some("TALLY_LOG"), Type::Str, "info"),
-    key(
-        "log_format",
-        Some("log_format"),
-        Some("TALLY_LOG_FORMAT"),
-        Type::Str,
-        "text",
-    ),
-    key(
-        "http_addr",
-        Some("http_addr"),
-        Some("TALLY_HTTP_ADDR"),
-        Type::Str,
-        "127.0.0.1:9187",
-    ),
-    key(
-        "daily_report_at",
-        Some("daily_report_at"),
-        Some("TALLY_DAILY_REPORT_AT"),
-        Type::Str,
-        "23:59",
-    ),
-    key(
-        "snapshot_at",
-        Some("snapshot_at"),
-        Some("TALLY_SNAPSHOT_AT"),
-        Type::Str,
-        "00:00",
-    ),
-    key(
-        "monthly_at",
-        Some("monthly_at"),
-        Some("TALLY_MONTHLY_AT"),
-        Type::Str,
-        "00:01",
-    ),
-    key(
-        "initial_days",
-        Some("initial_days"),
-        Some("TALLY_INITIAL_DAYS"),
-        Type::Int,
-        "60",
-    ),
-    key(
-        "settle_seconds",
-        Some("settle_seconds"),
-        Some("TALLY_SETTLE_SECONDS"),
-        Type::Int,
-        "20",
-    ),
-    key(
-        "no_pre_images",
-        Some("no_pre_images"),
-        Some("TALLY_NO_PRE_IMAGES"),
-        Type::Bool,
-        "false",
-    ),
-    key(
-        "lease_ttl_seconds",
-        Some("lease_ttl"),
-        Some("TALLY_LEASE_TTL"),
-        Type::Int,
-        "15",
-    ),
-    key(
-        "give_up_after_seconds",
-        Some("give_up_after"),
-        Some("TALLY_GIVE_UP_AFTER"),
-        Type::Int,
-        "300",
-    ),
-];
-
-/// Looks a key up by its file name.
-pub fn key_named(name: &str) -> Option<&'static Key> {
-    KEYS.iter().find(|k| k.name == name)
-}
-
-macro_rules! file_config {
-    ($($name:ident: $ty:ty),* $(,)?) => {
-        /// The file as written: every key optional, unknown keys refused.
-        #[derive(Debug, Default, Deserialize)]
-        #[serde(deny_unknown_fields)]
-        pub struct FileConfig {
-            $(pub $name: Option<$ty>,)*
-        }
-
-        impl FileConfig {
-            /// The keys the file sets, each spelled as its flag would take it.
-            pub fn entries(&self) -> BTreeMap<&'static str, String> {
-                let mut out = BTreeMap::new();
-                $(if let Some(v) = &self.$name {
-                    out.insert(stringify!($name), v.to_string());
-                })*
-                out
-            }
-        }
-    };
-}
-
-file_config! {
-    mongodb_uri: String,
-    database: String,
-    timezone: String,
-    quiet: bool,
-    log: String,
-    log_format: String,
-    http_addr: String,
-    daily_report_at: String,
-    snapshot_at: String,
-    monthly_at: String,
-    initial_days: u64,
-    settle_seconds: u64,
-    no_pre_images: bool,
-    lease_ttl_seconds: u64,
-    give_up_after_seconds: u64,
-}
-
-pub use crate::ops::logging::LogFormat;
-
-/// Where an effective value came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    Flag,
-    Env(&'static str),
-    File,
-    Default,
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Source::Flag => f.write_str("flag"),
-            Source::Env(name) => write!(f, "env {name}"),
-            Source::File => f.write_str("file"),
-            Source::Default => f.write_str("default"),
-        }
-    }
-}
-
-/// One effective setting.
-#[derive(Clone, Debug)]
-pub struct Entry {
-    pub key: &'static Key,
-    pub value: String,
-    pub source: Source,
-}
-
-/// The effective configuration: every key with its value and source, plus
-/// typed values of the settings no flag carries yet.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub file: Option<PathBuf>,
-    pub entries: Vec<Entry>,
-    pub log: String,
-    pub log_format: LogFormat,
-    /// `None`: `off`.
-    pub http_addr: Option<SocketAddr>,
-    pub lease_ttl: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Settings {
-        let entries = KEYS
-            .iter()
-            .map(|k| Entry {
-                key: k,
-                value: k.default.to_owned(),
-                source: Source::Default,
-            })
-            .collect();
-        Settings::typed(None, entries).expect("built-in defaults are valid")
-    }
-}
-
-impl Settings {
-    /// Checks the settings no flag carries yet and keeps their typed values;
-    /// an error names where the bad value came from (variable, file and key).
-    fn typed(file: Option<PathBuf>, entries: Vec<Entry>) -> Result<Settings> {
-        let get = |name: &str| -> (&Entry, String) {
-            let e = entries
-                .iter()
-                .find(|e| e.key.name == name)
-                .expect("every key resolved");
-            let label = match e.source {
-                Source::Env(var) => var.to_owned(),
-                Source::File => format!(
-                    "{}: {name}",
-                    file.as_deref().unwrap_or(Path::new("")).display()
-                ),
-                Source::Flag => format!("--{}", name.replace('_', "-")),
-                Source::Default => name.to_owned(),
-            };
-            (e, label)
-        };
-        let parsed = |name: &str| -> Result<&str> {
-            let (e, label) = get(name);
-            validate(name, &e.value).map_err(|m| anyhow!("{label}: {m}"))?;
-            Ok(e.value.as_str())
-        };
-        let log = parsed("log")?.to_owned();
-        let log_format = match parsed("log_format")? {
-            "json" => LogFormat::Json,
-            _ => LogFormat::Text,
-        };
-        let http_addr = parsed("http_addr")?.parse().ok();
-        let lease_ttl =
-            Duration::from_secs(seconds(parsed("lease_ttl_seconds")?).expect("validated"));
-        Ok(Settings {
-            file,
-            entries,
-            log,
-            log_format,
-            http_addr,
-            lease_ttl,
-        })
-    }
-
-    /// The effective value of `name` as a flag would spell it.
-    pub fn value(&self, name: &str) -> Option<&str> {
-        self.entry(name).map(|e| e.value.as_str())
-    }
-
-    pub fn entry(&self, name: &str) -> Option<&Entry> {
-        self.entries.iter().find(|e| e.key.name == name)
-    }
-
-    /// The effective configuration as TOML, the URI's credentials redacted,
-    /// each line commented with where its value came from.
-    pub fn render(&self) -> String {
-        let mut out = String::from(
-            "# tally's effective configuration.\n\
-             # Precedence: flags > TALLY_* environment > file > defaults.\n",
-        );
-        match &self.file {
-            Some(p) => out.push_str(&format!("# file: {}\n", p.display())),
-            None => out.push_str("# file: none (--config / TALLY_CONFIG not set)\n"),
-        }
-        for e in &self.entries {
-            let shown = if e.key.name == "mongodb_uri" {
-                redact_uri(&e.value)
-            } else {
-                e.value.clone()
-            };
-            let literal = match e.key.ty {
-                Type::Str => toml::Value::String(shown).to_string(),
-                Type::Int | Type::Bool => shown,
-            };
-            out.push_str(&format!("{} = {literal}  # {}\n", e.key.name, e.source));
-        }
-        out
-    }
-}
-
-/// `tally config` takes the run flags too, so that it shows what `tally
-/// run` would use with the same command line and environment.
-#[derive(Args, Debug)]
-pub struct ConfigArgs {
-    #[command(flatten)]
-    pub run: RunArgs,
-}
 
 /// Why the command line could not become a [`Cli`].
 #[derive(Debug)]
 pub enum LoadError {
-    /// Clap's own error (usage, `--help`, `--version`): `exit()` it.
+    /// Clap's own error (usage, a bad flag, `--help`, `--version`): `exit()`
+    /// it (status 2 for an error, 0 for help).
     Usage(clap::Error),
     /// A bad configuration file or value: one line, exit 2.
     Invalid(anyhow::Error),
@@ -369,60 +42,123 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-    let first = Cli::command()
-        .try_get_matches_from(&args)
+    let mut matches = Cli::command()
+        .try_get_matches_from(args)
         .map_err(LoadError::Usage)?;
-    let path = first.get_one::<PathBuf>("config").cloned();
+    let path = matches.get_one::<PathBuf>("config").cloned();
     let file = match &path {
         Some(p) => read_file(p).map_err(LoadError::Invalid)?,
         None => BTreeMap::new(),
     };
-    let mut cmd = Cli::command();
-    for (name, value) in &file {
-        if let Some(id) = key_named(name).and_then(|k| k.arg) {
-            cmd = set_default(cmd, id, value);
-        }
-    }
-    let mut matches = cmd.try_get_matches_from(&args).map_err(|e| {
-        // The first parse passed, so the file's value is what clap refused.
-        let text = e.to_string();
-        let line = text
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim_start_matches("error: ");
-        let shown = path.as_deref().unwrap_or(Path::new("")).display();
-        LoadError::Invalid(anyhow!("{shown}: {line}"))
-    })?;
-    // Resolve first: building the Cli takes the values out of the matches.
-    let settings = resolve(&matches, path, &file).map_err(LoadError::Invalid)?;
+    let settings = resolve(
+        |s| given(&matches, s),
+        |var| std::env::var(var).ok().filter(|v| !v.is_empty()),
+        path,
+        &file,
+    )
+    .map_err(LoadError::Invalid)?;
     let mut cli = Cli::from_arg_matches_mut(&mut matches).map_err(LoadError::Usage)?;
+    cli.global.log_format = settings.log_format;
     cli.settings = settings;
     Ok(cli)
 }
 
-/// Makes `value` the default of every argument with this id (global
-/// arguments live on the root, the others on their subcommands).
-fn set_default(mut cmd: clap::Command, id: &'static str, value: &str) -> clap::Command {
-    let has = |c: &clap::Command| c.get_arguments().any(|a| a.get_id() == id);
-    if has(&cmd) {
-        let v = value.to_owned();
-        cmd = cmd.mut_arg(id, move |a| a.default_value(v));
-    }
-    let subs: Vec<String> = cmd
-        .get_subcommands()
-        .filter(|s| has(s))
-        .map(|s| s.get_name().to_owned())
-        .collect();
-    for name in subs {
-        let v = value.to_owned();
-        cmd = cmd.mut_subcommand(name, move |s| s.mut_arg(id, move |a| a.default_value(v)));
-    }
-    cmd
+/// The value of the setting's flag when the command line has it (clap has
+/// already parsed it, and its variable: those are read by `resolve`).
+fn given(matches: &ArgMatches, s: &Setting) -> Option<String> {
+    // A global given after the subcommand is in the subcommand's matches.
+    let sub = matches.subcommand().map(|(_, m)| m);
+    [sub, Some(matches)].into_iter().flatten().find_map(|m| {
+        // Ask for the raw values first: an id the command lacks is an error
+        // there, but a panic in `value_source`.
+        let raw = m.try_get_raw(s.key).ok()??;
+        if m.value_source(s.key)? != ValueSource::CommandLine {
+            return None;
+        }
+        Some(
+            raw.map(|v| v.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+    })
 }
 
-/// Reads and validates the file; returns the keys it sets.
+/// Every setting's effective value: its flag (`flag` gives the value of a
+/// setting's flag when the command line has it), else its variable (`env`
+/// looks one up), else the file, else the default; then every value parsed.
+pub fn resolve(
+    flag: impl Fn(&Setting) -> Option<String>,
+    env: impl Fn(&str) -> Option<String>,
+    file_path: Option<PathBuf>,
+    file: &BTreeMap<&'static str, String>,
+) -> Result<Settings> {
+    let entries = SETTINGS
+        .iter()
+        .map(|s| {
+            let (value, source) = if let Some(v) = flag(s) {
+                (v, Source::Flag)
+            } else if let Some(v) = env(s.env) {
+                (v, Source::Env(s.env))
+            } else if let Some(v) = file.get(s.key) {
+                (v.clone(), Source::File)
+            } else {
+                (s.default.to_owned(), Source::Default)
+            };
+            Entry {
+                setting: s,
+                value,
+                source,
+            }
+        })
+        .collect();
+    Settings::typed(file_path, entries)
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        resolve(|_| None, |_| None, None, &BTreeMap::new()).expect("built-in defaults are valid")
+    }
+}
+
+impl Settings {
+    /// The effective value of `key` as a flag would spell it.
+    pub fn value(&self, key: &str) -> Option<&str> {
+        self.entry(key).map(|e| e.value.as_str())
+    }
+
+    pub fn entry(&self, key: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.setting.key == key)
+    }
+
+    /// The effective configuration as TOML, the URI's credentials redacted,
+    /// each line commented with where its value came from. It reads back
+    /// as a configuration file.
+    pub fn render(&self) -> String {
+        let mut out = String::from(
+            "# tally's effective configuration.\n\
+             # Precedence: flags > TALLY_* environment > file > defaults.\n",
+        );
+        match &self.file {
+            Some(p) => out.push_str(&format!("# file: {}\n", p.display())),
+            None => out.push_str("# file: none (--config / TALLY_CONFIG not set)\n"),
+        }
+        for e in &self.entries {
+            let shown = if e.setting.is_secret() {
+                redact_uri(&e.value)
+            } else {
+                e.value.clone()
+            };
+            let literal = match e.setting.ty {
+                Type::Str => toml::Value::String(shown).to_string(),
+                Type::Int | Type::Bool => shown,
+            };
+            out.push_str(&format!("{} = {literal}  # {}\n", e.setting.key, e.source));
+        }
+        out
+    }
+}
+
+/// Reads and checks the file; returns the keys it sets.
 pub fn read_file(path: &Path) -> Result<BTreeMap<&'static str, String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
@@ -446,8 +182,9 @@ pub fn read_file(path: &Path) -> Result<BTreeMap<&'static str, String>> {
         }
     })?;
     let entries = parsed.entries();
-    for (name, value) in &entries {
-        validate(name, value).map_err(|m| anyhow!("{}: {name}: {m}", path.display()))?;
+    for (key, value) in &entries {
+        let s = setting(key).expect("a file field is a setting");
+        (s.check)(value).map_err(|m| anyhow!("{}: {key}: {m}", path.display()))?;
     }
     Ok(entries)
 }
@@ -464,156 +201,227 @@ fn locate(text: &str, offset: usize) -> (usize, Option<String>) {
     (line_no, key)
 }
 
-/// Whole seconds, `15` or `15s` (a flag may spell a duration with its unit).
-fn seconds(value: &str) -> Option<u64> {
-    value.strip_suffix('s').unwrap_or(value).parse().ok()
-}
-
-/// Checks one value as its key expects it. Messages never echo the URI.
-pub fn validate(name: &str, value: &str) -> Result<(), String> {
-    match name {
-        "mongodb_uri" => {
-            if value.starts_with("mongodb://") || value.starts_with("mongodb+srv://") {
-                Ok(())
-            } else {
-                Err("expected a mongodb:// or mongodb+srv:// connection string".to_owned())
-            }
-        }
-        "database" => {
-            if value.is_empty() || value.contains(['/', '\\', '.', ' ', '"', '$']) {
-                Err(format!("{value:?} is not a database name"))
-            } else {
-                Ok(())
-            }
-        }
-        "timezone" => Calendar::from_name(value).map(|_| ()),
-        "daily_report_at" | "snapshot_at" | "monthly_at" => schedule::parse_time(value).map(|_| ()),
-        "initial_days" | "settle_seconds" => value
-            .parse::<u64>()
-            .map(|_| ())
-            .map_err(|_| format!("{value:?} is not a whole number")),
-        "lease_ttl_seconds" | "give_up_after_seconds" => match seconds(value) {
-            Some(n) if n >= 1 => Ok(()),
-            _ => Err(format!(
-                "{value:?} is not a number of seconds of at least 1"
-            )),
-        },
-        "quiet" | "no_pre_images" => value
-            .parse::<bool>()
-            .map(|_| ())
-            .map_err(|_| format!("{value:?} is not true or false")),
-        "http_addr" => match value {
-            "off" => Ok(()),
-            _ => value
-                .parse::<SocketAddr>()
-                .map(|_| ())
-                .map_err(|_| format!("{value:?} is not an address such as 127.0.0.1:9187, or off")),
-        },
-        "log_format" => match value {
-            "text" | "json" => Ok(()),
-            _ => Err(format!("{value:?} is not a log format: use text or json")),
-        },
-        "log" => tracing_subscriber::EnvFilter::try_new(value)
-            .map(|_| ())
-            .map_err(|e| format!("{value:?} is not a log filter: {e}")),
-        _ => Err(format!("unknown key {name:?}")),
-    }
-}
-
-/// Every key's effective value: from clap where the command has the
-/// argument, else environment, file, default in that order.
-fn resolve(
-    matches: &ArgMatches,
-    file_path: Option<PathBuf>,
-    file: &BTreeMap<&'static str, String>,
-) -> Result<Settings> {
-    let sub = matches.subcommand().map(|(_, m)| m);
-    let mut entries = Vec::with_capacity(KEYS.len());
-    for k in KEYS {
-        let from_clap = k.arg.and_then(|id| {
-            // A global given after the subcommand is a flag in the
-            // subcommand's matches: look there first.
-            [sub, Some(matches)]
-                .into_iter()
-                .flatten()
-                .find_map(|m| Some((m.try_get_raw(id).ok()??, m.value_source(id)?)))
-        });
-        let (value, source) = if let Some((raw, source)) = from_clap {
-            let value = raw
-                .map(|v| v.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(",");
-            let source = match source {
-                ValueSource::CommandLine => Source::Flag,
-                ValueSource::EnvVariable => Source::Env(k.env.unwrap_or("?")),
-                _ if file.contains_key(k.name) => Source::File,
-                _ => Source::Default,
-            };
-            (value, source)
-        } else if let Some((var, v)) = k
-            .env
-            .and_then(|var| std::env::var(var).ok().map(|v| (var, v)))
-            .filter(|(_, v)| !v.is_empty())
-        {
-            (v, Source::Env(var))
-        } else if let Some(v) = file.get(k.name) {
-            (v.clone(), Source::File)
-        } else {
-            (k.default.to_owned(), Source::Default)
-        };
-        entries.push(Entry {
-            key: k,
-            value,
-            source,
-        });
-    }
-    Settings::typed(file_path, entries)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::settings::{Scope, GLOBAL_HEADING};
+
+    /// The commands that take a setting's flag.
+    fn commands_of(scope: Scope) -> &'static [&'static str] {
+        match scope {
+            Scope::Global => &[
+                "init",
+                "seed",
+                "backfill",
+                "reconcile",
+                "run",
+                "finalize",
+                "status",
+                "config",
+            ],
+            Scope::Run => &["run", "config"],
+        }
+    }
 
     #[test]
-    fn defaults_agree_with_clap() {
-        let cmd = Cli::command();
-        let run = cmd.find_subcommand("run").expect("run").clone();
-        for k in KEYS {
-            let Some(id) = k.arg else { continue };
-            let arg = cmd
-                .get_arguments()
-                .chain(run.get_arguments())
-                .find(|a| a.get_id() == id);
-            let Some(arg) = arg else { continue };
-            let defaults: Vec<String> = arg
-                .get_default_values()
-                .iter()
-                .map(|v| v.to_string_lossy().into_owned())
-                .collect();
-            if !defaults.is_empty() {
+    fn every_flag_is_an_argument_of_its_commands_as_the_table_says() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        for s in SETTINGS {
+            let Some(flag) = s.flag else { continue };
+            for name in commands_of(s.scope) {
+                let sub = cmd.find_subcommand(name).expect(name);
+                let arg = sub
+                    .get_arguments()
+                    .find(|a| a.get_id() == s.key)
+                    .unwrap_or_else(|| panic!("tally {name} lacks --{flag}"));
+                assert_eq!(arg.get_long(), Some(flag), "{}", s.key);
                 assert_eq!(
-                    defaults,
-                    vec![k.default.to_owned()],
-                    "default of {}",
-                    k.name
+                    arg.get_env(),
+                    Some(std::ffi::OsStr::new(s.env)),
+                    "{}",
+                    s.key
+                );
+                assert_eq!(
+                    arg.get_help().map(|h| h.to_string()),
+                    Some(s.help.to_owned())
+                );
+                let defaults: Vec<_> = arg.get_default_values().iter().collect();
+                match s.ty {
+                    Type::Bool => assert_eq!(defaults, ["false"], "{}", s.key),
+                    _ => assert_eq!(defaults, [s.default], "{}", s.key),
+                }
+                let heading = (s.scope == Scope::Global).then_some(GLOBAL_HEADING);
+                assert_eq!(arg.get_help_heading(), heading, "{} in tally {name}", s.key);
+            }
+        }
+    }
+
+    #[test]
+    fn a_subcommands_help_lists_its_own_flags_before_the_global_ones() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        for (name, own) in [("run", "--daily-report-at"), ("backfill", "--from")] {
+            let help = cmd
+                .find_subcommand_mut(name)
+                .expect(name)
+                .render_long_help()
+                .to_string();
+            let at = |text: &str| {
+                help.find(text)
+                    .unwrap_or_else(|| panic!("{text} not in tally {name} --help:\n{help}"))
+            };
+            let heading = at(&format!("{GLOBAL_HEADING}:"));
+            assert!(at(own) < heading, "tally {name} --help:\n{help}");
+            for global in [
+                "--mongodb-uri",
+                "--database",
+                "--timezone",
+                "--log-format",
+                "--config",
+            ] {
+                assert!(
+                    at(global) > heading,
+                    "{global} in tally {name} --help:\n{help}"
                 );
             }
         }
     }
 
     #[test]
-    fn every_key_is_a_file_field_and_validates_its_default() {
-        let all = FileConfig::default().entries();
-        assert!(all.is_empty());
-        for k in KEYS {
-            let doc = match k.ty {
-                Type::Str => format!("{} = {:?}", k.name, k.default),
-                _ => format!("{} = {}", k.name, k.default),
-            };
-            let f: FileConfig = toml::from_str(&doc).expect(&doc);
-            assert_eq!(f.entries().get(k.name).map(String::as_str), Some(k.default));
-            validate(k.name, k.default).expect(k.name);
+    fn a_bad_flag_exits_2_saying_what_to_fix() {
+        let usage = |args: &[&str]| match parse_cli(args) {
+            Err(LoadError::Usage(e)) => e,
+            other => panic!("{args:?}: {other:?}"),
+        };
+        let e = usage(&["tally", "run", "--lease-ttl", "0"]);
+        assert_eq!(e.exit_code(), 2);
+        let text = e.to_string();
+        assert!(
+            text.contains("--lease-ttl") && text.contains("at least 1"),
+            "{text}"
+        );
+        let e = usage(&["tally", "status", "--mongodb-uri", "http://u:s3cret@h"]);
+        assert_eq!(e.exit_code(), 2);
+        let text = e.to_string();
+        assert!(
+            text.contains("mongodb://") && !text.contains("s3cret"),
+            "{text}"
+        );
+    }
+
+    /// A temporary file holding `text`, removed on drop.
+    struct Temp(PathBuf);
+
+    impl Temp {
+        fn new(name: &str, text: &str) -> Temp {
+            let p = std::env::temp_dir()
+                .join(format!("tally-settings-{}-{name}.toml", std::process::id()));
+            std::fs::write(&p, text).expect("temp file");
+            Temp(p)
         }
+    }
+
+    impl Drop for Temp {
+        fn drop(&mut self) {
+            std::fs::remove_file(&self.0).ok();
+        }
+    }
+
+    /// A value other than the default, so that a key lost on the way would
+    /// show.
+    fn other_value(s: &Setting) -> toml::Value {
+        match s.key {
+            "mongodb_uri" => "mongodb://db.example:27017/?replicaSet=rs0".into(),
+            "database" => "ledger".into(),
+            "timezone" => "Europe/Paris".into(),
+            "log" => "tally=debug,info".into(),
+            "log_format" => "json".into(),
+            "http_addr" => "0.0.0.0:9188".into(),
+            "daily_report_at" | "snapshot_at" | "monthly_at" => "03:30".into(),
+            _ => match s.ty {
+                Type::Bool => true.into(),
+                Type::Int => (s.default.parse::<i64>().expect("int default") + 1).into(),
+                Type::Str => panic!("give {} a value in this test", s.key),
+            },
+        }
+    }
+
+    #[test]
+    fn every_file_key_round_trips_through_tally_config() {
+        let mut doc = toml::Table::new();
+        for s in SETTINGS {
+            doc.insert(s.key.to_owned(), other_value(s));
+        }
+        let written = Temp::new("written", &doc.to_string());
+        let file = read_file(&written.0).expect("a file of every key loads");
+        assert_eq!(file.len(), SETTINGS.len(), "every key read: {file:?}");
+        let shown = resolve(|_| None, |_| None, Some(written.0.clone()), &file)
+            .expect("valid")
+            .render();
+
+        let printed: toml::Table = shown.parse().expect("tally config prints TOML");
+        assert_eq!(printed, doc, "tally config prints what the file holds");
+        for s in SETTINGS {
+            let line = shown
+                .lines()
+                .find(|l| l.starts_with(&format!("{} = ", s.key)))
+                .unwrap_or_else(|| panic!("{} missing from:\n{shown}", s.key));
+            assert!(line.ends_with("  # file"), "{line}");
+            assert_ne!(file[s.key], s.default, "{} kept its value", s.key);
+        }
+        // And the output is itself a configuration file.
+        let again = Temp::new("again", &shown);
+        assert_eq!(read_file(&again.0).expect("reads back"), file);
+    }
+
+    #[test]
+    fn a_flag_beats_the_environment_beats_the_file_beats_the_default() {
+        let file = BTreeMap::from([("database", "f".to_owned()), ("timezone", "UTC".to_owned())]);
+        let s = resolve(
+            |s| (s.key == "database").then(|| "flag".to_owned()),
+            |var| {
+                ["TALLY_DATABASE", "TALLY_TIMEZONE"]
+                    .contains(&var)
+                    .then(|| "Asia/Tokyo".to_owned())
+            },
+            None,
+            &file,
+        )
+        .expect("valid");
+        assert_eq!(
+            (s.database.as_str(), s.entry("database").unwrap().source),
+            ("flag", Source::Flag)
+        );
+        assert_eq!(s.timezone.name(), "Asia/Tokyo");
+        assert_eq!(
+            s.entry("timezone").unwrap().source,
+            Source::Env("TALLY_TIMEZONE")
+        );
+        assert_eq!(s.entry("initial_days").unwrap().source, Source::Default);
+        assert_eq!(s.initial_days, 60);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_source() {
+        let bad = |env: &'static str| move |var: &str| (var == env).then(|| "soon".to_owned());
+        let e = resolve(
+            |_| None,
+            bad("TALLY_SETTLE_SECONDS"),
+            None,
+            &BTreeMap::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "TALLY_SETTLE_SECONDS: \"soon\" is not a whole number");
+        let file = BTreeMap::from([("lease_ttl_seconds", "0".to_owned())]);
+        let e = resolve(|_| None, |_| None, Some("t.toml".into()), &file)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "t.toml: lease_ttl_seconds: \"0\" is not a number of seconds of at least 1"
+        );
     }
 
     #[test]
@@ -622,19 +430,5 @@ mod tests {
             locate("a = 1\ninitial_days = \"x\"\n", 21),
             (2, Some("initial_days".to_owned()))
         );
-    }
-
-    #[test]
-    fn lease_ttl_takes_plain_or_suffixed_seconds() {
-        assert_eq!(seconds("15"), Some(15));
-        assert_eq!(seconds("15s"), Some(15));
-        assert!(validate("lease_ttl_seconds", "0").is_err());
-        assert!(validate("lease_ttl_seconds", "1m").is_err());
-    }
-
-    #[test]
-    fn uri_errors_never_echo_the_uri() {
-        let e = validate("mongodb_uri", "http://u:s3cret@h").unwrap_err();
-        assert!(!e.contains("s3cret"));
     }
 }

@@ -9,31 +9,34 @@
 //! statuses.
 
 pub mod config;
+pub mod settings;
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use bson::Bson;
-use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
 use crate::batch::backfill::backfill;
-
 use crate::batch::finalize;
 use crate::batch::reconcile::{self, ReconcileReport};
 use crate::batch::scan::Range;
 use crate::batch::seed::{self, SeedOptions};
 use crate::core::calendar::Calendar;
 use crate::core::reports::Kind;
-use crate::core::schedule::{self, Schedule};
+use crate::core::schedule::Schedule;
 use crate::mongo;
 use crate::mongo::connect;
 use crate::mongo::lease::{self, LeaseInfo};
 use crate::mongo::state;
+use crate::ops::http::HttpArgs;
 use crate::ops::logging::LogFormat;
 use crate::plan::compare::Difference;
 use crate::service::{self, Clock, RunOptions};
+
+use self::settings::{GlobalFlags, RunFlags, Settings, GLOBAL_HEADING};
 
 /// The exit status of a command that failed with `e`: 2 for a
 /// configuration or usage error ([`crate::Kind::Config`]: no restart can fix it),
@@ -62,40 +65,33 @@ pub struct Cli {
     pub global: Global,
     #[command(subcommand)]
     pub command: Command,
-    /// Configuration file (TOML); flags and TALLY_* variables override it.
-    #[arg(long, global = true, env = "TALLY_CONFIG", value_name = "FILE")]
-    pub config: Option<std::path::PathBuf>,
-    /// The effective configuration with each value's source (`config`
-    /// module); filled by `config::parse_cli`.
+    /// Every setting, typed, and with its source for `tally config`; filled
+    /// by `config::parse_cli`.
     #[arg(skip)]
-    pub settings: crate::cli::config::Settings,
+    pub settings: Settings,
 }
 
+/// The global arguments: the global settings' flags, and two that are not
+/// settings (the file itself, and the clock of tests).
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// MongoDB connection string (credentials are never logged).
+    /// Configuration file (TOML); flags and TALLY_* variables override it.
     #[arg(
         long,
         global = true,
-        env = "TALLY_MONGODB_URI",
-        default_value = "mongodb://127.0.0.1:27017",
-        hide_env_values = true
+        env = "TALLY_CONFIG",
+        value_name = "FILE",
+        help_heading = GLOBAL_HEADING
     )]
-    pub mongodb_uri: String,
-    /// Database holding coin's collections and tally's output.
-    #[arg(long, global = true, env = "TALLY_DATABASE", default_value = "coin")]
-    pub database: String,
-    /// Reporting time zone, an IANA name.
-    #[arg(long, global = true, env = "TALLY_TIMEZONE", default_value = "UTC", value_parser = parse_zone)]
-    pub timezone: Calendar,
+    pub config: Option<std::path::PathBuf>,
     /// Pretend the current time is this RFC 3339 instant (tests, replays).
     #[arg(long, global = true, env = "TALLY_NOW", hide = true, value_parser = parse_instant)]
     pub now: Option<DateTime<Utc>>,
-    /// No progress bar or progress lines.
-    #[arg(long, global = true)]
-    pub quiet: bool,
-    /// Log lines on stderr as text or one JSON object per line.
-    #[arg(long, global = true, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[command(flatten)]
+    pub flags: GlobalFlags,
+    /// `settings.log_format`, here for the binary, which sets up logging
+    /// from it before anything else.
+    #[arg(skip)]
     pub log_format: LogFormat,
 }
 
@@ -116,42 +112,23 @@ pub enum Command {
     /// Checkpoint age, last event covered, finalizations, rejects.
     Status(StatusArgs),
     /// Print the effective configuration (TOML, secrets redacted, sources).
-    Config(crate::cli::config::ConfigArgs),
+    Config(ConfigArgs),
 }
 
+/// `tally run`'s flags: its settings (`cli::settings`, scope `Run`), read
+/// from `cli.settings`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Local time at which the day's reports become final (HH:MM).
-    #[arg(long, env = "TALLY_DAILY_REPORT_AT", default_value = "23:59", value_parser = schedule::parse_time)]
-    pub daily_report_at: NaiveTime,
-    /// Local time at which the snapshots of the day just ended are written.
-    #[arg(long, env = "TALLY_SNAPSHOT_AT", default_value = "00:00", value_parser = schedule::parse_time)]
-    pub snapshot_at: NaiveTime,
-    /// Local time on the 1st at which last month's summaries are written.
-    #[arg(long, env = "TALLY_MONTHLY_AT", default_value = "00:01", value_parser = schedule::parse_time)]
-    pub monthly_at: NaiveTime,
-    /// Days before today built on a first start.
-    #[arg(long, env = "TALLY_INITIAL_DAYS", default_value_t = 60)]
-    pub initial_days: u64,
-    /// Seconds a balance change no transaction explains must persist before
-    /// it is applied (20 s keeps the whole path within 30 s: contract §4.4).
-    #[arg(long, env = "TALLY_SETTLE_SECONDS", default_value_t = 20)]
-    pub settle_seconds: u64,
-    /// Neither enable nor ask for change-stream pre-images.
-    #[arg(long, env = "TALLY_NO_PRE_IMAGES")]
-    pub no_pre_images: bool,
-    /// Seconds the leader lease lasts without renewal (renewed every third):
-    /// a standby (or a restarted instance) leads within this time, plus up
-    /// to a third of it, of the leader's death.
-    #[arg(long, env = "TALLY_LEASE_TTL", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub lease_ttl: u64,
-    /// Seconds a failure of the active instance (a server error, a timeout,
-    /// the server away) may persist, retried with pauses, before `tally run`
-    /// exits with status 3 for its supervisor to restart it.
-    #[arg(long, env = "TALLY_GIVE_UP_AFTER", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
-    pub give_up_after: u64,
     #[command(flatten)]
-    pub http: crate::ops::http::HttpArgs,
+    pub flags: RunFlags,
+}
+
+/// `tally config` takes the run flags too, so that it shows what `tally
+/// run` would use with the same command line and environment.
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub flags: RunFlags,
 }
 
 #[derive(Args, Debug)]
@@ -271,10 +248,6 @@ fn parse_day_or_month(s: &str) -> Result<NaiveDate, String> {
     })
 }
 
-fn parse_zone(s: &str) -> Result<Calendar, String> {
-    Calendar::from_name(s)
-}
-
 fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
@@ -289,8 +262,8 @@ fn parse_kind(s: &str) -> Result<Kind, String> {
 /// Runs the parsed command; errors are the caller's to print (exit status
 /// by [`exit_status`]).
 pub async fn run(cli: Cli) -> Result<ExitCode> {
-    let g = &cli.global;
-    let now = g.now.unwrap_or_else(Utc::now);
+    let g = &cli.settings;
+    let now = cli.global.now.unwrap_or_else(Utc::now);
     let cal = g.timezone;
     match &cli.command {
         Command::Config(_) => {
@@ -329,7 +302,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             );
             if let Some(rate) = a.trickle.filter(|r| *r > 0.0) {
                 println!("writing {rate} transactions per second; Ctrl-C to stop");
-                let clock = g.now.map_or_else(Clock::real, Clock::starting_at);
+                let clock = cli.global.now.map_or_else(Clock::real, Clock::starting_at);
                 let n = seed::trickle(&db, rate, a.seed, move || clock.now(), shutdown_signal())
                     .await?;
                 println!("wrote {n} transactions");
@@ -380,25 +353,29 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(a) => {
+        Command::Run(_) => {
             crate::mongo::inject::init()?;
             let telemetry = std::sync::Arc::new(crate::ops::telemetry::Telemetry::new());
             tracing::info!(version = env!("CARGO_PKG_VERSION"), uri = %connect::redact_uri(&g.mongodb_uri), database = %g.database, time_zone = cal.name(), "Starting tally run.");
-            crate::ops::http::start(&a.http, telemetry.clone()).await?;
+            let http = HttpArgs {
+                http_addr: g.http_addr,
+                ready_max_lag: g.ready_max_lag,
+            };
+            crate::ops::http::start(&http, telemetry.clone()).await?;
             let db = connect::connect(&g.mongodb_uri, &g.database).await?;
             let mut opts = RunOptions::new(cal);
             opts.telemetry = telemetry;
             opts.schedule = Schedule {
-                report_at: a.daily_report_at,
-                snapshot_at: a.snapshot_at,
-                monthly_at: a.monthly_at,
+                report_at: g.daily_report_at,
+                snapshot_at: g.snapshot_at,
+                monthly_at: g.monthly_at,
             };
-            opts.clock = g.now.map_or_else(Clock::real, Clock::starting_at);
-            opts.initial_days = a.initial_days;
-            opts.settle = std::time::Duration::from_secs(a.settle_seconds);
-            opts.pre_images = !a.no_pre_images;
-            opts.lease_ttl = std::time::Duration::from_secs(a.lease_ttl);
-            opts.give_up_after = std::time::Duration::from_secs(a.give_up_after);
+            opts.clock = cli.global.now.map_or_else(Clock::real, Clock::starting_at);
+            opts.initial_days = g.initial_days;
+            opts.settle = std::time::Duration::from_secs(g.settle_seconds);
+            opts.pre_images = !g.no_pre_images;
+            opts.lease_ttl = std::time::Duration::from_secs(g.lease_ttl_seconds);
+            opts.give_up_after = std::time::Duration::from_secs(g.give_up_after_seconds);
             service::run(db, opts, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
