@@ -21,6 +21,7 @@ use bson::{doc, Bson, DateTime as BsonDateTime, Document};
 use mongodb::{Client, Database};
 use serde_json::Value;
 use tally::core::money::Money;
+use tally::ops::exposition;
 
 const STARTUP: Duration = Duration::from_secs(90);
 
@@ -141,25 +142,13 @@ fn checked_metrics(port: u16) -> Vec<Sample> {
             );
         }
     }
-    for name in [
-        "tally_change_events_total",
-        "tally_stream_lag_seconds",
-        "tally_checkpoint_age_seconds",
-        "tally_flush_duration_seconds_bucket",
-        "tally_documents_written_total",
-        "tally_restatements_total",
-        "tally_rejects_total",
-        "tally_drift_total",
-        "tally_finalizations_total",
-        "tally_finalization_duration_seconds_bucket",
-        "tally_recoveries_total",
-        "tally_write_failures_total",
-        "tally_late_events_total",
-        "tally_unreadable_events_total",
-        "tally_leader",
-    ] {
+    let histograms = exposition::histogram_names();
+    for name in exposition::metric_names() {
+        let bucket = format!("{name}_bucket");
         assert!(
-            samples.iter().any(|s| s.name == name),
+            samples
+                .iter()
+                .any(|s| s.name == name || histograms.contains(&name) && s.name == bucket),
             "{name} missing:\n{body}"
         );
     }

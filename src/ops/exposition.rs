@@ -1,225 +1,282 @@
 //! Renders [`Telemetry`] for readers: the Prometheus text exposition format
-//! (version 0.0.4) for `/metrics`, and the JSON the status page draws from.
+//! (version 0.0.4) for `/metrics`, written by prometheus-client from a
+//! collector that reads the telemetry at scrape time, and the JSON the
+//! status page draws from.
 //!
 //! Metric names are `tally_` + what is measured, in base units (seconds),
 //! counters end in `_total`; labels come from closed sets (never a user).
+//! [`FAMILIES`] is the one list of them: the deployment checks and the HTTP
+//! tests read it through [`metric_names`].
 
-use std::fmt::Write as _;
+use std::fmt::Error;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeGaugeValue, EncodeMetric, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 
 use crate::ops::telemetry::{CounterVec, Histogram, Telemetry};
 
-/// `Content-Type` of [`metrics`].
-pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// `Content-Type` of [`metrics`]: the Prometheus text format, version 0.0.4.
+pub const METRICS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
-fn head(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+/// One metric family of `/metrics`, as Prometheus and its queries see it.
+#[derive(Clone, Copy, Debug)]
+pub struct Family {
+    /// The queried name: a counter's ends in `_total` (the encoder adds it
+    /// to the stem it is given); a histogram's series add `_bucket`, `_sum`
+    /// and `_count`.
+    pub name: &'static str,
+    pub kind: MetricType,
+    pub help: &'static str,
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn labels(names: &[&str], values: &[&str]) -> String {
-    if names.is_empty() {
-        return String::new();
+impl Family {
+    const fn gauge(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            kind: MetricType::Gauge,
+            help,
+        }
     }
-    let parts: Vec<String> = names
+
+    const fn counter(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            kind: MetricType::Counter,
+            help,
+        }
+    }
+
+    const fn histogram(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            kind: MetricType::Histogram,
+            help,
+        }
+    }
+
+    /// The name the encoder is given: without `_total` for a counter.
+    fn stem(&self) -> &'static str {
+        match self.kind {
+            MetricType::Counter => self.name.strip_suffix("_total").unwrap_or(self.name),
+            _ => self.name,
+        }
+    }
+}
+
+const UP: Family = Family::gauge("tally_up", "1 while tally run is serving this endpoint.");
+const LEADER: Family = Family::gauge(
+    "tally_leader",
+    "1 when this instance is the leader (writes), 0 on standby.",
+);
+const CONNECTED: Family = Family::gauge(
+    "tally_connected",
+    "1 while a change stream on the server is open.",
+);
+const CHANGE_EVENTS: Family = Family::counter(
+    "tally_change_events_total",
+    "Change events read, by source collection and operation.",
+);
+const STREAM_LAG: Family = Family::gauge(
+    "tally_stream_lag_seconds",
+    "Now minus the wall time of the last event seen while events wait; 0 when caught up.",
+);
+const CHECKPOINT_AGE: Family = Family::gauge(
+    "tally_checkpoint_age_seconds",
+    "Seconds since the stream checkpoint was last saved.",
+);
+const FLUSH_DURATION: Family = Family::histogram(
+    "tally_flush_duration_seconds",
+    "Time to recompute dirty users and write what differs.",
+);
+const DOCUMENTS_WRITTEN: Family = Family::counter(
+    "tally_documents_written_total",
+    "Output documents inserted, updated or deleted, by collection.",
+);
+const RESTATEMENTS: Family = Family::counter(
+    "tally_restatements_total",
+    "Writes that changed a document already final.",
+);
+const REJECTS: Family = Family::counter(
+    "tally_rejects_total",
+    "Invalid source documents seen in the stream, by reason.",
+);
+const DRIFT: Family = Family::counter(
+    "tally_drift_total",
+    "Settled balance drifts applied to past documents.",
+);
+const FINALIZATIONS: Family = Family::counter(
+    "tally_finalizations_total",
+    "Finalization steps, by kind and outcome (done, taken elsewhere, failed).",
+);
+const FINALIZATION_DURATION: Family = Family::histogram(
+    "tally_finalization_duration_seconds",
+    "Time a finalization step this instance ran took, by kind.",
+);
+const RECOVERIES: Family = Family::counter(
+    "tally_recoveries_total",
+    "Stream recoveries, by cause (history_lost, reconnect, full_refresh).",
+);
+const WRITE_FAILURES: Family = Family::counter(
+    "tally_write_failures_total",
+    "Failed steps of the active instance, retried, by cause (unavailable, timeout, server_error, other).",
+);
+const LATE_EVENTS: Family = Family::counter(
+    "tally_late_events_total",
+    "Change events that reached a period already finalized, by kind of document.",
+);
+const UNREADABLE_EVENTS: Family = Family::counter(
+    "tally_unreadable_events_total",
+    "Change events that could not be read and were skipped.",
+);
+
+/// Every family [`metrics`] writes, in its order (`tally_checkpoint_age_seconds`
+/// only once a checkpoint was saved).
+pub const FAMILIES: [Family; 17] = [
+    UP,
+    LEADER,
+    CONNECTED,
+    CHANGE_EVENTS,
+    STREAM_LAG,
+    CHECKPOINT_AGE,
+    FLUSH_DURATION,
+    DOCUMENTS_WRITTEN,
+    RESTATEMENTS,
+    REJECTS,
+    DRIFT,
+    FINALIZATIONS,
+    FINALIZATION_DURATION,
+    RECOVERIES,
+    WRITE_FAILURES,
+    LATE_EVENTS,
+    UNREADABLE_EVENTS,
+];
+
+/// The names of every exported metric, as queries use them (the dashboard,
+/// the alerts and the tests read this list instead of keeping a copy).
+pub fn metric_names() -> Vec<&'static str> {
+    FAMILIES.iter().map(|f| f.name).collect()
+}
+
+/// The exported histograms (their `_bucket`, `_sum` and `_count` series are
+/// what queries name).
+pub fn histogram_names() -> Vec<&'static str> {
+    FAMILIES
         .iter()
-        .zip(values)
-        .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
-        .collect();
-    format!("{{{}}}", parts.join(","))
+        .filter(|f| f.kind == MetricType::Histogram)
+        .map(|f| f.name)
+        .collect()
 }
 
-fn number(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".to_owned()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
-    } else {
-        format!("{v}")
-    }
+fn describe<'a>(out: &'a mut DescriptorEncoder, f: &'a Family) -> Result<MetricEncoder<'a>, Error> {
+    out.encode_descriptor(f.stem(), f.help, None, f.kind)
+}
+
+fn gauge<V: EncodeGaugeValue>(out: &mut DescriptorEncoder, f: &Family, v: V) -> Result<(), Error> {
+    ConstGauge::new(v).encode(describe(out, f)?)
+}
+
+fn counter(out: &mut DescriptorEncoder, f: &Family, v: u64) -> Result<(), Error> {
+    ConstCounter::new(v).encode(describe(out, f)?)
 }
 
 fn counter_vec<const N: usize>(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    names: [&str; N],
+    out: &mut DescriptorEncoder,
+    f: &Family,
+    names: [&'static str; N],
     c: &CounterVec<N>,
-) {
-    head(out, name, "counter", help);
+) -> Result<(), Error> {
+    let mut family = describe(out, f)?;
     for (values, v) in c.values() {
-        let _ = writeln!(out, "{name}{} {v}", labels(&names, &values));
+        let labels: [(&str, &str); N] = std::array::from_fn(|i| (names[i], values[i]));
+        ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
     }
+    Ok(())
 }
 
-fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    head(out, name, "counter", help);
-    let _ = writeln!(out, "{name} {v}");
-}
-
-fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
-    head(out, name, "gauge", help);
-    let _ = writeln!(out, "{name} {}", number(v));
-}
-
-fn histogram_series(out: &mut String, name: &str, label: Option<(&str, &str)>, h: &Histogram) {
+/// One histogram series: the encoder takes per-bucket (not cumulative)
+/// counts, the last bucket's bound being +Inf.
+fn histogram_series(mut series: MetricEncoder, h: &Histogram) -> Result<(), Error> {
     let (cumulative, sum) = h.snapshot();
-    let extra = label.map_or(String::new(), |(n, v)| format!("{n}=\"{}\",", escape(v)));
-    let plain = label.map_or(String::new(), |(n, v)| format!("{{{n}=\"{}\"}}", escape(v)));
-    for (i, count) in cumulative.iter().enumerate() {
-        let le = h.bounds.get(i).map_or("+Inf".to_owned(), |b| number(*b));
-        let _ = writeln!(out, "{name}_bucket{{{extra}le=\"{le}\"}} {count}");
+    let mut below = 0;
+    let buckets: Vec<(f64, u64)> = h
+        .bounds
+        .iter()
+        .copied()
+        .chain([f64::INFINITY])
+        .zip(cumulative.iter().map(|c| {
+            let n = c - below;
+            below = *c;
+            n
+        }))
+        .collect();
+    let count = cumulative.last().copied().unwrap_or(0);
+    series.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+}
+
+/// Encodes [`Telemetry`] at scrape time: tally keeps its own atomics on the
+/// hot path, and this reads them into prometheus-client's encoder.
+#[derive(Debug)]
+struct Scrape {
+    telemetry: Arc<Telemetry>,
+    now: DateTime<Utc>,
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut out: DescriptorEncoder) -> Result<(), Error> {
+        let (t, now, out) = (&*self.telemetry, self.now, &mut out);
+        gauge(out, &UP, 1i64)?;
+        gauge(out, &LEADER, i64::from(t.is_leader()))?;
+        gauge(
+            out,
+            &CONNECTED,
+            i64::from(t.connected.load(Ordering::SeqCst)),
+        )?;
+        counter_vec(out, &CHANGE_EVENTS, ["collection", "operation"], &t.events)?;
+        gauge(out, &STREAM_LAG, t.lag_seconds(now))?;
+        if let Some(age) = t.checkpoint_age_seconds(now) {
+            gauge(out, &CHECKPOINT_AGE, age)?;
+        }
+        histogram_series(describe(out, &FLUSH_DURATION)?, &t.flush_duration)?;
+        counter_vec(out, &DOCUMENTS_WRITTEN, ["collection"], &t.documents)?;
+        counter(out, &RESTATEMENTS, t.restatements.load(Ordering::Relaxed))?;
+        counter_vec(out, &REJECTS, ["reason"], &t.rejects)?;
+        counter(out, &DRIFT, t.drift.load(Ordering::Relaxed))?;
+        counter_vec(out, &FINALIZATIONS, ["kind", "outcome"], &t.finalizations)?;
+        let mut family = describe(out, &FINALIZATION_DURATION)?;
+        for (kind, h) in &t.finalization_duration {
+            histogram_series(family.encode_family(&[("kind", *kind)])?, h)?;
+        }
+        counter_vec(out, &RECOVERIES, ["cause"], &t.recoveries)?;
+        counter_vec(out, &WRITE_FAILURES, ["cause"], &t.write_failures)?;
+        counter_vec(out, &LATE_EVENTS, ["kind"], &t.late_events)?;
+        counter(
+            out,
+            &UNREADABLE_EVENTS,
+            t.unreadable_events.load(Ordering::Relaxed),
+        )
     }
-    let _ = writeln!(out, "{name}_sum{plain} {}", number(sum));
-    let _ = writeln!(
-        out,
-        "{name}_count{plain} {}",
-        cumulative.last().copied().unwrap_or(0)
-    );
 }
 
 /// The Prometheus text exposition of everything `t` holds, at `now`.
-pub fn metrics(t: &Telemetry, now: DateTime<Utc>) -> String {
+pub fn metrics(t: &Arc<Telemetry>, now: DateTime<Utc>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape {
+        telemetry: t.clone(),
+        now,
+    }));
     let mut out = String::with_capacity(8 << 10);
-    gauge(
-        &mut out,
-        "tally_up",
-        "1 while tally run is serving this endpoint.",
-        1.0,
-    );
-    gauge(
-        &mut out,
-        "tally_leader",
-        "1 when this instance is the leader (writes), 0 on standby.",
-        if t.is_leader() { 1.0 } else { 0.0 },
-    );
-    gauge(
-        &mut out,
-        "tally_connected",
-        "1 while a change stream on the server is open.",
-        if t.connected.load(Ordering::SeqCst) {
-            1.0
-        } else {
-            0.0
-        },
-    );
-    counter_vec(
-        &mut out,
-        "tally_change_events_total",
-        "Change events read, by source collection and operation.",
-        ["collection", "operation"],
-        &t.events,
-    );
-    gauge(
-        &mut out,
-        "tally_stream_lag_seconds",
-        "Now minus the wall time of the last event seen while events wait; 0 when caught up.",
-        t.lag_seconds(now),
-    );
-    if let Some(age) = t.checkpoint_age_seconds(now) {
-        gauge(
-            &mut out,
-            "tally_checkpoint_age_seconds",
-            "Seconds since the stream checkpoint was last saved.",
-            age,
-        );
-    }
-    head(
-        &mut out,
-        "tally_flush_duration_seconds",
-        "histogram",
-        "Time to recompute dirty users and write what differs.",
-    );
-    histogram_series(
-        &mut out,
-        "tally_flush_duration_seconds",
-        None,
-        &t.flush_duration,
-    );
-    counter_vec(
-        &mut out,
-        "tally_documents_written_total",
-        "Output documents inserted, updated or deleted, by collection.",
-        ["collection"],
-        &t.documents,
-    );
-    counter(
-        &mut out,
-        "tally_restatements_total",
-        "Writes that changed a document already final.",
-        t.restatements.load(Ordering::Relaxed),
-    );
-    counter_vec(
-        &mut out,
-        "tally_rejects_total",
-        "Invalid source documents seen in the stream, by reason.",
-        ["reason"],
-        &t.rejects,
-    );
-    counter(
-        &mut out,
-        "tally_drift_total",
-        "Settled balance drifts applied to past documents.",
-        t.drift.load(Ordering::Relaxed),
-    );
-    counter_vec(
-        &mut out,
-        "tally_finalizations_total",
-        "Finalization steps, by kind and outcome (done, taken elsewhere, failed).",
-        ["kind", "outcome"],
-        &t.finalizations,
-    );
-    head(
-        &mut out,
-        "tally_finalization_duration_seconds",
-        "histogram",
-        "Time a finalization step this instance ran took, by kind.",
-    );
-    for (kind, h) in &t.finalization_duration {
-        histogram_series(
-            &mut out,
-            "tally_finalization_duration_seconds",
-            Some(("kind", kind)),
-            h,
-        );
-    }
-    counter_vec(
-        &mut out,
-        "tally_recoveries_total",
-        "Stream recoveries, by cause (history_lost, reconnect, full_refresh).",
-        ["cause"],
-        &t.recoveries,
-    );
-    counter_vec(
-        &mut out,
-        "tally_write_failures_total",
-        "Failed steps of the active instance, retried, by cause (unavailable, timeout, server_error, other).",
-        ["cause"],
-        &t.write_failures,
-    );
-    counter_vec(
-        &mut out,
-        "tally_late_events_total",
-        "Change events that reached a period already finalized, by kind of document.",
-        ["kind"],
-        &t.late_events,
-    );
-    counter(
-        &mut out,
-        "tally_unreadable_events_total",
-        "Change events that could not be read and were skipped.",
-        t.unreadable_events.load(Ordering::Relaxed),
-    );
+    prometheus_text::encode(&mut out, &registry).expect("writing to a String does not fail");
     out
 }
 
@@ -290,7 +347,7 @@ mod tests {
 
     #[test]
     fn every_sample_line_is_a_tally_name_labels_and_a_number() {
-        let t = Telemetry::new();
+        let t = Arc::new(Telemetry::new());
         t.set_leader(true);
         t.change_event("transactions", &OperationType::Insert, None);
         t.flushed(Duration::from_millis(30));
@@ -313,6 +370,34 @@ mod tests {
         assert!(text.contains(
             "tally_finalization_duration_seconds_bucket{kind=\"monthly\",le=\"+Inf\"} 0"
         ));
+    }
+
+    #[test]
+    fn the_families_listed_are_the_families_written() {
+        let t = Arc::new(Telemetry::new());
+        t.checkpoint_saved();
+        let text = metrics(&t, Utc::now());
+        let typed: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split_once(' ').expect(l))
+            .collect();
+        let listed: Vec<(&str, &str)> =
+            FAMILIES.iter().map(|f| (f.name, f.kind.as_str())).collect();
+        assert_eq!(typed, listed);
+        assert!(metric_names().contains(&"tally_checkpoint_age_seconds"));
+        assert_eq!(
+            histogram_names(),
+            [
+                "tally_flush_duration_seconds",
+                "tally_finalization_duration_seconds"
+            ]
+        );
+        let fresh = metrics(&Arc::new(Telemetry::new()), Utc::now());
+        assert!(
+            !fresh.contains("tally_checkpoint_age_seconds"),
+            "no checkpoint age before the first checkpoint"
+        );
     }
 
     #[test]
