@@ -456,6 +456,11 @@ async fn health_ready_and_metrics_follow_the_stream() {
     assert!(page.contains("<svg id=\"rate-chart\""), "{page}");
     assert_eq!(get(tally.port, "/nope").map(|(c, _)| c), Some(404));
     tally.terminate();
+    let log = tally.log();
+    assert!(
+        !log.contains('\x1b'),
+        "colour escapes in a log written to a file:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

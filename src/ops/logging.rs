@@ -6,6 +6,10 @@
 //! event (start, finalization, recovery, leadership change), never one per
 //! change event — those are counted in [`telemetry`](crate::ops::telemetry).
 //! Connection strings pass through [`redact_uri`](crate::mongo::connect::redact_uri).
+//! Text lines carry colour (ANSI escapes) only when stderr is a terminal and
+//! `NO_COLOR` is unset: a file, a pipe or a journal gets plain text.
+
+use std::io::IsTerminal;
 
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
@@ -25,6 +29,10 @@ pub fn init(format: LogFormat, default_filter: &str) {
         EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -35,6 +43,13 @@ pub fn init(format: LogFormat, default_filter: &str) {
             .with_span_list(false)
             .init(),
     }
+}
+
+/// Whether text lines get ANSI colour: only on a terminal, and never with a
+/// non-empty `NO_COLOR` (<https://no-color.org>; tracing-subscriber's own
+/// default, which `with_ansi` overrides).
+fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The last word of a failed command, in the log's format.
@@ -50,5 +65,18 @@ pub fn fatal(format: LogFormat, message: &str) {
                 "message": message,
             })
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(!colour(false, None), "a file or a pipe gets plain text");
+        assert!(colour(true, None));
+        assert!(!colour(true, Some("1".into())));
+        assert!(colour(true, Some("".into())), "an empty NO_COLOR is unset");
     }
 }
