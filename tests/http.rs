@@ -463,6 +463,66 @@ async fn health_ready_and_metrics_follow_the_stream() {
     );
 }
 
+/// `scripts/run --demo` runs `tally seed --trickle` in the background of
+/// `tally run`, in one process group: one Ctrl-C reaches both, and
+/// "Shutdown requested: flushing and checkpointing." was logged twice, the
+/// second time by the seeder (which neither flushes nor checkpoints).
+#[tokio::test(flavor = "multi_thread")]
+async fn one_ctrl_c_to_run_and_a_trickle_logs_shutdown_requested_once() {
+    let uri = support::uri();
+    let name = support::unique_db("http_ctrl_c");
+    let db = database(&uri, &name).await;
+    user_with_pocket(&db).await;
+    let mut tally = Tally::start(&uri, &name, &[]);
+    tally.wait_ready();
+    let trickle_log = tally.log.with_extension("trickle.log");
+    let mut trickle = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["seed", "--users", "0", "--trickle", "20"])
+        .env("TALLY_MONGODB_URI", &uri)
+        .env("TALLY_DATABASE", &name)
+        .env_remove("TALLY_LOG_FORMAT")
+        .env_remove("TALLY_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&trickle_log).expect("log file"))
+        .spawn()
+        .expect("tally seed starts");
+    // The seeder handles SIGINT once it writes: run has read its events.
+    tally.wait("/metrics", Duration::from_secs(60), |_, body| {
+        body.lines().any(|l| {
+            l.starts_with(
+                "tally_change_events_total{collection=\"transactions\",operation=\"insert\"} ",
+            ) && !l.ends_with(" 0")
+        })
+    });
+    for pid in [trickle.id(), tally.child.id()] {
+        let sent = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -INT {pid}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (run_status, trickle_status) = loop {
+        let run = tally.child.try_wait().expect("try_wait");
+        let seed = trickle.try_wait().expect("try_wait");
+        if let (Some(run), Some(seed)) = (run, seed) {
+            break (run, seed);
+        }
+        assert!(Instant::now() < deadline, "still running after SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (log, seed_log) = (
+        tally.log(),
+        std::fs::read_to_string(&trickle_log).unwrap_or_default(),
+    );
+    assert_eq!(run_status.code(), Some(0), "log:\n{log}");
+    assert_eq!(trickle_status.code(), Some(0), "log:\n{seed_log}");
+    let said = |l: &str| l.matches("Shutdown requested").count();
+    assert_eq!(said(&log), 1, "tally run, log:\n{log}");
+    assert_eq!(said(&seed_log), 0, "tally seed --trickle, log:\n{seed_log}");
+    let _ = std::fs::remove_file(&trickle_log);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_says_not_connected_while_the_server_is_stopped() {
     let dir = std::env::temp_dir().join(support::unique_db("tally-http-server"));

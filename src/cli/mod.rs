@@ -376,7 +376,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             opts.pre_images = !g.no_pre_images;
             opts.lease_ttl = std::time::Duration::from_secs(g.lease_ttl_seconds);
             opts.give_up_after = std::time::Duration::from_secs(g.give_up_after_seconds);
-            service::run(db, opts, shutdown_signal()).await?;
+            let shutdown = async {
+                shutdown_signal().await;
+                tracing::info!("Shutdown requested: flushing and checkpointing.");
+            };
+            service::run(db, opts, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Finalize(a) => {
@@ -536,7 +540,11 @@ fn lease_line(lease: Option<&LeaseInfo>, now: DateTime<Utc>) -> String {
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
+/// Completes on SIGTERM or SIGINT. It logs nothing: the caller says what a
+/// stop does. `scripts/run --demo` starts `tally seed --trickle` in the
+/// background of `tally run`, in the same process group, so one Ctrl-C
+/// reaches both; when this logged, that Ctrl-C printed "Shutdown requested:
+/// flushing and checkpointing." twice, once from the seeder.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -550,7 +558,6 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-    tracing::info!("Shutdown requested: flushing and checkpointing.");
 }
 
 fn difference_name(d: &Difference) -> &'static str {
