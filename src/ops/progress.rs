@@ -1,28 +1,38 @@
-//! Progress of a long run: a one-line bar redrawn on a terminal (users and
-//! days done, rate, ETA), or a log line every few seconds otherwise.
+//! Progress of a long run: an indicatif bar redrawn on a terminal (users
+//! and days done, rate, ETA), or a log line every few seconds otherwise
+//! (stderr a file or a pipe, or `TERM` unset or `dumb`).
 
-use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// How often the log line is written when there is no terminal.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+/// Most redraws of the bar per second.
+const BAR_HZ: u8 = 5;
 
 pub struct Progress {
     what: &'static str,
     days: u64,
     started: Instant,
     last: Instant,
-    terminal: bool,
+    /// The bar when stderr is a terminal; `None`: log lines.
+    bar: Option<ProgressBar>,
     enabled: bool,
 }
 
 impl Progress {
     /// `days` is the number of days each user's work covers.
     pub fn new(what: &'static str, days: u64, enabled: bool) -> Progress {
+        let target = ProgressDrawTarget::stderr_with_hz(BAR_HZ);
+        let bar = (enabled && !target.is_hidden()).then(|| bar(what, days, target));
         let now = Instant::now();
         Progress {
             what,
             days,
             started: now,
             last: now,
-            terminal: std::io::stderr().is_terminal(),
+            bar,
             enabled,
         }
     }
@@ -32,51 +42,77 @@ impl Progress {
         if !self.enabled {
             return;
         }
-        let period = if self.terminal {
-            Duration::from_millis(200)
-        } else {
-            Duration::from_secs(5)
-        };
-        if self.last.elapsed() < period {
+        let total = total.max(done);
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+            bar.set_position(done);
+            return;
+        }
+        if self.last.elapsed() < LOG_EVERY {
             return;
         }
         self.last = Instant::now();
         let elapsed = self.started.elapsed().as_secs_f64();
         let rate = done as f64 / elapsed.max(1e-9);
-        let total = total.max(done);
         let eta = if rate > 0.0 {
             (total - done) as f64 / rate
         } else {
             0.0
         };
-        if self.terminal {
-            let width = 30;
-            let filled = (done * width).checked_div(total).unwrap_or(0) as usize;
-            eprint!(
-                "\r{} [{}{}] {done}/{total} users × {} days  {rate:.0} users/s  ETA {eta:.0}s ",
-                self.what,
-                "#".repeat(filled),
-                "-".repeat(width as usize - filled),
-                self.days,
-            );
-            let _ = std::io::stderr().flush();
-        } else {
-            tracing::info!(
-                done,
-                total,
-                days = self.days,
-                rate = format!("{rate:.0}/s"),
-                eta_s = eta.round() as u64,
-                "{} in progress.",
-                self.what
-            );
-        }
+        tracing::info!(
+            done,
+            total,
+            days = self.days,
+            rate = format!("{rate:.0}/s"),
+            eta_s = eta.round() as u64,
+            "{} in progress.",
+            self.what
+        );
     }
 
     /// Clears the bar.
     pub fn finish(&self) {
-        if self.enabled && self.terminal {
-            eprint!("\r{:100}\r", "");
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
+    }
+}
+
+/// `backfill [######------] 120/400 users × 31 days  57/s  ETA 5s`
+fn bar(what: &'static str, days: u64, target: ProgressDrawTarget) -> ProgressBar {
+    let template = format!(
+        "{{prefix}} [{{bar:30}}] {{pos}}/{{len}} users × {days} days  {{per_sec:0}}  ETA {{eta}}"
+    );
+    let style = ProgressStyle::with_template(&template)
+        .expect("a valid template")
+        .progress_chars("#-");
+    ProgressBar::with_draw_target(None, target)
+        .with_style(style)
+        .with_prefix(what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bar_follows_done_and_the_total_never_below_it() {
+        let mut p = Progress::new("backfill", 31, true);
+        p.bar = Some(bar("backfill", 31, ProgressDrawTarget::hidden()));
+        p.update(10, 400);
+        let b = p.bar.clone().unwrap();
+        assert_eq!((b.position(), b.length()), (10, Some(400)));
+        p.update(450, 400);
+        assert_eq!((b.position(), b.length()), (450, Some(450)));
+        p.finish();
+        assert!(b.is_finished());
+    }
+
+    #[test]
+    fn disabled_shows_nothing() {
+        let mut p = Progress::new("reconcile", 3, false);
+        assert!(p.bar.is_none());
+        p.update(1, 2);
+        p.finish();
     }
 }
