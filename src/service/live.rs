@@ -19,7 +19,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use bson::oid::ObjectId;
 use chrono::{DateTime, NaiveDate, Utc};
-use dashmap::DashMap;
 
 use crate::batch::scan::Kept;
 use crate::core::calendar::{first_of_month, Calendar};
@@ -50,9 +49,9 @@ pub struct Live {
     /// manages only days after it (days before are not tally's to write).
     open_from: NaiveDate,
     categories: Categories,
-    users: DashMap<ObjectId, UserState>,
-    tx_owner: DashMap<SourceId, ObjectId>,
-    pocket_owner: DashMap<ObjectId, ObjectId>,
+    users: HashMap<ObjectId, UserState>,
+    tx_owner: HashMap<SourceId, ObjectId>,
+    pocket_owner: HashMap<ObjectId, ObjectId>,
 }
 
 impl Live {
@@ -71,9 +70,9 @@ impl Live {
             from_millis: cal.day_start(from).timestamp_millis(),
             open_from: from.max(managed_from),
             categories,
-            users: DashMap::new(),
-            tx_owner: DashMap::new(),
-            pocket_owner: DashMap::new(),
+            users: HashMap::new(),
+            tx_owner: HashMap::new(),
+            pocket_owner: HashMap::new(),
         }
     }
 
@@ -92,7 +91,7 @@ impl Live {
     }
 
     pub fn users(&self) -> Vec<ObjectId> {
-        self.users.iter().map(|e| *e.key()).collect()
+        self.users.keys().copied().collect()
     }
 
     pub fn user_count(&self) -> usize {
@@ -109,7 +108,7 @@ impl Live {
     /// other's state; those users are returned, to be recomputed (found by
     /// tests/simulation.rs: a rescan of a pocket's new owner, read before
     /// the move's event, left the pocket in the old owner's snapshots).
-    pub fn insert(&self, user: ObjectId, kept: Kept) -> Vec<ObjectId> {
+    pub fn insert(&mut self, user: ObjectId, kept: Kept) -> Vec<ObjectId> {
         self.remove(&user);
         let mut displaced = Vec::new();
         let mut ledger = UserLedger::default();
@@ -117,7 +116,7 @@ impl Live {
         for tx in kept.transactions {
             ledger.apply(&self.cal, &tx);
             if let Some(other) = self.tx_owner.insert(tx.id.clone(), user) {
-                if let Some(mut state) = self.users.get_mut(&other) {
+                if let Some(state) = self.users.get_mut(&other) {
                     if let Some(old) = state.transactions.remove(&tx.id) {
                         state.ledger.retract(&self.cal, &old);
                         displaced.push(other);
@@ -128,7 +127,7 @@ impl Live {
         }
         for id in kept.pockets.keys() {
             if let Some(other) = self.pocket_owner.insert(*id, user) {
-                if let Some(mut state) = self.users.get_mut(&other) {
+                if let Some(state) = self.users.get_mut(&other) {
                     if state.pockets.remove(id).is_some() {
                         displaced.push(other);
                     }
@@ -148,13 +147,17 @@ impl Live {
         displaced
     }
 
-    fn remove(&self, user: &ObjectId) {
-        if let Some((_, old)) = self.users.remove(user) {
+    fn remove(&mut self, user: &ObjectId) {
+        if let Some(old) = self.users.remove(user) {
             for id in old.transactions.keys() {
-                self.tx_owner.remove_if(id, |_, owner| owner == user);
+                if self.tx_owner.get(id) == Some(user) {
+                    self.tx_owner.remove(id);
+                }
             }
             for id in old.pockets.keys() {
-                self.pocket_owner.remove_if(id, |_, owner| owner == user);
+                if self.pocket_owner.get(id) == Some(user) {
+                    self.pocket_owner.remove(id);
+                }
             }
         }
     }
@@ -164,14 +167,14 @@ impl Live {
     /// was known here. A transaction before the window, or of a user the
     /// window does not hold, is only reported: the caller rescans.
     pub fn set_transaction(
-        &self,
+        &mut self,
         id: &SourceId,
         new: Option<&Transaction>,
     ) -> (Vec<(ObjectId, NaiveDate)>, bool) {
         let mut touched = Vec::new();
         let mut known = false;
-        if let Some((_, owner)) = self.tx_owner.remove(id) {
-            if let Some(mut state) = self.users.get_mut(&owner) {
+        if let Some(owner) = self.tx_owner.remove(id) {
+            if let Some(state) = self.users.get_mut(&owner) {
                 if let Some(old) = state.transactions.remove(id) {
                     state.ledger.retract(&self.cal, &old);
                     known = true;
@@ -182,7 +185,7 @@ impl Live {
         if let Some(tx) = new {
             let mut held = false;
             if tx.date >= self.from_millis {
-                if let Some(mut state) = self.users.get_mut(&tx.user_id) {
+                if let Some(state) = self.users.get_mut(&tx.user_id) {
                     state.ledger.apply(&self.cal, tx);
                     state.transactions.insert(id.clone(), tx.clone());
                     held = true;
@@ -199,18 +202,18 @@ impl Live {
     /// Pocket `id` is now `new` (`None`: deleted). Returns the users whose
     /// pockets changed (its previous owner, if known here, and its owner
     /// now), and whether its previous version was known here.
-    pub fn set_pocket(&self, id: ObjectId, new: Option<&Pocket>) -> (Vec<ObjectId>, bool) {
+    pub fn set_pocket(&mut self, id: ObjectId, new: Option<&Pocket>) -> (Vec<ObjectId>, bool) {
         let mut users = Vec::new();
         let mut known = false;
-        if let Some((_, owner)) = self.pocket_owner.remove(&id) {
-            if let Some(mut state) = self.users.get_mut(&owner) {
+        if let Some(owner) = self.pocket_owner.remove(&id) {
+            if let Some(state) = self.users.get_mut(&owner) {
                 known = state.pockets.remove(&id).is_some();
             }
             users.push(owner);
         }
         if let Some(user) = new.and_then(|p| p.user_id) {
             let held = match self.users.get_mut(&user) {
-                Some(mut state) => {
+                Some(state) => {
                     state.pockets.insert(id, new.expect("has a user").clone());
                     true
                 }
@@ -301,15 +304,15 @@ impl Live {
 
     /// Records writes the server has taken, so the fingerprints match
     /// what is stored.
-    pub fn record(&self, writes: &[(ObjectId, NaiveDate, Write)]) {
+    pub fn record(&mut self, writes: &[(ObjectId, NaiveDate, Write)]) {
         for (user, period, write) in writes {
-            let Some(mut state) = self.users.get_mut(user) else {
-                continue;
-            };
             if !self.keeps(write.kind(), *period) {
                 // Before the window (a focused rescan's write): not held.
                 continue;
             }
+            let Some(state) = self.users.get_mut(user) else {
+                continue;
+            };
             match write {
                 Write::Upsert { kind, set, .. } => {
                     state
@@ -334,8 +337,7 @@ impl Live {
         }
         let start = self.cal.day_start(from).timestamp_millis();
         let open_from = self.open_from.max(from);
-        for mut entry in self.users.iter_mut() {
-            let state = entry.value_mut();
+        for state in self.users.values_mut() {
             state.baseline = YtdBaseline::at(from, &state.ledger, Some(state.baseline));
             let old: Vec<SourceId> = state
                 .transactions
@@ -358,28 +360,34 @@ impl Live {
         self.from = from;
         self.from_millis = start;
         self.open_from = open_from;
-        for mut entry in self.users.iter_mut() {
-            entry
-                .value_mut()
+        let (month_from, open_from) = (self.from, self.open_from);
+        for state in self.users.values_mut() {
+            state
                 .stored
-                .retain(|(kind, period), _| self.keeps(*kind, *period));
+                .retain(|(kind, period), _| keeps(*kind, *period, month_from, open_from));
         }
     }
 
     /// Whether the window holds the fingerprint of a document of `kind`
     /// for `period`.
     fn keeps(&self, kind: Kind, period: NaiveDate) -> bool {
-        match kind {
-            Kind::Monthly => period >= self.from,
-            Kind::Report | Kind::Snapshot => period >= self.open_from,
-        }
+        keeps(kind, period, self.from, self.open_from)
     }
 
     /// Drops everything (a full refresh reloads it).
-    pub fn clear(&self) {
+    pub fn clear(&mut self) {
         self.users.clear();
         self.tx_owner.clear();
         self.pocket_owner.clear();
+    }
+}
+
+/// [`Live::keeps`] for a window from `from` (monthly summaries) whose
+/// reports and snapshots start at `open_from`.
+fn keeps(kind: Kind, period: NaiveDate, from: NaiveDate, open_from: NaiveDate) -> bool {
+    match kind {
+        Kind::Monthly => period >= from,
+        Kind::Report | Kind::Snapshot => period >= open_from,
     }
 }
 
@@ -448,7 +456,7 @@ mod tests {
 
         /// A window holding `txs` as a fresh load would.
         fn load(&self, txs: &[Transaction]) -> Live {
-            let live = Live::new(
+            let mut live = Live::new(
                 self.cal,
                 day("2026-10-01"),
                 day("2026-10-01"),
@@ -507,7 +515,7 @@ mod tests {
         let a = w.tx(w.user, "10", "2026-10-05", 9);
         let b = w.tx(w.user, "20", "2026-11-02", 23);
         let c = w.tx(w.other, "5", "2026-11-19", 1);
-        let live = w.load(&[a.clone(), b.clone(), c.clone()]);
+        let mut live = w.load(&[a.clone(), b.clone(), c.clone()]);
 
         // a moves a month and grows; b is soft-deleted; c changes owner;
         // d is new; e is dated before the window (not held: reported).
@@ -559,7 +567,7 @@ mod tests {
     fn a_rescan_that_takes_a_pocket_and_a_transaction_displaces_their_old_owner() {
         let w = World::new();
         let tx = w.tx(w.user, "12.5", "2026-11-03", 10);
-        let live = w.load(std::slice::from_ref(&tx));
+        let mut live = w.load(std::slice::from_ref(&tx));
         // The source now says: the pocket and the transaction are `other`'s.
         let mut pocket = w.pocket.clone();
         pocket.user_id = Some(w.other);
@@ -585,7 +593,7 @@ mod tests {
         );
         assert_eq!(displaced, vec![w.user], "the old owner is told");
         // What a fresh load of the same source builds.
-        let fresh = Live::new(
+        let mut fresh = Live::new(
             w.cal,
             day("2026-10-01"),
             day("2026-10-01"),
@@ -645,10 +653,10 @@ mod tests {
     #[test]
     fn recorded_writes_make_the_next_compute_a_no_op() {
         let w = World::new();
-        let live = w.load(&[w.tx(w.user, "10", "2026-11-05", 9)]);
+        let mut live = w.load(&[w.tx(w.user, "10", "2026-11-05", 9)]);
         let now = w.cal.day_start(day("2026-11-20")).to_utc();
         let today = day("2026-11-20");
-        let compute = || {
+        let compute = |live: &Live| {
             live.compute(
                 w.user,
                 &Kind::ALL,
@@ -659,7 +667,7 @@ mod tests {
                 now,
             )
         };
-        let first = compute();
+        let first = compute(&live);
         assert!(first.iter().all(|c| c.difference == Difference::Missing));
         assert!(first.iter().any(|c| c.kind == Kind::Snapshot));
         let writes: Vec<_> = first
@@ -667,7 +675,7 @@ mod tests {
             .map(|c| (c.user, c.period, c.write))
             .collect();
         live.record(&writes);
-        assert_eq!(compute(), Vec::new());
+        assert_eq!(compute(&live), Vec::new());
 
         // A pocket balance change moves every closed day's balances.
         let mut pocket = w.pocket.clone();
@@ -675,7 +683,7 @@ mod tests {
         let (users, known) = live.set_pocket(pocket.id, Some(&pocket));
         assert!(known);
         assert_eq!(users, vec![w.user]);
-        let changes = compute();
+        let changes = compute(&live);
         assert!(changes.iter().all(|c| c.difference == Difference::Content));
         let snapshots = changes.iter().filter(|c| c.kind == Kind::Snapshot).count();
         assert_eq!(snapshots, 50, "every closed day from 1 October on");

@@ -207,7 +207,7 @@ impl<B: Backend> Tailer<B> {
         let managed_from = self.managed_from();
         let previous_month = first_of_month(crate::core::calendar::prev_day(first_of_month(today)));
         let from = previous_month.max(first_of_month(managed_from));
-        let live = Live::new(
+        let mut live = Live::new(
             self.opts.cal,
             from,
             managed_from,
@@ -999,7 +999,7 @@ impl<B: Backend> Tailer<B> {
                     ytd_baselines: None,
                     keep_from: Some(self.live.from()),
                 };
-                let live = &self.live;
+                let live = &mut self.live;
                 let per_user = &mut per_user;
                 let displaced = &mut displaced;
                 let rejects = self
