@@ -38,6 +38,9 @@ pub struct Family {
     pub name: &'static str,
     pub kind: MetricType,
     pub help: &'static str,
+    /// Written at every scrape; false: only once it has a value
+    /// (`tally_checkpoint_age_seconds`, after the first checkpoint).
+    pub always: bool,
 }
 
 impl Family {
@@ -46,6 +49,7 @@ impl Family {
             name,
             kind: MetricType::Gauge,
             help,
+            always: true,
         }
     }
 
@@ -54,6 +58,7 @@ impl Family {
             name,
             kind: MetricType::Counter,
             help,
+            always: true,
         }
     }
 
@@ -62,6 +67,7 @@ impl Family {
             name,
             kind: MetricType::Histogram,
             help,
+            always: true,
         }
     }
 
@@ -91,10 +97,13 @@ const STREAM_LAG: Family = Family::gauge(
     "tally_stream_lag_seconds",
     "Now minus the wall time of the last event seen while events wait; 0 when caught up.",
 );
-const CHECKPOINT_AGE: Family = Family::gauge(
-    "tally_checkpoint_age_seconds",
-    "Seconds since the stream checkpoint was last saved.",
-);
+const CHECKPOINT_AGE: Family = Family {
+    always: false,
+    ..Family::gauge(
+        "tally_checkpoint_age_seconds",
+        "Seconds since the stream checkpoint was last saved.",
+    )
+};
 const FLUSH_DURATION: Family = Family::histogram(
     "tally_flush_duration_seconds",
     "Time to recompute dirty users and write what differs.",
@@ -140,8 +149,8 @@ const UNREADABLE_EVENTS: Family = Family::counter(
     "Change events that could not be read and were skipped.",
 );
 
-/// Every family [`metrics`] writes, in its order (`tally_checkpoint_age_seconds`
-/// only once a checkpoint was saved).
+/// Every family [`metrics`] writes, in its order (those not
+/// [`always`](Family::always) only once they have a value).
 pub const FAMILIES: [Family; 17] = [
     UP,
     LEADER,
@@ -394,10 +403,18 @@ mod tests {
             ]
         );
         let fresh = metrics(&Arc::new(Telemetry::new()), Utc::now());
-        assert!(
-            !fresh.contains("tally_checkpoint_age_seconds"),
-            "no checkpoint age before the first checkpoint"
-        );
+        let typed: Vec<&str> = fresh
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split_once(' ').expect(l).0)
+            .collect();
+        let always: Vec<&str> = FAMILIES
+            .iter()
+            .filter(|f| f.always)
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(typed, always, "before the first checkpoint");
+        assert!(!always.contains(&"tally_checkpoint_age_seconds"));
     }
 
     #[test]
