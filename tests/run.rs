@@ -2,9 +2,10 @@
 //! against a real SecantusDB, fed by a workload that writes the way the coin
 //! API does (the transaction first, then each affected pocket's balance).
 //!
-//! The correctness check is always the oracle (SPEC §7): once the workload
-//! stops, `tally reconcile` must come back clean within a deadline — and
-//! stay clean after a settle delay, so that a late wrong write is caught too.
+//! The correctness check is always the oracle (contract §7.1): once the
+//! workload stops, `tally reconcile` must come back clean within a deadline
+//! — and stay clean after a settle delay, so that a late wrong write is
+//! caught too.
 //!
 //! Every test uses its own database, or its own server when it needs special
 //! server flags, and a clock injected with `TALLY_NOW` (it then runs at real
@@ -81,7 +82,7 @@ struct Tx {
     category: Option<ObjectId>,
     date: DateTime<Utc>,
     deleted: bool,
-    /// Written with an amount that is not a number (invalid, SPEC 1.4).
+    /// Written with an amount that is not a number (invalid, contract §1.5).
     garbled: bool,
 }
 
@@ -871,9 +872,9 @@ async fn a_pocket_balance_write_located_through_reports_does_not_restate_closed_
 }
 
 /// Regression: a transaction whose balance write never comes moves the
-/// closing balances of every earlier day (SPEC §4), which must be written
-/// after the settle delay. tally recomputed such a user only from the
-/// transaction's day on, so the earlier days were never looked at; and a
+/// closing balances of every earlier day (contract §4.3), which must be
+/// written after the settle delay. tally recomputed such a user only from
+/// the transaction's day on, so the earlier days were never looked at; and a
 /// drift held for the settle delay was forgotten when the user's next
 /// recomputation started at a recent day (nothing before it to hold). Both
 /// left closed days stale for good (found by the history-loss fault test
@@ -936,8 +937,8 @@ async fn snapshot_balance(
 /// managed ones (the first start's window begins 60 days back, memory on
 /// the 1st of last month) and older ones from a backfill. Drift must reach
 /// all of them within the settle delay; reconcile over the whole range
-/// (SPEC §7) must then come back clean. Before the fix, drift was written
-/// only inside the in-memory window, and noise counted as drift.
+/// (contract §7.1) must then come back clean. Before the fix, drift was
+/// written only inside the in-memory window, and noise counted as drift.
 #[tokio::test(flavor = "multi_thread")]
 async fn float_written_balances_and_drift_reach_documents_before_the_window() {
     let env = Env::new(
@@ -999,7 +1000,7 @@ async fn float_written_balances_and_drift_reach_documents_before_the_window() {
         &[&run],
     )
     .await;
-    // Not vacuous: the old documents moved, to what SPEC §4 says from
+    // Not vacuous: the old documents moved, to what contract §4.1 says from
     // the workload's own model (UTC: a transaction's day is its date's).
     for (day, (a_was, b_was)) in old_days.into_iter().zip(before) {
         for (user, pocket, was) in [(a, a_main, a_was), (b, b_saving, b_was)] {
