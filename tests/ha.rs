@@ -5,7 +5,8 @@
 //! The real binary as child processes against a real SecantusDB, fed by the
 //! coin API's write pattern (a trimmed copy of `tests/run.rs`'s workload);
 //! the correctness check is the oracle: `tally reconcile` exits 0, twice,
-//! once the workload stops.
+//! once the workload stops. The fence's cost on the live path is measured
+//! by `benches/fence.rs`.
 
 mod support;
 
@@ -24,10 +25,9 @@ use tally::mongo::bulk;
 use tally::mongo::connect;
 use tally::mongo::lease::{self, Fence};
 use tally::mongo::state::{self, Checkpoint, Claim};
-use tally::plan::write;
-use tally::plan::write::Write;
 
 use support::process::{first_to_log, instant, Env, Running, TestClock, CATCH_UP, SETTLE_SECONDS};
+use support::writes::report_write;
 
 const TAILING: &str = "Tailing transactions and pockets.";
 const ACQUIRED: &str = "Acquired leadership.";
@@ -365,19 +365,6 @@ impl Coin {
 // The store-level fence
 // ---------------------------------------------------------------------------
 
-fn report_write(user: ObjectId, day: &str, total: i64) -> Write {
-    let day: NaiveDate = day.parse().expect("date");
-    let filter = write::key_filter(Kind::Report, user, day);
-    let mut set = filter.clone();
-    set.insert("total_income", total);
-    Write::Upsert {
-        kind: Kind::Report,
-        filter,
-        set,
-        if_revision: None,
-    }
-}
-
 /// What a new leader does to the lease: another owner, the next token.
 async fn steal(env: &Env, thief: &str, ttl_ms: i64) -> Fence {
     let d = env
@@ -695,40 +682,4 @@ async fn sigterm_of_the_leader_hands_over_at_once() {
     coin.random_ops(&env, &mut rng, 20).await;
     env.caught_up_window(&[&standby]).await;
     assert_eq!(standby.terminate().await.code(), Some(0));
-}
-
-/// The fence's cost on the live path, measured against the same server in
-/// one run: small flushes (5 new reports each) and checkpoint saves,
-/// unfenced and fenced. `cargo test --test ha -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "a measurement, not a check"]
-async fn fence_cost_on_small_flushes() {
-    let env = Env::new("ha_cost", support::uri(), "UTC", instant(NOON_NY)).await;
-    let db = &env.db;
-    connect::init(db, false, false).await.expect("indexes");
-    let fence = lease::try_acquire(db, "bench", Duration::from_secs(600))
-        .await
-        .unwrap()
-        .expect("lease");
-    const ROUNDS: usize = 200;
-    for fenced in [false, true, false, true] {
-        let f = fenced.then_some(&fence);
-        let started = Instant::now();
-        for i in 0..ROUNDS {
-            // New documents: inserts, as most of a live flush's writes are.
-            let writes = (0..5)
-                .map(|_| report_write(ObjectId::new(), "2026-01-05", i as i64))
-                .collect();
-            bulk::execute(db, writes, f).await.expect("execute");
-        }
-        let flush = started.elapsed() / ROUNDS as u32;
-        let started = Instant::now();
-        for _ in 0..ROUNDS {
-            state::save_checkpoint(db, &Checkpoint::default(), Utc::now(), f)
-                .await
-                .expect("checkpoint");
-        }
-        let save = started.elapsed() / ROUNDS as u32;
-        eprintln!("fenced={fenced}: flush of 5 reports {flush:?}, checkpoint save {save:?}");
-    }
 }

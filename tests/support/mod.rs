@@ -8,6 +8,9 @@
 //!   storage) that can be stopped, restarted on the same port, or hard-killed.
 //! * [`unique_db`] names a database no other test (or run) uses.
 //!
+//! Beside the server: [`process`] (tally as a child process, its clock and
+//! log) and [`writes`] (tally's own writes built by hand, for the fence).
+//!
 //! Every server runs under a small Python watchdog whose stdin is a pipe from
 //! this test process. When the write end closes — `Server` dropped, or the
 //! test process exits, panics, or is SIGKILLed (the kernel closes the fd) —
@@ -16,6 +19,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod writes;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
