@@ -14,7 +14,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime as BsonDateTime, Document};
@@ -25,8 +25,9 @@ use tally::core::calendar::{date_label, local_instant};
 use tally::core::money::Money;
 use tally::core::rng::Rng;
 
+use support::poll::{poll, wait_for};
 use support::process::{
-    env_on_own_server, instant, until_server_is_back, wait_for, Env, Running, TestClock, CATCH_UP,
+    env_on_own_server, instant, until_server_is_back, Env, Running, TestClock, CATCH_UP,
     SETTLE_SECONDS,
 };
 
@@ -1253,21 +1254,24 @@ async fn finalization_records(env: &Env) -> BTreeMap<String, (String, String)> {
 }
 
 async fn wait_finalized(runs: &mut [&mut Running], kind: &str, period: &str) {
-    let deadline = Instant::now() + CATCH_UP;
-    while runs.iter().all(|r| r.finalized(kind, period) == 0) {
+    poll(CATCH_UP, Duration::from_millis(200), async |late| {
+        if runs.iter().any(|r| r.finalized(kind, period) > 0) {
+            return Some(());
+        }
         for r in runs.iter_mut() {
             assert!(r.alive(), "{} exited:\n{}", r.label, r.tail(30));
         }
         assert!(
-            Instant::now() < deadline,
+            !late,
             "{kind} {period} never finalized:\n{}",
             runs.iter()
                 .map(|r| r.tail(20))
                 .collect::<Vec<_>>()
                 .join("\n---\n")
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        None
+    })
+    .await
 }
 
 fn flag(d: &Document, f: &str) -> bool {

@@ -9,7 +9,8 @@
 //! * [`unique_db`] names a database no other test (or run) uses.
 //!
 //! Beside the server: [`process`] (tally as a child process, its clock and
-//! log) and [`writes`] (tally's own writes built by hand, for the fence).
+//! log), [`poll`] (the one "until X, or fail after T" loop) and [`writes`]
+//! (tally's own writes built by hand, for the fence).
 //!
 //! Every server runs under a small Python watchdog whose stdin is a pipe from
 //! this test process. When the write end closes — `Server` dropped, or the
@@ -18,6 +19,7 @@
 //! That is how the shared server, a never-dropped static, dies with the binary.
 #![allow(dead_code)]
 
+pub mod poll;
 pub mod process;
 pub mod writes;
 
