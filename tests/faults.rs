@@ -42,7 +42,6 @@ const RECOVERED: &str = "Recovered from lost history";
 /// Mid-March: the in-memory window holds February and March; the daily
 /// steps (23:59, 00:00 UTC) are hours away from this clock.
 const NOON: &str = "2026-03-15T16:00:00Z";
-const KINDS: &str = "reports,snapshots,monthly";
 /// Days the first start builds (`--initial-days`), unless a test says.
 const WINDOW: u64 = 20;
 
@@ -143,13 +142,6 @@ impl Env {
             o.status,
             String::from_utf8_lossy(&o.stderr)
         );
-    }
-
-    /// Reconcile over the managed range (`days` before today to a month
-    /// ahead) exits 0, and again after the settle delay.
-    async fn converged(&self, days: u64, runs: &[&Running]) {
-        self.caught_up(self.day(-(days as i64)), self.day(30), KINDS, runs)
-            .await;
     }
 
     async fn transaction_count(&self) -> u64 {

@@ -9,8 +9,9 @@
 //! * [`unique_db`] names a database no other test (or run) uses.
 //!
 //! Beside the server: [`process`] (tally as a child process, its clock and
-//! log), [`poll`] (the one "until X, or fail after T" loop) and [`writes`]
-//! (tally's own writes built by hand, for the fence).
+//! log), [`workload`] (coin's API write pattern with a model of the
+//! balances), [`poll`] (the one "until X, or fail after T" loop) and
+//! [`writes`] (tally's own writes built by hand, for the fence).
 //!
 //! Every server runs under a small Python watchdog whose stdin is a pipe from
 //! this test process. When the write end closes — `Server` dropped, or the
@@ -21,6 +22,7 @@
 
 pub mod poll;
 pub mod process;
+pub mod workload;
 pub mod writes;
 
 use std::fs::{self, File, OpenOptions};

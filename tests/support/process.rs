@@ -122,16 +122,19 @@ impl Env {
         c.arg("--quiet").output().await.expect("tally runs")
     }
 
-    /// Runs `reconcile --json` over [from, to] until it exits 0, then once
-    /// more after the settle delay (a late wrong write would show there).
-    /// Panics with the last report and the logs of `runs` after [`CATCH_UP`].
-    pub async fn caught_up(
-        &self,
-        from: NaiveDate,
-        to: NaiveDate,
-        kinds: &str,
-        runs: &[&Running],
-    ) -> Value {
+    /// Reconcile over what `tally run --initial-days days` manages (`days`
+    /// before today to a month ahead): [`Env::caught_up`].
+    pub async fn converged(&self, days: u64, runs: &[&Running]) -> Value {
+        self.caught_up(self.day(-(days as i64)), self.day(30), runs)
+            .await
+    }
+
+    /// Runs `reconcile --json` over [from, to], every kind of document,
+    /// until it exits 0, then once more after the settle delay (a late
+    /// wrong write would show there). Panics with the last report and the
+    /// logs of `runs` after [`CATCH_UP`].
+    pub async fn caught_up(&self, from: NaiveDate, to: NaiveDate, runs: &[&Running]) -> Value {
+        let kinds = "reports,snapshots,monthly";
         let (from, to) = (from.to_string(), to.to_string());
         let deadline = Instant::now() + CATCH_UP;
         let mut clean_once = false;
