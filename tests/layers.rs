@@ -88,7 +88,11 @@ fn violations() -> Vec<String> {
 #[test]
 fn each_folder_uses_only_the_folders_before_it() {
     let bad = violations();
-    assert!(bad.is_empty(), "imports against the layer order:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "imports against the layer order:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]
