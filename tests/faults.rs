@@ -27,9 +27,10 @@ use futures::TryStreamExt;
 use tally::core::money::Money;
 use tally::core::rng::Rng;
 
+use support::poll::{poll, wait_for};
 use support::process::{
-    env_on_own_server, first_to_log, instant, until_server_is_back, wait_for, Env, Running,
-    CATCH_UP, SETTLE_SECONDS,
+    env_on_own_server, first_to_log, instant, until_server_is_back, Env, Running, CATCH_UP,
+    SETTLE_SECONDS,
 };
 
 const DIR: &str = "tally-faults";
@@ -41,7 +42,6 @@ const RECOVERED: &str = "Recovered from lost history";
 /// Mid-March: the in-memory window holds February and March; the daily
 /// steps (23:59, 00:00 UTC) are hours away from this clock.
 const NOON: &str = "2026-03-15T16:00:00Z";
-const KINDS: &str = "reports,snapshots,monthly";
 /// Days the first start builds (`--initial-days`), unless a test says.
 const WINDOW: u64 = 20;
 
@@ -142,13 +142,6 @@ impl Env {
             o.status,
             String::from_utf8_lossy(&o.stderr)
         );
-    }
-
-    /// Reconcile over the managed range (`days` before today to a month
-    /// ahead) exits 0, and again after the settle delay.
-    async fn converged(&self, days: u64, runs: &[&Running]) {
-        self.caught_up(self.day(-(days as i64)), self.day(30), KINDS, runs)
-            .await;
     }
 
     async fn transaction_count(&self) -> u64 {
@@ -516,16 +509,19 @@ async fn an_invalid_insert_on_a_quiet_stream_is_in_tally_rejects_within_2_s() {
     let bad = ObjectId::new();
     coll.insert_one(garbled(bad)).await.expect("insert");
     let inserted = Instant::now();
-    let deadline = inserted + CATCH_UP;
-    while env.rejects_of(bad).await.is_empty() {
+    poll(CATCH_UP, ms(20), async |late| {
+        if !env.rejects_of(bad).await.is_empty() {
+            return Some(());
+        }
         assert!(run.alive(), "{}", run.tail(30));
         assert!(
-            Instant::now() < deadline,
+            !late,
             "no reject record {CATCH_UP:?} after the insert:\n{}",
             run.tail(30)
         );
-        tokio::time::sleep(ms(20)).await;
-    }
+        None
+    })
+    .await;
     let took = inserted.elapsed();
     eprintln!("reject record {took:?} after the insert");
     run.kill9();
@@ -554,15 +550,18 @@ async fn an_invalid_insert_on_a_quiet_stream_is_in_tally_rejects_within_2_s() {
     run.kill9();
     let mut run = env.run("after-second-kill", TTL, &[]);
     run.wait_log(TAILING, CATCH_UP).await;
-    let deadline = Instant::now() + CATCH_UP;
-    while env.rejects_of(second).await.is_empty() {
+    poll(CATCH_UP, ms(100), async |late| {
+        if !env.rejects_of(second).await.is_empty() {
+            return Some(());
+        }
         assert!(
-            Instant::now() < deadline,
+            !late,
             "the second invalid insert was never recorded: the checkpoint skipped it\n{}",
             run.tail(30)
         );
-        tokio::time::sleep(ms(100)).await;
-    }
+        None
+    })
+    .await;
     assert_eq!(env.rejects_of(bad).await.len(), 1);
     env.converged(WINDOW, &[&run]).await;
     assert_eq!(run.terminate().await.code(), Some(0), "{}", run.tail(20));
@@ -599,8 +598,7 @@ async fn a_server_error_on_commit_is_retried_not_fatal() {
         .await
         .expect("configureFailPoint (server started with --enable-test-commands)");
     let armed = Instant::now();
-    let deadline = armed + CATCH_UP;
-    let failures = loop {
+    let failures = poll(CATCH_UP, ms(200), async |late| {
         assert!(
             run.alive(),
             "tally run exited on a commit error: {:?}\n{}",
@@ -609,17 +607,18 @@ async fn a_server_error_on_commit_is_retried_not_fatal() {
         );
         let text = metrics(port).unwrap_or_default();
         if let Some(n) = metric_sum(&text, "tally_write_failures_total").filter(|n| *n > 0.0) {
-            break n;
+            return Some(n);
         }
         assert!(
-            Instant::now() < deadline,
+            !late,
             "tally_write_failures_total not > 0 within {CATCH_UP:?} of arming the fail point \
              (present: {:?}):\n{}",
             metric_sum(&text, "tally_write_failures_total"),
             run.tail(30)
         );
-        tokio::time::sleep(ms(200)).await;
-    };
+        None
+    })
+    .await;
     eprintln!(
         "tally_write_failures_total = {failures} {:?} after arming",
         armed.elapsed()
@@ -645,28 +644,28 @@ async fn a_server_error_on_commit_is_retried_not_fatal() {
 /// Waits up to 60 s for `run` to log a history-lost recovery or exit.
 /// `true`: it recovered (and is running); `false`: it exited.
 async fn recovered_or_exited(run: &mut Running) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    poll(Duration::from_secs(60), ms(100), async |late| {
         let log = run.log();
         if let Some(line) = log
             .lines()
             .find(|l| l.contains(HISTORY_LOST) || l.contains(RECOVERED))
         {
             eprintln!("{} recovered: {}", run.label, &line[..line.len().min(160)]);
-            return true;
+            return Some(true);
         }
         if let Some(status) = run.wait_exit(ms(0)).await {
             eprintln!("{} exited {status}:\n{}", run.label, run.tail(15));
-            return false;
+            return Some(false);
         }
         assert!(
-            Instant::now() < deadline,
+            !late,
             "{} neither recovered from lost history nor exited within 60 s:\n{}",
             run.label,
             run.tail(30)
         );
-        tokio::time::sleep(ms(100)).await;
-    }
+        None
+    })
+    .await
 }
 
 /// Replaces the writer if the server restart killed it.
@@ -799,22 +798,25 @@ async fn history_lost_while_running_then_more_writes_to_the_same_users_converge(
     server.restart();
     until_server_is_back(&env).await;
     run.signal("CONT");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !run.log().contains(HISTORY_LOST) {
+    poll(Duration::from_secs(60), ms(100), async |late| {
+        if run.log().contains(HISTORY_LOST) {
+            return Some(());
+        }
         assert!(
             run.alive(),
             "tally run exited after the restart:\n{}",
             run.tail(30)
         );
         assert!(
-            Instant::now() < deadline,
+            !late,
             "no history loss within 60 s of the restart: tally kept up with the burst \
              (on SecantusDB its open cursor then skips the pruned entries silently), \
              so this run did not test what it means to:\n{}",
             run.tail(30)
         );
-        tokio::time::sleep(ms(100)).await;
-    }
+        None
+    })
+    .await;
     run.wait_log(RECOVERED, CATCH_UP).await;
     // Writes again once tally streams at the head (see `small_history`).
     env.checkpoint_after(&before_loss).await;
@@ -976,25 +978,22 @@ async fn crashes_and_failures_at_injected_points_under_load_converge() {
         let mut run = Running::spawn(command, DIR, &env.name, &label);
         // It leads within the TTL (plus the first poll) of the last
         // instance's death, unless it crashed on the way there.
-        let deadline = Instant::now() + Duration::from_secs(TTL + 10);
-        while run.alive() && !run.log().contains(ACQUIRED) {
-            assert!(
-                Instant::now() < deadline,
-                "{label} did not lead:\n{}",
-                run.tail(20)
-            );
-            tokio::time::sleep(ms(50)).await;
-        }
+        poll(Duration::from_secs(TTL + 10), ms(50), async |late| {
+            if !run.alive() || run.log().contains(ACQUIRED) {
+                return Some(());
+            }
+            assert!(!late, "{label} did not lead:\n{}", run.tail(20));
+            None
+        })
+        .await;
         let id = ObjectId::new();
         let mut bad = expense(user, Some(pocket), 1 + rng.below(9_000), env.clock.now());
         bad.insert("_id", id);
         bad.insert("amount", "twelve");
         coll.insert_one(bad).await.expect("an invalid insert");
         invalid.push(id);
-        let until = Instant::now() + ms(2_000 + rng.below(4_000));
-        while run.alive() && Instant::now() < until {
-            tokio::time::sleep(ms(50)).await;
-        }
+        // A while under the writer, unless it crashes first.
+        run.wait_exit(ms(2_000 + rng.below(4_000))).await;
         let log = run.log();
         failures += log.matches("injected failure at").count();
         if run.alive() {

@@ -342,29 +342,31 @@ fn show(b: &Option<Bson>) -> String {
     }
 }
 
+/// `docs` by key; a key met twice is a failure, worded by `twice`.
+fn by_key<'a>(
+    kind: Kind,
+    docs: &'a [Document],
+    failures: &mut Vec<String>,
+    twice: impl Fn(&str, (String, NaiveDate)) -> String,
+) -> BTreeMap<(String, NaiveDate), &'a Document> {
+    let mut out = BTreeMap::new();
+    for d in docs {
+        if out.insert(key(kind, d), d).is_some() {
+            failures.push(twice(kind.collection(), key(kind, d)));
+        }
+    }
+    out
+}
+
 /// Compares the stored documents of `kind` with the fixtures; appends one
 /// readable line per problem to `failures`.
 fn compare(kind: Kind, expected: &[Document], stored: &[Document], failures: &mut Vec<String>) {
-    let mut exp: BTreeMap<(String, NaiveDate), &Document> = BTreeMap::new();
-    for d in expected {
-        if exp.insert(key(kind, d), d).is_some() {
-            failures.push(format!(
-                "{}: fixture lists {:?} twice",
-                kind.collection(),
-                key(kind, d)
-            ));
-        }
-    }
-    let mut got: BTreeMap<(String, NaiveDate), &Document> = BTreeMap::new();
-    for d in stored {
-        if got.insert(key(kind, d), d).is_some() {
-            failures.push(format!(
-                "{}: stored twice: {:?}",
-                kind.collection(),
-                key(kind, d)
-            ));
-        }
-    }
+    let exp = by_key(kind, expected, failures, |c, k| {
+        format!("{c}: fixture lists {k:?} twice")
+    });
+    let got = by_key(kind, stored, failures, |c, k| {
+        format!("{c}: stored twice: {k:?}")
+    });
     let keys: BTreeSet<_> = exp.keys().chain(got.keys()).cloned().collect();
     for k in keys {
         let name = format!(

@@ -1,33 +1,32 @@
 //! High availability of `tally run`: several instances against one
 //! database, one active through the lease in `tally_lease`, its writes
-//! fenced by the lease's token (see `src/lease.rs`).
+//! fenced by the lease's token (see `src/mongo/lease.rs`).
 //!
 //! The real binary as child processes against a real SecantusDB, fed by the
-//! coin API's write pattern (a trimmed copy of `tests/run.rs`'s workload);
-//! the correctness check is the oracle: `tally reconcile` exits 0, twice,
-//! once the workload stops.
+//! coin API's write pattern (`tests/support/workload.rs`, its trimmed
+//! profile); the correctness check is the oracle (contract §7.1): `tally
+//! reconcile` exits 0, twice, once the workload stops. The fence's cost on
+//! the live path is measured by `benches/fence.rs`.
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
-use bson::{doc, Bson, DateTime as BsonDateTime, Document};
-use chrono::{DateTime, NaiveDate, Utc};
-use mongodb::Database;
+use bson::{doc, Document};
+use chrono::{NaiveDate, Utc};
 use serde_json::Value;
-use tally::core::money::Money;
 use tally::core::reports::Kind;
 use tally::core::rng::Rng;
 use tally::mongo::bulk;
 use tally::mongo::connect;
 use tally::mongo::lease::{self, Fence};
 use tally::mongo::state::{self, Checkpoint, Claim};
-use tally::plan::write;
-use tally::plan::write::Write;
 
-use support::process::{first_to_log, instant, Env, Running, TestClock, CATCH_UP, SETTLE_SECONDS};
+use support::process::{first_to_log, instant, Env, Running, CATCH_UP, SETTLE_SECONDS};
+use support::workload::{Coin, Profile};
+use support::writes::report_write;
 
 const TAILING: &str = "Tailing transactions and pockets.";
 const ACQUIRED: &str = "Acquired leadership.";
@@ -60,18 +59,6 @@ impl Env {
         Running::spawn(self.command(&args), "tally-ha", &self.name, label)
     }
 
-    /// `reconcile` over the managed window exits 0, and again after the
-    /// settle delay.
-    async fn caught_up_window(&self, runs: &[&Running]) {
-        self.caught_up(
-            self.day(-20),
-            self.day(30),
-            "reports,snapshots,monthly",
-            runs,
-        )
-        .await;
-    }
-
     async fn lease_doc(&self) -> Document {
         self.db
             .collection::<Document>(lease::LEASE)
@@ -94,289 +81,8 @@ impl Env {
 }
 
 // ---------------------------------------------------------------------------
-// The workload: coin's API write pattern (trimmed from tests/run.rs)
-// ---------------------------------------------------------------------------
-
-#[derive(Clone, Debug)]
-struct Tx {
-    id: ObjectId,
-    user: ObjectId,
-    kind: &'static str,
-    amount: Money,
-    from: Option<ObjectId>,
-    to: Option<ObjectId>,
-    category: Option<ObjectId>,
-    date: DateTime<Utc>,
-    deleted: bool,
-}
-
-fn money(s: &str) -> Money {
-    s.parse().expect("money")
-}
-
-fn bdt(t: DateTime<Utc>) -> BsonDateTime {
-    BsonDateTime::from_millis(t.timestamp_millis())
-}
-
-fn opt(o: Option<ObjectId>) -> Bson {
-    o.map_or(Bson::Null, Bson::ObjectId)
-}
-
-impl Tx {
-    fn fields(&self, now: DateTime<Utc>) -> Document {
-        doc! {
-            "user_id": self.user,
-            "type": self.kind,
-            "amount": self.amount.to_bson(),
-            "pocket_from_id": opt(self.from),
-            "pocket_to_id": opt(self.to),
-            "category_id": opt(self.category),
-            "note": format!("{} {}", self.kind, self.amount),
-            "date": bdt(self.date),
-            "deleted_at": if self.deleted { Bson::DateTime(bdt(now)) } else { Bson::Null },
-            "updated_at": bdt(now),
-        }
-    }
-
-    fn effects(&self, owner: &HashMap<ObjectId, ObjectId>) -> Vec<(ObjectId, Money)> {
-        if self.deleted {
-            return Vec::new();
-        }
-        let (out, inn) = match self.kind {
-            "income" => (false, true),
-            "expense" | "dp" | "withdraw" => (true, false),
-            "transfer" => (true, true),
-            _ => (false, false),
-        };
-        let mine = |p: &Option<ObjectId>| p.filter(|p| owner.get(p) == Some(&self.user));
-        let mut e = Vec::new();
-        if out {
-            e.extend(mine(&self.from).map(|p| (p, Money::ZERO - self.amount)));
-        }
-        if inn {
-            e.extend(mine(&self.to).map(|p| (p, self.amount)));
-        }
-        e
-    }
-}
-
-struct Coin {
-    db: Database,
-    clock: TestClock,
-    balances: BTreeMap<ObjectId, Money>,
-    owner: HashMap<ObjectId, ObjectId>,
-    pockets: BTreeMap<ObjectId, Vec<ObjectId>>,
-    txs: BTreeMap<ObjectId, Tx>,
-    categories: Vec<ObjectId>,
-}
-
-impl Coin {
-    async fn new(env: &Env) -> Coin {
-        let categories: Vec<ObjectId> = (0..3).map(|_| ObjectId::new()).collect();
-        let docs: Vec<Document> = categories
-            .iter()
-            .zip(["Groceries", "Salary", "Rent"])
-            .map(|(id, name)| doc! { "_id": *id, "name": name })
-            .collect();
-        env.db
-            .collection::<Document>("user_categories")
-            .insert_many(docs)
-            .await
-            .expect("categories");
-        Coin {
-            db: env.db.clone(),
-            clock: env.clock,
-            balances: BTreeMap::new(),
-            owner: HashMap::new(),
-            pockets: BTreeMap::new(),
-            txs: BTreeMap::new(),
-            categories,
-        }
-    }
-
-    fn users(&self) -> Vec<ObjectId> {
-        self.pockets.keys().copied().collect()
-    }
-
-    async fn pocket(&mut self, user: ObjectId, kind: &str, balance: &str) -> ObjectId {
-        let id = ObjectId::new();
-        let b = money(balance);
-        self.db
-            .collection::<Document>("pockets")
-            .insert_one(doc! {
-                "_id": id, "user_id": user, "name": format!("{kind} {}", &id.to_hex()[18..]),
-                "type": kind, "balance": b.to_bson(), "is_active": true,
-                "created_at": Bson::Null, "deleted_at": Bson::Null,
-            })
-            .await
-            .expect("pocket");
-        self.balances.insert(id, b);
-        self.owner.insert(id, user);
-        self.pockets.entry(user).or_default().push(id);
-        id
-    }
-
-    /// The transaction (insert, or `$set` of its fields), then each
-    /// affected pocket's balance.
-    async fn save(&mut self, tx: Tx) {
-        let now = self.clock.now();
-        let coll = self.db.collection::<Document>("transactions");
-        let old = self.txs.get(&tx.id).cloned();
-        if old.is_none() {
-            let mut d = doc! { "_id": tx.id, "created_at": bdt(now) };
-            d.extend(tx.fields(now));
-            coll.insert_one(d).await.expect("insert transaction");
-        } else {
-            coll.update_one(doc! { "_id": tx.id }, doc! { "$set": tx.fields(now) })
-                .await
-                .expect("update transaction");
-        }
-        let mut delta: BTreeMap<ObjectId, Money> = BTreeMap::new();
-        for (p, m) in tx.effects(&self.owner) {
-            *delta.entry(p).or_insert(Money::ZERO) += m;
-        }
-        if let Some(old) = &old {
-            for (p, m) in old.effects(&self.owner) {
-                *delta.entry(p).or_insert(Money::ZERO) -= m;
-            }
-        }
-        self.txs.insert(tx.id, tx);
-        self.apply(delta).await;
-    }
-
-    async fn apply(&mut self, delta: BTreeMap<ObjectId, Money>) {
-        let pockets = self.db.collection::<Document>("pockets");
-        for (p, m) in delta {
-            if m.is_zero() {
-                continue;
-            }
-            let b = self.balances.get_mut(&p).expect("known pocket");
-            *b += m;
-            pockets
-                .update_one(
-                    doc! { "_id": p },
-                    doc! { "$set": { "balance": b.to_bson(), "updated_at": bdt(self.clock.now()) } },
-                )
-                .await
-                .expect("balance");
-        }
-    }
-
-    async fn hard_delete(&mut self, id: ObjectId) {
-        let old = self.txs.remove(&id).expect("known transaction");
-        self.db
-            .collection::<Document>("transactions")
-            .delete_one(doc! { "_id": id })
-            .await
-            .expect("delete");
-        let delta = old
-            .effects(&self.owner)
-            .into_iter()
-            .map(|(p, m)| (p, Money::ZERO - m))
-            .collect();
-        self.apply(delta).await;
-    }
-
-    async fn population(&mut self, env: &Env, users: usize, per_user: usize, seed: u64) {
-        let mut rng = Rng::new(seed);
-        for _ in 0..users {
-            let user = ObjectId::new();
-            self.pocket(user, "main", "250").await;
-            self.pocket(user, "saving", "0").await;
-        }
-        for user in self.users() {
-            for _ in 0..per_user {
-                let day = env.day(-1 - rng.below(15) as i64);
-                let tx = self.random_tx(env, &mut rng, user, day);
-                self.save(tx).await;
-            }
-        }
-    }
-
-    fn random_tx(&self, env: &Env, rng: &mut Rng, user: ObjectId, day: NaiveDate) -> Tx {
-        let pockets = &self.pockets[&user];
-        let pick = |rng: &mut Rng| pockets[rng.below(pockets.len() as u64) as usize];
-        let kind =
-            ["income", "expense", "expense", "transfer", "dp", "withdraw"][rng.below(6) as usize];
-        let cents = 1 + rng.below(40_000);
-        let mut tx = Tx {
-            id: ObjectId::new(),
-            user,
-            kind,
-            amount: money(&format!("{}.{:02}", cents / 100, cents % 100)),
-            from: None,
-            to: None,
-            category: None,
-            date: env.at(day, rng.below(24) as u32, rng.below(60) as u32),
-            deleted: false,
-        };
-        match kind {
-            "income" => tx.to = Some(pick(rng)),
-            "transfer" => {
-                tx.from = Some(pick(rng));
-                tx.to = Some(pick(rng));
-            }
-            _ => tx.from = Some(pick(rng)),
-        }
-        if rng.chance(70) {
-            tx.category = Some(self.categories[rng.below(3) as usize]);
-        }
-        tx
-    }
-
-    /// `n` API operations: inserts (mostly today, some back-dated), edits
-    /// of amount and date, soft and hard deletes.
-    async fn random_ops(&mut self, env: &Env, rng: &mut Rng, n: usize) {
-        let users = self.users();
-        for _ in 0..n {
-            let roll = rng.below(100);
-            let existing: Vec<ObjectId> = self.txs.keys().copied().collect();
-            let any = |rng: &mut Rng| existing[rng.below(existing.len() as u64) as usize];
-            match roll {
-                _ if roll < 50 || existing.is_empty() => {
-                    let user = users[rng.below(users.len() as u64) as usize];
-                    let offset = 2 - rng.below(15) as i64;
-                    let tx = self.random_tx(env, rng, user, env.day(offset));
-                    self.save(tx).await;
-                }
-                50..=69 => {
-                    let mut tx = self.txs[&any(rng)].clone();
-                    let cents = 1 + rng.below(90_000);
-                    tx.amount = money(&format!("{}.{:02}", cents / 100, cents % 100));
-                    self.save(tx).await;
-                }
-                70..=79 => {
-                    let mut tx = self.txs[&any(rng)].clone();
-                    tx.date = env.at(env.day(1 - rng.below(12) as i64), rng.below(24) as u32, 30);
-                    self.save(tx).await;
-                }
-                80..=91 => {
-                    let mut tx = self.txs[&any(rng)].clone();
-                    tx.deleted = !tx.deleted;
-                    self.save(tx).await;
-                }
-                _ => self.hard_delete(any(rng)).await,
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
 // The store-level fence
 // ---------------------------------------------------------------------------
-
-fn report_write(user: ObjectId, day: &str, total: i64) -> Write {
-    let day: NaiveDate = day.parse().expect("date");
-    let filter = write::key_filter(Kind::Report, user, day);
-    let mut set = filter.clone();
-    set.insert("total_income", total);
-    Write::Upsert {
-        kind: Kind::Report,
-        filter,
-        set,
-        if_revision: None,
-    }
-}
 
 /// What a new leader does to the lease: another owner, the next token.
 async fn steal(env: &Env, thief: &str, ttl_ms: i64) -> Fence {
@@ -535,8 +241,8 @@ async fn a_write_behind_a_stale_fence_fails_with_lost_lease_and_writes_nothing()
 async fn kill_9_of_the_leader_hands_over_within_the_ttl() {
     const TTL: u64 = 3;
     let env = Env::new("ha_kill", support::uri(), "Europe/Paris", instant(NOON_NY)).await;
-    let mut coin = Coin::new(&env).await;
-    coin.population(&env, 5, 8, 21).await;
+    let mut coin = Coin::new(&env, Profile::TRIMMED).await;
+    coin.population(&env, 5, 8, 15, 21).await;
     let mut rng = Rng::new(5);
     let mut one = env.start("one", TTL);
     let mut two = env.start("two", TTL);
@@ -580,7 +286,7 @@ async fn kill_9_of_the_leader_hands_over_within_the_ttl() {
     assert_eq!(lease.get_i64("token"), Ok(token + 1), "{lease}");
 
     coin.random_ops(&env, &mut rng, 15).await;
-    env.caught_up_window(&[&standby]).await;
+    env.converged(20, &[&standby]).await;
     assert_eq!(standby.count(LOST), 0, "{}", standby.tail(20));
     assert_eq!(standby.terminate().await.code(), Some(0));
 }
@@ -592,14 +298,14 @@ async fn kill_9_of_the_leader_hands_over_within_the_ttl() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deposed_leader_writes_nothing_and_stands_by() {
     let env = Env::new("ha_steal", support::uri(), "UTC", instant(NOON_NY)).await;
-    let mut coin = Coin::new(&env).await;
-    coin.population(&env, 4, 6, 31).await;
+    let mut coin = Coin::new(&env, Profile::TRIMMED).await;
+    coin.population(&env, 4, 6, 15, 31).await;
     let mut rng = Rng::new(8);
     // A long TTL: no renewal during the test, so only the fence can stop it.
     let mut run = env.start("a", 600);
     run.wait_log(TAILING, CATCH_UP).await;
     coin.random_ops(&env, &mut rng, 20).await;
-    env.caught_up_window(&[&run]).await;
+    env.converged(20, &[&run]).await;
 
     let thief = steal(&env, "thief", 600_000).await;
     let before = env.outputs().await;
@@ -633,7 +339,7 @@ async fn a_deposed_leader_writes_nothing_and_stands_by() {
         "woken by the release, not the 200 s poll"
     );
     run.wait_count(TAILING, 2, CATCH_UP).await;
-    env.caught_up_window(&[&run]).await;
+    env.converged(20, &[&run]).await;
     assert_eq!(run.terminate().await.code(), Some(0));
 }
 
@@ -649,8 +355,8 @@ async fn sigterm_of_the_leader_hands_over_at_once() {
         instant(NOON_NY),
     )
     .await;
-    let mut coin = Coin::new(&env).await;
-    coin.population(&env, 4, 6, 41).await;
+    let mut coin = Coin::new(&env, Profile::TRIMMED).await;
+    coin.population(&env, 4, 6, 15, 41).await;
     let mut rng = Rng::new(9);
     let mut leader = env.start("leader", TTL);
     leader.wait_log(TAILING, CATCH_UP).await;
@@ -693,42 +399,6 @@ async fn sigterm_of_the_leader_hands_over_at_once() {
     );
     standby.wait_log(TAILING, CATCH_UP).await;
     coin.random_ops(&env, &mut rng, 20).await;
-    env.caught_up_window(&[&standby]).await;
+    env.converged(20, &[&standby]).await;
     assert_eq!(standby.terminate().await.code(), Some(0));
-}
-
-/// The fence's cost on the live path, measured against the same server in
-/// one run: small flushes (5 new reports each) and checkpoint saves,
-/// unfenced and fenced. `cargo test --test ha -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "a measurement, not a check"]
-async fn fence_cost_on_small_flushes() {
-    let env = Env::new("ha_cost", support::uri(), "UTC", instant(NOON_NY)).await;
-    let db = &env.db;
-    connect::init(db, false, false).await.expect("indexes");
-    let fence = lease::try_acquire(db, "bench", Duration::from_secs(600))
-        .await
-        .unwrap()
-        .expect("lease");
-    const ROUNDS: usize = 200;
-    for fenced in [false, true, false, true] {
-        let f = fenced.then_some(&fence);
-        let started = Instant::now();
-        for i in 0..ROUNDS {
-            // New documents: inserts, as most of a live flush's writes are.
-            let writes = (0..5)
-                .map(|_| report_write(ObjectId::new(), "2026-01-05", i as i64))
-                .collect();
-            bulk::execute(db, writes, f).await.expect("execute");
-        }
-        let flush = started.elapsed() / ROUNDS as u32;
-        let started = Instant::now();
-        for _ in 0..ROUNDS {
-            state::save_checkpoint(db, &Checkpoint::default(), Utc::now(), f)
-                .await
-                .expect("checkpoint");
-        }
-        let save = started.elapsed() / ROUNDS as u32;
-        eprintln!("fenced={fenced}: flush of 5 reports {flush:?}, checkpoint save {save:?}");
-    }
 }

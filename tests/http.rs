@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime as BsonDateTime, Document};
@@ -22,6 +22,8 @@ use mongodb::{Client, Database};
 use serde_json::Value;
 use tally::core::money::Money;
 use tally::ops::exposition;
+
+use support::poll::poll;
 
 const STARTUP: Duration = Duration::from_secs(90);
 
@@ -208,13 +210,17 @@ impl Tally {
     }
 
     /// Polls `path` until `ok(status, body)`; panics with the log after `within`.
-    fn wait(&mut self, path: &str, within: Duration, ok: impl Fn(u16, &str) -> bool) -> String {
-        let deadline = Instant::now() + within;
+    async fn wait(
+        &mut self,
+        path: &str,
+        within: Duration,
+        ok: impl Fn(u16, &str) -> bool,
+    ) -> String {
         let mut last = None;
-        loop {
+        poll(within, Duration::from_millis(200), async |late| {
             if let Some((code, body)) = get(self.port, path) {
                 if ok(code, &body) {
-                    return body;
+                    return Some(body);
                 }
                 last = Some((code, body));
             }
@@ -224,32 +230,37 @@ impl Tally {
                 self.log()
             );
             assert!(
-                Instant::now() < deadline,
+                !late,
                 "{path} never satisfied the check within {within:?}; last answer {last:?}; log:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            None
+        })
+        .await
     }
 
-    fn wait_ready(&mut self) {
-        self.wait("/readyz", STARTUP, |code, _| code == 200);
+    async fn wait_ready(&mut self) {
+        self.wait("/readyz", STARTUP, |code, _| code == 200).await;
     }
 
     /// SIGTERM and wait for exit 0.
-    fn terminate(&mut self) {
+    async fn terminate(&mut self) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status();
         assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
+        poll(
+            Duration::from_secs(15),
+            Duration::from_millis(50),
+            async |late| {
+                let Some(status) = self.child.try_wait().expect("try_wait") else {
+                    assert!(!late, "still running after SIGTERM");
+                    return None;
+                };
                 assert_eq!(status.code(), Some(0), "log:\n{}", self.log());
-                return;
-            }
-            assert!(Instant::now() < deadline, "still running after SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                Some(())
+            },
+        )
+        .await
     }
 }
 
@@ -314,8 +325,8 @@ async fn incomes_on(db: &Database, user: ObjectId, pocket: ObjectId, n: usize, d
 /// Waits until `tally_restatements_total` is at least `min` and equals the
 /// sum of the `restatements` fields of every output document.
 async fn restatements_agree(tally: &Tally, db: &Database, min: f64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let within = Duration::from_secs(60);
+    poll(within, Duration::from_millis(300), async |late| {
         let metric = value(
             &checked_metrics(tally.port),
             "tally_restatements_total",
@@ -338,15 +349,16 @@ async fn restatements_agree(tally: &Tally, db: &Database, min: f64) {
             }
         }
         if metric >= min && metric == stored as f64 {
-            return;
+            return Some(());
         }
         assert!(
-            Instant::now() < deadline,
+            !late,
             "tally_restatements_total {metric}, stored restatements {stored}; log:\n{}",
             tally.log()
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+        None
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -358,9 +370,9 @@ async fn health_ready_and_metrics_follow_the_stream() {
     let (_, other_pocket) = user_with_pocket(&db).await;
     let mut tally = Tally::start(&uri, &name, &[]);
 
-    let body = tally.wait("/healthz", STARTUP, |code, _| code == 200);
+    let body = tally.wait("/healthz", STARTUP, |code, _| code == 200).await;
     assert!(body.starts_with("ok"), "{body}");
-    tally.wait_ready();
+    tally.wait_ready().await;
     let before = checked_metrics(tally.port);
     assert_eq!(value(&before, "tally_leader", &[]), 1.0);
     assert_eq!(value(&before, "tally_stream_lag_seconds", &[]), 0.0);
@@ -372,8 +384,8 @@ async fn health_ready_and_metrics_follow_the_stream() {
         .await
         .expect("an invalid transaction");
     let inserts = [("collection", "transactions"), ("operation", "insert")];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let after = loop {
+    let within = Duration::from_secs(60);
+    let after = poll(within, Duration::from_millis(300), async |late| {
         let m = checked_metrics(tally.port);
         let events = value(&m, "tally_change_events_total", &inserts);
         // Reports: the flush of these events (start-up steps may write
@@ -381,15 +393,16 @@ async fn health_ready_and_metrics_follow_the_stream() {
         let reports = [("collection", "daily_financial_reports")];
         let written = value(&m, "tally_documents_written_total", &reports);
         if events >= (N + 1) as f64 && written > 0.0 {
-            break m;
+            return Some(m);
         }
         assert!(
-            Instant::now() < deadline,
+            !late,
             "events {events}, documents written {written}; log:\n{}",
             tally.log()
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+        None
+    })
+    .await;
     assert!(
         value(
             &after,
@@ -406,9 +419,11 @@ async fn health_ready_and_metrics_follow_the_stream() {
         1.0
     );
     assert!(value(&after, "tally_flush_duration_seconds_count", &[]) >= 1.0);
-    tally.wait("/metrics", Duration::from_secs(60), |_, body| {
-        body.contains("\ntally_checkpoint_age_seconds ")
-    });
+    tally
+        .wait("/metrics", Duration::from_secs(60), |_, body| {
+            body.contains("\ntally_checkpoint_age_seconds ")
+        })
+        .await;
     let age = value(
         &checked_metrics(tally.port),
         "tally_checkpoint_age_seconds",
@@ -416,8 +431,9 @@ async fn health_ready_and_metrics_follow_the_stream() {
     );
     assert!((0.0..60.0).contains(&age), "checkpoint age {age}");
 
-    let status: Value = serde_json::from_str(&tally.wait("/status.json", STARTUP, |c, _| c == 200))
-        .expect("status JSON");
+    let status: Value =
+        serde_json::from_str(&tally.wait("/status.json", STARTUP, |c, _| c == 200).await)
+            .expect("status JSON");
     assert_eq!(status["role"], "leader");
     assert!(status["events_total"].as_u64() >= Some(N as u64 + 1));
     assert_eq!(status["recent_rejects"][0]["reason"], "missing_amount");
@@ -457,10 +473,12 @@ async fn health_ready_and_metrics_follow_the_stream() {
         )
         .await
         .expect("a balance change");
-    tally.wait("/metrics", Duration::from_secs(60), |_, body| {
-        body.lines()
-            .any(|l| l.starts_with("tally_drift_total ") && l != "tally_drift_total 0")
-    });
+    tally
+        .wait("/metrics", Duration::from_secs(60), |_, body| {
+            body.lines()
+                .any(|l| l.starts_with("tally_drift_total ") && l != "tally_drift_total 0")
+        })
+        .await;
 
     restatements_agree(&tally, &db, 2.0).await;
 
@@ -468,7 +486,7 @@ async fn health_ready_and_metrics_follow_the_stream() {
     assert_eq!(code, 200);
     assert!(page.contains("<svg id=\"rate-chart\""), "{page}");
     assert_eq!(get(tally.port, "/nope").map(|(c, _)| c), Some(404));
-    tally.terminate();
+    tally.terminate().await;
     let log = tally.log();
     assert!(
         !log.contains('\x1b'),
@@ -487,7 +505,7 @@ async fn one_ctrl_c_to_run_and_a_trickle_logs_shutdown_requested_once() {
     let db = database(&uri, &name).await;
     user_with_pocket(&db).await;
     let mut tally = Tally::start(&uri, &name, &[]);
-    tally.wait_ready();
+    tally.wait_ready().await;
     let trickle_log = tally.log.with_extension("trickle.log");
     let mut trickle = Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(["seed", "--users", "0", "--trickle", "20"])
@@ -501,29 +519,33 @@ async fn one_ctrl_c_to_run_and_a_trickle_logs_shutdown_requested_once() {
         .spawn()
         .expect("tally seed starts");
     // The seeder handles SIGINT once it writes: run has read its events.
-    tally.wait("/metrics", Duration::from_secs(60), |_, body| {
-        body.lines().any(|l| {
-            l.starts_with(
-                "tally_change_events_total{collection=\"transactions\",operation=\"insert\"} ",
-            ) && !l.ends_with(" 0")
+    tally
+        .wait("/metrics", Duration::from_secs(60), |_, body| {
+            body.lines().any(|l| {
+                l.starts_with(
+                    "tally_change_events_total{collection=\"transactions\",operation=\"insert\"} ",
+                ) && !l.ends_with(" 0")
+            })
         })
-    });
+        .await;
     for pid in [trickle.id(), tally.child.id()] {
         let sent = Command::new("kill")
             .args(["-INT", &pid.to_string()])
             .status();
         assert!(sent.is_ok_and(|s| s.success()), "kill -INT {pid}");
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let (run_status, trickle_status) = loop {
-        let run = tally.child.try_wait().expect("try_wait");
-        let seed = trickle.try_wait().expect("try_wait");
-        if let (Some(run), Some(seed)) = (run, seed) {
-            break (run, seed);
-        }
-        assert!(Instant::now() < deadline, "still running after SIGINT");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (run_status, trickle_status) = poll(
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        async |late| {
+            let run = tally.child.try_wait().expect("try_wait");
+            let seed = trickle.try_wait().expect("try_wait");
+            let both = run.zip(seed);
+            assert!(both.is_some() || !late, "still running after SIGINT");
+            both
+        },
+    )
+    .await;
     let (log, seed_log) = (
         tally.log(),
         std::fs::read_to_string(&trickle_log).unwrap_or_default(),
@@ -544,10 +566,12 @@ async fn readyz_says_not_connected_while_the_server_is_stopped() {
     let uri = format!("{}&serverSelectionTimeoutMS=1500", server.uri());
     let name = support::unique_db("http_ready");
     let mut tally = Tally::start(&uri, &name, &[]);
-    tally.wait_ready();
+    tally.wait_ready().await;
 
     server.stop();
-    let body = tally.wait("/readyz", Duration::from_secs(60), |code, _| code == 503);
+    let body = tally
+        .wait("/readyz", Duration::from_secs(60), |code, _| code == 503)
+        .await;
     assert!(body.contains("not connected"), "{body}");
     let (code, _) = get(tally.port, "/healthz").expect("/healthz answers");
     assert_eq!(code, 200, "alive while the server is away");
@@ -555,15 +579,19 @@ async fn readyz_says_not_connected_while_the_server_is_stopped() {
     assert_eq!(value(&metrics, "tally_connected", &[]), 0.0);
 
     server.restart();
-    tally.wait("/readyz", Duration::from_secs(90), |code, _| code == 200);
+    tally
+        .wait("/readyz", Duration::from_secs(90), |code, _| code == 200)
+        .await;
     // Ready can come first: a stopped leader is ready as a standby once the
     // server answers, and counts the recovery when it leads again (or when
     // its change stream reopens, if that is what failed).
-    tally.wait("/metrics", Duration::from_secs(60), |_, body| {
-        body.lines().any(|l| {
-            l.starts_with("tally_recoveries_total{cause=\"reconnect\"} ") && !l.ends_with(" 0")
+    tally
+        .wait("/metrics", Duration::from_secs(60), |_, body| {
+            body.lines().any(|l| {
+                l.starts_with("tally_recoveries_total{cause=\"reconnect\"} ") && !l.ends_with(" 0")
+            })
         })
-    });
+        .await;
     let metrics = checked_metrics(tally.port);
     assert!(
         value(
@@ -580,7 +608,7 @@ async fn readyz_says_not_connected_while_the_server_is_stopped() {
     let status: Value =
         serde_json::from_str(&get(tally.port, "/status.json").expect("status").1).expect("JSON");
     assert_eq!(status["recent_recoveries"][0]["cause"], "reconnect");
-    tally.terminate();
+    tally.terminate().await;
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -592,14 +620,16 @@ async fn json_logs_are_one_object_per_line_and_not_one_per_event() {
     let db = database(&uri, &name).await;
     let (user, pocket) = user_with_pocket(&db).await;
     let mut tally = Tally::start(&uri, &name, &["--log-format", "json"]);
-    tally.wait_ready();
+    tally.wait_ready().await;
     incomes(&db, user, pocket, 40).await;
-    tally.wait("/metrics", Duration::from_secs(60), |_, body| {
-        body.contains(
-            "tally_change_events_total{collection=\"transactions\",operation=\"insert\"} 40",
-        )
-    });
-    tally.terminate();
+    tally
+        .wait("/metrics", Duration::from_secs(60), |_, body| {
+            body.contains(
+                "tally_change_events_total{collection=\"transactions\",operation=\"insert\"} 40",
+            )
+        })
+        .await;
+    tally.terminate().await;
     let log = tally.log();
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     let mut messages = Vec::new();
@@ -672,7 +702,7 @@ fn chromium() -> Option<PathBuf> {
 }
 
 /// Runs headless chromium on `url` with `args`; its stdout.
-fn headless(chromium: &Path, profile: &Path, url: &str, args: &[&str]) -> String {
+async fn headless(chromium: &Path, profile: &Path, url: &str, args: &[&str]) -> String {
     let mut child = Command::new(chromium)
         .args([
             "--headless=new",
@@ -697,19 +727,20 @@ fn headless(chromium: &Path, profile: &Path, url: &str, args: &[&str]) -> String
         let _ = stdout.read_to_string(&mut out);
         out
     });
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
+    let within = Duration::from_secs(90);
+    poll(within, Duration::from_millis(100), async |late| {
         if let Some(status) = child.try_wait().expect("try_wait") {
             assert!(status.success(), "chromium {args:?} failed: {status}");
-            break;
+            return Some(());
         }
-        if Instant::now() > deadline {
+        if late {
             let _ = child.kill();
             let _ = child.wait();
             panic!("chromium {args:?} did not finish within 90 s");
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        None
+    })
+    .await;
     reader.join().expect("reader")
 }
 
@@ -732,7 +763,7 @@ async fn the_status_page_renders_in_a_headless_browser() {
     let db = database(&uri, &name).await;
     let (user, pocket) = user_with_pocket(&db).await;
     let mut tally = Tally::start(&uri, &name, &[]);
-    tally.wait_ready();
+    tally.wait_ready().await;
     // Events spread over a few samples, so the chart has a shape.
     for n in [5, 20, 10] {
         incomes(&db, user, pocket, n).await;
@@ -742,19 +773,21 @@ async fn the_status_page_renders_in_a_headless_browser() {
         .insert_one(doc! { "user_id": user, "type": "income", "date": BsonDateTime::now() })
         .await
         .expect("an invalid transaction");
-    tally.wait("/status.json", Duration::from_secs(60), |_, body| {
-        serde_json::from_str::<Value>(body).is_ok_and(|s| {
-            s["events_total"].as_u64() >= Some(36)
-                && s["events_per_second"]
-                    .as_array()
-                    .is_some_and(|a| a.len() >= 2)
-                && s["ready"] == true
+    tally
+        .wait("/status.json", Duration::from_secs(60), |_, body| {
+            serde_json::from_str::<Value>(body).is_ok_and(|s| {
+                s["events_total"].as_u64() >= Some(36)
+                    && s["events_per_second"]
+                        .as_array()
+                        .is_some_and(|a| a.len() >= 2)
+                    && s["ready"] == true
+            })
         })
-    });
+        .await;
 
     let profile = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(support::unique_db("chromium"));
     let url = format!("http://127.0.0.1:{}/", tally.port);
-    let dom = headless(&chromium, &profile, &url, &["--dump-dom"]);
+    let dom = headless(&chromium, &profile, &url, &["--dump-dom"]).await;
     assert!(
         dom.contains("data-loaded=\"yes\""),
         "the script did not run:\n{dom}"
@@ -781,7 +814,8 @@ async fn the_status_page_renders_in_a_headless_browser() {
             &format!("--screenshot={}", shot.display()),
             "--window-size=1200,900",
         ],
-    );
+    )
+    .await;
     let png = std::fs::read(&shot).expect("a screenshot");
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
@@ -795,5 +829,5 @@ async fn the_status_page_renders_in_a_headless_browser() {
     }
     let _ = std::fs::remove_file(&shot);
     let _ = std::fs::remove_dir_all(&profile);
-    tally.terminate();
+    tally.terminate().await;
 }

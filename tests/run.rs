@@ -1,10 +1,12 @@
 //! End-to-end tests of `tally run`: the real binary as a child process,
 //! against a real SecantusDB, fed by a workload that writes the way the coin
-//! API does (the transaction first, then each affected pocket's balance).
+//! API does (the transaction first, then each affected pocket's balance:
+//! `tests/support/workload.rs`, its full profile).
 //!
-//! The correctness check is always the oracle (SPEC §7): once the workload
-//! stops, `tally reconcile` must come back clean within a deadline — and
-//! stay clean after a settle delay, so that a late wrong write is caught too.
+//! The correctness check is always the oracle (contract §7.1): once the
+//! workload stops, `tally reconcile` must come back clean within a deadline
+//! — and stay clean after a settle delay, so that a late wrong write is
+//! caught too.
 //!
 //! Every test uses its own database, or its own server when it needs special
 //! server flags, and a clock injected with `TALLY_NOW` (it then runs at real
@@ -12,22 +14,23 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use bson::oid::ObjectId;
-use bson::{doc, Bson, DateTime as BsonDateTime, Document};
-use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use bson::{doc, Bson, Document};
+use chrono::{NaiveDate, NaiveTime};
 use futures::FutureExt;
-use mongodb::{ClientSession, Database};
 use tally::core::calendar::{date_label, local_instant};
 use tally::core::money::Money;
 use tally::core::rng::Rng;
 
+use support::poll::{poll, wait_for};
 use support::process::{
-    env_on_own_server, instant, until_server_is_back, wait_for, Env, Running, TestClock, CATCH_UP,
+    env_on_own_server, instant, until_server_is_back, Env, Running, TestClock, CATCH_UP,
     SETTLE_SECONDS,
 };
+use support::workload::{money, Coin, Enc, Profile, Tx};
 
 /// Logged once `tally run` streams.
 const TAILING: &str = "Tailing transactions and pockets.";
@@ -53,479 +56,6 @@ impl Env {
         let mut args = vec!["run", "--settle-seconds", &settle];
         args.extend_from_slice(extra);
         Running::spawn(self.command(&args), "tally-run", &self.name, label)
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The workload: coin's API write pattern, with a model of the balances
-// ---------------------------------------------------------------------------
-
-/// How an amount is encoded in the document.
-#[derive(Clone, Copy, Debug)]
-enum Enc {
-    Decimal,
-    Str,
-    Double,
-    Int,
-}
-
-#[derive(Clone, Debug)]
-struct Tx {
-    id: ObjectId,
-    user: ObjectId,
-    kind: &'static str,
-    amount: Money,
-    enc: Enc,
-    from: Option<ObjectId>,
-    to: Option<ObjectId>,
-    category: Option<ObjectId>,
-    date: DateTime<Utc>,
-    deleted: bool,
-    /// Written with an amount that is not a number (invalid, SPEC 1.4).
-    garbled: bool,
-}
-
-fn money(s: &str) -> Money {
-    s.parse().expect("money")
-}
-
-fn bdt(t: DateTime<Utc>) -> BsonDateTime {
-    BsonDateTime::from_millis(t.timestamp_millis())
-}
-
-fn opt(o: Option<ObjectId>) -> Bson {
-    o.map_or(Bson::Null, Bson::ObjectId)
-}
-
-impl Tx {
-    fn new(user: ObjectId, kind: &'static str, amount: &str, date: DateTime<Utc>) -> Tx {
-        Tx {
-            id: ObjectId::new(),
-            user,
-            kind,
-            amount: money(amount),
-            enc: Enc::Decimal,
-            from: None,
-            to: None,
-            category: None,
-            date,
-            deleted: false,
-            garbled: false,
-        }
-    }
-
-    fn from(mut self, p: ObjectId) -> Tx {
-        self.from = Some(p);
-        self
-    }
-
-    fn to(mut self, p: ObjectId) -> Tx {
-        self.to = Some(p);
-        self
-    }
-
-    fn enc(mut self, e: Enc) -> Tx {
-        self.enc = e;
-        self
-    }
-
-    fn category(mut self, c: ObjectId) -> Tx {
-        self.category = Some(c);
-        self
-    }
-
-    fn amount_bson(&self) -> Bson {
-        if self.garbled {
-            return Bson::String("twelve".into());
-        }
-        match self.enc {
-            Enc::Decimal => self.amount.to_bson(),
-            Enc::Str => Bson::String(self.amount.to_string()),
-            Enc::Double => Bson::Double(self.amount.to_string().parse().expect("f64")),
-            Enc::Int => Bson::Int64(self.amount.to_string().parse().expect("integral amount")),
-        }
-    }
-
-    /// The document's fields, without `_id`.
-    fn fields(&self, now: DateTime<Utc>) -> Document {
-        doc! {
-            "user_id": self.user,
-            "type": self.kind,
-            "amount": self.amount_bson(),
-            "pocket_from_id": opt(self.from),
-            "pocket_to_id": opt(self.to),
-            "category_id": opt(self.category),
-            "note": format!("{} {}", self.kind, self.amount),
-            "date": bdt(self.date),
-            "deleted_at": if self.deleted { Bson::DateTime(bdt(now)) } else { Bson::Null },
-            "updated_at": bdt(now),
-        }
-    }
-
-    /// (pocket, signed amount) of each effect, as the API applies them: only
-    /// on the user's own pockets, only for live valid transactions.
-    fn effects(&self, owner: &HashMap<ObjectId, ObjectId>) -> Vec<(ObjectId, Money)> {
-        if self.deleted || self.garbled {
-            return Vec::new();
-        }
-        let (out, inn) = match self.kind.to_ascii_lowercase().as_str() {
-            "income" => (false, true),
-            "expense" | "dp" | "debt_payment" | "withdraw" => (true, false),
-            "transfer" => (true, true),
-            _ => (false, false),
-        };
-        let mine = |p: &Option<ObjectId>| p.filter(|p| owner.get(p) == Some(&self.user));
-        let mut e = Vec::new();
-        if out {
-            e.extend(mine(&self.from).map(|p| (p, Money::ZERO - self.amount)));
-        }
-        if inn {
-            e.extend(mine(&self.to).map(|p| (p, self.amount)));
-        }
-        e
-    }
-}
-
-/// The coin API, as far as tally can see it.
-struct Coin {
-    db: Database,
-    clock: TestClock,
-    balances: BTreeMap<ObjectId, Money>,
-    owner: HashMap<ObjectId, ObjectId>,
-    /// Pockets of each user, in creation order.
-    pockets: BTreeMap<ObjectId, Vec<ObjectId>>,
-    txs: BTreeMap<ObjectId, Tx>,
-    categories: Vec<ObjectId>,
-    /// Pause between the transaction write and the balance writes.
-    gap: Duration,
-    /// Leave the balance writes out (they never come: drift).
-    unbalanced: bool,
-    /// Compute balances as coin does, through float64 (Decimal128 → f64 →
-    /// add → shortest text → Decimal128): they carry float noise.
-    float: bool,
-    /// Drift applied to each pocket (`drift`), exact.
-    drifted: BTreeMap<ObjectId, Money>,
-}
-
-impl Coin {
-    async fn new(env: &Env) -> Coin {
-        let categories: Vec<ObjectId> = (0..3).map(|_| ObjectId::new()).collect();
-        let docs: Vec<Document> = categories
-            .iter()
-            .zip(["Groceries", "Salary", "Rent"])
-            .map(|(id, name)| doc! { "_id": *id, "name": name })
-            .collect();
-        env.db
-            .collection::<Document>("user_categories")
-            .insert_many(docs)
-            .await
-            .expect("categories");
-        Coin {
-            db: env.db.clone(),
-            clock: env.clock,
-            balances: BTreeMap::new(),
-            owner: HashMap::new(),
-            pockets: BTreeMap::new(),
-            txs: BTreeMap::new(),
-            categories,
-            gap: Duration::ZERO,
-            unbalanced: false,
-            float: false,
-            drifted: BTreeMap::new(),
-        }
-    }
-
-    fn users(&self) -> Vec<ObjectId> {
-        self.pockets.keys().copied().collect()
-    }
-
-    async fn pocket(
-        &mut self,
-        user: ObjectId,
-        kind: &str,
-        balance: &str,
-        created: Option<DateTime<Utc>>,
-    ) -> ObjectId {
-        let id = ObjectId::new();
-        let b = money(balance);
-        self.db
-            .collection::<Document>("pockets")
-            .insert_one(doc! {
-                "_id": id, "user_id": user, "name": format!("{kind} {}", &id.to_hex()[18..]),
-                "type": kind, "balance": b.to_bson(), "is_active": true,
-                "created_at": created.map_or(Bson::Null, |t| Bson::DateTime(bdt(t))),
-                "deleted_at": Bson::Null,
-            })
-            .await
-            .expect("pocket");
-        self.balances.insert(id, b);
-        self.owner.insert(id, user);
-        self.pockets.entry(user).or_default().push(id);
-        id
-    }
-
-    async fn delete_pocket(&mut self, pocket: ObjectId, at: DateTime<Utc>) {
-        self.db
-            .collection::<Document>("pockets")
-            .update_one(
-                doc! { "_id": pocket },
-                doc! { "$set": { "deleted_at": bdt(at), "is_active": false } },
-            )
-            .await
-            .expect("pocket deleted");
-    }
-
-    /// Gives `pocket` to `user` (its balance stays).
-    async fn move_pocket(&mut self, pocket: ObjectId, user: ObjectId) {
-        self.db
-            .collection::<Document>("pockets")
-            .update_one(doc! { "_id": pocket }, doc! { "$set": { "user_id": user } })
-            .await
-            .expect("pocket moved");
-        let old = self.owner.insert(pocket, user).expect("known pocket");
-        self.pockets
-            .get_mut(&old)
-            .expect("owner")
-            .retain(|p| *p != pocket);
-        self.pockets.entry(user).or_default().push(pocket);
-    }
-
-    /// Hard-deletes `pocket`.
-    async fn remove_pocket(&mut self, pocket: ObjectId) {
-        self.db
-            .collection::<Document>("pockets")
-            .delete_one(doc! { "_id": pocket })
-            .await
-            .expect("pocket removed");
-        let owner = self.owner.remove(&pocket).expect("known pocket");
-        self.balances.remove(&pocket);
-        self.pockets
-            .get_mut(&owner)
-            .expect("owner")
-            .retain(|p| *p != pocket);
-    }
-
-    /// Writes `tx` (insert, or `$set` of every field when it exists), then
-    /// the balance of each pocket whose effects changed.
-    async fn save(&mut self, tx: Tx) -> ObjectId {
-        self.save_in(tx, None).await
-    }
-
-    async fn save_in(&mut self, tx: Tx, mut session: Option<&mut ClientSession>) -> ObjectId {
-        let now = self.clock.now();
-        let coll = self.db.collection::<Document>("transactions");
-        let old = self.txs.get(&tx.id).cloned();
-        match (&old, session.as_deref_mut()) {
-            (None, s) => {
-                let mut d = doc! { "_id": tx.id, "created_at": bdt(now) };
-                d.extend(tx.fields(now));
-                let op = coll.insert_one(d);
-                match s {
-                    Some(s) => op.session(s).await,
-                    None => op.await,
-                }
-                .expect("insert transaction");
-            }
-            (Some(_), s) => {
-                let op = coll.update_one(doc! { "_id": tx.id }, doc! { "$set": tx.fields(now) });
-                match s {
-                    Some(s) => op.session(s).await,
-                    None => op.await,
-                }
-                .expect("update transaction");
-            }
-        }
-        let id = tx.id;
-        let mut delta: BTreeMap<ObjectId, Money> = BTreeMap::new();
-        for (p, m) in tx.effects(&self.owner) {
-            *delta.entry(p).or_insert(Money::ZERO) += m;
-        }
-        if let Some(old) = &old {
-            for (p, m) in old.effects(&self.owner) {
-                *delta.entry(p).or_insert(Money::ZERO) -= m;
-            }
-        }
-        self.txs.insert(id, tx);
-        if self.unbalanced {
-            return id;
-        }
-        if !self.gap.is_zero() {
-            tokio::time::sleep(self.gap).await;
-        }
-        self.apply(delta, session).await;
-        id
-    }
-
-    async fn apply(
-        &mut self,
-        delta: BTreeMap<ObjectId, Money>,
-        mut session: Option<&mut ClientSession>,
-    ) {
-        let pockets = self.db.collection::<Document>("pockets");
-        for (p, m) in delta {
-            if m.is_zero() {
-                continue;
-            }
-            let b = self.balances.get_mut(&p).expect("known pocket");
-            *b = if self.float {
-                let f = |m: Money| m.to_string().parse::<f64>().expect("f64");
-                Money::from_f64(f(*b) + f(m)).expect("finite")
-            } else {
-                *b + m
-            };
-            let op = pockets.update_one(
-                doc! { "_id": p },
-                doc! { "$set": { "balance": b.to_bson(), "updated_at": bdt(self.clock.now()) } },
-            );
-            match session.as_deref_mut() {
-                Some(s) => op.session(s).await,
-                None => op.await,
-            }
-            .expect("balance");
-        }
-    }
-
-    fn tx(&self, id: ObjectId) -> Tx {
-        self.txs[&id].clone()
-    }
-
-    async fn edit(&mut self, id: ObjectId, f: impl FnOnce(&mut Tx)) {
-        let mut tx = self.tx(id);
-        f(&mut tx);
-        self.save(tx).await;
-    }
-
-    async fn hard_delete(&mut self, id: ObjectId) {
-        let old = self.txs.remove(&id).expect("known transaction");
-        self.db
-            .collection::<Document>("transactions")
-            .delete_one(doc! { "_id": id })
-            .await
-            .expect("delete");
-        let delta = old
-            .effects(&self.owner)
-            .into_iter()
-            .map(|(p, m)| (p, Money::ZERO - m))
-            .collect();
-        self.apply(delta, None).await;
-    }
-
-    /// A balance change no transaction explains.
-    async fn drift(&mut self, pocket: ObjectId, by: &str) {
-        *self.drifted.entry(pocket).or_insert(Money::ZERO) += money(by);
-        self.apply(BTreeMap::from([(pocket, money(by))]), None)
-            .await;
-    }
-
-    /// Users with pockets `[main, saving]` and a history of transactions
-    /// over `days` before today (the API's write pattern).
-    async fn population(&mut self, env: &Env, users: usize, per_user: usize, days: u64, seed: u64) {
-        let mut rng = Rng::new(seed);
-        for _ in 0..users {
-            let user = ObjectId::new();
-            self.pocket(user, "main", "250", None).await;
-            self.pocket(
-                user,
-                "saving",
-                "0",
-                Some(env.at(env.day(-(days as i64) - 5), 9, 0)),
-            )
-            .await;
-        }
-        for user in self.users() {
-            for _ in 0..per_user {
-                let day = env.day(-1 - rng.below(days) as i64);
-                let tx = self.random_tx(env, &mut rng, user, day);
-                self.save(tx).await;
-            }
-        }
-    }
-
-    fn random_tx(&self, env: &Env, rng: &mut Rng, user: ObjectId, day: NaiveDate) -> Tx {
-        let pockets = &self.pockets[&user];
-        let pick = |rng: &mut Rng| pockets[rng.below(pockets.len() as u64) as usize];
-        let kind =
-            ["income", "expense", "expense", "transfer", "dp", "withdraw"][rng.below(6) as usize];
-        let cents = 1 + rng.below(40_000);
-        let enc = [Enc::Decimal, Enc::Str, Enc::Double, Enc::Decimal][rng.below(4) as usize];
-        let amount = format!("{}.{:02}", cents / 100, cents % 100);
-        let mut tx = Tx::new(
-            user,
-            kind,
-            &amount,
-            env.at(day, rng.below(24) as u32, rng.below(60) as u32),
-        )
-        .enc(enc);
-        match kind {
-            "income" => tx.to = Some(pick(rng)),
-            "transfer" => {
-                tx.from = Some(pick(rng));
-                tx.to = Some(pick(rng));
-            }
-            _ => tx.from = Some(pick(rng)),
-        }
-        if rng.chance(70) {
-            tx.category = Some(self.categories[rng.below(3) as usize]);
-        }
-        tx
-    }
-
-    /// `n` random API operations on today's window: inserts (back-dated,
-    /// some before a 20-day window, a few future-dated), edits of amount,
-    /// date, type and category, soft and hard deletes, and drift.
-    async fn random_ops(&mut self, env: &Env, rng: &mut Rng, n: usize) {
-        let users = self.users();
-        for _ in 0..n {
-            let roll = rng.below(100);
-            let existing: Vec<ObjectId> = self.txs.keys().copied().collect();
-            let any = |rng: &mut Rng| existing[rng.below(existing.len() as u64) as usize];
-            match roll {
-                _ if roll < 45 || existing.is_empty() => {
-                    let user = users[rng.below(users.len() as u64) as usize];
-                    let offset = 3 - rng.below(34) as i64;
-                    let tx = self.random_tx(env, rng, user, env.day(offset));
-                    self.save(tx).await;
-                }
-                45..=59 => {
-                    let cents = 1 + rng.below(90_000);
-                    let id = any(rng);
-                    self.edit(id, |t| {
-                        t.amount = money(&format!("{}.{:02}", cents / 100, cents % 100))
-                    })
-                    .await;
-                }
-                60..=69 => {
-                    let day = env.day(2 - rng.below(30) as i64);
-                    let at = env.at(day, rng.below(24) as u32, 30);
-                    self.edit(any(rng), |t| t.date = at).await;
-                }
-                70..=79 => self.edit(any(rng), |t| t.deleted = !t.deleted).await,
-                80..=86 => self.hard_delete(any(rng)).await,
-                87..=91 => {
-                    let id = any(rng);
-                    let pockets = self.pockets[&self.txs[&id].user].clone();
-                    self.edit(id, |t| {
-                        t.kind = if t.kind == "income" {
-                            "expense"
-                        } else {
-                            "income"
-                        };
-                        t.to = Some(pockets[0]);
-                        t.from = Some(pockets[pockets.len() - 1]);
-                    })
-                    .await;
-                }
-                92..=96 => {
-                    let c = self.categories[rng.below(3) as usize];
-                    self.edit(any(rng), |t| t.category = Some(c)).await;
-                }
-                _ => {
-                    let pockets: Vec<ObjectId> = self.balances.keys().copied().collect();
-                    let p = pockets[rng.below(pockets.len() as u64) as usize];
-                    self.drift(p, "3.5").await;
-                }
-            }
-        }
     }
 }
 
@@ -571,7 +101,7 @@ const WINDOW_DAYS: i64 = 20;
 /// oracle over the managed window (tally builds nothing before it).
 async fn scripted_workload(prefix: &str, extra: &[&str]) {
     let env = Env::new(prefix, support::uri(), "America/New_York", instant(NOON_NY)).await;
-    let mut coin = Coin::new(&env).await;
+    let mut coin = Coin::new(&env, Profile::FULL).await;
     let [groceries, salary, rent] = [coin.categories[0], coin.categories[1], coin.categories[2]];
     let (a, b, c, d) = (
         ObjectId::new(),
@@ -764,13 +294,8 @@ async fn scripted_workload(prefix: &str, extra: &[&str]) {
         .await;
     coin.gap = Duration::ZERO;
 
-    env.caught_up(
-        env.day(-WINDOW_DAYS),
-        env.day(120),
-        "reports,snapshots,monthly",
-        &[&run],
-    )
-    .await;
+    env.caught_up(env.day(-WINDOW_DAYS), env.day(120), &[&run])
+        .await;
 
     assert_eq!(
         reject_count(&env, bad).await,
@@ -842,7 +367,7 @@ fn closed_days(env: &Env, user: ObjectId) -> Document {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pocket_balance_write_located_through_reports_does_not_restate_closed_days() {
     let env = Env::new("run_floor", support::uri(), "UTC", instant(NOON_NY)).await;
-    let mut coin = Coin::new(&env).await;
+    let mut coin = Coin::new(&env, Profile::FULL).await;
     coin.population(&env, 1, 8, 15, 3).await;
     let user = coin.users()[0];
     let main = coin.pockets[&user][0];
@@ -856,13 +381,7 @@ async fn a_pocket_balance_write_located_through_reports_does_not_restate_closed_
         .await;
     coin.save(Tx::new(user, "income", "15", env.at(env.day(0), 9, 5)).to(main))
         .await;
-    env.caught_up(
-        env.day(-20),
-        env.day(30),
-        "reports,snapshots,monthly",
-        &[&run],
-    )
-    .await;
+    env.converged(20, &[&run]).await;
     assert_eq!(
         revisions(&env, closed_days(&env, user)).await,
         before,
@@ -871,9 +390,9 @@ async fn a_pocket_balance_write_located_through_reports_does_not_restate_closed_
 }
 
 /// Regression: a transaction whose balance write never comes moves the
-/// closing balances of every earlier day (SPEC §4), which must be written
-/// after the settle delay. tally recomputed such a user only from the
-/// transaction's day on, so the earlier days were never looked at; and a
+/// closing balances of every earlier day (contract §4.3), which must be
+/// written after the settle delay. tally recomputed such a user only from
+/// the transaction's day on, so the earlier days were never looked at; and a
 /// drift held for the settle delay was forgotten when the user's next
 /// recomputation started at a recent day (nothing before it to hold). Both
 /// left closed days stale for good (found by the history-loss fault test
@@ -881,7 +400,7 @@ async fn a_pocket_balance_write_located_through_reports_does_not_restate_closed_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_without_its_balance_and_held_drift_reach_earlier_days() {
     let env = Env::new("run_unbal", support::uri(), "UTC", instant(NOON_NY)).await;
-    let mut coin = Coin::new(&env).await;
+    let mut coin = Coin::new(&env, Profile::FULL).await;
     coin.population(&env, 2, 8, 15, 7).await;
     let (a, b) = (coin.users()[0], coin.users()[1]);
     let (a_main, b_main) = (coin.pockets[&a][0], coin.pockets[&b][0]);
@@ -898,13 +417,7 @@ async fn a_transaction_without_its_balance_and_held_drift_reach_earlier_days() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     coin.save(Tx::new(b, "expense", "5", env.at(env.day(0), 9, 0)))
         .await;
-    env.caught_up(
-        env.day(-20),
-        env.day(30),
-        "reports,snapshots,monthly",
-        &[&run],
-    )
-    .await;
+    env.converged(20, &[&run]).await;
     let status = run.terminate().await;
     assert!(status.success(), "clean exit: {status}\n{}", run.tail(20));
 }
@@ -936,8 +449,8 @@ async fn snapshot_balance(
 /// managed ones (the first start's window begins 60 days back, memory on
 /// the 1st of last month) and older ones from a backfill. Drift must reach
 /// all of them within the settle delay; reconcile over the whole range
-/// (SPEC §7) must then come back clean. Before the fix, drift was written
-/// only inside the in-memory window, and noise counted as drift.
+/// (contract §7.1) must then come back clean. Before the fix, drift was
+/// written only inside the in-memory window, and noise counted as drift.
 #[tokio::test(flavor = "multi_thread")]
 async fn float_written_balances_and_drift_reach_documents_before_the_window() {
     let env = Env::new(
@@ -947,7 +460,7 @@ async fn float_written_balances_and_drift_reach_documents_before_the_window() {
         instant("2026-03-20T12:00:00Z"),
     )
     .await;
-    let mut coin = Coin::new(&env).await;
+    let mut coin = Coin::new(&env, Profile::FULL).await;
     coin.float = true;
     coin.population(&env, 5, 24, 120, 11).await;
     let backfill = env
@@ -992,14 +505,8 @@ async fn float_written_balances_and_drift_reach_documents_before_the_window() {
         coin.balances.values().collect::<Vec<_>>()
     );
 
-    env.caught_up(
-        env.day(-120),
-        env.day(30),
-        "reports,snapshots,monthly",
-        &[&run],
-    )
-    .await;
-    // Not vacuous: the old documents moved, to what SPEC §4 says from
+    env.converged(120, &[&run]).await;
+    // Not vacuous: the old documents moved, to what contract §4.1 says from
     // the workload's own model (UTC: a transaction's day is its date's).
     for (day, (a_was, b_was)) in old_days.into_iter().zip(before) {
         for (user, pocket, was) in [(a, a_main, a_was), (b, b_saving, b_was)] {
@@ -1032,11 +539,10 @@ async fn float_written_balances_and_drift_reach_documents_before_the_window() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_mid_stream_and_sigterm_lose_nothing() {
     let env = Env::new("run_kill", support::uri(), "Europe/Paris", instant(NOON_NY)).await;
-    let mut coin = Coin::new(&env).await;
+    let mut coin = Coin::new(&env, Profile::FULL).await;
     coin.population(&env, 6, 8, 30, 11).await;
     let mut rng = Rng::new(99);
     let args = ["--initial-days", "20"];
-    let (from, to) = (env.day(-20), env.day(30));
 
     let mut run = env.start("first", &args);
     run.wait_log(TAILING, CATCH_UP).await;
@@ -1059,8 +565,7 @@ async fn kill_9_mid_stream_and_sigterm_lose_nothing() {
         assert!(run.log().contains("resumed=true"), "{}", run.tail(10));
     }
     coin.random_ops(&env, &mut rng, 20).await;
-    env.caught_up(from, to, "reports,snapshots,monthly", &[&run])
-        .await;
+    env.converged(20, &[&run]).await;
 
     // SIGTERM with work in flight: flush, checkpoint, exit 0 within 10 s.
     coin.random_ops(&env, &mut rng, 20).await;
@@ -1072,8 +577,7 @@ async fn kill_9_mid_stream_and_sigterm_lose_nothing() {
     run.wait_log(TAILING, CATCH_UP).await;
     assert!(run.log().contains("resumed=true"), "{}", run.tail(10));
     coin.random_ops(&env, &mut rng, 20).await;
-    env.caught_up(from, to, "reports,snapshots,monthly", &[&run])
-        .await;
+    env.converged(20, &[&run]).await;
     assert_eq!(run.terminate().await.code(), Some(0));
 }
 
@@ -1085,7 +589,7 @@ async fn kill_9_mid_stream_and_sigterm_lose_nothing() {
 async fn server_outage_longer_than_server_selection_is_survived() {
     // Server selection gives up after 1.5 s, so a 5 s outage is a long one.
     let (mut server, dir, env) = env_on_own_server("run_srv", &[], NOON_NY).await;
-    let mut coin = Coin::new(&env).await;
+    let mut coin = Coin::new(&env, Profile::FULL).await;
     coin.population(&env, 4, 8, 25, 21).await;
     let mut rng = Rng::new(5);
     let mut run = env.start("run", &["--initial-days", "20"]);
@@ -1102,13 +606,7 @@ async fn server_outage_longer_than_server_selection_is_survived() {
     server.restart();
     until_server_is_back(&env).await;
     coin.random_ops(&env, &mut rng, 40).await;
-    env.caught_up(
-        env.day(-20),
-        env.day(30),
-        "reports,snapshots,monthly",
-        &[&run],
-    )
-    .await;
+    env.converged(20, &[&run]).await;
     assert!(run.alive(), "{}", run.tail(30));
     let log = run.log();
     assert!(
@@ -1127,7 +625,7 @@ async fn server_outage_longer_than_server_selection_is_survived() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_while_the_server_is_away_exits_0_and_loses_nothing() {
     let (mut server, dir, env) = env_on_own_server("run_away", &[], NOON_NY).await;
-    let mut coin = Coin::new(&env).await;
+    let mut coin = Coin::new(&env, Profile::FULL).await;
     coin.population(&env, 4, 8, 25, 22).await;
     let mut rng = Rng::new(6);
     let mut run = env.start("run", &["--initial-days", "20"]);
@@ -1141,13 +639,7 @@ async fn sigterm_while_the_server_is_away_exits_0_and_loses_nothing() {
     until_server_is_back(&env).await;
     let mut again = env.start("again", &["--initial-days", "20"]);
     again.wait_log(TAILING, CATCH_UP).await;
-    env.caught_up(
-        env.day(-20),
-        env.day(30),
-        "reports,snapshots,monthly",
-        &[&again],
-    )
-    .await;
+    env.converged(20, &[&again]).await;
     assert_eq!(
         again.terminate().await.code(),
         Some(0),
@@ -1206,16 +698,14 @@ async fn history_lost_while_stopped_is_recovered_at_startup_instead_of_exiting()
     // The oplog keeps 50 entries, pruned every 1,000 writes.
     let server = support::start_server(&["--oplog-max-entries", "50"], None);
     let env = Env::new("run_lost", server.uri(), "UTC", instant(NOON_NY)).await;
-    let mut coin = Coin::new(&env).await;
+    let mut coin = Coin::new(&env, Profile::FULL).await;
     coin.population(&env, 3, 5, 15, 8).await;
     let mut rng = Rng::new(17);
     let args = ["--initial-days", "20"];
-    let (from, to) = (env.day(-20), env.day(30));
     let mut run = env.start("first", &args);
     run.wait_log(TAILING, CATCH_UP).await;
     coin.random_ops(&env, &mut rng, 10).await;
-    env.caught_up(from, to, "reports,snapshots,monthly", &[&run])
-        .await;
+    env.converged(20, &[&run]).await;
     assert_eq!(run.terminate().await.code(), Some(0), "{}", run.tail(20));
 
     // Well over 1,000 writes while stopped: the checkpoint's token is gone.
@@ -1225,8 +715,7 @@ async fn history_lost_while_stopped_is_recovered_at_startup_instead_of_exiting()
     run.wait_log("Change stream history lost", CATCH_UP).await;
     run.wait_log("Recovered from lost history", CATCH_UP).await;
     coin.random_ops(&env, &mut rng, 20).await;
-    env.caught_up(from, to, "reports,snapshots,monthly", &[&run])
-        .await;
+    env.converged(20, &[&run]).await;
     assert!(run.alive());
 }
 
@@ -1252,21 +741,24 @@ async fn finalization_records(env: &Env) -> BTreeMap<String, (String, String)> {
 }
 
 async fn wait_finalized(runs: &mut [&mut Running], kind: &str, period: &str) {
-    let deadline = Instant::now() + CATCH_UP;
-    while runs.iter().all(|r| r.finalized(kind, period) == 0) {
+    poll(CATCH_UP, Duration::from_millis(200), async |late| {
+        if runs.iter().any(|r| r.finalized(kind, period) > 0) {
+            return Some(());
+        }
         for r in runs.iter_mut() {
             assert!(r.alive(), "{} exited:\n{}", r.label, r.tail(30));
         }
         assert!(
-            Instant::now() < deadline,
+            !late,
             "{kind} {period} never finalized:\n{}",
             runs.iter()
                 .map(|r| r.tail(20))
                 .collect::<Vec<_>>()
                 .join("\n---\n")
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        None
+    })
+    .await
 }
 
 fn flag(d: &Document, f: &str) -> bool {
@@ -1289,7 +781,7 @@ async fn timers_close_a_month_end_once_and_catch_up_after_downtime() {
         ny("2026-03-31 23:00:00"),
     )
     .await;
-    let mut coin = Coin::new(&env).await;
+    let mut coin = Coin::new(&env, Profile::FULL).await;
     coin.population(&env, 3, 6, 15, 31).await;
     let users = coin.users();
     let main = coin.pockets[&users[0]][0];
@@ -1377,13 +869,8 @@ async fn timers_close_a_month_end_once_and_catch_up_after_downtime() {
     let mut ran = run.all_finalized();
     ran.sort();
     assert_eq!(ran, expected, "each step ran once");
-    env.caught_up(
-        date("2026-03-12"),
-        date("2026-05-01"),
-        "reports,snapshots,monthly",
-        &[&run],
-    )
-    .await;
+    env.caught_up(date("2026-03-12"), date("2026-05-01"), &[&run])
+        .await;
     let status = run.terminate().await;
     assert_eq!(status.code(), Some(0));
     let revisions_before = revisions(&env, doc! {}).await;
@@ -1426,13 +913,8 @@ async fn timers_close_a_month_end_once_and_catch_up_after_downtime() {
         )
         .await;
     assert_eq!(snapshots.len(), users.len() + 2, "with the April pocket");
-    env.caught_up(
-        date("2026-03-14"),
-        date("2026-05-03"),
-        "reports,snapshots,monthly",
-        &[&run],
-    )
-    .await;
+    env.caught_up(date("2026-03-14"), date("2026-05-03"), &[&run])
+        .await;
     // March's documents were not written again.
     let after = revisions(&env, doc! {}).await;
     for (key, rev) in &revisions_before {
@@ -1461,7 +943,7 @@ async fn two_instances_across_a_dst_day_finalize_each_period_once() {
         ny("2026-03-08", 23, 0),
     )
     .await;
-    let mut coin = Coin::new(&env).await;
+    let mut coin = Coin::new(&env, Profile::FULL).await;
     coin.population(&env, 3, 6, 12, 41).await;
     let users = coin.users();
     let main = coin.pockets[&users[1]][0];
@@ -1529,13 +1011,8 @@ async fn two_instances_across_a_dst_day_finalize_each_period_once() {
     assert_eq!(report.len(), 1);
     assert!(flag(&report[0], "is_final"));
     assert!(report[0].get_i64("transaction_count").expect("count") >= 3);
-    env.caught_up(
-        date("2026-02-27"),
-        date("2026-04-08"),
-        "reports,snapshots,monthly",
-        &[&one, &two],
-    )
-    .await;
+    env.caught_up(date("2026-02-27"), date("2026-04-08"), &[&one, &two])
+        .await;
     assert_eq!(one.terminate().await.code(), Some(0));
     assert_eq!(two.terminate().await.code(), Some(0));
 }
@@ -1546,7 +1023,7 @@ async fn two_instances_across_a_dst_day_finalize_each_period_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reconcile_agrees_with_run_between_the_report_step_and_midnight() {
     let mut env = Env::new("run_2359", support::uri(), "UTC", instant(NOON_NY)).await;
-    let mut coin = Coin::new(&env).await;
+    let mut coin = Coin::new(&env, Profile::FULL).await;
     coin.population(&env, 2, 4, 10, 51).await;
     let user = coin.users()[0];
     let main = coin.pockets[&user][0];

@@ -8,6 +8,11 @@
 //!   storage) that can be stopped, restarted on the same port, or hard-killed.
 //! * [`unique_db`] names a database no other test (or run) uses.
 //!
+//! Beside the server: [`process`] (tally as a child process, its clock and
+//! log), [`workload`] (coin's API write pattern with a model of the
+//! balances), [`poll`] (the one "until X, or fail after T" loop) and
+//! [`writes`] (tally's own writes built by hand, for the fence).
+//!
 //! Every server runs under a small Python watchdog whose stdin is a pipe from
 //! this test process. When the write end closes — `Server` dropped, or the
 //! test process exits, panics, or is SIGKILLed (the kernel closes the fd) —
@@ -15,7 +20,10 @@
 //! That is how the shared server, a never-dropped static, dies with the binary.
 #![allow(dead_code)]
 
+pub mod poll;
 pub mod process;
+pub mod workload;
+pub mod writes;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};

@@ -14,6 +14,8 @@ use mongodb::{Client, Database};
 use serde_json::Value;
 use tally::core::calendar::{local_instant, Calendar};
 
+use super::poll::poll;
+
 /// The settle delay the tests give `tally run` (`--settle-seconds`).
 pub const SETTLE_SECONDS: u64 = 2;
 /// How long a test waits for tally to catch up.
@@ -120,16 +122,19 @@ impl Env {
         c.arg("--quiet").output().await.expect("tally runs")
     }
 
-    /// Runs `reconcile --json` over [from, to] until it exits 0, then once
-    /// more after the settle delay (a late wrong write would show there).
-    /// Panics with the last report and the logs of `runs` after [`CATCH_UP`].
-    pub async fn caught_up(
-        &self,
-        from: NaiveDate,
-        to: NaiveDate,
-        kinds: &str,
-        runs: &[&Running],
-    ) -> Value {
+    /// Reconcile over what `tally run --initial-days days` manages (`days`
+    /// before today to a month ahead): [`Env::caught_up`].
+    pub async fn converged(&self, days: u64, runs: &[&Running]) -> Value {
+        self.caught_up(self.day(-(days as i64)), self.day(30), runs)
+            .await
+    }
+
+    /// Runs `reconcile --json` over [from, to], every kind of document,
+    /// until it exits 0, then once more after the settle delay (a late
+    /// wrong write would show there). Panics with the last report and the
+    /// logs of `runs` after [`CATCH_UP`].
+    pub async fn caught_up(&self, from: NaiveDate, to: NaiveDate, runs: &[&Running]) -> Value {
+        let kinds = "reports,snapshots,monthly";
         let (from, to) = (from.to_string(), to.to_string());
         let deadline = Instant::now() + CATCH_UP;
         let mut clean_once = false;
@@ -263,8 +268,10 @@ impl Running {
 
     /// Waits until `needle` appears `n` times in the log.
     pub async fn wait_count(&mut self, needle: &str, n: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.count(needle) < n {
+        poll(timeout, Duration::from_millis(50), async |late| {
+            if self.count(needle) >= n {
+                return Some(());
+            }
             assert!(
                 self.alive(),
                 "{} exited while waiting for {needle:?}:\n{}",
@@ -272,13 +279,14 @@ impl Running {
                 self.tail(40)
             );
             assert!(
-                Instant::now() < deadline,
+                !late,
                 "{} did not log {needle:?} ×{n} within {timeout:?}:\n{}",
                 self.label,
                 self.tail(40)
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            None
+        })
+        .await
     }
 
     /// The owner this process acquired the lease as (from its log).
@@ -324,18 +332,13 @@ impl Running {
             .status()
             .expect("kill runs");
         assert!(sent.success(), "kill -TERM {pid}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
+        match self.wait_exit(Duration::from_secs(10)).await {
+            Some(status) => status,
+            None => panic!(
                 "{} still running 10 s after SIGTERM:\n{}",
                 self.label,
                 self.tail(40)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            ),
         }
     }
 }
@@ -354,17 +357,17 @@ impl Drop for Running {
 
 /// Waits until one of `runs` logs `needle`; returns its index.
 pub async fn first_to_log(runs: &mut [&mut Running], needle: &str, timeout: Duration) -> usize {
-    let deadline = Instant::now() + timeout;
-    loop {
+    poll(timeout, Duration::from_millis(50), async |late| {
         if let Some(i) = runs.iter().position(|r| r.log().contains(needle)) {
-            return i;
+            return Some(i);
         }
         for r in runs.iter_mut() {
             assert!(r.alive(), "{} exited:\n{}", r.label, r.tail(30));
         }
-        assert!(Instant::now() < deadline, "nobody logged {needle:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        assert!(!late, "nobody logged {needle:?}");
+        None
+    })
+    .await
 }
 
 /// Process control beyond kill -9 and SIGTERM-and-wait (used by
@@ -389,30 +392,16 @@ impl Running {
     /// Waits up to `timeout` for the child to exit: its status, or `None`
     /// if it is still running then.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// Waits until `check` holds, polling every 100 ms; panics naming `what`
-/// after `timeout`.
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        poll(timeout, Duration::from_millis(20), async |late| match self
+            .child
+            .try_wait()
+            .expect("try_wait")
+        {
+            Some(status) => Some(Some(status)),
+            None if late => Some(None),
+            None => None,
+        })
+        .await
     }
 }
 
@@ -423,17 +412,19 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = mongodb::error::Result<T>>,
 {
-    let deadline = Instant::now() + CATCH_UP;
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() < deadline => {
+    poll(
+        CATCH_UP,
+        Duration::from_millis(500),
+        async |late| match f().await {
+            Ok(v) => Some(v),
+            Err(e) if late => panic!("{what}: {e}"),
+            Err(e) => {
                 eprintln!("{what}: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                None
             }
-            Err(e) => panic!("{what}: {e}"),
-        }
-    }
+        },
+    )
+    .await
 }
 
 /// A private server started with `args` and storage on disk (so it can be
