@@ -23,7 +23,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chrono::Utc;
-use clap::Args;
 use tracing::info;
 
 use crate::ops::exposition;
@@ -50,15 +49,14 @@ pub fn parse_addr(s: &str) -> Result<HttpAddr, String> {
     })
 }
 
-/// The HTTP flags of `tally run`.
-#[derive(Args, Debug, Clone)]
+/// The HTTP settings of `tally run` (defined with every other setting in
+/// `cli::settings`).
+#[derive(Debug, Clone)]
 pub struct HttpArgs {
     /// Address of the HTTP endpoint (/healthz, /readyz, /metrics, status
     /// page), or `off`. Port 0 picks a free port (logged).
-    #[arg(long, env = "TALLY_HTTP_ADDR", default_value = "127.0.0.1:9187", value_parser = parse_addr)]
     pub http_addr: HttpAddr,
     /// Most stream lag, in seconds, at which /readyz still answers 200.
-    #[arg(long, env = "TALLY_READY_MAX_LAG", default_value_t = 30)]
     pub ready_max_lag: u64,
 }
 
