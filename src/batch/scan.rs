@@ -166,14 +166,12 @@ impl Feed {
             if let Some(keys) = hint {
                 find = find.hint(Hint::Keys(keys));
             }
+            let failed =
+                |e: mongodb::error::Error| crate::Error::from(e).context(format!("reading {coll}"));
             let mut cursor = match find.await {
                 Ok(c) => c,
                 Err(e) => {
-                    let _ = tx
-                        .send(Err(
-                            crate::error::Error::from(e).context(format!("reading {coll}"))
-                        ))
-                        .await;
+                    let _ = tx.send(Err(failed(e))).await;
                     return;
                 }
             };
@@ -195,11 +193,7 @@ impl Feed {
                         return;
                     }
                     Err(e) => {
-                        let _ = tx
-                            .send(Err(
-                                crate::error::Error::from(e).context(format!("reading {coll}"))
-                            ))
-                            .await;
+                        let _ = tx.send(Err(failed(e))).await;
                         return;
                     }
                 }

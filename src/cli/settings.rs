@@ -353,7 +353,10 @@ fn mongodb_uri(value: &str) -> Result<String, String> {
     if value.starts_with("mongodb://") || value.starts_with("mongodb+srv://") {
         Ok(value.to_owned())
     } else {
-        Err("expected a mongodb:// or mongodb+srv:// connection string".to_owned())
+        Err(
+            "invalid MongoDB URI: expected a mongodb:// or mongodb+srv:// connection string"
+                .to_owned(),
+        )
     }
 }
 

@@ -209,6 +209,21 @@ impl<'a> UserView<'a> {
         }
     }
 
+    /// The fields a pocket entry of a daily report and of a monthly summary
+    /// share, in their stored order: the pocket, its labels and its flows.
+    fn pocket_entry(&self, pocket: &ObjectId, pd: &PocketDay) -> Document {
+        let (name, kind) = self.pocket_labels(pocket);
+        doc! {
+            "pocket_id": *pocket,
+            "pocket_name": name,
+            "pocket_type": kind,
+            "income": pd.income.to_bson(),
+            "expense": pd.expense.to_bson(),
+            "transfer_in": pd.transfer_in.to_bson(),
+            "transfer_out": pd.transfer_out.to_bson(),
+        }
+    }
+
     /// A category list (contract §5.2, §5.4), one entry per category:
     /// `category_id` (null for none), `category_name` (contract §1.4),
     /// `amount` (exact sum), `percent_of_total` (monthly only, when `total`
@@ -281,7 +296,6 @@ impl<'a> UserView<'a> {
             .pockets
             .iter()
             .map(|(pid, pd)| {
-                let (name, kind) = self.pocket_labels(pid);
                 let counts = self.pockets.get(pid).is_some_and(|p| p.counts_before(day_end));
                 let (open, close) = if counts {
                     let c = self.closing(pid, day);
@@ -305,20 +319,13 @@ impl<'a> UserView<'a> {
                         })
                     })
                     .collect();
-                Bson::Document(doc! {
-                    "pocket_id": *pid,
-                    "pocket_name": name,
-                    "pocket_type": kind,
-                    "income": pd.income.to_bson(),
-                    "expense": pd.expense.to_bson(),
-                    "transfer_in": pd.transfer_in.to_bson(),
-                    "transfer_out": pd.transfer_out.to_bson(),
-                    "opening_balance": open,
-                    "closing_balance": close,
-                    "transaction_count": pd.count,
-                    "transactions": listed,
-                    "transactions_truncated": pd.transactions.len() > MAX_LISTED,
-                })
+                let mut entry = self.pocket_entry(pid, pd);
+                entry.insert("opening_balance", open);
+                entry.insert("closing_balance", close);
+                entry.insert("transaction_count", pd.count);
+                entry.insert("transactions", listed);
+                entry.insert("transactions_truncated", pd.transactions.len() > MAX_LISTED);
+                Bson::Document(entry)
             })
             .collect();
         Some(doc! {
@@ -456,17 +463,9 @@ impl<'a> UserView<'a> {
         let pockets: Vec<Bson> = by_pocket
             .iter()
             .map(|(pid, pd)| {
-                let (name, kind) = self.pocket_labels(pid);
-                Bson::Document(doc! {
-                    "pocket_id": *pid,
-                    "pocket_name": name,
-                    "pocket_type": kind,
-                    "income": pd.income.to_bson(),
-                    "expense": pd.expense.to_bson(),
-                    "transfer_in": pd.transfer_in.to_bson(),
-                    "transfer_out": pd.transfer_out.to_bson(),
-                    "net": pd.net().to_bson(),
-                })
+                let mut entry = self.pocket_entry(pid, pd);
+                entry.insert("net", pd.net().to_bson());
+                Bson::Document(entry)
             })
             .collect();
         Some(doc! {
