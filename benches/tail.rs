@@ -47,9 +47,13 @@ fn env(name: &str, default: f64) -> f64 {
         .unwrap_or(default)
 }
 
-fn start_tally(uri: &str, db: &str) -> Child {
+fn start_tally(uri: &str, db: &str, pre_images: bool) -> Child {
+    let mut args = vec!["run", "--initial-days", "2"];
+    if !pre_images {
+        args.push("--no-pre-images");
+    }
     Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["run", "--initial-days", "2"])
+        .args(args)
         .env("TALLY_MONGODB_URI", uri)
         .env("TALLY_DATABASE", db)
         .env("TALLY_LOG", "warn")
@@ -98,13 +102,39 @@ enum Pace {
     Max { seconds: f64 },
 }
 
+/// A change stream opened exactly as `tally run` opens it, read and
+/// dropped: the server's cost of one stream, without tally's writes.
+fn spawn_reader(db: &Database, pre_images: bool) -> tokio::task::JoinHandle<()> {
+    use tally::service::backend::{Backend, Changes, Mongo, Watch};
+    let backend = Mongo(db.clone());
+    tokio::spawn(async move {
+        let w = Watch {
+            resume_after: None,
+            start_at: None,
+            pre_images,
+        };
+        let mut stream = backend.watch(w).await.expect("the reader's stream");
+        loop {
+            stream.next_if_any().await.expect("reader events");
+        }
+    })
+}
+
 /// The API's write pattern against the seeded pockets, every call traced.
 struct Load<'a> {
     db: &'a Database,
     pockets: Vec<(ObjectId, ObjectId, Money)>,
     written_at: &'a Mutex<HashMap<ObjectId, Instant>>,
     reflected: &'a Mutex<Vec<(Instant, Duration)>>,
+    /// Whether a tracer watches the reports: then a phase waits for every
+    /// call's report; otherwise it waits [`UNTRACED_DRAIN`].
+    traced: bool,
 }
+
+/// How long an untraced phase goes on after its last call, inside the CPU
+/// window, so that the work the calls caused (change events, tally's
+/// flush) is counted; the same for every untraced row.
+const UNTRACED_DRAIN: Duration = Duration::from_secs(3);
 
 /// What one load phase measured.
 struct Outcome {
@@ -144,9 +174,16 @@ impl Load<'_> {
         (calls, elapsed, server_cpu)
     }
 
-    async fn run(&mut self, rng: &mut Rng, pace: Pace, tally: u32, server: Option<u32>) -> Outcome {
+    async fn run(
+        &mut self,
+        rng: &mut Rng,
+        pace: Pace,
+        tally: Option<u32>,
+        server: Option<u32>,
+    ) -> Outcome {
         self.reflected.lock().await.clear();
-        let (tally0, server0) = (cpu_seconds(tally), server.map(cpu_seconds));
+        self.written_at.lock().await.clear();
+        let (tally0, server0) = (tally.map_or(0.0, cpu_seconds), server.map(cpu_seconds));
         let start = Instant::now();
         let mut late = 0usize;
         let mut calls = 0usize;
@@ -173,14 +210,18 @@ impl Load<'_> {
             calls += 1;
         }
         let elapsed = start.elapsed();
-        let drain = Duration::from_secs_f64(env("TALLY_BENCH_DRAIN_SECONDS", 60.0));
-        let deadline = Instant::now() + drain;
-        while !self.written_at.lock().await.is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if self.traced {
+            let drain = Duration::from_secs_f64(env("TALLY_BENCH_DRAIN_SECONDS", 60.0));
+            let deadline = Instant::now() + drain;
+            while !self.written_at.lock().await.is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        } else {
+            tokio::time::sleep(UNTRACED_DRAIN).await;
         }
         self.written_at.lock().await.clear();
         let measured = start.elapsed();
-        let tally_cpu = cpu_seconds(tally) - tally0;
+        let tally_cpu = tally.map_or(0.0, cpu_seconds) - tally0;
         let server_cpu = server.map(cpu_seconds).zip(server0).map(|(s1, s0)| s1 - s0);
         let reflected = std::mem::take(&mut *self.reflected.lock().await);
         let span = reflected
@@ -212,7 +253,9 @@ impl Load<'_> {
             2,
         ));
         let id = ObjectId::new();
-        self.written_at.lock().await.insert(id, Instant::now());
+        if self.traced {
+            self.written_at.lock().await.insert(id, Instant::now());
+        }
         self.db
             .collection::<Document>("transactions")
             .insert_one(doc! {
@@ -297,6 +340,31 @@ impl Outcome {
         println!("  [{label}] CPU during load: {}", self.cpu());
     }
 
+    /// Server CPU per API call, in ms.
+    fn server_ms_per_call(&self) -> Option<f64> {
+        self.server_cpu
+            .map(|s| 1000.0 * s / self.calls.max(1) as f64)
+    }
+
+    /// The cost row of an untraced phase: server CPU per call.
+    fn cost_row(&self, label: &str, bound: &str) {
+        common::row(
+            common::TAIL,
+            &format!("tail, cost: {label}"),
+            &format!(
+                "{} calls in {:.1} s = {:.1}/s ({} behind schedule); **server cpu {} per call**, tally cpu {:.2} s",
+                self.calls,
+                self.elapsed.as_secs_f64(),
+                self.calls as f64 / self.elapsed.as_secs_f64().max(1e-9),
+                self.late,
+                self.server_ms_per_call()
+                    .map_or("?".to_owned(), |ms| format!("{ms:.2} ms")),
+                self.tally_cpu
+            ),
+            bound,
+        );
+    }
+
     fn rows(&self, label: &str) {
         common::row(
             common::TAIL,
@@ -356,11 +424,16 @@ fn main() {
     } else {
         5.0
     } as usize;
-    let rate = if benching {
-        env("TALLY_BENCH_RATE", 100.0)
-    } else {
-        10.0
+    // Calls per second of the cost and latency rows; by default half the
+    // ceiling of the server with one change stream, measured first.
+    let rate = match std::env::var("TALLY_BENCH_RATE") {
+        Ok(v) if benching => Some(v.parse::<f64>().expect("TALLY_BENCH_RATE: a number")),
+        _ if benching => None,
+        _ => Some(10.0),
     };
+    // The 500 writes/s row: a `mongod` target, run when asked (0: none).
+    let mongod_rate = Some(env("TALLY_BENCH_MONGOD_RATE", 250.0)).filter(|r| benching && *r > 0.0);
+    let pre_images = env("TALLY_BENCH_PRE_IMAGES", 1.0) != 0.0;
     let seconds = if benching {
         env("TALLY_BENCH_SECONDS", 30.0)
     } else {
@@ -410,18 +483,34 @@ fn main() {
         let written_at: Arc<Mutex<HashMap<ObjectId, Instant>>> = Arc::default();
         let reflected: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::default();
         let mut rng = Rng::new(11);
-        let mut load = Load { db: &db, pockets, written_at: &written_at, reflected: &reflected };
+        let mut load = Load { db: &db, pockets, written_at: &written_at, reflected: &reflected, traced: false };
         let (bare_calls, bare_elapsed, bare_cpu) = load.bare(&mut rng, bare_seconds, spid).await;
         assert!(bare_calls > 0, "the server took no call");
 
+        // Then with one change stream opened exactly as tally opens it and a
+        // reader that writes nothing: its ceiling sets the rate of the rows
+        // below (half of it), so that each row runs where the server keeps up.
+        let reader = spawn_reader(&db, pre_images);
+        let (stream_calls, stream_elapsed, stream_cpu) = load.bare(&mut rng, bare_seconds, spid).await;
+        let stream_ceiling = stream_calls as f64 / stream_elapsed.as_secs_f64().max(1e-9);
+        let rate = rate.unwrap_or((0.5 * stream_ceiling).max(1.0));
+        let calls = ((rate * seconds) as usize).max(1);
+        let with_stream = load.run(&mut rng, Pace::Rate { rate, calls }, None, spid).await;
+        reader.abort();
+        let alone = load.run(&mut rng, Pace::Rate { rate, calls }, None, spid).await;
+
         let started = Instant::now();
-        let mut tally = start_tally(&uri, &name);
+        let mut tally = start_tally(&uri, &name, pre_images);
         common::wait_started(&db).await;
         let startup = started.elapsed();
+        // Let the first start's work end before the cost is measured.
+        tokio::time::sleep(UNTRACED_DRAIN).await;
+        let with_tally = load.run(&mut rng, Pace::Rate { rate, calls }, Some(tally.id()), spid).await;
 
         // Watch tally's report writes; a write is reflected when a report
         // listing its transaction id comes by. Pushed, not polled, so the
-        // measurement adds no load to the server.
+        // measurement adds no polling load (but a second change stream: the
+        // cost rows above run without it).
         let mut watch = db
             .collection::<Document>("daily_financial_reports")
             .watch()
@@ -442,38 +531,78 @@ fn main() {
                 }
             })
         };
-        let fixed = load.run(&mut rng, Pace::Rate { rate, calls: (rate * seconds) as usize }, tally.id(), spid).await;
+        load.traced = true;
+        let fixed = load.run(&mut rng, Pace::Rate { rate, calls }, Some(tally.id()), spid).await;
+        let mongod = mongod_rate.map(|r| {
+            let calls = ((r * env("TALLY_BENCH_MONGOD_SECONDS", 5.0)) as usize).max(1);
+            (r, calls)
+        });
+        let at_mongod_rate = match mongod {
+            Some((r, calls)) => Some(load.run(&mut rng, Pace::Rate { rate: r, calls }, Some(tally.id()), spid).await),
+            None => None,
+        };
         let max = if max_seconds > 0.0 {
-            Some(load.run(&mut rng, Pace::Max { seconds: max_seconds }, tally.id(), spid).await)
+            Some(load.run(&mut rng, Pace::Max { seconds: max_seconds }, Some(tally.id()), spid).await)
         } else {
             None
         };
         tracer.abort();
         let _ = Command::new("kill").args(["-TERM", &tally.id().to_string()]).status();
         let status = tally.wait().expect("tally exits");
-        println!("tail bench: {users} users × {per_user} transactions seeded; load {rate}/s API calls (2 writes each) for {seconds}s");
+        println!("tail bench: {users} users × {per_user} transactions seeded; load {rate:.1}/s API calls (2 writes each) for {seconds}s");
+        let per_call = |cpu: Option<f64>, calls: usize| cpu.map_or("?".to_owned(), |s| format!("{:.2} ms", 1000.0 * s / calls.max(1) as f64));
         let bare_rate = bare_calls as f64 / bare_elapsed.as_secs_f64().max(1e-9);
-        let bare_per_call = bare_cpu.map_or("?".to_owned(), |s| format!("{:.1} ms", 1000.0 * s / bare_calls as f64));
-        println!("  server alone (no tally, no change stream): {bare_calls} API calls in {:.2} s = {bare_rate:.1}/s ({:.0} writes/s), server cpu {bare_per_call} per call", bare_elapsed.as_secs_f64(), 2.0 * bare_rate);
+        println!("  server alone (no tally, no change stream), max rate: {bare_calls} API calls in {:.2} s = {bare_rate:.1}/s, server cpu {} per call", bare_elapsed.as_secs_f64(), per_call(bare_cpu, bare_calls));
+        println!("  server + one change stream as tally opens it, max rate: {stream_calls} API calls in {:.2} s = {stream_ceiling:.1}/s, server cpu {} per call", stream_elapsed.as_secs_f64(), per_call(stream_cpu, stream_calls));
+        for (label, o) in [("API alone", &alone), ("+ one stream", &with_stream), ("+ tally run", &with_tally)] {
+            println!("  [{label}, {rate:.1}/s] {} calls, server cpu {} per call, tally cpu {:.2} s", o.calls, per_call(o.server_cpu, o.calls), o.tally_cpu);
+        }
         println!("  tally start-up (first start: window backfill)  {:>8.2} s", startup.as_secs_f64());
-        fixed.print(&format!("{rate}/s"));
+        fixed.print(&format!("{rate:.1}/s"));
+        if let Some(o) = &at_mongod_rate {
+            o.print("mongod target rate");
+        }
         if let Some(max) = &max {
             max.print("max rate");
         }
         println!("  tally exit on SIGTERM: {status}");
-        println!("@info tail bench: {users} users × {per_user} transactions seeded, the API's pattern (transaction insert, then the pocket's balance `$set`); latency from the insert until a report listing it is written");
+        println!("@info tail bench: {users} users × {per_user} transactions seeded, the API's pattern (transaction insert, then the pocket's balance `$set`); pre-images {}; the cost rows run at half the ceiling of the server with one change stream ({rate:.1} calls/s), each for {seconds} s plus {} s of drain inside its CPU window, with no tracing stream; latency from the insert until a report listing it is written (seen through a change stream on the reports)", if pre_images { "on" } else { "off" }, UNTRACED_DRAIN.as_secs());
         common::row(
             common::TAIL,
             &format!("tail: the server alone, the API's pattern as fast as it accepts for {bare_seconds} s (no tally, no change stream)"),
-            &format!("{bare_rate:.1} calls/s = {:.0} writes/s; server cpu {bare_per_call} per call", 2.0 * bare_rate),
+            &format!("{bare_rate:.1} calls/s = {:.0} writes/s; server cpu {} per call", 2.0 * bare_rate, per_call(bare_cpu, bare_calls)),
             "the server (one Python process)",
         );
+        common::row(
+            common::TAIL,
+            &format!("tail: the server + one change stream as tally opens it (a reader that writes nothing), as fast as it accepts for {bare_seconds} s"),
+            &format!("**ceiling {stream_ceiling:.1} calls/s**; server cpu {} per call", per_call(stream_cpu, stream_calls)),
+            "the server (one Python process)",
+        );
+        alone.cost_row(&format!("(1) the API's pattern alone at {rate:.1}/s"), "the server");
+        with_stream.cost_row(&format!("(2) + one change stream as tally opens it, a reader that writes nothing, at {rate:.1}/s"), "the server: change events");
+        with_tally.cost_row(&format!("(3) + `tally run` (no other stream) at {rate:.1}/s"), "the server: tally's stream and writes");
+        if let (Some(c1), Some(c2), Some(c3)) = (alone.server_ms_per_call(), with_stream.server_ms_per_call(), with_tally.server_ms_per_call()) {
+            let marginal = c3 - c2;
+            common::row(
+                common::TAIL,
+                "tail, cost: tally's marginal server cpu per call, (3) − (2), against the API's own (1); target ≤ 1.5×",
+                &format!("{marginal:.2} ms vs {c1:.2} ms = **{:.2}×** ({})", marginal / c1.max(1e-9), if marginal <= 1.5 * c1 { "met" } else { "missed" }),
+                "tally's writes, checkpoints and lease",
+            );
+        }
         common::row(common::TAIL, "tail: tally run start-up (first start, `--initial-days 2`)", &common::secs(startup), "window backfill (server writes)");
-        fixed.rows(&format!("fixed rate {rate}/s for {seconds} s"));
+        fixed.rows(&format!("latency at half the one-stream ceiling, {rate:.1}/s for {seconds} s (target p99 ≤ 2 s)"));
+        if let (Some(o), Some((r, _))) = (&at_mongod_rate, mongod) {
+            o.rows(&format!("{r:.0}/s asked = {:.0} writes/s, a `mongod` target (p99 ≤ 2 s there)", 2.0 * r));
+        }
         if let Some(max) = &max {
             max.rows(&format!("max rate for {max_seconds} s"));
         }
         assert_eq!(fixed.reflected, fixed.calls, "every traced write reached its report");
+        if let Some(o) = &at_mongod_rate {
+            assert_eq!(o.reflected, o.calls, "every traced write reached its report");
+        }
         if let Some(max) = &max {
             assert_eq!(max.reflected, max.calls, "every traced write reached its report");
         }

@@ -17,9 +17,11 @@
 //!   transaction write and its balance write) is held until it has
 //!   persisted for the settle delay, then written and counted as drift.
 //! - **Old values.** With pre-images the old version of a changed document
-//!   is in the event; without them tally finds where a transaction counted
-//!   through the reports that list it, and falls back to a full refresh of
-//!   the window when nothing can locate it.
+//!   is in the event; without them tally finds where it counted: in the
+//!   window's memory, then through the reports that list it; a recorded
+//!   reject counted nowhere, and neither did a document none of these
+//!   knows (soft-deleted, or before the managed days), so neither is
+//!   recomputed.
 //!
 //! The module family: `options` (clock, options, counters), `run`
 //! (leadership, failures, stopping), `tailer` (the active instance's

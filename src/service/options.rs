@@ -131,6 +131,8 @@ pub struct Counters {
     pub history_lost: u64,
     pub reconnects: u64,
     pub full_refreshes: u64,
+    /// Changed documents without their old version that counted nowhere.
+    pub unlocated: u64,
     pub finalizations: u64,
     /// Dirty users rebuilt from memory, and rescanned from the source.
     pub users_from_memory: u64,

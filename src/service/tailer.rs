@@ -13,7 +13,7 @@ use bson::oid::ObjectId;
 use bson::{Bson, RawDocumentBuf, Timestamp};
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use mongodb::change_stream::event::{OperationType, ResumeToken};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::backend::{Backend, Changes, Watch};
 use super::event::Event;
@@ -71,6 +71,9 @@ pub(super) struct Tailer<B: Backend> {
     /// Set when a stop is requested: waits between retries end early.
     stop: Arc<AtomicBool>,
 }
+
+/// The shortest time between two checkpoints while events keep coming.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The code a server older than 6.0 answers `fullDocumentBeforeChange` with
 /// (`Location40415`: an unknown field of `$changeStream`).
@@ -569,7 +572,7 @@ impl<B: Backend> Tailer<B> {
         if self.flush_due() {
             self.flush().await?;
         }
-        if self.settled() && self.last_save.elapsed() >= Duration::from_secs(1) {
+        if self.settled() && self.last_save.elapsed() >= CHECKPOINT_EVERY {
             self.save().await?;
         }
         self.recheck_pending();
@@ -772,10 +775,19 @@ impl<B: Backend> Tailer<B> {
                 }
                 if !known {
                     // Not in memory: before the window, of a user the
-                    // window does not hold, invalid, or new.
+                    // window does not hold, invalid, or new. An old version
+                    // recorded invalid counted nowhere (contract §1.4): there
+                    // is nothing to locate.
+                    let recorded = || {
+                        let key = reject_key(TRANSACTIONS, &SourceId::from_bson(&id));
+                        self.known_rejects.contains(&key)
+                    };
                     if let Some((user, day)) = old {
                         self.mark(user, day, Some(day));
-                    } else if !has_old && event.operation_type != OperationType::Insert {
+                    } else if !has_old
+                        && event.operation_type != OperationType::Insert
+                        && !recorded()
+                    {
                         self.work.locate.push((id.clone(), new_user));
                     }
                 }
@@ -894,9 +906,13 @@ impl<B: Backend> Tailer<B> {
                 }
                 (None, None) => match known_user {
                     Some(user) => self.mark(user, from, None),
+                    // Listed in no report, held by no user of the window and
+                    // not a recorded reject: it counted in no document tally
+                    // keeps (soft-deleted or dated before the managed days,
+                    // or new and already queued through its user's rescan).
                     None => {
-                        warn!(id = %id, "A deleted document could not be located without pre-images; refreshing the window.");
-                        self.work.full_refresh = true;
+                        self.counters.unlocated += 1;
+                        debug!(id = %id, "A changed document without its old version counted nowhere: nothing to recompute.");
                     }
                 },
             }
@@ -1059,7 +1075,10 @@ impl<B: Backend> Tailer<B> {
         if self.work.dirty.is_empty() {
             self.work.first_dirty_at = None;
         }
-        if self.settled() {
+        // At most one checkpoint per CHECKPOINT_EVERY under load (`step`
+        // saves the rest once settled): a later one only replays more
+        // events after a crash, and replays recompute the same content.
+        if self.settled() && self.last_save.elapsed() >= CHECKPOINT_EVERY {
             self.save().await?;
         }
         Ok(())
@@ -1236,6 +1255,8 @@ impl<B: Backend> Tailer<B> {
                 documents = self.counters.documents_written,
                 users_from_memory = self.counters.users_from_memory,
                 users_rescanned = self.counters.users_rescanned,
+                full_refreshes = self.counters.full_refreshes,
+                unlocated = self.counters.unlocated,
                 "Stopped cleanly."
             ),
             Ok(Err(e)) if lease::is_lost(&e) => return Err(e),
