@@ -616,12 +616,25 @@ async fn fenced_inserts_skip_taken_keys_and_write_the_rest() {
     bulk::execute(&db, first, Some(&fence)).await.unwrap();
     let taken = all(&db, Kind::Report.collection()).await;
 
-    let writes = users.iter().map(|u| new(*u, 2)).collect();
+    // With a write to another collection in the same transaction: the
+    // retry without the taken keys writes it too, once.
+    let mut writes: Vec<_> = users.iter().map(|u| new(*u, 2)).collect();
+    writes.push(write_over(
+        Kind::Snapshot,
+        key_filter(Kind::Snapshot, users[0], day),
+        doc! { "total_balance": 5, "is_final": false },
+        None,
+        now,
+        "UTC",
+    ));
     let stats = bulk::execute(&db, writes, Some(&fence)).await.unwrap();
     assert_eq!(
         (stats.inserted, stats.updated, stats.conflicts, stats.errors),
-        (2, 0, 2, 0)
+        (3, 0, 2, 0)
     );
+    let snapshots = all(&db, Kind::Snapshot.collection()).await;
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    assert_eq!(snapshots[0].get_object_id("user_id").unwrap(), users[0]);
     for (i, user) in users.iter().enumerate() {
         let d = reports
             .find_one(doc! { "user_id": user })

@@ -243,16 +243,20 @@ fn bulk_command(coll: &str, op: Op, items: &[RawDocumentBuf]) -> (RawDocumentBuf
 }
 
 /// A duplicate key inside a transaction (which the server then aborts):
-/// the indexes, in the command, of the inserts that met one.
+/// the batch (in the transaction) and the indexes, in its command, of the
+/// inserts that met one.
 #[derive(Debug)]
-struct DuplicateInTransaction(Vec<usize>);
+struct DuplicateInTransaction {
+    batch: usize,
+    taken: Vec<usize>,
+}
 
 impl std::fmt::Display for DuplicateInTransaction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
             "duplicate key in a fenced insert ({} documents)",
-            self.0.len()
+            self.taken.len()
         )
     }
 }
@@ -265,37 +269,43 @@ impl From<DuplicateInTransaction> for crate::Error {
     }
 }
 
-/// [`execute_prepared`] behind the lease: one transaction per bulk command,
-/// which bounds a transaction's size and time. Any write error aborts a
-/// transaction, so an insert batch that meets a duplicate key is sent
-/// again without the duplicates (counted as conflicts, never written) until
-/// the rest goes in; another write error fails the whole call (the caller
-/// keeps its work queued).
+/// Most operations in one fenced transaction: a flush's writes go in one,
+/// a large recomputation in several, which bounds a transaction's size and
+/// time.
+const TRANSACTION_OPS: usize = 5 * BATCH_OPS;
+
+/// [`execute_prepared`] behind the lease: the bulk commands in as few
+/// transactions as [`TRANSACTION_OPS`] allows (one for a flush under load:
+/// the lease check and the commit are paid once, not per command). Any
+/// write error aborts a transaction, so one whose inserts meet a duplicate
+/// key is sent again without the duplicates (counted as conflicts, never
+/// written) until the rest goes in; another write error fails the whole
+/// call (the caller keeps its work queued).
 async fn execute_fenced(db: &Database, prepared: Prepared, fence: &Fence) -> Result<WriteStats> {
     let mut stats = WriteStats::default();
-    for batch in prepared.batches {
-        let coll = batch.kind.collection();
-        let (op, mut items) = (batch.op, batch.items);
+    for mut group in transactions(prepared.batches) {
         loop {
-            match fenced_batch(db, fence, coll, op, &items).await {
-                Ok((reply, s)) => {
+            match fenced_group(db, fence, &group).await {
+                Ok(s) => {
                     stats.add(s);
-                    stats.count_reply(op, &reply, items.len());
                     break;
                 }
-                Err(e) if op == Op::Insert && e.find::<DuplicateInTransaction>().is_some() => {
-                    let Some(DuplicateInTransaction(taken)) = e.find() else {
+                Err(e) if e.find::<DuplicateInTransaction>().is_some() => {
+                    let Some(DuplicateInTransaction { batch, taken }) = e.find() else {
                         unreachable!("checked above")
                     };
-                    let before = items.len();
-                    items = without(items, taken);
-                    stats.conflicts += (before - items.len()) as u64;
-                    if items.len() == before {
+                    let b = &mut group[*batch];
+                    let before = b.items.len();
+                    b.items = without(std::mem::take(&mut b.items), taken);
+                    stats.conflicts += (before - b.items.len()) as u64;
+                    if b.items.len() == before {
                         crate::bail!(
-                            "a fenced insert into {coll} met a duplicate key it cannot locate"
+                            "a fenced insert into {} met a duplicate key it cannot locate",
+                            b.kind.collection()
                         );
                     }
-                    if items.is_empty() {
+                    group.retain(|b| !b.items.is_empty());
+                    if group.is_empty() {
                         break;
                     }
                 }
@@ -304,6 +314,25 @@ async fn execute_fenced(db: &Database, prepared: Prepared, fence: &Fence) -> Res
         }
     }
     Ok(stats)
+}
+
+/// Batches grouped into transactions of at most [`TRANSACTION_OPS`]
+/// operations (a larger batch alone).
+fn transactions(batches: Vec<Batch>) -> Vec<Vec<Batch>> {
+    let mut out: Vec<Vec<Batch>> = Vec::new();
+    let mut ops = 0;
+    for b in batches {
+        let n = b.items.len();
+        match out.last_mut() {
+            Some(group) if ops + n <= TRANSACTION_OPS => group.push(b),
+            _ => {
+                out.push(vec![b]);
+                ops = 0;
+            }
+        }
+        ops += n;
+    }
+    out
 }
 
 /// `items` without those at the indexes `drop`.
@@ -316,28 +345,31 @@ fn without(items: Vec<RawDocumentBuf>, drop: &[usize]) -> Vec<RawDocumentBuf> {
         .collect()
 }
 
-/// One bulk command in a fenced transaction.
-async fn fenced_batch(
-    db: &Database,
-    fence: &Fence,
-    coll: &str,
-    op: Op,
-    items: &[RawDocumentBuf],
-) -> Result<(Document, WriteStats)> {
-    let (cmd, expected) = bulk_command(coll, op, items);
+/// Bulk commands in one fenced transaction.
+async fn fenced_group(db: &Database, fence: &Fence, group: &[Batch]) -> Result<WriteStats> {
+    let commands: Vec<(RawDocumentBuf, Option<i32>, Op, usize, &'static str)> = group
+        .iter()
+        .map(|b| {
+            let (cmd, expected) = bulk_command(b.kind.collection(), b.op, &b.items);
+            (cmd, expected, b.op, b.items.len(), b.kind.collection())
+        })
+        .collect();
     lease::fenced(db, fence, |s| {
-        let (db, cmd, coll) = (db.clone(), cmd.clone(), coll.to_owned());
+        let (db, commands) = (db.clone(), commands.clone());
         Box::pin(async move {
             let mut stats = WriteStats::default();
-            let reply = run_bulk(&db, &mut stats, cmd, expected, Some(s)).await?;
-            let taken = failed_with(&reply, errors::DUPLICATE_KEY);
-            if !taken.is_empty() {
-                return Err(DuplicateInTransaction(taken).into());
+            for (i, (cmd, expected, op, sent, coll)) in commands.into_iter().enumerate() {
+                let reply = run_bulk(&db, &mut stats, cmd, expected, Some(&mut *s)).await?;
+                let taken = failed_with(&reply, errors::DUPLICATE_KEY);
+                if !taken.is_empty() {
+                    return Err(DuplicateInTransaction { batch: i, taken }.into());
+                }
+                if stats.errors > 0 {
+                    crate::bail!("a fenced bulk write to {coll} had write errors");
+                }
+                stats.count_reply(op, &reply, sent);
             }
-            if stats.errors > 0 {
-                crate::bail!("a fenced bulk write to {coll} had write errors");
-            }
-            Ok((reply, stats))
+            Ok(stats)
         })
     })
     .await
