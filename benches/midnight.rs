@@ -24,6 +24,108 @@ use futures::TryStreamExt;
 use mongodb::Client;
 use tally::batch::seed::{seed, SeedOptions};
 use tally::core::calendar::{date_label, Calendar};
+use tally::core::reports::Kind;
+
+/// The cheapest bulk operation of a step's documents.
+#[derive(Clone, Copy, PartialEq)]
+enum Floor {
+    /// Inserted anew.
+    Insert,
+    /// Marked final by one `updateMany` (`$set` of the flag).
+    Flag,
+    /// The same, inside a transaction.
+    FlagInTransaction,
+    /// As `tally` marks them (batch/finalize.rs `mark_final`: a pipeline
+    /// that also counts the revision), inside a transaction.
+    AsTally,
+}
+
+/// Copies the stored documents of (kind, period) into a scratch collection
+/// with the output's indexes, then times `how`; (documents, time).
+async fn floor(
+    db: &mongodb::Database,
+    kind: Kind,
+    period: NaiveDate,
+    how: Floor,
+) -> (usize, Duration) {
+    let label = date_label(period);
+    let docs: Vec<Document> = db
+        .collection::<Document>(kind.collection())
+        .find(doc! { kind.date_field(): label })
+        .await
+        .expect("find")
+        .try_collect()
+        .await
+        .expect("read");
+    let copies: Vec<Document> = docs
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            d.remove("_id");
+            d.insert(kind.final_field(), false);
+            d
+        })
+        .collect();
+    let name = format!("bench_floor_{}", kind.collection());
+    let scratch = db.collection::<Document>(&name);
+    scratch.drop().await.expect("drop scratch");
+    for keys in [
+        doc! { "user_id": 1, kind.date_field(): 1 },
+        doc! { kind.date_field(): 1 },
+    ] {
+        let unique = keys.len() == 2;
+        let model = mongodb::IndexModel::builder()
+            .keys(keys)
+            .options(
+                mongodb::options::IndexOptions::builder()
+                    .unique(unique)
+                    .build(),
+            )
+            .build();
+        scratch.create_index(model).await.expect("scratch index");
+    }
+    let insert = || async {
+        for chunk in copies.chunks(1000) {
+            scratch
+                .insert_many(chunk.to_vec())
+                .ordered(false)
+                .await
+                .expect("insert");
+        }
+    };
+    if how == Floor::Insert {
+        let t = Instant::now();
+        insert().await;
+        return (copies.len(), t.elapsed());
+    }
+    insert().await;
+    let filter = doc! { kind.date_field(): label };
+    let flag = doc! { "$set": { kind.final_field(): true } };
+    let t = Instant::now();
+    match how {
+        Floor::Flag => {
+            scratch.update_many(filter, flag).await.expect("updateMany");
+        }
+        Floor::FlagInTransaction | Floor::AsTally => {
+            let mut s = db.client().start_session().await.expect("session");
+            s.start_transaction().await.expect("transaction");
+            let r = if how == Floor::AsTally {
+                let at = bson::DateTime::now();
+                let pipeline = vec![doc! { "$set": {
+                    kind.final_field(): true, "updated_at": at, "generated_at": at,
+                    "revision": { "$add": [ { "$ifNull": ["$revision", 0] }, 1 ] },
+                } }];
+                scratch.update_many(filter, pipeline).session(&mut s).await
+            } else {
+                scratch.update_many(filter, flag).session(&mut s).await
+            };
+            r.expect("updateMany");
+            s.commit_transaction().await.expect("commit");
+        }
+        Floor::Insert => unreachable!("returned above"),
+    }
+    (copies.len(), t.elapsed())
+}
 
 /// `elapsed_ms`, `documents` and `closed_only` of the "Finalized." line of
 /// (kind, period) in `log`.
@@ -63,7 +165,10 @@ fn main() {
             let log_path = std::env::temp_dir().join(format!("{name}.log"));
             let log = std::fs::File::create(&log_path).expect("log file");
             let started = Instant::now();
-            let mut tally = Command::new(env!("CARGO_BIN_EXE_tally"))
+            // `TALLY_BENCH_TALLY_BIN`: another build of tally (a before/after run).
+            let bin = std::env::var("TALLY_BENCH_TALLY_BIN")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tally").to_owned());
+            let mut tally = Command::new(bin)
                 .args(["run", "--initial-days", "2"])
                 .args(["--daily-report-at", "23:59:50", "--snapshot-at", "00:00:00"])
                 .args(["--monthly-at", "00:00:05"])
@@ -104,34 +209,19 @@ fn main() {
             let status = tally.wait().expect("tally exits");
             let log = read();
 
-            // The floor: the same server inserting the snapshot step's
-            // documents in bulk, into a scratch collection.
-            let snapshots: Vec<Document> = db
-                .collection::<Document>("daily_financial_snapshots")
-                .find(doc! { "snapshot_date": date_label(day("2026-11-30")) })
-                .await
-                .expect("find")
-                .try_collect()
-                .await
-                .expect("read");
-            let copies: Vec<Document> = snapshots
-                .iter()
-                .map(|d| {
-                    let mut d = d.clone();
-                    d.remove("_id");
-                    d
-                })
-                .collect();
-            let scratch = db.collection::<Document>("bench_scratch");
-            let t = Instant::now();
-            for chunk in copies.chunks(1000) {
-                scratch
-                    .insert_many(chunk.to_vec())
-                    .ordered(false)
-                    .await
-                    .expect("insert");
-            }
-            let bare = t.elapsed();
+            // The floors: the same server doing the cheapest bulk operation
+            // for each step's documents, in scratch collections with the
+            // same indexes: one `updateMany` setting the flag (reports,
+            // summaries: the step only marks them final) and bare inserts
+            // (snapshots: new documents).
+            let reports_floor = floor(&db, Kind::Report, day("2026-11-30"), Floor::Flag).await;
+            let snap_floor = floor(&db, Kind::Snapshot, day("2026-11-30"), Floor::Insert).await;
+            let month_floor = floor(&db, Kind::Monthly, day("2026-11-01"), Floor::Flag).await;
+            // Where a step's time goes beyond the floor: the same update in
+            // a transaction (tally's fence), and as tally writes it (a
+            // pipeline that also counts the revision, in a transaction).
+            let month_in_txn = floor(&db, Kind::Monthly, day("2026-11-01"), Floor::FlagInTransaction).await;
+            let month_as_tally = floor(&db, Kind::Monthly, day("2026-11-01"), Floor::AsTally).await;
 
             let (reports_ms, reports, reports_closed) =
                 step(&log, "reports", "2026-11-30").expect("reports step");
@@ -143,30 +233,50 @@ fn main() {
                 seeded.users, seeded.transactions
             );
             println!(
-                "  23:59 reports final     {reports:>6} documents  {:>8.2} s  ({reports_closed} only marked final)",
-                reports_ms as f64 / 1e3
+                "@info night bench: {} users, {} transactions in November (UTC), tally run's steps of 30 Nov 23:59, 1 Dec 00:00 and 00:01 from its in-memory window (the Finalized. lines' elapsed_ms); floors in scratch collections with the outputs' indexes, after the night, on the same server",
+                seeded.users, seeded.transactions
             );
-            println!(
-                "  00:00 snapshots         {snap:>6} documents  {:>8.2} s",
-                snap_ms as f64 / 1e3
+            let steps = [
+                ("23:59 reports final", reports_ms, reports, reports_closed, reports_floor, "one updateMany of the flag"),
+                ("00:00 snapshots", snap_ms, snap, 0, snap_floor, "bare inserts"),
+                ("00:01 monthly summaries final", month_ms, month, month_closed, month_floor, "one updateMany of the flag"),
+            ];
+            for (label, ms, docs, closed, (n, floor), how) in steps {
+                let secs = ms as f64 / 1e3;
+                let ratio = secs / floor.as_secs_f64().max(1e-9);
+                println!(
+                    "  {label:<30} {docs:>6} documents ({closed} only marked final) {secs:>8.2} s; floor ({how} of the same {n}) {:>6.2} s → {ratio:.2}×",
+                    floor.as_secs_f64()
+                );
+                common::row(
+                    common::NIGHT,
+                    &format!("night at {users} users: {label} ({docs} documents, {closed} only marked final); target ≤ 1.2× the floor"),
+                    &format!("{secs:.2} s vs {:.2} s = **{ratio:.2}×** ({})", floor.as_secs_f64(), if ratio <= 1.2 { "met" } else { "missed" }),
+                    &format!("the server: floor = {how} of the same {n} documents, same indexes"),
+                );
+            }
+            let (n, t) = month_in_txn;
+            common::row(
+                common::NIGHT,
+                &format!("night at {users} users: the monthly floor's updateMany inside a transaction"),
+                &format!("{:.2} s for {n} documents", t.as_secs_f64()),
+                "the server's transaction",
             );
-            println!(
-                "  00:01 monthly summaries {month:>6} documents  {:>8.2} s  ({month_closed} only marked final)",
-                month_ms as f64 / 1e3
-            );
-            println!(
-                "  bare bulk insert of the same {} snapshots  {:>8.2} s → snapshot step = {:.2}× the server's bare write time",
-                copies.len(),
-                bare.as_secs_f64(),
-                snap_ms as f64 / 1e3 / bare.as_secs_f64().max(1e-9)
+            let (n, t) = month_as_tally;
+            common::row(
+                common::NIGHT,
+                &format!("night at {users} users: the monthly update as tally sends it (pipeline counting the revision) in a transaction"),
+                &format!("{:.2} s for {n} documents", t.as_secs_f64()),
+                "the server's pipeline update",
             );
             println!(
                 "  whole run (first-start window build + the night)  {:.1} s; tally peak RSS {:.0} MiB",
                 night.as_secs_f64(),
                 peak_rss_kib as f64 / 1024.0
             );
+            let snapshots = snap_floor.0;
             assert!(status.success(), "clean exit: {status}");
-            assert_eq!(snap as usize, snapshots.len(), "the step wrote the snapshots");
+            assert_eq!(snap as usize, snapshots, "the step wrote the snapshots");
             assert!(snap > 0 && month > 0);
             server.stop();
         });

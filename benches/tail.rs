@@ -52,7 +52,10 @@ fn start_tally(uri: &str, db: &str, pre_images: bool) -> Child {
     if !pre_images {
         args.push("--no-pre-images");
     }
-    Command::new(env!("CARGO_BIN_EXE_tally"))
+    // `TALLY_BENCH_TALLY_BIN`: another build of tally (a before/after run).
+    let bin = std::env::var("TALLY_BENCH_TALLY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tally").to_owned());
+    Command::new(bin)
         .args(args)
         .env("TALLY_MONGODB_URI", uri)
         .env("TALLY_DATABASE", db)
