@@ -14,28 +14,52 @@ use crate::plan::write::int;
 
 /// What tally needs to know of a stored document: a fingerprint of its
 /// content and the bookkeeping its next write continues from.
+///
+/// Packed (56 bytes instead of 80 with `Option`s): the window holds one per
+/// stored document of every user, so its size is most of tally's memory per
+/// user after the transactions (BENCHMARKS.md, "Memory per user"). Absent
+/// values are sentinels, read back as `None`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredMeta {
-    id: Option<ObjectId>,
     fingerprint: u64,
-    revision: Option<i64>,
+    revision: i64,
     restatements: i64,
-    is_final: bool,
-    created_at: Option<bson::DateTime>,
-    finalized_at: Option<bson::DateTime>,
+    created_at: i64,
+    finalized_at: i64,
+    id: [u8; 12],
+    flags: u8,
 }
+
+/// `flags`: the document has an `_id`; it is final.
+const HAS_ID: u8 = 1;
+const IS_FINAL: u8 = 2;
+/// An absent `revision`, `created_at` or `finalized_at`.
+const ABSENT: i64 = i64::MIN;
 
 impl StoredMeta {
     /// The meta of a stored document, or of the `set` of a write.
     pub fn of(kind: Kind, doc: &Document) -> StoredMeta {
+        let id = doc.get_object_id("_id").ok();
+        let millis = |field: &str| {
+            doc.get_datetime(field)
+                .map_or(ABSENT, |t| t.timestamp_millis())
+        };
+        let mut flags = 0;
+        if id.is_some() {
+            flags |= HAS_ID;
+        }
+        if doc.get_bool(kind.final_field()).unwrap_or(false) {
+            flags |= IS_FINAL;
+        }
         StoredMeta {
-            id: doc.get_object_id("_id").ok(),
             fingerprint: fingerprint(doc),
-            revision: int(doc.get("revision")),
+            // A stored revision of i64::MIN reads as none: never written so.
+            revision: int(doc.get("revision")).unwrap_or(ABSENT),
             restatements: int(doc.get("restatements")).unwrap_or(0),
-            is_final: doc.get_bool(kind.final_field()).unwrap_or(false),
-            created_at: doc.get_datetime("created_at").ok().copied(),
-            finalized_at: doc.get_datetime("finalized_at").ok().copied(),
+            created_at: millis("created_at"),
+            finalized_at: millis("finalized_at"),
+            id: id.map_or([0; 12], |o| o.bytes()),
+            flags,
         }
     }
 
@@ -46,8 +70,17 @@ impl StoredMeta {
 
     /// Whether the stored document is final.
     pub fn is_final(&self) -> bool {
-        self.is_final
+        self.flags & IS_FINAL != 0
     }
+
+    fn id(&self) -> Option<ObjectId> {
+        (self.flags & HAS_ID != 0).then(|| ObjectId::from_bytes(self.id))
+    }
+}
+
+/// A sentinel-coded value back as an option.
+fn present(v: i64) -> Option<i64> {
+    (v != ABSENT).then_some(v)
 }
 
 impl StoredDoc for &StoredMeta {
@@ -57,19 +90,19 @@ impl StoredDoc for &StoredMeta {
 
     fn bookkeeping(&self, kind: Kind) -> Cow<'_, Document> {
         let mut d = Document::new();
-        if let Some(id) = self.id {
+        if let Some(id) = self.id() {
             d.insert("_id", id);
         }
-        if let Some(r) = self.revision {
+        if let Some(r) = present(self.revision) {
             d.insert("revision", r);
         }
         d.insert("restatements", self.restatements);
-        d.insert(kind.final_field(), self.is_final);
-        if let Some(c) = self.created_at {
-            d.insert("created_at", c);
+        d.insert(kind.final_field(), self.is_final());
+        if let Some(c) = present(self.created_at) {
+            d.insert("created_at", bson::DateTime::from_millis(c));
         }
-        if let Some(f) = self.finalized_at {
-            d.insert("finalized_at", f);
+        if let Some(f) = present(self.finalized_at) {
+            d.insert("finalized_at", bson::DateTime::from_millis(f));
         }
         Cow::Owned(d)
     }
@@ -160,5 +193,23 @@ mod tests {
         assert_eq!(meta.difference(&stored), None);
         let changed = doc! { "user_id": 2, "is_final": true };
         assert_eq!(meta.difference(&changed), Some(Difference::Content));
+        let id = ObjectId::new();
+        let with_id = &StoredMeta::of(Kind::Report, &doc! { "_id": id, "revision": 0_i64 });
+        let book = with_id.bookkeeping(Kind::Report);
+        assert_eq!(book.get_object_id("_id").unwrap(), id);
+        assert_eq!(book.get_i64("revision").unwrap(), 0, "a revision 0 is kept");
+    }
+
+    #[test]
+    fn meta_leaves_absent_bookkeeping_absent() {
+        let meta = &StoredMeta::of(Kind::Snapshot, &doc! { "user_id": 1 });
+        let book = meta.bookkeeping(Kind::Snapshot);
+        for field in ["_id", "revision", "created_at", "finalized_at"] {
+            assert!(!book.contains_key(field), "{field} in {book:?}");
+        }
+        assert_eq!(book.get_i64("restatements").unwrap(), 0);
+        assert!(!book.get_bool("is_complete").unwrap());
+        assert!(!meta.is_final());
+        assert_eq!(std::mem::size_of::<StoredMeta>(), 56);
     }
 }

@@ -36,8 +36,63 @@ struct UserState {
     transactions: BTreeMap<SourceId, Transaction>,
     ledger: UserLedger,
     pockets: BTreeMap<ObjectId, Pocket>,
-    stored: BTreeMap<(Kind, NaiveDate), StoredMeta>,
+    stored: Stored,
     baseline: YtdBaseline,
+}
+
+/// The stored documents' metas of one user, as a vector sorted by (kind,
+/// period): a third of a `BTreeMap`'s bytes per entry, and the window
+/// holds one entry per stored document of every user.
+#[derive(Debug, Default)]
+struct Stored(Vec<((Kind, NaiveDate), StoredMeta)>);
+
+impl Stored {
+    /// Of entries in any order; of two with one key the later wins, as it
+    /// would in a map.
+    fn from_unsorted(mut entries: Vec<((Kind, NaiveDate), StoredMeta)>) -> Stored {
+        entries.reverse();
+        entries.sort_by_key(|(k, _)| *k);
+        entries.dedup_by_key(|(k, _)| *k);
+        entries.shrink_to_fit();
+        Stored(entries)
+    }
+
+    fn find(&self, key: &(Kind, NaiveDate)) -> Result<usize, usize> {
+        self.0.binary_search_by_key(key, |(k, _)| *k)
+    }
+
+    fn get(&self, key: &(Kind, NaiveDate)) -> Option<&StoredMeta> {
+        self.find(key).ok().map(|i| &self.0[i].1)
+    }
+
+    fn insert(&mut self, key: (Kind, NaiveDate), meta: StoredMeta) {
+        match self.find(&key) {
+            Ok(i) => self.0[i].1 = meta,
+            Err(i) => self.0.insert(i, (key, meta)),
+        }
+    }
+
+    fn remove(&mut self, key: &(Kind, NaiveDate)) {
+        if let Ok(i) = self.find(key) {
+            self.0.remove(i);
+        }
+    }
+
+    /// The entries with keys in `[lo, hi]`.
+    fn range(
+        &self,
+        lo: (Kind, NaiveDate),
+        hi: (Kind, NaiveDate),
+    ) -> &[((Kind, NaiveDate), StoredMeta)] {
+        let a = self.0.partition_point(|(k, _)| *k < lo);
+        let b = self.0.partition_point(|(k, _)| *k <= hi);
+        &self.0[a..b.max(a)]
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&(Kind, NaiveDate)) -> bool) {
+        self.0.retain(|(k, _)| keep(k));
+        self.0.shrink_to_fit();
+    }
 }
 
 /// Every user's state over the window `[from, ∞)`.
@@ -138,7 +193,7 @@ impl Live {
             transactions,
             ledger,
             pockets: kept.pockets,
-            stored: kept.stored.into_iter().collect(),
+            stored: Stored::from_unsorted(kept.stored),
             baseline: kept.baseline,
         };
         self.users.insert(user, state);
@@ -267,7 +322,8 @@ impl Live {
             stored.extend(
                 state
                     .stored
-                    .range((kind, lo)..=(kind, hi))
+                    .range((kind, lo), (kind, hi))
+                    .iter()
                     .map(|(k, m)| (*k, m)),
             );
         }
@@ -364,7 +420,7 @@ impl Live {
         for state in self.users.values_mut() {
             state
                 .stored
-                .retain(|(kind, period), _| keeps(*kind, *period, month_from, open_from));
+                .retain(|(kind, period)| keeps(*kind, *period, month_from, open_from));
         }
     }
 
@@ -402,6 +458,53 @@ mod tests {
 
     fn day(s: &str) -> NaiveDate {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn stored_metas_are_a_sorted_map() {
+        let meta = |n: i64| StoredMeta::of(Kind::Report, &bson::doc! { "n": n });
+        let key = |k: Kind, d: &str| (k, day(d));
+        let mut stored = Stored::from_unsorted(vec![
+            (key(Kind::Snapshot, "2026-03-02"), meta(1)),
+            (key(Kind::Report, "2026-03-05"), meta(2)),
+            (key(Kind::Report, "2026-03-01"), meta(3)),
+            (key(Kind::Report, "2026-03-05"), meta(4)),
+        ]);
+        assert_eq!(stored.0.len(), 3);
+        assert_eq!(
+            stored.get(&key(Kind::Report, "2026-03-05")),
+            Some(&meta(4)),
+            "the later wins"
+        );
+        stored.insert(key(Kind::Report, "2026-03-03"), meta(5));
+        stored.insert(key(Kind::Report, "2026-03-01"), meta(6));
+        let days = |stored: &Stored, lo: &str, hi: &str| -> Vec<NaiveDate> {
+            stored
+                .range(key(Kind::Report, lo), key(Kind::Report, hi))
+                .iter()
+                .map(|((_, d), _)| *d)
+                .collect()
+        };
+        assert_eq!(
+            days(&stored, "2026-03-01", "2026-03-04"),
+            [day("2026-03-01"), day("2026-03-03")]
+        );
+        assert_eq!(
+            days(&stored, "2026-03-06", "2026-03-09"),
+            Vec::<NaiveDate>::new()
+        );
+        assert_eq!(
+            days(&stored, "2026-03-09", "2026-03-01"),
+            Vec::<NaiveDate>::new()
+        );
+        assert_eq!(stored.get(&key(Kind::Report, "2026-03-01")), Some(&meta(6)));
+        stored.remove(&key(Kind::Report, "2026-03-01"));
+        stored.retain(|(k, _)| *k == Kind::Report);
+        assert_eq!(
+            days(&stored, "2026-03-01", "2026-03-31"),
+            [day("2026-03-03"), day("2026-03-05")]
+        );
+        assert_eq!(stored.get(&key(Kind::Snapshot, "2026-03-02")), None);
     }
 
     struct World {
