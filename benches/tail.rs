@@ -9,14 +9,22 @@
 //! change them). Every call is traced: its latency is the time from the
 //! transaction insert until a report listing it is written (seen through a
 //! change stream on the reports, so tracing adds no polling load).
-//! Before tally starts, the same calls run as fast as the server accepts
-//! them for `TALLY_BENCH_BARE_SECONDS` (10) with nothing attached: the
-//! server's own ceiling for this pattern, the baseline of the rates below.
-//! `TALLY_BENCH_MAX_SECONDS=S` then adds a max-rate load: the same calls
+//! Every phase runs on a server of its own, seeded alike (SecantusDB's cost
+//! per write grows ~5× after about 10,000 write commands since its start,
+//! so phases one after the other on one server would not compare): the
+//! calls as fast as the server accepts them with nothing attached (its
+//! ceiling), then with one change stream opened as tally opens it and a
+//! reader that writes nothing (the ceiling the rates below are half of);
+//! then the cost rows, server CPU per call at that rate: (1) the API alone,
+//! (2) with that stream, (3) with `tally run` and no other stream; then the
+//! latency at that rate with a tracing stream, a `mongod` target rate
+//! (`TALLY_BENCH_MONGOD_RATE`, 250 calls/s, for `TALLY_BENCH_MONGOD_SECONDS`)
+//! and, with `TALLY_BENCH_MAX_SECONDS=S`, a max-rate load: the same calls
 //! one after the other, as fast as the server accepts them, for S seconds,
 //! reporting the transactions per second tally applied (reflected in a
-//! report). Each load waits up to `TALLY_BENCH_DRAIN_SECONDS` (60) for the
-//! last report. Under `cargo test` it runs a tiny load of each kind once as
+//! report). Each traced load waits up to `TALLY_BENCH_DRAIN_SECONDS` (60)
+//! for the last report. `TALLY_BENCH_PRE_IMAGES=0` runs it without
+//! pre-images. Under `cargo test` it runs a tiny load of each kind once as
 //! a smoke test. `@row` lines are for `scripts/bench`'s table.
 
 mod common;
@@ -130,14 +138,18 @@ struct Load<'a> {
     written_at: &'a Mutex<HashMap<ObjectId, Instant>>,
     reflected: &'a Mutex<Vec<(Instant, Duration)>>,
     /// Whether a tracer watches the reports: then a phase waits for every
-    /// call's report; otherwise it waits [`UNTRACED_DRAIN`].
+    /// call's report; otherwise it waits `drain`.
     traced: bool,
+    drain: Duration,
 }
 
 /// How long an untraced phase goes on after its last call, inside the CPU
-/// window, so that the work the calls caused (change events, tally's
-/// flush) is counted; the same for every untraced row.
-const UNTRACED_DRAIN: Duration = Duration::from_secs(3);
+/// window, so that the work the calls caused is counted — change events,
+/// tally's flushes, and the rescans tally does a settle delay (20 s) after a
+/// user's change (`recheck_pending`); the same for every untraced row.
+fn untraced_drain(benching: bool) -> Duration {
+    Duration::from_secs(if benching { 25 } else { 1 })
+}
 
 /// What one load phase measured.
 struct Outcome {
@@ -220,7 +232,7 @@ impl Load<'_> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         } else {
-            tokio::time::sleep(UNTRACED_DRAIN).await;
+            tokio::time::sleep(self.drain).await;
         }
         self.written_at.lock().await.clear();
         let measured = start.elapsed();
@@ -453,68 +465,61 @@ fn main() {
         1.0
     };
     tokio::runtime::Runtime::new().expect("runtime").block_on(async move {
-        let mut server = support::start_server(&[], None);
-        let uri = server.uri();
-        let client = Client::with_uri_str(&uri).await.expect("client");
-        let name = support::unique_db("bench_tail");
-        let db = client.database(&name);
-        let cal = Calendar::from_name("UTC").expect("zone");
-        let today = cal.day_of(Utc::now());
-        let opts = SeedOptions {
-            users,
-            transactions_per_user: per_user,
-            from: today - chrono::Days::new(59),
-            to: today,
-            seed: 3,
-            bulk: true,
-        };
-        seed(&db, &cal, &opts).await.expect("seed");
-        // As an operator would: `tally init --create-source-index`.
-        tally::mongo::connect::init(&db, true, true).await.expect("init");
-        let mut pockets: Vec<(ObjectId, ObjectId, Money)> = Vec::new();
-        let mut cursor = db.collection::<Document>("pockets").find(doc! { "deleted_at": null }).await.unwrap();
-        while let Some(d) = cursor.try_next().await.unwrap() {
-            if let Ok(p) = tally::core::source::decode_pocket(&d) {
-                if let (Some(u), Ok(b)) = (p.user_id, p.balance) {
-                    pockets.push((u, p.id, b));
-                }
-            }
-        }
-
-        // The server alone first (tally reads these writes on its first start).
-        let spid = server_pid(server.port());
         let written_at: Arc<Mutex<HashMap<ObjectId, Instant>>> = Arc::default();
         let reflected: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::default();
         let mut rng = Rng::new(11);
-        let mut load = Load { db: &db, pockets, written_at: &written_at, reflected: &reflected, traced: false };
-        let (bare_calls, bare_elapsed, bare_cpu) = load.bare(&mut rng, bare_seconds, spid).await;
-        assert!(bare_calls > 0, "the server took no call");
+        // Every phase below runs on a server of its own, seeded alike:
+        // SecantusDB's cost per write grows ~5× after about 10,000 write
+        // commands since it started (BENCHMARKS.md), so rows measured one
+        // after the other on one server would compare different servers.
+        let new_server = || Fresh::start(users, per_user, untraced_drain(benching));
 
-        // Then with one change stream opened exactly as tally opens it and a
+        // The server alone: its own ceiling for this pattern.
+        let mut f = new_server().await;
+        let (bare_calls, bare_elapsed, bare_cpu) = f.load(&written_at, &reflected).bare(&mut rng, bare_seconds, f.spid).await;
+        assert!(bare_calls > 0, "the server took no call");
+        f.server.stop();
+
+        // With one change stream opened exactly as tally opens it and a
         // reader that writes nothing: its ceiling sets the rate of the rows
         // below (half of it), so that each row runs where the server keeps up.
-        let reader = spawn_reader(&db, pre_images);
-        let (stream_calls, stream_elapsed, stream_cpu) = load.bare(&mut rng, bare_seconds, spid).await;
+        let mut f = new_server().await;
+        let reader = spawn_reader(&f.db, pre_images);
+        let (stream_calls, stream_elapsed, stream_cpu) = f.load(&written_at, &reflected).bare(&mut rng, bare_seconds, f.spid).await;
+        reader.abort();
+        f.server.stop();
         let stream_ceiling = stream_calls as f64 / stream_elapsed.as_secs_f64().max(1e-9);
         let rate = rate.unwrap_or((0.5 * stream_ceiling).max(1.0));
         let calls = ((rate * seconds) as usize).max(1);
-        let with_stream = load.run(&mut rng, Pace::Rate { rate, calls }, None, spid).await;
-        reader.abort();
-        let alone = load.run(&mut rng, Pace::Rate { rate, calls }, None, spid).await;
 
+        // The three cost rows, at that rate.
+        let mut f = new_server().await;
+        let alone = f.load(&written_at, &reflected).run(&mut rng, Pace::Rate { rate, calls }, None, f.spid).await;
+        f.server.stop();
+        let mut f = new_server().await;
+        let reader = spawn_reader(&f.db, pre_images);
+        let with_stream = f.load(&written_at, &reflected).run(&mut rng, Pace::Rate { rate, calls }, None, f.spid).await;
+        reader.abort();
+        f.server.stop();
+        let mut f = new_server().await;
         let started = Instant::now();
-        let mut tally = start_tally(&uri, &name, pre_images);
-        common::wait_started(&db).await;
+        let mut tally = start_tally(&f.uri, &f.name, pre_images);
+        common::wait_started(&f.db).await;
         let startup = started.elapsed();
         // Let the first start's work end before the cost is measured.
-        tokio::time::sleep(UNTRACED_DRAIN).await;
-        let with_tally = load.run(&mut rng, Pace::Rate { rate, calls }, Some(tally.id()), spid).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let with_tally = f.load(&written_at, &reflected).run(&mut rng, Pace::Rate { rate, calls }, Some(tally.id()), f.spid).await;
+        stop_tally(&mut tally);
+        f.server.stop();
 
-        // Watch tally's report writes; a write is reflected when a report
-        // listing its transaction id comes by. Pushed, not polled, so the
-        // measurement adds no polling load (but a second change stream: the
-        // cost rows above run without it).
-        let mut watch = db
+        // Latency, on a server of its own: a change stream on the reports
+        // sees tally's writes (pushed, not polled: no polling load, but a
+        // second stream, which the cost rows above run without).
+        let mut f = new_server().await;
+        let mut tally = start_tally(&f.uri, &f.name, pre_images);
+        common::wait_started(&f.db).await;
+        let mut watch = f
+            .db
             .collection::<Document>("daily_financial_reports")
             .watch()
             .full_document(FullDocumentType::UpdateLookup)
@@ -534,24 +539,26 @@ fn main() {
                 }
             })
         };
+        let mut load = f.load(&written_at, &reflected);
         load.traced = true;
-        let fixed = load.run(&mut rng, Pace::Rate { rate, calls }, Some(tally.id()), spid).await;
+        let fixed = load.run(&mut rng, Pace::Rate { rate, calls }, Some(tally.id()), f.spid).await;
         let mongod = mongod_rate.map(|r| {
             let calls = ((r * env("TALLY_BENCH_MONGOD_SECONDS", 5.0)) as usize).max(1);
             (r, calls)
         });
         let at_mongod_rate = match mongod {
-            Some((r, calls)) => Some(load.run(&mut rng, Pace::Rate { rate: r, calls }, Some(tally.id()), spid).await),
+            Some((r, calls)) => Some(load.run(&mut rng, Pace::Rate { rate: r, calls }, Some(tally.id()), f.spid).await),
             None => None,
         };
         let max = if max_seconds > 0.0 {
-            Some(load.run(&mut rng, Pace::Max { seconds: max_seconds }, Some(tally.id()), spid).await)
+            Some(load.run(&mut rng, Pace::Max { seconds: max_seconds }, Some(tally.id()), f.spid).await)
         } else {
             None
         };
         tracer.abort();
-        let _ = Command::new("kill").args(["-TERM", &tally.id().to_string()]).status();
-        let status = tally.wait().expect("tally exits");
+        let status = stop_tally(&mut tally);
+        f.server.stop();
+
         println!("tail bench: {users} users × {per_user} transactions seeded; load {rate:.1}/s API calls (2 writes each) for {seconds}s");
         let per_call = |cpu: Option<f64>, calls: usize| cpu.map_or("?".to_owned(), |s| format!("{:.2} ms", 1000.0 * s / calls.max(1) as f64));
         let bare_rate = bare_calls as f64 / bare_elapsed.as_secs_f64().max(1e-9);
@@ -569,7 +576,7 @@ fn main() {
             max.print("max rate");
         }
         println!("  tally exit on SIGTERM: {status}");
-        println!("@info tail bench: {users} users × {per_user} transactions seeded, the API's pattern (transaction insert, then the pocket's balance `$set`); pre-images {}; the cost rows run at half the ceiling of the server with one change stream ({rate:.1} calls/s), each for {seconds} s plus {} s of drain inside its CPU window, with no tracing stream; latency from the insert until a report listing it is written (seen through a change stream on the reports)", if pre_images { "on" } else { "off" }, UNTRACED_DRAIN.as_secs());
+        println!("@info tail bench: {users} users × {per_user} transactions seeded, the API's pattern (transaction insert, then the pocket's balance `$set`); pre-images {}; every phase on a fresh server seeded alike; the cost rows run at half the ceiling of the server with one change stream ({rate:.1} calls/s), each for {seconds} s plus {} s of drain inside its CPU window, with no tracing stream; latency from the insert until a report listing it is written (seen through a change stream on the reports)", if pre_images { "on" } else { "off" }, untraced_drain(benching).as_secs());
         common::row(
             common::TAIL,
             &format!("tail: the server alone, the API's pattern as fast as it accepts for {bare_seconds} s (no tally, no change stream)"),
@@ -610,6 +617,86 @@ fn main() {
             assert_eq!(max.reflected, max.calls, "every traced write reached its report");
         }
         assert!(status.success());
-        server.stop();
     });
+}
+
+/// SIGTERM to tally; its exit status.
+fn stop_tally(tally: &mut Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .args(["-TERM", &tally.id().to_string()])
+        .status();
+    tally.wait().expect("tally exits")
+}
+
+/// A server of its own, seeded, with `tally init --create-source-index` done.
+struct Fresh {
+    server: support::Server,
+    uri: String,
+    name: String,
+    db: Database,
+    spid: Option<u32>,
+    pockets: Vec<(ObjectId, ObjectId, Money)>,
+    drain: Duration,
+}
+
+impl Fresh {
+    async fn start(users: usize, per_user: usize, drain: Duration) -> Fresh {
+        let server = support::start_server(&[], None);
+        let uri = server.uri();
+        let client = Client::with_uri_str(&uri).await.expect("client");
+        let name = support::unique_db("bench_tail");
+        let db = client.database(&name);
+        let cal = Calendar::from_name("UTC").expect("zone");
+        let today = cal.day_of(Utc::now());
+        let opts = SeedOptions {
+            users,
+            transactions_per_user: per_user,
+            from: today - chrono::Days::new(59),
+            to: today,
+            seed: 3,
+            bulk: true,
+        };
+        seed(&db, &cal, &opts).await.expect("seed");
+        tally::mongo::connect::init(&db, true, true)
+            .await
+            .expect("init");
+        let mut pockets = Vec::new();
+        let mut cursor = db
+            .collection::<Document>("pockets")
+            .find(doc! { "deleted_at": null })
+            .await
+            .unwrap();
+        while let Some(d) = cursor.try_next().await.unwrap() {
+            if let Ok(p) = tally::core::source::decode_pocket(&d) {
+                if let (Some(u), Ok(b)) = (p.user_id, p.balance) {
+                    pockets.push((u, p.id, b));
+                }
+            }
+        }
+        let spid = server_pid(server.port());
+        Fresh {
+            server,
+            uri,
+            name,
+            db,
+            spid,
+            pockets,
+            drain,
+        }
+    }
+
+    fn load<'a>(
+        &'a self,
+        written_at: &'a Mutex<HashMap<ObjectId, Instant>>,
+        reflected: &'a Mutex<Vec<(Instant, Duration)>>,
+    ) -> Load<'a> {
+        Load {
+            db: &self.db,
+            pockets: self.pockets.clone(),
+            written_at,
+            reflected,
+            traced: false,
+            drain: self.drain,
+        }
+    }
 }
