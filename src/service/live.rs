@@ -23,6 +23,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use crate::batch::scan::Kept;
 use crate::core::calendar::{first_of_month, Calendar};
 use crate::core::ledger::{UserLedger, YtdBaseline};
+use crate::core::money::Money;
 use crate::core::reports::{Categories, Kind, UserView};
 use crate::core::source::{Pocket, SourceId, Transaction};
 use crate::plan::compare::{compare_user, DocChange};
@@ -38,7 +39,19 @@ struct UserState {
     pockets: BTreeMap<ObjectId, Pocket>,
     stored: Stored,
     baseline: YtdBaseline,
+    /// The user's [anchors](Live::anchors) when its documents were last
+    /// computed (`None`: not since it was loaded).
+    computed: Option<Anchors>,
+    /// Its anchors when its documents were last made consistent back to
+    /// its first stored document (`None`: not since it was loaded).
+    settled: Option<Anchors>,
 }
+
+/// Per valid pocket of a user, its closing balance on the day before the
+/// window: B(p) − Σ net(p) over the window's days (contract §4.1). Every
+/// closing balance before the window, and every one in it before the first
+/// day whose transactions changed, follows from it alone.
+pub type Anchors = Vec<(ObjectId, Money)>;
 
 /// The stored documents' metas of one user, as a vector sorted by (kind,
 /// period): a third of a `BTreeMap`'s bytes per entry, and the window
@@ -195,6 +208,8 @@ impl Live {
             pockets: kept.pockets,
             stored: Stored::from_unsorted(kept.stored),
             baseline: kept.baseline,
+            computed: None,
+            settled: None,
         };
         self.users.insert(user, state);
         displaced.sort_by_key(|u| u.bytes());
@@ -282,6 +297,58 @@ impl Live {
             }
         }
         (users, known)
+    }
+
+    /// Whether `new` differs from the pocket the window holds by its
+    /// balance alone (a pocket the window does not hold: unknown, `false`).
+    pub fn balance_only(&self, new: &Pocket) -> bool {
+        let Some(old) = self
+            .pocket_owner
+            .get(&new.id)
+            .and_then(|u| self.users.get(u))
+            .and_then(|s| s.pockets.get(&new.id))
+        else {
+            return false;
+        };
+        let mut same = old.clone();
+        same.balance = new.balance;
+        same == *new
+    }
+
+    /// `user`'s anchors now (see [`Anchors`]).
+    pub fn anchors(&self, user: &ObjectId) -> Option<Anchors> {
+        self.users.get(user).map(anchors_of)
+    }
+
+    /// Whether `user`'s anchors moved since its documents were last
+    /// computed: then days its transaction events did not touch moved too.
+    pub fn anchors_moved(&self, user: &ObjectId) -> bool {
+        self.users
+            .get(user)
+            .is_none_or(|s| s.computed.as_ref() != Some(&anchors_of(s)))
+    }
+
+    /// Whether `user`'s anchors are those of its last consistent state back
+    /// to its first stored document: then no document before the window
+    /// needs restating.
+    pub fn anchors_settled(&self, user: &ObjectId) -> bool {
+        self.users
+            .get(user)
+            .is_some_and(|s| s.settled.as_ref() == Some(&anchors_of(s)))
+    }
+
+    /// Records `user`'s anchors as those of its last computation.
+    pub fn note_computed(&mut self, user: &ObjectId) {
+        if let Some(s) = self.users.get_mut(user) {
+            s.computed = Some(anchors_of(s));
+        }
+    }
+
+    /// Records `user`'s anchors as consistent back to its first document.
+    pub fn note_settled(&mut self, user: &ObjectId) {
+        if let Some(s) = self.users.get_mut(user) {
+            s.settled = Some(anchors_of(s));
+        }
     }
 
     /// The changes that bring `user`'s stored documents of `kinds` over
@@ -402,6 +469,10 @@ impl Live {
                 .map(|(id, _)| id.clone())
                 .collect();
             if !old.is_empty() {
+                // The anchors move to the new window's eve; a state they
+                // matched before, they match after.
+                let before = Some(anchors_of(state));
+                let (computed, settled) = (state.computed == before, state.settled == before);
                 for id in &old {
                     state.transactions.remove(id);
                     self.tx_owner.remove(id);
@@ -411,6 +482,9 @@ impl Live {
                     ledger.apply(&self.cal, tx);
                 }
                 state.ledger = ledger;
+                let after = Some(anchors_of(state));
+                state.computed = if computed { after.clone() } else { None };
+                state.settled = if settled { after } else { None };
             }
         }
         self.from = from;
@@ -445,6 +519,24 @@ fn keeps(kind: Kind, period: NaiveDate, from: NaiveDate, open_from: NaiveDate) -
         Kind::Monthly => period >= from,
         Kind::Report | Kind::Snapshot => period >= open_from,
     }
+}
+
+/// A user's anchors: each valid pocket's balance less its net over the
+/// days the ledger holds (the window's), in pocket order.
+fn anchors_of(state: &UserState) -> Anchors {
+    let mut out: Anchors = state
+        .pockets
+        .values()
+        .filter_map(|p| p.balance.ok().map(|b| (p.id, b)))
+        .collect();
+    for (_, agg) in state.ledger.days.iter() {
+        for (pid, pd) in &agg.pockets {
+            if let Some((_, a)) = out.iter_mut().find(|(id, _)| id == pid) {
+                *a -= pd.net();
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -833,6 +833,8 @@ impl<B: Backend> Tailer<B> {
                         .verdicts
                         .push((POCKETS, SourceId::from_bson(&id), None)),
                 }
+                // Read before the window takes the new version.
+                let balance_only = new.as_ref().is_some_and(|n| self.live.balance_only(n));
                 let (mut users, known) = match id.as_object_id() {
                     Some(pocket) => self.live.set_pocket(pocket, new.as_ref()),
                     None => (Vec::new(), false),
@@ -868,9 +870,18 @@ impl<B: Backend> Tailer<B> {
                     _ => None,
                 };
                 // Balances are recomputed over the whole open window; a
-                // floor before it means a rescan from the source.
+                // floor before it means a rescan from the source. A change
+                // of the balance alone reaches no day its user's
+                // transaction events did not mark, unless it moved the
+                // user's anchors (drift, or a transaction's two writes
+                // split across flushes): the flush checks that and then
+                // recomputes the whole window (`flush_dirty`).
                 let open = self.live.open_from();
-                let first = floor.map_or(open, |f| f.min(open));
+                let first = match floor {
+                    Some(f) => f.min(open),
+                    None if balance_only => cal.day_of(self.opts.clock.now()).max(open),
+                    None => open,
+                };
                 for user in users {
                     self.mark(user, first, floor);
                 }
@@ -987,10 +998,24 @@ impl<B: Backend> Tailer<B> {
         // rescanned from the source, which also reloads them into memory.
         let mut per_user: Vec<(ObjectId, Vec<DocChange>)> = Vec::new();
         let mut rescan: BTreeMap<NaiveDate, Vec<ObjectId>> = BTreeMap::new();
+        // Users whose whole window is recomputed now.
+        let mut from_open: HashSet<ObjectId> = HashSet::new();
+        let open = self.live.open_from();
         for (user, day) in std::mem::take(&mut self.work.dirty) {
             if self.work.rescan.contains(&user) {
                 rescan.entry(day).or_default().push(user);
+                from_open.insert(user);
             } else {
+                // Anchors that moved since the last computation moved every
+                // closing balance before the first day marked.
+                let day = if self.live.anchors_moved(&user) {
+                    day.min(open)
+                } else {
+                    day
+                };
+                if day <= open {
+                    from_open.insert(user);
+                }
                 let changes =
                     self.live
                         .compute(user, &Kind::ALL, day, to, today, reports_open_from, now);
@@ -1052,7 +1077,10 @@ impl<B: Backend> Tailer<B> {
             .copied()
             .collect();
         self.work.compare.retain(|u| !compared.contains(u));
-        let writes = self.hold_past_changes(per_user, now, &deep, &compared);
+        for (user, _) in &per_user {
+            self.live.note_computed(user);
+        }
+        let writes = self.hold_past_changes(per_user, now, &deep, &compared, &from_open);
         inject::point("flush.computed")?;
         self.write(writes).await?;
         inject::point("flush.written")?;
@@ -1138,6 +1166,7 @@ impl<B: Backend> Tailer<B> {
         now: DateTime<Utc>,
         deep: &HashSet<ObjectId>,
         compared: &HashSet<ObjectId>,
+        from_open: &HashSet<ObjectId>,
     ) -> Vec<(ObjectId, NaiveDate, Write)> {
         let managed_from = self.managed_from();
         let settle = chrono::Duration::from_std(self.opts.settle).unwrap_or_default();
@@ -1175,8 +1204,17 @@ impl<B: Backend> Tailer<B> {
             if held.is_empty() {
                 if whole {
                     pending.remove(&user);
-                } else if !compared.contains(&user) {
+                    self.live.note_settled(&user);
+                } else if compared.contains(&user) {
+                    // A start's comparison: as it was.
+                } else if !self.live.anchors_settled(&user) {
+                    // Documents before the window, or days before the first
+                    // one recomputed, may have moved: recheck them.
                     pending.entry(user).or_insert(now);
+                } else if from_open.contains(&user) {
+                    // The whole window agrees, and the anchors are those of
+                    // the last consistent state: nothing earlier moved.
+                    pending.remove(&user);
                 }
                 continue;
             }
@@ -1191,6 +1229,7 @@ impl<B: Backend> Tailer<B> {
                     writes.extend(held.into_iter().map(|c| (c.user, c.period, c.write)));
                     if whole {
                         pending.remove(&user);
+                        self.live.note_settled(&user);
                     }
                 }
                 Some(_) => {}
