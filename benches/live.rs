@@ -25,8 +25,9 @@
 //!   boundary can fall between a transaction and its balance write.
 //! - **Replay**: `Event::from_raw` → `decode_transaction` / `decode_pocket`
 //!   → `Live::set_transaction` / `Live::set_pocket` → the user marked dirty
-//!   as `Tailer::mark` does (earliest day; a bare balance change marks the
-//!   whole open window), and every `TALLY_BENCH_LIVE_FLUSH_EVENTS` (500)
+//!   as `Tailer::mark` does (earliest day; a change of a pocket's balance
+//!   alone marks today, and the flush widens to the whole open window when
+//!   the user's anchors moved), and every `TALLY_BENCH_LIVE_FLUSH_EVENTS` (500)
 //!   events a flush: `Live::compute` of every dirty user from its day to
 //!   today + 400 days, the changes split as `hold_past_changes` does (past
 //!   changes held, the user made pending), the writes recorded
@@ -612,6 +613,10 @@ fn seed(world: &World, transactions: bool, fingerprints: bool) -> (Live, Seeded)
                 .map(|c| (c.user, c.period, c.write))
                 .collect();
             live.record(&writes);
+            // Seeded consistent back to its first document, as after the
+            // deep rescan `recheck_pending` queues (which needs the server).
+            live.note_computed(&user.id);
+            live.note_settled(&user.id);
         }
     }
     (live, seeded)
@@ -1020,6 +1025,7 @@ impl Tail {
                         .verdicts
                         .push((POCKETS, SourceId::from_bson(&id), None)),
                 }
+                let balance_only = new.as_ref().is_some_and(|n| self.live.balance_only(n));
                 let (mut users, known) = match id.as_object_id() {
                     Some(pocket) => self.live.set_pocket(pocket, new.as_ref()),
                     None => (Vec::new(), false),
@@ -1052,7 +1058,11 @@ impl Tail {
                     _ => None,
                 };
                 let open = self.live.open_from();
-                let first = floor.map_or(open, |f| f.min(open));
+                let first = match floor {
+                    Some(f) => f.min(open),
+                    None if balance_only => self.cal.day_of(self.now()).max(open),
+                    None => open,
+                };
                 for user in users {
                     self.mark(user, first, floor);
                 }
@@ -1071,11 +1081,21 @@ impl Tail {
         let reports_open_from = today;
         let to = today + Days::new(HORIZON_DAYS);
         let mut per_user: Vec<(ObjectId, Vec<DocChange>)> = Vec::with_capacity(self.dirty.len());
+        let mut from_open = HashSet::new();
+        let open = self.live.open_from();
         for (user, day) in std::mem::take(&mut self.dirty) {
             if self.rescan.remove(&user) {
                 // A focused scan of the source: server I/O.
                 self.totals.rescans_skipped += 1;
                 continue;
+            }
+            let day = if self.live.anchors_moved(&user) {
+                day.min(open)
+            } else {
+                day
+            };
+            if day <= open {
+                from_open.insert(user);
             }
             let changes =
                 self.live
@@ -1086,7 +1106,10 @@ impl Tail {
         let users = per_user.len();
         self.totals.users_computed += users as u64;
         self.totals.changes += per_user.iter().map(|(_, c)| c.len() as u64).sum::<u64>();
-        let writes = self.hold_past_changes(per_user, now);
+        for (user, _) in &per_user {
+            self.live.note_computed(user);
+        }
+        let writes = self.hold_past_changes(per_user, now, &from_open);
         for (_, _, w) in &writes {
             self.totals.writes[kind_index(w.kind())] += 1;
         }
@@ -1107,6 +1130,7 @@ impl Tail {
         &mut self,
         per_user: Vec<(ObjectId, Vec<DocChange>)>,
         now: DateTime<Utc>,
+        from_open: &HashSet<ObjectId>,
     ) -> Vec<(ObjectId, NaiveDate, Write)> {
         let managed_from = self.managed_from;
         let mut writes = Vec::new();
@@ -1133,7 +1157,11 @@ impl Tail {
                 }
             }
             if held.is_empty() {
-                self.pending.entry(user).or_insert(now);
+                if !self.live.anchors_settled(&user) {
+                    self.pending.entry(user).or_insert(now);
+                } else if from_open.contains(&user) {
+                    self.pending.remove(&user);
+                }
                 continue;
             }
             self.totals.held += held.len() as u64;
