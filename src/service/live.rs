@@ -180,9 +180,8 @@ impl Live {
         self.remove(&user);
         let mut displaced = Vec::new();
         let mut ledger = UserLedger::default();
-        let mut transactions = BTreeMap::new();
-        for tx in kept.transactions {
-            ledger.apply(&self.cal, &tx);
+        for tx in &kept.transactions {
+            ledger.apply(&self.cal, tx);
             if let Some(other) = self.tx_owner.insert(tx.id.clone(), user) {
                 if let Some(state) = self.users.get_mut(&other) {
                     if let Some(old) = state.transactions.remove(&tx.id) {
@@ -191,8 +190,14 @@ impl Live {
                     }
                 }
             }
-            transactions.insert(tx.id.clone(), tx);
         }
+        // Built in one go (the map sorts, then fills its nodes): inserted
+        // one by one in key order a B-tree's nodes stay half empty.
+        let transactions: BTreeMap<SourceId, Transaction> = kept
+            .transactions
+            .into_iter()
+            .map(|tx| (tx.id.clone(), tx))
+            .collect();
         for id in kept.pockets.keys() {
             if let Some(other) = self.pocket_owner.insert(*id, user) {
                 if let Some(state) = self.users.get_mut(&other) {
