@@ -1362,19 +1362,19 @@ fn structures(world: &World, p: &Params) {
     let cal = world.cal;
     let categories = world.category_labels();
     let mut sizes = [Heap::default(); 5];
-    let mut bulk = Heap::default();
     let mut counts = [0usize; 3];
     for u in 0..sample {
         let user = world.users[u].id;
-        // As `Live::insert` builds them: transactions inserted one by one in
-        // the scan's order (their notes with them), the ledger folded in
+        // As `Live::insert` builds them: the transactions collected into
+        // their map at once (their notes with them), the ledger folded in
         // that order (sharing the notes), the pockets moved in.
         let (txs, h) = held(|| {
-            let mut txs = BTreeMap::new();
-            for tx in world.kept(u, true).transactions {
-                txs.insert(tx.id.clone(), tx);
-            }
-            txs
+            world
+                .kept(u, true)
+                .transactions
+                .into_iter()
+                .map(|tx| (tx.id.clone(), tx))
+                .collect::<BTreeMap<SourceId, Transaction>>()
         });
         sizes[0] = add(sizes[0], h);
         counts[0] += txs.len();
@@ -1392,32 +1392,20 @@ fn structures(world: &World, p: &Params) {
         let view = UserView::new(user, &ledger, &pockets, &categories, &cal)
             .with_ytd_baseline(world.users[u].baseline);
         let docs = view.build_range(&Kind::ALL, world.from, world.horizon(), world.today);
-        // As `Live::record` fills it: one insert per write, in order.
+        // As `Live` keeps them: one vector sorted by (kind, period),
+        // trimmed to its length.
         let (stored, h) = held(|| {
-            let mut stored = BTreeMap::new();
-            for (kind, period, doc) in &docs {
-                stored.insert((*kind, *period), StoredMeta::of(*kind, doc));
-            }
+            let mut stored: Vec<((Kind, NaiveDate), StoredMeta)> = docs
+                .iter()
+                .map(|(kind, period, doc)| ((*kind, *period), StoredMeta::of(*kind, doc)))
+                .collect();
+            stored.sort_by_key(|(k, _)| *k);
+            stored.shrink_to_fit();
             stored
         });
         sizes[3] = add(sizes[3], h);
         counts[2] += stored.len();
-        // The same two maps built at once from sorted entries (compact nodes).
-        let (compact, h) = held(|| {
-            let txs: BTreeMap<SourceId, Transaction> = world
-                .kept(u, true)
-                .transactions
-                .into_iter()
-                .map(|t| (t.id.clone(), t))
-                .collect();
-            let stored: BTreeMap<(Kind, NaiveDate), StoredMeta> = docs
-                .iter()
-                .map(|(k, d, doc)| ((*k, *d), StoredMeta::of(*k, doc)))
-                .collect();
-            (txs, stored)
-        });
-        bulk = add(bulk, h);
-        drop((txs, ledger, pockets, stored, compact));
+        drop((txs, ledger, pockets, stored));
     }
     // The owner maps, for every user, in the order a load inserts them.
     let (owners, h) = held(|| {
@@ -1465,7 +1453,7 @@ fn structures(world: &World, p: &Params) {
             ),
         ),
         (
-            "UserState.stored (BTreeMap<(Kind, NaiveDate), StoredMeta>)",
+            "UserState.stored (sorted Vec<((Kind, NaiveDate), StoredMeta)>)",
             sizes[3],
             format!("{:.0} fingerprints", counts[2] as f64 / n),
         ),
@@ -1498,11 +1486,6 @@ fn structures(world: &World, p: &Params) {
         "Live per user: tx_owner + pocket_owner (HashMaps)",
         &kib(owner),
         "rebuilt alike for all users, counting allocator",
-    );
-    println!(
-        "  (transactions + stored built at once from sorted entries instead of one insert at a time: {} instead of {})",
-        kib(bulk.bytes as f64 / n),
-        kib((sizes[0].bytes + sizes[3].bytes) as f64 / n)
     );
     println!(
         "  sizes: Transaction {} B, SourceId {} B, StoredMeta {} B, Pocket {} B, DayAgg {} B, PocketDay {} B, TxEntry {} B",
