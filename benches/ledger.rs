@@ -34,6 +34,9 @@
 //! caches); `TALLY_BENCH_CLOCK=wall` measures wall-clock time instead.
 //! Figures are recorded in BENCHMARKS.md.
 
+mod common;
+
+use common::cpu::ThreadCpuTime;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -41,7 +44,7 @@ use std::collections::BTreeMap;
 
 use bson::oid::ObjectId;
 use bson::{doc, Bson, Document};
-use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::measurement::{Measurement, WallTime};
 use criterion::{black_box, Criterion, Throughput};
 use mongodb::change_stream::event::ChangeStreamEvent;
 use tally::core::calendar::{last_of_month, Calendar};
@@ -386,7 +389,7 @@ fn bench<M: Measurement>(c: &mut Criterion<M>) {
 
 fn main() {
     let wall = std::env::var("TALLY_BENCH_CLOCK").is_ok_and(|v| v == "wall");
-    if wall || !ThreadCpuTime::available() {
+    if wall || ThreadCpuTime::now().is_none() {
         eprintln!("ledger bench: wall-clock time");
         let mut c = Criterion::default()
             .with_measurement(WallTime)
@@ -400,116 +403,5 @@ fn main() {
             .configure_from_args();
         bench(&mut c);
         c.final_summary();
-    }
-}
-
-/// CPU time consumed by the calling thread.
-struct ThreadCpuTime;
-
-#[repr(C)]
-struct Timespec {
-    tv_sec: i64,
-    tv_nsec: i64,
-}
-
-extern "C" {
-    fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
-}
-
-/// `CLOCK_THREAD_CPUTIME_ID` on Linux.
-const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-
-impl ThreadCpuTime {
-    fn now() -> Option<Duration> {
-        if !cfg!(all(target_os = "linux", target_pointer_width = "64")) {
-            return None;
-        }
-        let mut ts = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid, writable timespec (two 64-bit fields on
-        // 64-bit Linux) and the clock id is a constant the kernel knows.
-        let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
-    }
-
-    fn available() -> bool {
-        Self::now().is_some()
-    }
-}
-
-impl Measurement for ThreadCpuTime {
-    type Intermediate = Duration;
-    type Value = Duration;
-
-    fn start(&self) -> Duration {
-        Self::now().unwrap_or_default()
-    }
-
-    fn end(&self, started: Duration) -> Duration {
-        Self::now().unwrap_or_default().saturating_sub(started)
-    }
-
-    fn add(&self, a: &Duration, b: &Duration) -> Duration {
-        *a + *b
-    }
-
-    fn zero(&self) -> Duration {
-        Duration::ZERO
-    }
-
-    fn to_f64(&self, value: &Duration) -> f64 {
-        value.as_nanos() as f64
-    }
-
-    fn formatter(&self) -> &dyn ValueFormatter {
-        &CpuFormatter
-    }
-}
-
-/// Formats nanoseconds of CPU time like criterion's wall-clock formatter.
-struct CpuFormatter;
-
-impl ValueFormatter for CpuFormatter {
-    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
-        let (factor, unit) = if typical < 1e3 {
-            (1.0, "ns cpu")
-        } else if typical < 1e6 {
-            (1e-3, "µs cpu")
-        } else if typical < 1e9 {
-            (1e-6, "ms cpu")
-        } else {
-            (1e-9, "s cpu")
-        };
-        values.iter_mut().for_each(|v| *v *= factor);
-        unit
-    }
-
-    fn scale_throughputs(
-        &self,
-        typical: f64,
-        throughput: &Throughput,
-        values: &mut [f64],
-    ) -> &'static str {
-        let n = match *throughput {
-            Throughput::Elements(n) | Throughput::Bytes(n) | Throughput::BytesDecimal(n) => n,
-        } as f64;
-        let per_second = n * 1e9 / typical;
-        let (denominator, unit) = if per_second < 1e3 {
-            (1.0, " elem/s")
-        } else if per_second < 1e6 {
-            (1e3, "Kelem/s")
-        } else {
-            (1e6, "Melem/s")
-        };
-        values
-            .iter_mut()
-            .for_each(|v| *v = n * 1e9 / *v / denominator);
-        unit
-    }
-
-    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
-        "ns"
     }
 }

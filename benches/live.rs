@@ -70,11 +70,11 @@ use std::time::{Duration, Instant};
 use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime as BsonDateTime, Document, RawDocument, RawDocumentBuf};
 use chrono::{DateTime, Days, NaiveDate, Utc};
-use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::measurement::{Measurement, WallTime};
 use criterion::{Criterion, SamplingMode, Throughput};
 use mongodb::change_stream::event::OperationType;
 use tally::batch::scan::{reject_key, Kept};
-use tally::core::calendar::{first_of_month, last_of_month, Calendar};
+use tally::core::calendar::{first_of_month, Calendar};
 use tally::core::ledger::{UserLedger, YtdBaseline};
 use tally::core::money::Money;
 use tally::core::reports::{Categories, Kind, UserView};
@@ -83,10 +83,10 @@ use tally::core::source::{
     decode_pocket, decode_transaction, RejectReason, SourceId, Transaction, TxType,
 };
 use tally::mongo::{POCKETS, TRANSACTIONS};
-use tally::plan::compare::{Difference, DocChange};
+use tally::plan::compare::DocChange;
 use tally::plan::fingerprint::{fingerprint, StoredMeta};
 use tally::plan::write::Write;
-use tally::service::live::Live;
+use tally::service::live::{split_at_floor, Live, PocketChange};
 use tally::service::Event;
 
 /// Section of `scripts/bench`'s table.
@@ -205,120 +205,7 @@ fn held<T>(f: impl FnOnce() -> T) -> (T, Heap) {
 // ---------------------------------------------------------------------
 // Clocks
 
-/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`).
-struct ThreadCpuTime;
-
-#[repr(C)]
-struct Timespec {
-    tv_sec: i64,
-    tv_nsec: i64,
-}
-
-extern "C" {
-    fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
-}
-
-const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-
-impl ThreadCpuTime {
-    fn now() -> Option<Duration> {
-        if !cfg!(all(target_os = "linux", target_pointer_width = "64")) {
-            return None;
-        }
-        let mut ts = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid, writable timespec (two 64-bit fields on
-        // 64-bit Linux) and the clock id is a constant the kernel knows.
-        let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
-    }
-}
-
-fn cpu_clock() -> Duration {
-    ThreadCpuTime::now().unwrap_or_default()
-}
-
-fn wall_clock() -> Duration {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed()
-}
-
-impl Measurement for ThreadCpuTime {
-    type Intermediate = Duration;
-    type Value = Duration;
-
-    fn start(&self) -> Duration {
-        cpu_clock()
-    }
-
-    fn end(&self, started: Duration) -> Duration {
-        cpu_clock().saturating_sub(started)
-    }
-
-    fn add(&self, a: &Duration, b: &Duration) -> Duration {
-        *a + *b
-    }
-
-    fn zero(&self) -> Duration {
-        Duration::ZERO
-    }
-
-    fn to_f64(&self, value: &Duration) -> f64 {
-        value.as_nanos() as f64
-    }
-
-    fn formatter(&self) -> &dyn ValueFormatter {
-        &CpuFormatter
-    }
-}
-
-/// Formats nanoseconds of CPU time like criterion's wall-clock formatter.
-struct CpuFormatter;
-
-impl ValueFormatter for CpuFormatter {
-    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
-        let (factor, unit) = if typical < 1e3 {
-            (1.0, "ns cpu")
-        } else if typical < 1e6 {
-            (1e-3, "µs cpu")
-        } else if typical < 1e9 {
-            (1e-6, "ms cpu")
-        } else {
-            (1e-9, "s cpu")
-        };
-        values.iter_mut().for_each(|v| *v *= factor);
-        unit
-    }
-
-    fn scale_throughputs(
-        &self,
-        typical: f64,
-        throughput: &Throughput,
-        values: &mut [f64],
-    ) -> &'static str {
-        let n = match *throughput {
-            Throughput::Elements(n) | Throughput::Bytes(n) | Throughput::BytesDecimal(n) => n,
-        } as f64;
-        let per_second = n * 1e9 / typical;
-        let (denominator, unit) = if per_second < 1e3 {
-            (1.0, " elem/s")
-        } else if per_second < 1e6 {
-            (1e3, "Kelem/s")
-        } else {
-            (1e6, "Melem/s")
-        };
-        values
-            .iter_mut()
-            .for_each(|v| *v = n * 1e9 / *v / denominator);
-        unit
-    }
-
-    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
-        "ns"
-    }
-}
+use common::cpu::{cpu_clock, wall_clock, ThreadCpuTime};
 
 // ---------------------------------------------------------------------
 // The world: users, pockets, seeded transactions
@@ -1038,31 +925,15 @@ impl Tail {
                 {
                     self.totals.locates_skipped += 1;
                 }
-                let from = self.managed_from;
-                let day = |t: Option<i64>| t.map_or(from, |t| cal.day_of_millis(t).max(from));
-                let floor = match (&new, &old) {
-                    (Some(n), None) if event.operation_type == OperationType::Insert => {
-                        Some(day(n.created_at))
-                    }
-                    (Some(n), Some(o)) if n.user_id != o.user_id => Some(from),
-                    (Some(n), Some(o))
-                        if (n.created_at, n.deleted_at) != (o.created_at, o.deleted_at) =>
-                    {
-                        let changed = [n.created_at, o.created_at, n.deleted_at, o.deleted_at];
-                        let days = changed
-                            .into_iter()
-                            .flatten()
-                            .map(|t| cal.day_of_millis(t).max(from));
-                        days.min().or(Some(from))
-                    }
-                    _ => None,
+                let change = PocketChange {
+                    insert: event.operation_type == OperationType::Insert,
+                    new: new.as_ref(),
+                    old: old.as_ref(),
+                    balance_only,
                 };
-                let open = self.live.open_from();
-                let first = match floor {
-                    Some(f) => f.min(open),
-                    None if balance_only => self.cal.day_of(self.now()).max(open),
-                    None => open,
-                };
+                let today = self.cal.day_of(self.now());
+                let (first, floor) =
+                    change.days(&cal, self.managed_from, self.live.open_from(), today);
                 for user in users {
                     self.mark(user, first, floor);
                 }
@@ -1136,26 +1007,8 @@ impl Tail {
         let mut writes = Vec::new();
         for (user, changes) in per_user {
             let floor = self.floor(&user, now);
-            let mut held: Vec<DocChange> = Vec::new();
-            for change in changes {
-                let end = if change.kind == Kind::Monthly {
-                    last_of_month(change.period)
-                } else {
-                    change.period
-                };
-                let past = floor.is_none_or(|f| end < f);
-                if change.period < managed_from
-                    && change.difference == Difference::Missing
-                    && (change.kind == Kind::Snapshot || past)
-                {
-                    continue;
-                }
-                if past {
-                    held.push(change);
-                } else {
-                    writes.push((change.user, change.period, change.write));
-                }
-            }
+            let (now_due, held) = split_at_floor(changes, floor, managed_from);
+            writes.extend(now_due.into_iter().map(|c| (c.user, c.period, c.write)));
             if held.is_empty() {
                 if !self.live.anchors_settled(&user) {
                     self.pending.entry(user).or_insert(now);

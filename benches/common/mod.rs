@@ -9,6 +9,8 @@
 //! time the server and tally spent in it, which says what bounds it.
 #![allow(dead_code)]
 
+pub mod cpu;
+
 use std::time::{Duration, Instant};
 
 use bson::{doc, Document};

@@ -21,12 +21,12 @@ use bson::oid::ObjectId;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::batch::scan::Kept;
-use crate::core::calendar::{first_of_month, Calendar};
+use crate::core::calendar::{first_of_month, last_of_month, Calendar};
 use crate::core::ledger::{UserLedger, YtdBaseline};
 use crate::core::money::Money;
 use crate::core::reports::{Categories, Kind, UserView};
 use crate::core::source::{Pocket, SourceId, Transaction};
-use crate::plan::compare::{compare_user, DocChange};
+use crate::plan::compare::{compare_user, Difference, DocChange};
 use crate::plan::fingerprint::{fingerprint, StoredMeta};
 use crate::plan::write::Write;
 
@@ -523,6 +523,91 @@ fn keeps(kind: Kind, period: NaiveDate, from: NaiveDate, open_from: NaiveDate) -
     match kind {
         Kind::Monthly => period >= from,
         Kind::Report | Kind::Snapshot => period >= open_from,
+    }
+}
+
+/// One user's changes split at its floor (contract §4.4): (those to write
+/// now, the past ones to hold). Before the managed start tally keeps stored
+/// documents current and creates none, but the reports and summaries a
+/// back-dated transaction creates (its floor).
+pub fn split_at_floor(
+    changes: Vec<DocChange>,
+    floor: Option<NaiveDate>,
+    managed_from: NaiveDate,
+) -> (Vec<DocChange>, Vec<DocChange>) {
+    let (mut now, mut held) = (Vec::new(), Vec::new());
+    for change in changes {
+        let end = if change.kind == Kind::Monthly {
+            last_of_month(change.period)
+        } else {
+            change.period
+        };
+        let past = floor.is_none_or(|f| end < f);
+        if change.period < managed_from
+            && change.difference == Difference::Missing
+            && (change.kind == Kind::Snapshot || past)
+        {
+            continue;
+        }
+        if past {
+            held.push(change);
+        } else {
+            now.push(change);
+        }
+    }
+    (now, held)
+}
+
+/// A pocket's change event, as far as the days it reaches.
+pub struct PocketChange<'a> {
+    /// An `insert` event.
+    pub insert: bool,
+    pub new: Option<&'a Pocket>,
+    /// The previous version, from the pre-image.
+    pub old: Option<&'a Pocket>,
+    /// It differs from the version the window held by its balance alone
+    /// ([`Live::balance_only`]).
+    pub balance_only: bool,
+}
+
+impl PocketChange<'_> {
+    /// (first day to recompute, floor): a pocket that opens, closes or
+    /// changes owner moves the days from then on at once (the floor, never
+    /// before `managed_from`); a bare change waits (drift). Without a floor
+    /// the whole open window is recomputed — but for a change of the
+    /// balance alone, which reaches no day its user's transaction events
+    /// did not mark unless it moved the user's anchors (drift, or a
+    /// transaction's two writes split across flushes): the flush checks
+    /// that and then recomputes the whole window. A floor before the open
+    /// window means a rescan from the source.
+    pub fn days(
+        &self,
+        cal: &Calendar,
+        managed_from: NaiveDate,
+        open: NaiveDate,
+        today: NaiveDate,
+    ) -> (NaiveDate, Option<NaiveDate>) {
+        let from = managed_from;
+        let day = |t: Option<i64>| t.map_or(from, |t| cal.day_of_millis(t).max(from));
+        let floor = match (self.new, self.old) {
+            (Some(n), None) if self.insert => Some(day(n.created_at)),
+            (Some(n), Some(o)) if n.user_id != o.user_id => Some(from),
+            (Some(n), Some(o)) if (n.created_at, n.deleted_at) != (o.created_at, o.deleted_at) => {
+                let changed = [n.created_at, o.created_at, n.deleted_at, o.deleted_at];
+                let days = changed
+                    .into_iter()
+                    .flatten()
+                    .map(|t| cal.day_of_millis(t).max(from));
+                days.min().or(Some(from))
+            }
+            _ => None,
+        };
+        let first = match floor {
+            Some(f) => f.min(open),
+            None if self.balance_only => today.max(open),
+            None => open,
+        };
+        (first, floor)
     }
 }
 

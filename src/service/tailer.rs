@@ -33,9 +33,9 @@ use crate::mongo::lease::{self, Fence};
 use crate::mongo::state::{Checkpoint, Claim};
 use crate::mongo::{POCKETS, TRANSACTIONS};
 use crate::ops::telemetry::{Recovery, WriteMix};
-use crate::plan::compare::{Difference, DocChange};
+use crate::plan::compare::DocChange;
 use crate::plan::write::Write;
-use crate::service::live::Live;
+use crate::service::live::{split_at_floor, Live, PocketChange};
 
 pub(super) struct Tailer<B: Backend> {
     backend: B,
@@ -848,40 +848,15 @@ impl<B: Backend> Tailer<B> {
                     // Without the old version the previous owner is unknown.
                     self.work.locate.push((id, users.first().copied()));
                 }
-                // A pocket that opens, closes or changes owner moves the days
-                // from then on at once; a bare balance change waits (drift).
-                let from = self.managed_from();
-                let day = |t: Option<i64>| t.map_or(from, |t| cal.day_of_millis(t).max(from));
-                let floor = match (&new, &old) {
-                    (Some(n), None) if event.operation_type == OperationType::Insert => {
-                        Some(day(n.created_at))
-                    }
-                    (Some(n), Some(o)) if n.user_id != o.user_id => Some(from),
-                    (Some(n), Some(o))
-                        if (n.created_at, n.deleted_at) != (o.created_at, o.deleted_at) =>
-                    {
-                        let changed = [n.created_at, o.created_at, n.deleted_at, o.deleted_at];
-                        let days = changed
-                            .into_iter()
-                            .flatten()
-                            .map(|t| cal.day_of_millis(t).max(from));
-                        days.min().or(Some(from))
-                    }
-                    _ => None,
+                let change = PocketChange {
+                    insert: event.operation_type == OperationType::Insert,
+                    new: new.as_ref(),
+                    old: old.as_ref(),
+                    balance_only,
                 };
-                // Balances are recomputed over the whole open window; a
-                // floor before it means a rescan from the source. A change
-                // of the balance alone reaches no day its user's
-                // transaction events did not mark, unless it moved the
-                // user's anchors (drift, or a transaction's two writes
-                // split across flushes): the flush checks that and then
-                // recomputes the whole window (`flush_dirty`).
-                let open = self.live.open_from();
-                let first = match floor {
-                    Some(f) => f.min(open),
-                    None if balance_only => cal.day_of(self.opts.clock.now()).max(open),
-                    None => open,
-                };
+                let today = cal.day_of(self.opts.clock.now());
+                let (first, floor) =
+                    change.days(&cal, self.managed_from(), self.live.open_from(), today);
                 for user in users {
                     self.mark(user, first, floor);
                 }
@@ -1178,29 +1153,8 @@ impl<B: Backend> Tailer<B> {
             // saw every document a balance change can reach.
             let whole = deep.contains(&user);
             let floor = self.work.floor(&user, self.opts.settle, Instant::now());
-            let mut held: Vec<DocChange> = Vec::new();
-            for change in changes {
-                let end = if change.kind == Kind::Monthly {
-                    last_of_month(change.period)
-                } else {
-                    change.period
-                };
-                let past = floor.is_none_or(|f| end < f);
-                // Before the managed start tally keeps stored documents
-                // current and creates none, but the reports and summaries
-                // a back-dated transaction creates (its floor).
-                if change.period < managed_from
-                    && change.difference == Difference::Missing
-                    && (change.kind == Kind::Snapshot || past)
-                {
-                    continue;
-                }
-                if past {
-                    held.push(change);
-                } else {
-                    writes.push((change.user, change.period, change.write));
-                }
-            }
+            let (now_due, held) = split_at_floor(changes, floor, managed_from);
+            writes.extend(now_due.into_iter().map(|c| (c.user, c.period, c.write)));
             if held.is_empty() {
                 if whole {
                     pending.remove(&user);
