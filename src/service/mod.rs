@@ -19,9 +19,9 @@
 //! - **Old values.** With pre-images the old version of a changed document
 //!   is in the event; without them tally finds where it counted: in the
 //!   window's memory, then through the reports that list it; a recorded
-//!   reject counted nowhere, and neither did a document none of these
-//!   knows (soft-deleted, or before the managed days), so neither is
-//!   recomputed.
+//!   reject counted nowhere and recomputes nothing. A document none of
+//!   these knows may still count in year-to-date sums (dated before the
+//!   managed days): it recomputes the window.
 //!
 //! The module family: `options` (clock, options, counters), `run`
 //! (leadership, failures, stopping), `tailer` (the active instance's

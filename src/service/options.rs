@@ -131,7 +131,7 @@ pub struct Counters {
     pub history_lost: u64,
     pub reconnects: u64,
     pub full_refreshes: u64,
-    /// Changed documents without their old version that counted nowhere.
+    /// Changed documents without their old version that nothing located.
     pub unlocated: u64,
     pub finalizations: u64,
     /// Dirty users rebuilt from memory, and rescanned from the source.

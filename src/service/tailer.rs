@@ -13,7 +13,7 @@ use bson::oid::ObjectId;
 use bson::{Bson, RawDocumentBuf, Timestamp};
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use mongodb::change_stream::event::{OperationType, ResumeToken};
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use super::backend::{Backend, Changes, Watch};
 use super::event::Event;
@@ -892,13 +892,14 @@ impl<B: Backend> Tailer<B> {
                 }
                 (None, None) => match known_user {
                     Some(user) => self.mark(user, from, None),
-                    // Listed in no report, held by no user of the window and
-                    // not a recorded reject: it counted in no document tally
-                    // keeps (soft-deleted or dated before the managed days,
-                    // or new and already queued through its user's rescan).
+                    // Listed in no report and held by no user of the window:
+                    // dated before the managed days, it may still count in
+                    // the year-to-date sums of managed documents, whose user
+                    // nothing here names (tests/faults.rs, old hard deletes).
                     None => {
                         self.counters.unlocated += 1;
-                        debug!(id = %id, "A changed document without its old version counted nowhere: nothing to recompute.");
+                        warn!(id = %id, "A deleted document could not be located without pre-images; refreshing the window.");
+                        self.work.full_refresh = true;
                     }
                 },
             }
