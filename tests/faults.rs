@@ -37,6 +37,7 @@ const DIR: &str = "tally-faults";
 const TAILING: &str = "Tailing transactions and pockets.";
 const ACQUIRED: &str = "Acquired leadership.";
 const STANDING_BY: &str = "Standing by";
+const LOST: &str = "Lost leadership";
 const HISTORY_LOST: &str = "Change stream history lost";
 const RECOVERED: &str = "Recovered from lost history";
 /// Mid-March: the in-memory window holds February and March; the daily
@@ -163,11 +164,21 @@ impl Env {
         .await;
     }
 
-    /// Waits until the stored checkpoint's token moves on.
-    async fn checkpoint_moves(&self, what: &str) {
+    /// Waits until the stored checkpoint's token moves on; a failure shows
+    /// the end of `leader`'s log (what it was doing instead).
+    async fn checkpoint_moves(&self, what: &str, leader: &Running) {
         let token = self.checkpoint_token().await;
-        wait_for(what, CATCH_UP, || async {
-            self.checkpoint_token().await != token
+        poll(CATCH_UP, ms(100), async |late| {
+            if self.checkpoint_token().await != token {
+                return Some(());
+            }
+            assert!(
+                !late,
+                "{what}: not within {CATCH_UP:?}; {} logged last:\n{}",
+                leader.label,
+                leader.tail(40)
+            );
+            None
         })
         .await;
     }
@@ -353,7 +364,8 @@ async fn a_standby_takes_over_from_a_leader_killed_under_load() {
     leader.wait_log(TAILING, CATCH_UP).await;
     standby.wait_log(STANDING_BY, CATCH_UP).await;
     let mut writer = env.writer("writer", 40, seed);
-    env.checkpoint_moves("a checkpoint under load").await;
+    env.checkpoint_moves("a checkpoint under load", &leader)
+        .await;
     tokio::time::sleep(ms(rng.below(2000))).await;
     leader.kill9();
     let killed = Instant::now();
@@ -366,7 +378,8 @@ async fn a_standby_takes_over_from_a_leader_killed_under_load() {
     );
     standby.wait_log(TAILING, CATCH_UP).await;
     // The new leader follows the writer for a while before it stops.
-    env.checkpoint_moves("a checkpoint by the new leader").await;
+    env.checkpoint_moves("a checkpoint by the new leader", &standby)
+        .await;
     stop_writer(&mut writer).await;
     env.converged(WINDOW, &[&standby]).await;
     assert_eq!(
@@ -375,6 +388,94 @@ async fn a_standby_takes_over_from_a_leader_killed_under_load() {
         "{}",
         standby.tail(20)
     );
+}
+
+/// A backlog whose flush outlasts the lease, met by two instances started
+/// together with a 3 s lease (the first thing a restarted pair does after
+/// downtime). A fenced transaction holds the lease document, so the
+/// holder's own renewals wait behind it: when one flush was one
+/// transaction, the lease looked expired in the middle of it, the other
+/// instance ended the holder's session (aborting the flush) and took over,
+/// only to meet the same long flush — the lease went round and the
+/// checkpoint never moved (CI, `sigterm_to_...` round 2). Transactions now
+/// end within a sixth of the TTL: one instance works the backlog off, with
+/// at most a takeover or two, and everything converges.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_longer_than_the_lease_is_worked_off_with_a_standby_waiting() {
+    const TTL: u64 = 3;
+    let seed = test_seed("backlog");
+    let env = Env::new("flt_backlog", support::uri(), "UTC", instant(NOON)).await;
+    env.seed(80, 10, 15, seed).await;
+    let pockets = env.pockets().await;
+    let mut first = env.run("first", TTL, &[]);
+    first.wait_log(TAILING, CATCH_UP).await;
+    assert_eq!(
+        first.terminate().await.code(),
+        Some(0),
+        "{}",
+        first.tail(20)
+    );
+
+    // While nothing runs: every pocket pays an expense dated the window's
+    // first day, so every snapshot of the window changes.
+    // (The seed garbles a few balances on purpose: those pockets stay.)
+    let at = env.at(env.day(-(WINDOW as i64) + 1), 9, 30);
+    let mut spent = 0;
+    for d in env.all("pockets", doc! { "deleted_at": Bson::Null }).await {
+        let valid = d.get("balance").and_then(|b| Money::from_bson(b).ok());
+        if let (Some(_), Ok(id)) = (valid, d.get_object_id("_id")) {
+            if let Some(&(user, pocket)) = pockets.iter().find(|(_, p)| *p == id) {
+                spend(&env, user, pocket, 1_999, at).await;
+                spent += 1;
+            }
+        }
+    }
+    let mut one = env.run("one", TTL, &[]);
+    let mut two = env.run("two", TTL, &[]);
+    let leader = first_to_log(&mut [&mut one, &mut two], ACQUIRED, CATCH_UP).await;
+    let token = env.checkpoint_token().await;
+    let began = Instant::now();
+    poll(CATCH_UP, ms(200), async |late| {
+        if env.checkpoint_token().await != token {
+            return Some(());
+        }
+        let acquisitions = [&one, &two].map(|r| r.log().matches(ACQUIRED).count());
+        assert!(
+            !late,
+            "no checkpoint {CATCH_UP:?} after the pair started (acquisitions {acquisitions:?}):\n\
+             one:\n{}\ntwo:\n{}",
+            one.tail(15),
+            two.tail(15)
+        );
+        None
+    })
+    .await;
+    let acquisitions: usize = [&one, &two]
+        .iter()
+        .map(|r| r.log().matches(ACQUIRED).count())
+        .sum();
+    eprintln!(
+        "backlog of {spent} pockets: a checkpoint {:?} after the start, {acquisitions} acquisitions (first: {})",
+        began.elapsed(),
+        ["one", "two"][leader]
+    );
+    env.converged(WINDOW, &[&one, &two]).await;
+    // Before the fix: the lease changed hands again and again (tokens 9,
+    // 10, 11... in one run) and the checkpoint took 47 s. One loss is
+    // allowed for a server slowed by the other tests.
+    let losses: usize = [&one, &two]
+        .iter()
+        .map(|r| r.log().matches(LOST).count())
+        .sum();
+    assert!(
+        losses <= 1,
+        "the lease was lost {losses} times while the backlog was worked off:\none:\n{}\ntwo:\n{}",
+        one.tail(15),
+        two.tail(15)
+    );
+    for r in [&mut one, &mut two] {
+        assert_eq!(r.terminate().await.code(), Some(0), "{}", r.tail(20));
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -402,7 +503,8 @@ async fn sigterm_to_an_instance_waiting_on_a_dead_leader_exits_within_10_s() {
     for round in 1..=3 {
         let mut standby = env.run(&format!("standby{round}"), TTL, &[]);
         standby.wait_log(STANDING_BY, CATCH_UP).await;
-        env.checkpoint_moves("a checkpoint under load").await;
+        env.checkpoint_moves("a checkpoint under load", &leader)
+            .await;
         // A burst makes the next flush long: the kill likely lands inside
         // its fenced transaction, which holds the lease document.
         bulk_expenses(&env, &pockets, 300, 12, &mut rng).await;
@@ -586,7 +688,7 @@ async fn a_server_error_on_commit_is_retried_not_fatal() {
     let port = http_port(&mut run).await;
     run.wait_log(TAILING, CATCH_UP).await;
     let mut writer = env.writer("writer", 30, seed);
-    env.checkpoint_moves("a checkpoint under load").await;
+    env.checkpoint_moves("a checkpoint under load", &run).await;
 
     let admin = env.client.database("admin");
     admin
@@ -624,7 +726,7 @@ async fn a_server_error_on_commit_is_retried_not_fatal() {
         armed.elapsed()
     );
     // It goes on leading and checkpointing under the writer.
-    env.checkpoint_moves("a checkpoint after the failures")
+    env.checkpoint_moves("a checkpoint after the failures", &run)
         .await;
     assert!(run.alive(), "{}", run.tail(30));
     stop_writer(&mut writer).await;
@@ -709,7 +811,8 @@ async fn small_history(
     let mut leader = env.run(label, ttl, &[]);
     leader.wait_log(TAILING, CATCH_UP).await;
     let writer = env.writer("writer", 20, seed);
-    env.checkpoint_moves("a checkpoint under load").await;
+    env.checkpoint_moves("a checkpoint under load", &leader)
+        .await;
     (server, dir, env, pockets, leader, writer)
 }
 
@@ -1028,13 +1131,19 @@ async fn crashes_and_failures_at_injected_points_under_load_converge() {
 // 10. A step due while the stream lags
 // ---------------------------------------------------------------------------
 
-/// An expense of `cents` from `pocket` dated now, then its balance write,
+/// An expense of `cents` from `pocket` dated `at`, then its balance write,
 /// as the API does; the expense's id.
-async fn spend(env: &Env, user: ObjectId, pocket: ObjectId, cents: u64) -> ObjectId {
+async fn spend(
+    env: &Env,
+    user: ObjectId,
+    pocket: ObjectId,
+    cents: u64,
+    at: DateTime<Utc>,
+) -> ObjectId {
     let spent: Money = format!("{}.{:02}", cents / 100, cents % 100)
         .parse()
         .expect("money");
-    let tx = expense(user, Some(pocket), cents, env.clock.now());
+    let tx = expense(user, Some(pocket), cents, at);
     let id = tx.get_object_id("_id").expect("_id");
     env.db
         .collection::<Document>("transactions")
@@ -1090,7 +1199,7 @@ async fn a_step_due_while_the_stream_lags_waits_for_the_events_before_it() {
     // A first expense of the day: its report exists, not final, before
     // the pause — a step that does not wait would close it without the
     // second and restate it a moment later.
-    let first = spend(&env, user, pocket, 1_234).await;
+    let first = spend(&env, user, pocket, 1_234, env.clock.now()).await;
     let day = doc! { "user_id": user, "report_date": bdt(instant("2026-03-15T00:00:00Z")) };
     wait_for(
         "the day's report with the first expense",
@@ -1109,7 +1218,7 @@ async fn a_step_due_while_the_stream_lags_waits_for_the_events_before_it() {
     run.signal("STOP");
     let pockets = env.pockets().await;
     bulk_expenses(&env, &pockets, 2_500, 1, &mut Rng::new(seed)).await;
-    let id = spend(&env, user, pocket, 4_321).await;
+    let id = spend(&env, user, pocket, 4_321, env.clock.now()).await;
     assert!(
         env.clock.now() < due,
         "the writes took until {}: too late for this test's 23:59",

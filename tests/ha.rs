@@ -230,6 +230,68 @@ async fn a_write_behind_a_stale_fence_fails_with_lost_lease_and_writes_nothing()
     assert!(info.expires_at.expect("expiry") > Utc::now() + chrono::Duration::seconds(50));
 }
 
+/// A large fenced write goes in several transactions once one has run for
+/// the fence's budget (a sixth of the lease TTL), so the holder's renewals
+/// do not wait behind it for longer than the lease lasts; with a long TTL
+/// the same writes go in one transaction (they are under its operation
+/// cap). Each transaction's lease check adds one to the lease's `writes`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_write_ends_its_transaction_within_a_sixth_of_the_ttl() {
+    let env = Env::new("ha_budget", support::uri(), "UTC", instant(NOON_NY)).await;
+    let db = &env.db;
+    connect::init(db, false, false).await.expect("indexes");
+    // New documents each time (an insert of a stored one is a conflict).
+    let writes = |day: &str| -> Vec<_> {
+        (0..4_000)
+            .map(|_| report_write(ObjectId::new(), day, 1))
+            .collect()
+    };
+    let transactions = |lease: Document| lease.get_i64("writes").unwrap_or(0);
+
+    let long = lease::try_acquire(db, "long", Duration::from_secs(600))
+        .await
+        .unwrap()
+        .expect("a free lease");
+    let before = transactions(env.lease_doc().await);
+    let stats = bulk::execute(db, writes("2026-03-01"), Some(&long))
+        .await
+        .expect("write");
+    assert_eq!(stats.inserted, 4_000);
+    assert_eq!(
+        transactions(env.lease_doc().await) - before,
+        1,
+        "4,000 operations under a long TTL: one transaction"
+    );
+    assert!(lease::release(db, &long).await.unwrap());
+
+    let short = lease::try_acquire(db, "short", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("a released lease");
+    let before = transactions(env.lease_doc().await);
+    let began = Instant::now();
+    let stats = bulk::execute(db, writes("2026-03-02"), Some(&short))
+        .await
+        .expect("write");
+    let took = began.elapsed();
+    assert_eq!(stats.inserted, 4_000, "every document, once");
+    let n = transactions(env.lease_doc().await) - before;
+    eprintln!("4,000 operations under a 1 s TTL: {n} transactions in {took:?}");
+    // The whole write takes longer than the budget (~167 ms) on
+    // SecantusDB (about 10,000 inserts a second), so it must be split.
+    assert!(
+        n >= 2 || took < Duration::from_millis(167),
+        "one transaction of {took:?} under a 1 s TTL"
+    );
+    let stored = env
+        .all(
+            Kind::Report.collection(),
+            doc! { "report_date": { "$gte": bson::DateTime::parse_rfc3339_str("2026-03-02T00:00:00Z").unwrap() } },
+        )
+        .await;
+    assert_eq!(stored.len(), 4_000, "all written by the split write");
+}
+
 // ---------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------

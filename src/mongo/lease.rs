@@ -33,11 +33,19 @@
 //! What is fenced: the output documents (flushes, the window backfill,
 //! finalizations), the checkpoint, and the record of a finished
 //! finalization; a finalization claim records its token, so a claim made
-//! under an older lease is taken over at once. One transaction per bulk
-//! command (at most 1,000 operations), not per flush, keeps transactions
-//! small and short; a flush cut short by a lost lease is harmless, since
-//! its writes are recomputations and the checkpoint is saved only after
-//! them. Not fenced: `tally_rejects` (bookkeeping about source documents,
+//! under an older lease is taken over at once.
+//!
+//! **A transaction is short next to the lease.** From its lease check to
+//! its commit a fenced transaction holds the lease document, so the
+//! holder's own renewals wait behind it. One that ran longer than the lease
+//! has left would let a standby see the lease expired, end the holder's
+//! session and take over — and with a backlog that again needs a long
+//! transaction, instances could hand the lease around without any of them
+//! finishing a flush. So a fenced write goes in several transactions, each
+//! ending once it has run a sixth of the TTL ([`Fence::transaction_budget`];
+//! `crate::mongo::bulk`). A flush cut short by a lost lease is harmless,
+//! since its writes are recomputations and the checkpoint is saved only
+//! after them. Not fenced: `tally_rejects` (bookkeeping about source documents,
 //! rewritten whenever a document is seen) and index creation.
 
 use std::fmt;
@@ -74,6 +82,9 @@ pub struct Fence {
     pub owner: String,
     pub token: i64,
     session: Option<Arc<tokio::sync::Mutex<ClientSession>>>,
+    /// How long one fenced transaction may go on adding writes (see
+    /// [`Fence::transaction_budget`]).
+    budget: Duration,
 }
 
 impl Fence {
@@ -84,8 +95,30 @@ impl Fence {
             owner: owner.into(),
             token,
             session: None,
+            budget: budget_of(DEFAULT_TTL),
         }
     }
+
+    /// How long one fenced transaction may go on adding bulk commands
+    /// before it commits and the rest goes in the next one. A transaction
+    /// holds the lease document from its first statement to its commit, so
+    /// the holder's own renewals wait behind it: one longer than the lease
+    /// is left makes the lease look expired to a standby, which then ends
+    /// the holder's session (aborting the transaction) and takes over — and
+    /// with a backlog that needs a long transaction again, the two can hand
+    /// the lease back and forth without either finishing a flush.
+    pub fn transaction_budget(&self) -> Duration {
+        self.budget
+    }
+}
+
+/// The lease TTL assumed by a fence made without an acquisition (tests).
+const DEFAULT_TTL: Duration = Duration::from_secs(15);
+
+/// A sixth of the TTL: a renewal due (every TTL/3) while a transaction
+/// runs waits at most this plus one bulk command.
+fn budget_of(ttl: Duration) -> Duration {
+    ttl / 6
 }
 
 impl Fence {
@@ -281,6 +314,7 @@ pub async fn try_acquire(db: &Database, owner: &str, ttl: Duration) -> Result<Op
                 other => crate::bail!("the lease has a token of an unexpected type: {other:?}"),
             },
             session: Some(Arc::new(tokio::sync::Mutex::new(session))),
+            budget: budget_of(ttl),
         })),
         Ok(None) => Ok(None),
         // Held by another: the upsert collided with the existing document.
