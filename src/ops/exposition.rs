@@ -108,6 +108,10 @@ const FLUSH_DURATION: Family = Family::histogram(
     "tally_flush_duration_seconds",
     "Time to recompute dirty users and write what differs.",
 );
+const WRITE_LATENCY: Family = Family::histogram(
+    "tally_source_to_write_seconds",
+    "Per change event that queued work: from its server wall time to the commit of the flush that wrote it.",
+);
 const DOCUMENTS_WRITTEN: Family = Family::counter(
     "tally_documents_written_total",
     "Output documents inserted, updated or deleted, by collection.",
@@ -151,7 +155,7 @@ const UNREADABLE_EVENTS: Family = Family::counter(
 
 /// Every family [`metrics`] writes, in its order (those not
 /// [`always`](Family::always) only once they have a value).
-pub const FAMILIES: [Family; 17] = [
+pub const FAMILIES: [Family; 18] = [
     UP,
     LEADER,
     CONNECTED,
@@ -159,6 +163,7 @@ pub const FAMILIES: [Family; 17] = [
     STREAM_LAG,
     CHECKPOINT_AGE,
     FLUSH_DURATION,
+    WRITE_LATENCY,
     DOCUMENTS_WRITTEN,
     RESTATEMENTS,
     REJECTS,
@@ -257,6 +262,7 @@ impl Collector for Scrape {
             gauge(out, &CHECKPOINT_AGE, age)?;
         }
         histogram_series(describe(out, &FLUSH_DURATION)?, &t.flush_duration)?;
+        histogram_series(describe(out, &WRITE_LATENCY)?, &t.write_latency)?;
         counter_vec(out, &DOCUMENTS_WRITTEN, ["collection"], &t.documents)?;
         counter(out, &RESTATEMENTS, t.restatements.load(Ordering::Relaxed))?;
         counter_vec(out, &REJECTS, ["reason"], &t.rejects)?;
@@ -360,6 +366,8 @@ mod tests {
         t.set_leader(true);
         t.change_event("transactions", &OperationType::Insert, None);
         t.flushed(Duration::from_millis(30));
+        let now = Utc::now().timestamp_millis();
+        t.written_after(&[now - 300, now - 1_700, now - 4_000]);
         t.recovery(Recovery::Reconnect);
         t.checkpoint_saved();
         let text = metrics(&t, Utc::now());
@@ -374,6 +382,10 @@ mod tests {
         assert!(text.contains("tally_flush_duration_seconds_bucket{le=\"0.05\"} 1"));
         assert!(text.contains("tally_flush_duration_seconds_bucket{le=\"+Inf\"} 1"));
         assert!(text.contains("tally_flush_duration_seconds_count 1"));
+        assert!(text.contains("tally_source_to_write_seconds_bucket{le=\"0.25\"} 0"));
+        assert!(text.contains("tally_source_to_write_seconds_bucket{le=\"0.5\"} 1"));
+        assert!(text.contains("tally_source_to_write_seconds_bucket{le=\"2\"} 2"));
+        assert!(text.contains("tally_source_to_write_seconds_count 3"));
         assert!(text.contains("tally_recoveries_total{cause=\"reconnect\"} 1"));
         assert!(text.contains("tally_leader 1"));
         assert!(text.contains(
@@ -399,6 +411,7 @@ mod tests {
             histogram_names(),
             [
                 "tally_flush_duration_seconds",
+                "tally_source_to_write_seconds",
                 "tally_finalization_duration_seconds"
             ]
         );

@@ -45,6 +45,11 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(600);
 pub const FLUSH_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+/// Source write → flush commit: the 2 s bound of the latency target sits
+/// on a bucket edge, so "p99 ≤ 2 s" reads off exactly.
+pub const WRITE_LATENCY_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
+];
 pub const FINALIZATION_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
@@ -159,6 +164,9 @@ pub struct Telemetry {
     /// Change events tally could not read (skipped after being counted).
     pub unreadable_events: AtomicU64,
     pub flush_duration: Histogram,
+    /// Per change event that queued work: its server wall time to the
+    /// commit of the flush that wrote it.
+    pub write_latency: Histogram,
     pub(crate) recent_rejects: Mutex<VecDeque<RejectNote>>,
     pub(crate) recent_recoveries: Mutex<VecDeque<RecoveryNote>>,
     pub(crate) schedule: Mutex<Vec<(&'static str, ScheduleRow)>>,
@@ -274,6 +282,7 @@ impl Telemetry {
             late_events: CounterVec::new(),
             unreadable_events: AtomicU64::new(0),
             flush_duration: Histogram::new(FLUSH_BUCKETS),
+            write_latency: Histogram::new(WRITE_LATENCY_BUCKETS),
             recent_rejects: Mutex::new(VecDeque::new()),
             recent_recoveries: Mutex::new(VecDeque::new()),
             schedule: Mutex::new(
@@ -364,6 +373,16 @@ impl Telemetry {
 
     pub fn flushed(&self, took: Duration) {
         self.flush_duration.observe(took);
+    }
+
+    /// A flush committed the writes of events written at `walls` (server
+    /// wall times, ms): each one's latency from source write to output.
+    pub fn written_after(&self, walls: &[i64]) {
+        let now = millis(Utc::now());
+        for &wall in walls {
+            let ms = u64::try_from(now - wall).unwrap_or(0);
+            self.write_latency.observe(Duration::from_millis(ms));
+        }
     }
 
     /// Writes done after [`WriteMix::of`] planned them. With conflicts or

@@ -572,6 +572,10 @@ impl<B: Backend> Tailer<B> {
         if self.flush_due() {
             self.flush().await?;
         }
+        if self.settled() {
+            // Events that queued nothing to write have no latency.
+            self.work.walls.clear();
+        }
         if self.settled() && self.last_save.elapsed() >= CHECKPOINT_EVERY {
             self.save().await?;
         }
@@ -703,6 +707,7 @@ impl<B: Backend> Tailer<B> {
         if let Some(wall) = event.wall_millis {
             self.checkpoint.last_event_at = DateTime::from_timestamp_millis(wall);
             self.last_event_wall = self.checkpoint.last_event_at;
+            self.work.walls.push(wall);
         }
         let coll = event.collection;
         self.opts
@@ -921,8 +926,12 @@ impl<B: Backend> Tailer<B> {
         let started = Instant::now();
         let result = self.flush_dirty().await;
         self.opts.telemetry.flushed(started.elapsed());
-        if result.is_err() {
-            self.work.restore(dirty, full_refresh, Instant::now());
+        match &result {
+            Ok(()) => {
+                let walls = std::mem::take(&mut self.work.walls);
+                self.opts.telemetry.written_after(&walls);
+            }
+            Err(_) => self.work.restore(dirty, full_refresh, Instant::now()),
         }
         result
     }

@@ -46,6 +46,11 @@ pub(super) struct Work {
     pub full_refresh: bool,
     /// When the oldest unflushed recomputation was queued.
     pub first_dirty_at: Option<Instant>,
+    /// Server wall times (ms) of the events handled since the last flush:
+    /// once a flush commits, each one's latency is observed
+    /// (`tally_source_to_write_seconds`); dropped unobserved when the
+    /// events queued nothing to write.
+    pub walls: Vec<i64>,
 }
 
 impl Work {
