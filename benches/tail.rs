@@ -80,14 +80,6 @@ fn start_tally(uri: &str, db: &str, pre_images: bool, http: Option<u16>) -> Chil
         .expect("tally starts")
 }
 
-/// A TCP port free on this machine now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
@@ -541,7 +533,7 @@ fn main() {
         f.server.stop();
         let mut f = new_server().await;
         let started = Instant::now();
-        let port = free_port();
+        let port = common::http::free_port();
         let mut tally = start_tally(&f.uri, &f.name, pre_images, Some(port));
         common::wait_started(&f.db).await;
         let startup = started.elapsed();

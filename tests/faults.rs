@@ -16,8 +16,6 @@
 
 mod support;
 
-use std::io::{Read, Write as _};
-use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
@@ -277,17 +275,9 @@ async fn http_port(run: &mut Running) -> u16 {
         .unwrap_or_else(|| panic!("no port in {line:?}"))
 }
 
+/// `/metrics` of a `tally run` child (the body).
 fn metrics(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    Some(raw.split_once("\r\n\r\n")?.1.to_owned())
+    support::http::get(port, "/metrics").map(|(_, body)| body)
 }
 
 /// The sum of a metric's samples over all label sets (`None`: absent).

@@ -10,6 +10,11 @@
 #![allow(dead_code)]
 
 pub mod cpu;
+// The tests' own HTTP helper (benches that also load `tests/support` see
+// the file twice, in two module trees: the same code, not a copy).
+#[allow(clippy::duplicate_mod)]
+#[path = "../../tests/support/http.rs"]
+pub mod http;
 
 use std::time::{Duration, Instant};
 
@@ -271,17 +276,7 @@ pub async fn wait_started(db: &Database) {
 /// `GET /metrics` of a `tally run` serving HTTP on `port` (the body), or
 /// `None` when it does not answer.
 pub fn scrape(port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    Some(raw.split_once("\r\n\r\n")?.1.to_owned())
+    http::get(port, "/metrics").map(|(_, body)| body)
 }
 
 /// A histogram's cumulative buckets in a scrape: (upper bound, count),

@@ -10,7 +10,7 @@
 //!
 //! Beside the server: [`process`] (tally as a child process, its clock and
 //! log), [`workload`] (coin's API write pattern with a model of the
-//! balances), [`poll`] (the one "until X, or fail after T" loop) and
+//! balances), [`http`] (a free port and one GET), [`poll`] (the one "until X, or fail after T" loop) and
 //! [`writes`] (tally's own writes built by hand, for the fence).
 //!
 //! Every server runs under a small Python watchdog whose stdin is a pipe from
@@ -20,6 +20,7 @@
 //! That is how the shared server, a never-dropped static, dies with the binary.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod poll;
 pub mod process;
 pub mod workload;
