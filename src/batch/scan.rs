@@ -112,13 +112,28 @@ pub struct Focus {
 }
 
 impl Focus {
-    /// `filter` restricted to the focused users, if any.
-    fn narrow(&self, mut filter: Document) -> Document {
-        if let Some(users) = &self.users {
-            filter.insert("user_id", doc! { "$in": users.clone() });
+    /// `filter` restricted to the focused users, if any (see [`by_users`]).
+    fn narrow(&self, filter: Document) -> Document {
+        match &self.users {
+            Some(users) => by_users(users, filter),
+            None => filter,
         }
-        filter
     }
+}
+
+/// `filter` restricted to `users`, the `user_id` condition first.
+///
+/// The order matters on SecantusDB, not on `mongod`: with the condition on
+/// the date first, SecantusDB serves `{date: range, user_id: {$in: [u]}}`
+/// from the standalone date index — every user's documents in the range
+/// (1.4 s for one user among 1,000 × 40 days, against 3.5 ms with
+/// `user_id` first; a hint of the `(user_id, date)` index is slower
+/// still, 1.7–2.3 s). A focused rescan of one user read every report of
+/// the window that way.
+fn by_users(users: &[ObjectId], filter: Document) -> Document {
+    let mut out = doc! { "user_id": { "$in": users.to_vec() } };
+    out.extend(filter);
+    out
 }
 
 /// One kind's stored documents and the next one read from them.
@@ -725,7 +740,7 @@ async fn ytd_baselines(
     for (kind, period) in sources {
         let mut filter = doc! { kind.date_field(): date_label(period) };
         if let Some(users) = users {
-            filter.insert("user_id", doc! { "$in": users.to_vec() });
+            filter = by_users(users, filter);
         }
         let mut cursor = db
             .collection::<Document>(kind.collection())
@@ -843,4 +858,24 @@ pub async fn first_stored_days(
         }
     }
     Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_focused_filter_names_its_users_first() {
+        let u = ObjectId::new();
+        let f = Focus {
+            users: Some(vec![u]),
+            ..Focus::default()
+        }
+        .narrow(doc! { "date": { "$gte": 1 }, "deleted_at": Bson::Null });
+        let keys: Vec<&str> = f.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["user_id", "date", "deleted_at"]);
+        assert_eq!(f.get_document("user_id").unwrap(), &doc! { "$in": [u] });
+        let whole = Focus::default().narrow(doc! { "date": 1 });
+        assert_eq!(whole, doc! { "date": 1 });
+    }
 }
