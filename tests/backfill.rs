@@ -656,3 +656,92 @@ async fn fenced_inserts_skip_taken_keys_and_write_the_rest() {
         assert_eq!(now, Some(d), "a taken key's document is untouched");
     }
 }
+
+/// Without pre-images a hard delete is found through the reports that list
+/// it: `init` then indexes the listed ids, each lookup is answered by its
+/// index, and a report that lists both a sought transaction and a sought
+/// pocket is read once. Told to use pre-images, `init` leaves report
+/// writes without these indexes.
+#[tokio::test(flavor = "multi_thread")]
+async fn hard_deletes_without_pre_images_are_located_by_index() {
+    use chrono::NaiveDate;
+    use tally::core::reports::Kind;
+    use tally::service::backend::{Backend, Mongo};
+
+    let db = database("backfill_locate").await;
+    db.drop().await.expect("drop");
+    let reports = db.collection::<Document>(Kind::Report.collection());
+    let names = || async { reports.list_index_names().await.unwrap_or_default() };
+    let lines = connect::init(&db, false, true).await.expect("indexes");
+    let listed = |names: &[String], field: &str| names.iter().any(|n| n.starts_with(field));
+    let with_images = names().await;
+    for field in connect::LOCATE_FIELDS {
+        assert!(
+            !listed(&with_images, field),
+            "{field} indexed with pre-images on: {with_images:?} ({lines:?})"
+        );
+    }
+    let lines = connect::init(&db, false, false).await.expect("indexes");
+    let indexed = names().await;
+    for field in connect::LOCATE_FIELDS {
+        assert!(
+            listed(&indexed, field),
+            "{field} not indexed: {indexed:?} ({lines:?})"
+        );
+    }
+
+    let (user, other) = (ObjectId::new(), ObjectId::new());
+    let (pocket, tx, elsewhere) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
+    let day = |d: u32| NaiveDate::from_ymd_opt(2026, 3, d).unwrap();
+    let report = |user: ObjectId, d: u32, pocket: ObjectId, txs: &[ObjectId]| {
+        let at = day(d).and_hms_opt(0, 0, 0).unwrap().and_utc();
+        let listed: Vec<Bson> = txs
+            .iter()
+            .map(|t| Bson::Document(doc! { "transaction_id": t }))
+            .collect();
+        doc! {
+            "user_id": user,
+            "report_date": bson::DateTime::from_millis(at.timestamp_millis()),
+            "transactions_by_pocket": [{ "pocket_id": pocket, "transactions": listed }],
+        }
+    };
+    reports
+        .insert_many([
+            report(user, 3, pocket, &[tx]),
+            report(user, 4, pocket, &[ObjectId::new()]),
+            report(other, 3, ObjectId::new(), &[elsewhere]),
+        ])
+        .await
+        .expect("reports");
+
+    let located = Mongo(db.clone())
+        .locate(vec![Bson::ObjectId(tx), Bson::ObjectId(pocket)])
+        .await
+        .expect("locate");
+    assert_eq!(
+        located.transactions.get(&Bson::ObjectId(tx).to_string()),
+        Some(&vec![(user, day(3))])
+    );
+    assert!(!located
+        .transactions
+        .contains_key(&Bson::ObjectId(elsewhere).to_string()));
+    let owners = located
+        .pockets
+        .get(&Bson::ObjectId(pocket).to_string())
+        .expect("the pocket's owners");
+    assert_eq!(owners.iter().collect::<Vec<_>>(), [&user]);
+
+    // Each lookup is planned on its index, not a collection scan.
+    for field in connect::LOCATE_FIELDS {
+        let plan = db
+            .run_command(doc! { "explain": { "find": Kind::Report.collection(), "filter": { field: { "$in": [tx] } } } })
+            .await
+            .expect("explain");
+        let winning = format!(
+            "{:?}",
+            plan.get_document("queryPlanner")
+                .and_then(|q| q.get_document("winningPlan"))
+        );
+        assert!(winning.contains("IXSCAN"), "{field}: {winning}");
+    }
+}

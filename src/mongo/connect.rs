@@ -148,13 +148,38 @@ pub async fn init(db: &Database, source_index: bool, pre_images: bool) -> Result
         match enable_pre_images(db).await {
             Ok(()) => done.push("change-stream pre-images enabled on transactions".to_owned()),
             Err(e) => done.push(format!(
-                "pre-images not enabled on transactions ({}); tally run still works without them",
+                "pre-images not enabled on transactions ({}); tally run still works without them \
+                 — if they cannot be enabled, set no_pre_images so that tally indexes what \
+                 locates hard deletes",
                 short_error(&e)
             )),
+        }
+    } else {
+        // Told to work without pre-images, tally finds a hard delete
+        // through the reports that list it (`Backend::locate`). These
+        // multikey indexes make that a lookup instead of a collection scan.
+        // They cost every report write an index entry per listed
+        // transaction, so they are made only then.
+        for field in LOCATE_FIELDS {
+            db.collection::<Document>(Kind::Report.collection())
+                .create_index(IndexModel::builder().keys(doc! { field: 1 }).build())
+                .await
+                .with_context(|| format!("creating the index ({field}) on daily reports"))?;
+            done.push(format!(
+                "index ({field}) on {}, to locate hard deletes without pre-images",
+                Kind::Report.collection()
+            ));
         }
     }
     Ok(done)
 }
+
+/// The fields of a daily report that list transaction and pocket ids: what
+/// a hard delete without a pre-image is looked up by.
+pub const LOCATE_FIELDS: [&str; 2] = [
+    "transactions_by_pocket.transactions.transaction_id",
+    "transactions_by_pocket.pocket_id",
+];
 
 /// Turns on change-stream pre- and post-images of `transactions` with
 /// `collMod`, or `create` when the collection does not exist yet (and

@@ -304,16 +304,27 @@ impl Backend for Mongo {
     async fn locate(&self, ids: Vec<Bson>) -> Result<Located> {
         let mut located = Located::default();
         let reports = self.0.collection::<Document>(Kind::Report.collection());
-        let filter = doc! { "$or": [
-            { "transactions_by_pocket.transactions.transaction_id": { "$in": ids.clone() } },
-            { "transactions_by_pocket.pocket_id": { "$in": ids } },
-        ] };
-        let mut cursor = reports
-            .find(filter)
-            .projection(doc! { "user_id": 1, "report_date": 1, "transactions_by_pocket.pocket_id": 1, "transactions_by_pocket.transactions.transaction_id": 1 })
-            .await?;
-        while let Some(r) = cursor.try_next().await? {
-            located.add_report(&r);
+        let [by_transaction, by_pocket] = connect::LOCATE_FIELDS;
+        // One find per field, each answered by its own index (an `$or` of
+        // both is a collection scan on SecantusDB); a report both find is
+        // read once.
+        let mut seen = HashSet::new();
+        for field in [by_transaction, by_pocket] {
+            let mut cursor = reports
+                .find(doc! { field: { "$in": ids.clone() } })
+                .projection(
+                    doc! { "user_id": 1, "report_date": 1, by_pocket: 1, by_transaction: 1 },
+                )
+                .await?;
+            while let Some(r) = cursor.try_next().await? {
+                let key = (
+                    r.get_object_id("user_id").ok(),
+                    r.get_datetime("report_date").ok().copied(),
+                );
+                if seen.insert(key) {
+                    located.add_report(&r);
+                }
+            }
         }
         Ok(located)
     }
