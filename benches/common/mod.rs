@@ -173,6 +173,7 @@ pub const MEMORY: u8 = 4;
 pub const TAIL: u8 = 5;
 pub const REWRITES: u8 = 6;
 pub const NIGHT: u8 = 7;
+pub const DELETES: u8 = 8;
 
 /// One row of the table `scripts/bench` prints (`@row <section> | figure |
 /// value | bound by |`; the script orders rows by section, stably).
