@@ -37,7 +37,7 @@
 //! (tailer.rs `recheck_pending`: a rescan of the user from the source, as
 //! a transaction change moves every earlier closing balance — here for
 //! good, the pocket balance having stayed) is part of a delete's cost.
-//! Two reads are also timed alone: the reports `find` that locates a
+//! Two reads are also timed alone: the lookup (`Backend::locate`) that finds a
 //! transaction without its pre-image, and the reports read of a one-user
 //! rescan as the scan sends it. After each run tally is stopped with
 //! SIGTERM and its "Stopped cleanly." line must show `full_refreshes=0`.
@@ -59,10 +59,11 @@ use common::Meter;
 use futures::TryStreamExt;
 use mongodb::{Client, Database};
 use tally::batch::backfill::backfill;
-use tally::batch::scan::Range;
+use tally::batch::scan::{self, Range};
 use tally::batch::seed::{seed, SeedOptions};
 use tally::core::calendar::{date_label, first_of_month, prev_day, Calendar};
 use tally::core::reports::Kind;
+use tally::service::backend::{Backend, Mongo};
 
 const REPORTS: &str = "daily_financial_reports";
 const POLL: Duration = Duration::from_millis(20);
@@ -92,8 +93,12 @@ impl Case {
     fn path(self, pre_images: bool) -> &'static str {
         match (self, pre_images) {
             (Case::InMemory, _) => "memory knows the (user, day): recomputed from memory",
-            (Case::BeforeMemory, true) => "the pre-image names the (user, day); the user rescanned from the source",
-            (Case::BeforeMemory, false) => "located by a `find` over the reports by listed id (no index), then the user rescanned",
+            (Case::BeforeMemory, true) => {
+                "the pre-image names the (user, day); the user rescanned from the source"
+            }
+            (Case::BeforeMemory, false) => {
+                "located through the reports that list it (indexed), then the user rescanned"
+            }
             (Case::Reject, _) => "a recorded reject: nothing recomputed, the record removed",
         }
     }
@@ -567,21 +572,22 @@ fn main() {
         }
 
         // Two reads alone, on the same server, with nothing else running:
-        // the query a delete without a pre-image sends to locate its
-        // transaction (backend.rs `locate`), for an id no report lists, and
-        // the reports read of a one-user rescan as scan.rs sends it (user_id
-        // `$in`, the date from the deleted day to tally's horizon, sorted by
-        // user_id).
+        // the lookup a delete without a pre-image sends to locate its
+        // transaction (`Backend::locate` itself, for an id no report lists;
+        // the run without pre-images made its indexes), and the reports read
+        // of a one-user rescan with the filter the scan builds (`by_users`:
+        // the user first, the date from the deleted day to tally's horizon;
+        // sorted by user_id).
         let ids = vec![Bson::ObjectId(ObjectId::new())];
-        let locate_filter = doc! { "$or": [
-            { "transactions_by_pocket.transactions.transaction_id": { "$in": ids.clone() } },
-            { "transactions_by_pocket.pocket_id": { "$in": ids } },
-        ] };
-        let locate = read_alone(&db, &meter, locate_filter, false).await;
-        let rescan_filter = doc! {
-            "report_date": { "$gte": date_label(day_b), "$lte": date_label(today + Days::new(400)) },
-            "user_id": { "$in": [probe.user] },
-        };
+        let ((), locate) = meter
+            .run(async {
+                Mongo(db.clone()).locate(ids).await.expect("locate");
+            })
+            .await;
+        let rescan_filter = scan::by_users(
+            &[probe.user],
+            doc! { "report_date": { "$gte": date_label(day_b), "$lte": date_label(today + Days::new(400)) } },
+        );
         let rescan = read_alone(&db, &meter, rescan_filter, true).await;
 
         let total = begun.elapsed();
@@ -593,7 +599,7 @@ fn main() {
             backfill_time.as_secs_f64(),
             stored.documents
         );
-        println!("  the reports `find` that locates a deleted transaction without pre-image, alone: {:.2} s, {}", locate.wall.as_secs_f64(), locate.cpu());
+        println!("  the lookup that locates a deleted transaction without pre-image, alone: {:.2} s, {}", locate.wall.as_secs_f64(), locate.cpu());
         println!("  the reports read of a one-user rescan from {day_b}, alone: {:.2} s, {}", rescan.wall.as_secs_f64(), rescan.cpu());
         for run in &runs {
             let mode = if run.pre_images { "on" } else { "off" };
@@ -679,15 +685,15 @@ fn main() {
         }
         common::row(
             common::DELETES,
-            &format!("hard delete at {} users: the reports `find` that locates a transaction without its pre-image, alone ({reports} reports)", seeded.users),
+            &format!("hard delete at {} users: the lookup that locates a transaction without its pre-image (`Backend::locate`), alone ({reports} reports)", seeded.users),
             &format!("{:.2} s, server cpu {}", locate.wall.as_secs_f64(), ms(locate.server)),
-            "the server: no index on the listed ids, every report read",
+            "the server: two finds, each by its multikey index on the listed ids",
         );
         common::row(
             common::DELETES,
-            &format!("hard delete at {} users: the reports read of a one-user rescan from {day_b} as the scan sends it (user_id `$in`, date range), alone", seeded.users),
+            &format!("hard delete at {} users: the reports read of a one-user rescan from {day_b} as the scan sends it (user_id `$in` first, then the date range), alone", seeded.users),
             &format!("{:.2} s, server cpu {}", rescan.wall.as_secs_f64(), ms(rescan.server)),
-            "the server's plan for `$in` on user_id with a date range",
+            "the server: the (user_id, report_date) index",
         );
         for run in &runs {
             let mode = if run.pre_images { "on" } else { "off" };

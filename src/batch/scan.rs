@@ -130,7 +130,7 @@ impl Focus {
 /// `user_id` first; a hint of the `(user_id, date)` index is slower
 /// still, 1.7–2.3 s). A focused rescan of one user read every report of
 /// the window that way.
-fn by_users(users: &[ObjectId], filter: Document) -> Document {
+pub fn by_users(users: &[ObjectId], filter: Document) -> Document {
     let mut out = doc! { "user_id": { "$in": users.to_vec() } };
     out.extend(filter);
     out
