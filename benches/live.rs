@@ -82,6 +82,7 @@ use tally::core::rng::Rng;
 use tally::core::source::{
     decode_pocket, decode_transaction, RejectReason, SourceId, Transaction, TxType,
 };
+use tally::core::vecmap::Sorted;
 use tally::mongo::{POCKETS, TRANSACTIONS};
 use tally::plan::compare::DocChange;
 use tally::plan::fingerprint::{fingerprint, StoredMeta};
@@ -1194,7 +1195,7 @@ fn memory(world: &World, p: &Params) -> (Live, Seeded) {
     );
     common::row(
         LIVE,
-        "Live: heap per held transaction (transaction map entry, ledger's day sums, owner map)",
+        "Live: heap per held transaction (transaction map entry, owner map)",
         &format!("{per_tx:.0} B ({per_tx_chunks:.0} B with malloc's overhead)"),
         "by difference: seeded with and without transactions",
     );
@@ -1219,29 +1220,28 @@ fn structures(world: &World, p: &Params) {
     for u in 0..sample {
         let user = world.users[u].id;
         // As `Live::insert` builds them: the transactions collected into
-        // their map at once (their notes with them), the ledger folded in
-        // that order (sharing the notes), the pockets moved in.
-        let (txs, h) = held(|| {
-            world
-                .kept(u, true)
-                .transactions
-                .into_iter()
-                .map(|tx| (tx.id.clone(), tx))
-                .collect::<BTreeMap<SourceId, Transaction>>()
-        });
+        // their map at once (their notes with them), the pockets moved in;
+        // and the ledger a flush folds from them (sharing the notes).
+        let (txs, h) = held(|| Sorted::from_unsorted(world.kept(u, true).transactions));
         sizes[0] = add(sizes[0], h);
         counts[0] += txs.len();
         let (ledger, h) = held(|| {
             let mut ledger = UserLedger::default();
-            for t in txs.values() {
+            for t in txs.as_slice() {
                 ledger.apply(&cal, t);
             }
             ledger
         });
         sizes[1] = add(sizes[1], h);
         counts[1] += ledger.days.len();
-        let (pockets, h) = held(|| world.kept(u, false).pockets);
+        let (held_pockets, h) =
+            held(|| Sorted::from_unsorted(world.kept(u, false).pockets.into_values().collect()));
         sizes[2] = add(sizes[2], h);
+        let pockets: BTreeMap<ObjectId, tally::core::source::Pocket> = held_pockets
+            .as_slice()
+            .iter()
+            .map(|p| (p.id, p.clone()))
+            .collect();
         let view = UserView::new(user, &ledger, &pockets, &categories, &cal)
             .with_ytd_baseline(world.users[u].baseline);
         let docs = view.build_range(&Kind::ALL, world.from, world.horizon(), world.today);
@@ -1284,17 +1284,17 @@ fn structures(world: &World, p: &Params) {
     );
     let lines = [
         (
-            "UserState.transactions (BTreeMap<SourceId, Transaction>)",
+            "UserState.transactions (Sorted<Transaction>: a vector by id)",
             sizes[0],
             format!("{:.0} transactions", counts[0] as f64 / n),
         ),
         (
-            "UserState.ledger (UserLedger: day slots, DayAgg per day)",
+            "a ledger folded for a flush (UserLedger; transient, not held)",
             sizes[1],
             format!("{:.1} days with transactions", counts[1] as f64 / n),
         ),
         (
-            "UserState.pockets (BTreeMap<ObjectId, Pocket>)",
+            "UserState.pockets (Sorted<Pocket>: a vector by id)",
             sizes[2],
             format!(
                 "{:.1} pockets",
@@ -1306,7 +1306,7 @@ fn structures(world: &World, p: &Params) {
             ),
         ),
         (
-            "UserState.stored (sorted Vec<((Kind, NaiveDate), StoredMeta)>)",
+            "UserState.stored (Sorted<((Kind, NaiveDate), StoredMeta)>)",
             sizes[3],
             format!("{:.0} fingerprints", counts[2] as f64 / n),
         ),

@@ -43,7 +43,7 @@ use proptest::test_runner::{TestCaseError, TestRunner};
 
 use tally::core::calendar::{self, Calendar};
 use tally::core::diff::diff;
-use tally::core::ledger::UserLedger;
+use tally::core::ledger::{pocket_nets, UserLedger};
 use tally::core::money::Money;
 use tally::core::reports::{Categories, Kind, UserView};
 use tally::core::source::{decode_pocket, decode_transaction, Pocket, Transaction};
@@ -2162,6 +2162,40 @@ proptest! {
             l.entry(tx.user_id).or_default().retract(&cal, tx);
         }
         prop_assert_eq!(normalized(l), Ledgers::new());
+    }
+
+    /// Property 2b: a transaction's pocket nets, summed over transactions,
+    /// are the ledger's Σ net(p, d) over its days: what the live window's
+    /// anchors read without folding a ledger.
+    #[test]
+    fn pocket_nets_sum_to_the_ledgers_nets(
+        u in universe(false),
+        txs in proptest::collection::vec(tx_model(), 0..30),
+    ) {
+        let cal = cal();
+        let mut seen = BTreeSet::new();
+        let txs: Vec<Transaction> = txs
+            .iter()
+            .filter(|m| seen.insert(m.id.key()))
+            .filter_map(|m| decode_transaction(&m.render(&u)).ok())
+            .collect();
+        let mut ledger = UserLedger::default();
+        let mut direct: BTreeMap<ObjectId, Money> = BTreeMap::new();
+        for tx in &txs {
+            ledger.apply(&cal, tx);
+            for (pocket, net) in pocket_nets(tx) {
+                *direct.entry(pocket).or_default() += net;
+            }
+        }
+        let mut folded: BTreeMap<ObjectId, Money> = BTreeMap::new();
+        for (_, agg) in ledger.days.iter() {
+            for (pocket, pd) in &agg.pockets {
+                *folded.entry(*pocket).or_default() += pd.net();
+            }
+        }
+        direct.retain(|_, n| *n != Money::ZERO);
+        folded.retain(|_, n| *n != Money::ZERO);
+        prop_assert_eq!(direct, folded);
     }
 
     /// Property 5: cent amounts read as doubles sum exactly (0.1 + 0.2 =

@@ -380,13 +380,7 @@ impl UserLedger {
                 }
             }
         }
-        let from = tx.pocket_from;
-        let to = tx.pocket_to.filter(|t| Some(*t) != from);
-        for (pocket, is_from) in from
-            .map(|p| (p, true))
-            .into_iter()
-            .chain(to.map(|p| (p, false)))
-        {
+        for (pocket, is_from) in touched_pockets(tx) {
             let pd = agg.pockets.entry_or_default(pocket);
             pd.count += sign;
             let self_transfer = tx.pocket_to == tx.pocket_from;
@@ -433,6 +427,35 @@ impl UserLedger {
     ) -> impl Iterator<Item = (&NaiveDate, &DayAgg)> {
         self.days.range(from..=to)
     }
+}
+
+/// The pockets `tx` lists for its type, each once, with whether it is the
+/// `pocket_from` (a self-transfer is listed once, as its `pocket_from`).
+fn touched_pockets(tx: &Transaction) -> impl Iterator<Item = (ObjectId, bool)> {
+    let from = tx.pocket_from;
+    let to = tx.pocket_to.filter(|t| Some(*t) != from);
+    from.map(|p| (p, true))
+        .into_iter()
+        .chain(to.map(|p| (p, false)))
+}
+
+/// What a live `tx` adds to net(p, d) of each pocket it touches (contract
+/// §4.1): the [`PocketDay::net`] of applying it alone. A soft-deleted
+/// transaction adds nothing.
+pub fn pocket_nets(tx: &Transaction) -> impl Iterator<Item = (ObjectId, Money)> + '_ {
+    let self_transfer = tx.pocket_to == tx.pocket_from;
+    touched_pockets(tx)
+        .filter(|_| tx.is_live())
+        .map(move |(pocket, is_from)| {
+            let net = match tx.kind {
+                TxType::Income => tx.amount,
+                TxType::Expense | TxType::Dp | TxType::Withdraw => -tx.amount,
+                TxType::Transfer if self_transfer => Money::ZERO,
+                TxType::Transfer if is_from => -tx.amount,
+                TxType::Transfer => tx.amount,
+            };
+            (pocket, net)
+        })
 }
 
 fn bump(

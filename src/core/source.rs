@@ -21,6 +21,7 @@ use bson::{Bson, Document};
 
 use crate::core::calendar::supports_millis;
 use crate::core::money::{Money, MoneyError};
+use crate::core::vecmap::Keyed;
 
 /// Why a source document counts nowhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -246,6 +247,14 @@ impl Transaction {
     }
 }
 
+/// Kept by id in the live window ([`Sorted`](crate::core::vecmap::Sorted)).
+impl Keyed for Transaction {
+    type Key = SourceId;
+    fn key(&self) -> &SourceId {
+        &self.id
+    }
+}
+
 /// A pocket as far as it could be read. An invalid pocket still lends its
 /// labels to the breakdown of its user's reports (contract §1.4, §1.5).
 #[derive(Clone, Debug, PartialEq)]
@@ -258,6 +267,14 @@ pub struct Pocket {
     pub balance: Result<Money, RejectReason>,
     pub created_at: Option<i64>,
     pub deleted_at: Option<i64>,
+}
+
+/// Kept by id in the live window ([`Sorted`](crate::core::vecmap::Sorted)).
+impl Keyed for Pocket {
+    type Key = ObjectId;
+    fn key(&self) -> &ObjectId {
+        &self.id
+    }
 }
 
 impl Pocket {

@@ -191,9 +191,122 @@ impl<'a, K, V> IntoIterator for &'a VecMap<K, V> {
     }
 }
 
+/// A value that carries its own key: an entry of a [`Sorted`].
+pub trait Keyed {
+    type Key: Ord;
+    fn key(&self) -> &Self::Key;
+}
+
+/// Values sorted by their key in one vector, for maps that hold many
+/// values per user for a long time (the live window's transactions and
+/// fingerprints): no node overhead of a `BTreeMap`, no key stored apart
+/// from the value, and growth by an eighth instead of doubling, so a
+/// vector stays within an eighth of its length. Inserting is a shift of
+/// the entries after it; the maps are tens of entries.
+#[derive(Clone, Debug)]
+pub struct Sorted<T>(Vec<T>);
+
+impl<T> Default for Sorted<T> {
+    fn default() -> Self {
+        Sorted(Vec::new())
+    }
+}
+
+impl<T: Keyed> Sorted<T> {
+    /// Of values in any order; of two with one key the later wins, as it
+    /// would in a map.
+    pub fn from_unsorted(mut values: Vec<T>) -> Sorted<T> {
+        values.reverse();
+        values.sort_by(|a, b| a.key().cmp(b.key()));
+        values.dedup_by(|a, b| a.key() == b.key());
+        values.shrink_to_fit();
+        Sorted(values)
+    }
+
+    fn find(&self, key: &T::Key) -> Result<usize, usize> {
+        self.0.binary_search_by(|v| v.key().cmp(key))
+    }
+
+    pub fn get(&self, key: &T::Key) -> Option<&T> {
+        self.find(key).ok().map(|i| &self.0[i])
+    }
+
+    /// Inserts or replaces the value of the same key.
+    pub fn insert(&mut self, value: T) {
+        match self.find(value.key()) {
+            Ok(i) => self.0[i] = value,
+            Err(i) => {
+                if self.0.len() == self.0.capacity() {
+                    self.0.reserve_exact((self.0.len() / 8).max(1));
+                }
+                self.0.insert(i, value);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, key: &T::Key) -> Option<T> {
+        self.find(key).ok().map(|i| self.0.remove(i))
+    }
+
+    pub fn retain(&mut self, keep: impl FnMut(&T) -> bool) {
+        self.0.retain(keep);
+        self.0.shrink_to_fit();
+    }
+
+    /// The values with keys in `[lo, hi]`, in key order.
+    pub fn range(&self, lo: &T::Key, hi: &T::Key) -> &[T] {
+        let a = self.0.partition_point(|v| v.key() < lo);
+        let b = self.0.partition_point(|v| v.key() <= hi);
+        &self.0[a..b.max(a)]
+    }
+
+    /// All values, in key order.
+    pub fn as_slice(&self) -> &[T] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<K: Ord, V> Keyed for (K, V) {
+    type Key = K;
+    fn key(&self) -> &K {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::VecMap;
+    use super::{Sorted, VecMap};
+
+    #[test]
+    fn a_sorted_vector_is_a_map_that_grows_by_an_eighth() {
+        let mut s = Sorted::from_unsorted(vec![(3, 'a'), (1, 'b'), (3, 'c'), (2, 'd')]);
+        assert_eq!(s.as_slice(), &[(1, 'b'), (2, 'd'), (3, 'c')]);
+        assert_eq!(s.get(&3), Some(&(3, 'c')));
+        s.insert((0, 'e'));
+        s.insert((2, 'f'));
+        assert_eq!(s.as_slice(), &[(0, 'e'), (1, 'b'), (2, 'f'), (3, 'c')]);
+        assert_eq!(s.range(&1, &2), &[(1, 'b'), (2, 'f')]);
+        assert_eq!(s.range(&4, &9), &[]);
+        assert_eq!(s.range(&2, &1), &[]);
+        assert_eq!(s.remove(&1), Some((1, 'b')));
+        assert_eq!(s.remove(&1), None);
+        s.retain(|(k, _)| *k != 0);
+        assert_eq!(s.as_slice(), &[(2, 'f'), (3, 'c')]);
+        let mut big = Sorted::from_unsorted((0..64).map(|k| (2 * k, ())).collect());
+        for k in 0..10 {
+            big.insert((2 * k + 1, ()));
+        }
+        assert_eq!(big.len(), 74);
+        assert!(big.0.capacity() <= 64 + 8 + 9, "{}", big.0.capacity());
+    }
 
     #[test]
     fn keeps_keys_sorted_and_unique() {

@@ -1,11 +1,14 @@
-//! The tailer's memory: every user's inputs over the open window, folded
-//! into ledgers, and a fingerprint of every stored document of the window.
+//! The tailer's memory: every user's inputs over the open window, and a
+//! fingerprint of every stored document of the window.
 //!
 //! A change event updates this state at once (a transaction's old version
-//! is retracted and its new one applied: exact inverses, contract §2.2), so a
-//! flush builds the touched users' documents with the same builders as
-//! backfill, compares them with the fingerprints and writes only what
-//! differs — it reads nothing from the server. The window starts on a 1st
+//! is replaced by its new one), so a flush folds the touched users'
+//! transactions into ledgers, builds their documents with the same builders
+//! as backfill, compares them with the fingerprints and writes only what
+//! differs — it reads nothing from the server. The ledgers are folded on
+//! demand, not held: a user's window is some 55 transactions that fold in
+//! microseconds, while a held ledger took 330 bytes per transaction beside
+//! the transaction itself (BENCHMARKS.md, issue 13 (4)). The window starts on a 1st
 //! of month (`from`), so every month in it is whole; the income and
 //! expense of the year before it are each user's baseline. Changes before
 //! the window, and users the window does not hold, go through a focused
@@ -22,10 +25,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::batch::scan::Kept;
 use crate::core::calendar::{first_of_month, last_of_month, Calendar};
-use crate::core::ledger::{UserLedger, YtdBaseline};
+use crate::core::ledger::{pocket_nets, UserLedger, YtdBaseline};
 use crate::core::money::Money;
 use crate::core::reports::{Categories, Kind, UserView};
 use crate::core::source::{Pocket, SourceId, Transaction};
+use crate::core::vecmap::Sorted;
 use crate::plan::compare::{compare_user, Difference, DocChange};
 use crate::plan::fingerprint::{fingerprint, StoredMeta};
 use crate::plan::write::Write;
@@ -34,9 +38,9 @@ use crate::plan::write::Write;
 #[derive(Debug)]
 struct UserState {
     /// Valid transactions dated in the window, live or soft-deleted.
-    transactions: BTreeMap<SourceId, Transaction>,
-    ledger: UserLedger,
-    pockets: BTreeMap<ObjectId, Pocket>,
+    transactions: Sorted<Transaction>,
+    /// The user's own pockets (valid or not), by id.
+    pockets: Sorted<Pocket>,
     stored: Stored,
     baseline: YtdBaseline,
     /// The user's [anchors](Live::anchors) when its documents were last
@@ -53,60 +57,9 @@ struct UserState {
 /// day whose transactions changed, follows from it alone.
 pub type Anchors = Vec<(ObjectId, Money)>;
 
-/// The stored documents' metas of one user, as a vector sorted by (kind,
-/// period): a third of a `BTreeMap`'s bytes per entry, and the window
-/// holds one entry per stored document of every user.
-#[derive(Debug, Default)]
-struct Stored(Vec<((Kind, NaiveDate), StoredMeta)>);
-
-impl Stored {
-    /// Of entries in any order; of two with one key the later wins, as it
-    /// would in a map.
-    fn from_unsorted(mut entries: Vec<((Kind, NaiveDate), StoredMeta)>) -> Stored {
-        entries.reverse();
-        entries.sort_by_key(|(k, _)| *k);
-        entries.dedup_by_key(|(k, _)| *k);
-        entries.shrink_to_fit();
-        Stored(entries)
-    }
-
-    fn find(&self, key: &(Kind, NaiveDate)) -> Result<usize, usize> {
-        self.0.binary_search_by_key(key, |(k, _)| *k)
-    }
-
-    fn get(&self, key: &(Kind, NaiveDate)) -> Option<&StoredMeta> {
-        self.find(key).ok().map(|i| &self.0[i].1)
-    }
-
-    fn insert(&mut self, key: (Kind, NaiveDate), meta: StoredMeta) {
-        match self.find(&key) {
-            Ok(i) => self.0[i].1 = meta,
-            Err(i) => self.0.insert(i, (key, meta)),
-        }
-    }
-
-    fn remove(&mut self, key: &(Kind, NaiveDate)) {
-        if let Ok(i) = self.find(key) {
-            self.0.remove(i);
-        }
-    }
-
-    /// The entries with keys in `[lo, hi]`.
-    fn range(
-        &self,
-        lo: (Kind, NaiveDate),
-        hi: (Kind, NaiveDate),
-    ) -> &[((Kind, NaiveDate), StoredMeta)] {
-        let a = self.0.partition_point(|(k, _)| *k < lo);
-        let b = self.0.partition_point(|(k, _)| *k <= hi);
-        &self.0[a..b.max(a)]
-    }
-
-    fn retain(&mut self, mut keep: impl FnMut(&(Kind, NaiveDate)) -> bool) {
-        self.0.retain(|(k, _)| keep(k));
-        self.0.shrink_to_fit();
-    }
-}
+/// The stored documents' metas of one user, sorted by (kind, period): the
+/// window holds one per stored document of every user.
+type Stored = Sorted<((Kind, NaiveDate), StoredMeta)>;
 
 /// Every user's state over the window `[from, ∞)`.
 pub struct Live {
@@ -179,25 +132,16 @@ impl Live {
     pub fn insert(&mut self, user: ObjectId, kept: Kept) -> Vec<ObjectId> {
         self.remove(&user);
         let mut displaced = Vec::new();
-        let mut ledger = UserLedger::default();
         for tx in &kept.transactions {
-            ledger.apply(&self.cal, tx);
             if let Some(other) = self.tx_owner.insert(tx.id.clone(), user) {
                 if let Some(state) = self.users.get_mut(&other) {
-                    if let Some(old) = state.transactions.remove(&tx.id) {
-                        state.ledger.retract(&self.cal, &old);
+                    if state.transactions.remove(&tx.id).is_some() {
                         displaced.push(other);
                     }
                 }
             }
         }
-        // Built in one go (the map sorts, then fills its nodes): inserted
-        // one by one in key order a B-tree's nodes stay half empty.
-        let transactions: BTreeMap<SourceId, Transaction> = kept
-            .transactions
-            .into_iter()
-            .map(|tx| (tx.id.clone(), tx))
-            .collect();
+        let transactions = Sorted::from_unsorted(kept.transactions);
         for id in kept.pockets.keys() {
             if let Some(other) = self.pocket_owner.insert(*id, user) {
                 if let Some(state) = self.users.get_mut(&other) {
@@ -209,8 +153,7 @@ impl Live {
         }
         let state = UserState {
             transactions,
-            ledger,
-            pockets: kept.pockets,
+            pockets: Sorted::from_unsorted(kept.pockets.into_values().collect()),
             stored: Stored::from_unsorted(kept.stored),
             baseline: kept.baseline,
             computed: None,
@@ -224,14 +167,14 @@ impl Live {
 
     fn remove(&mut self, user: &ObjectId) {
         if let Some(old) = self.users.remove(user) {
-            for id in old.transactions.keys() {
-                if self.tx_owner.get(id) == Some(user) {
-                    self.tx_owner.remove(id);
+            for tx in old.transactions.as_slice() {
+                if self.tx_owner.get(&tx.id) == Some(user) {
+                    self.tx_owner.remove(&tx.id);
                 }
             }
-            for id in old.pockets.keys() {
-                if self.pocket_owner.get(id) == Some(user) {
-                    self.pocket_owner.remove(id);
+            for p in old.pockets.as_slice() {
+                if self.pocket_owner.get(&p.id) == Some(user) {
+                    self.pocket_owner.remove(&p.id);
                 }
             }
         }
@@ -251,7 +194,6 @@ impl Live {
         if let Some(owner) = self.tx_owner.remove(id) {
             if let Some(state) = self.users.get_mut(&owner) {
                 if let Some(old) = state.transactions.remove(id) {
-                    state.ledger.retract(&self.cal, &old);
                     known = true;
                     touched.push((owner, self.cal.day_of_millis(old.date)));
                 }
@@ -261,8 +203,7 @@ impl Live {
             let mut held = false;
             if tx.date >= self.from_millis {
                 if let Some(state) = self.users.get_mut(&tx.user_id) {
-                    state.ledger.apply(&self.cal, tx);
-                    state.transactions.insert(id.clone(), tx.clone());
+                    state.transactions.insert(tx.clone());
                     held = true;
                 }
             }
@@ -289,7 +230,7 @@ impl Live {
         if let Some(user) = new.and_then(|p| p.user_id) {
             let held = match self.users.get_mut(&user) {
                 Some(state) => {
-                    state.pockets.insert(id, new.expect("has a user").clone());
+                    state.pockets.insert(new.expect("has a user").clone());
                     true
                 }
                 None => false,
@@ -376,14 +317,16 @@ impl Live {
         if from > to {
             return Vec::new();
         }
-        let view = UserView::new(
-            user,
-            &state.ledger,
-            &state.pockets,
-            &self.categories,
-            &self.cal,
-        )
-        .with_ytd_baseline(state.baseline);
+        let ledger = state.ledger(&self.cal);
+        // The builders take pockets by id in a map: a copy of a user's few.
+        let pockets: BTreeMap<ObjectId, Pocket> = state
+            .pockets
+            .as_slice()
+            .iter()
+            .map(|p| (p.id, p.clone()))
+            .collect();
+        let view = UserView::new(user, &ledger, &pockets, &self.categories, &self.cal)
+            .with_ytd_baseline(state.baseline);
         let expected = view.build_range(kinds, from, to, today);
         let mut stored: HashMap<(Kind, NaiveDate), &StoredMeta> = HashMap::new();
         for &kind in kinds {
@@ -394,7 +337,7 @@ impl Live {
             stored.extend(
                 state
                     .stored
-                    .range((kind, lo), (kind, hi))
+                    .range(&(kind, lo), &(kind, hi))
                     .iter()
                     .map(|(k, m)| (*k, m)),
             );
@@ -419,7 +362,7 @@ impl Live {
         let Some(state) = self.users.get(&change.user) else {
             return false;
         };
-        let Some(meta) = state.stored.get(&(*kind, change.period)) else {
+        let Some((_, meta)) = state.stored.get(&(*kind, change.period)) else {
             return false;
         };
         if meta.is_final() || !set.get_bool(kind.final_field()).unwrap_or(false) {
@@ -445,7 +388,7 @@ impl Live {
                 Write::Upsert { kind, set, .. } => {
                     state
                         .stored
-                        .insert((*kind, *period), StoredMeta::of(*kind, set));
+                        .insert(((*kind, *period), StoredMeta::of(*kind, set)));
                 }
                 Write::Delete { kind, .. } => {
                     state.stored.remove(&(*kind, *period));
@@ -466,27 +409,25 @@ impl Live {
         let start = self.cal.day_start(from).timestamp_millis();
         let open_from = self.open_from.max(from);
         for state in self.users.values_mut() {
-            state.baseline = YtdBaseline::at(from, &state.ledger, Some(state.baseline));
-            let old: Vec<SourceId> = state
+            state.baseline = YtdBaseline::at(from, &state.ledger(&self.cal), Some(state.baseline));
+            if state
                 .transactions
+                .as_slice()
                 .iter()
-                .filter(|(_, tx)| tx.date < start)
-                .map(|(id, _)| id.clone())
-                .collect();
-            if !old.is_empty() {
+                .any(|tx| tx.date < start)
+            {
                 // The anchors move to the new window's eve; a state they
                 // matched before, they match after.
                 let before = Some(anchors_of(state));
                 let (computed, settled) = (state.computed == before, state.settled == before);
-                for id in &old {
-                    state.transactions.remove(id);
-                    self.tx_owner.remove(id);
-                }
-                let mut ledger = UserLedger::default();
-                for tx in state.transactions.values() {
-                    ledger.apply(&self.cal, tx);
-                }
-                state.ledger = ledger;
+                let tx_owner = &mut self.tx_owner;
+                state.transactions.retain(|tx| {
+                    let keep = tx.date >= start;
+                    if !keep {
+                        tx_owner.remove(&tx.id);
+                    }
+                    keep
+                });
                 let after = Some(anchors_of(state));
                 state.computed = if computed { after.clone() } else { None };
                 state.settled = if settled { after } else { None };
@@ -499,7 +440,7 @@ impl Live {
         for state in self.users.values_mut() {
             state
                 .stored
-                .retain(|(kind, period)| keeps(*kind, *period, month_from, open_from));
+                .retain(|((kind, period), _)| keeps(*kind, *period, month_from, open_from));
         }
     }
 
@@ -612,21 +553,33 @@ impl PocketChange<'_> {
 }
 
 /// A user's anchors: each valid pocket's balance less its net over the
-/// days the ledger holds (the window's), in pocket order.
+/// window's transactions, in pocket order.
 fn anchors_of(state: &UserState) -> Anchors {
     let mut out: Anchors = state
         .pockets
-        .values()
+        .as_slice()
+        .iter()
         .filter_map(|p| p.balance.ok().map(|b| (p.id, b)))
         .collect();
-    for (_, agg) in state.ledger.days.iter() {
-        for (pid, pd) in &agg.pockets {
-            if let Some((_, a)) = out.iter_mut().find(|(id, _)| id == pid) {
-                *a -= pd.net();
+    for tx in state.transactions.as_slice() {
+        for (pid, net) in pocket_nets(tx) {
+            if let Some((_, a)) = out.iter_mut().find(|(id, _)| *id == pid) {
+                *a -= net;
             }
         }
     }
     out
+}
+
+impl UserState {
+    /// The window's transactions folded (contract §1.2 effects, §5 sums).
+    fn ledger(&self, cal: &Calendar) -> UserLedger {
+        let mut ledger = UserLedger::default();
+        for tx in self.transactions.as_slice() {
+            ledger.apply(cal, tx);
+        }
+        ledger
+    }
 }
 
 #[cfg(test)]
@@ -640,53 +593,6 @@ mod tests {
 
     fn day(s: &str) -> NaiveDate {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn stored_metas_are_a_sorted_map() {
-        let meta = |n: i64| StoredMeta::of(Kind::Report, &bson::doc! { "n": n });
-        let key = |k: Kind, d: &str| (k, day(d));
-        let mut stored = Stored::from_unsorted(vec![
-            (key(Kind::Snapshot, "2026-03-02"), meta(1)),
-            (key(Kind::Report, "2026-03-05"), meta(2)),
-            (key(Kind::Report, "2026-03-01"), meta(3)),
-            (key(Kind::Report, "2026-03-05"), meta(4)),
-        ]);
-        assert_eq!(stored.0.len(), 3);
-        assert_eq!(
-            stored.get(&key(Kind::Report, "2026-03-05")),
-            Some(&meta(4)),
-            "the later wins"
-        );
-        stored.insert(key(Kind::Report, "2026-03-03"), meta(5));
-        stored.insert(key(Kind::Report, "2026-03-01"), meta(6));
-        let days = |stored: &Stored, lo: &str, hi: &str| -> Vec<NaiveDate> {
-            stored
-                .range(key(Kind::Report, lo), key(Kind::Report, hi))
-                .iter()
-                .map(|((_, d), _)| *d)
-                .collect()
-        };
-        assert_eq!(
-            days(&stored, "2026-03-01", "2026-03-04"),
-            [day("2026-03-01"), day("2026-03-03")]
-        );
-        assert_eq!(
-            days(&stored, "2026-03-06", "2026-03-09"),
-            Vec::<NaiveDate>::new()
-        );
-        assert_eq!(
-            days(&stored, "2026-03-09", "2026-03-01"),
-            Vec::<NaiveDate>::new()
-        );
-        assert_eq!(stored.get(&key(Kind::Report, "2026-03-01")), Some(&meta(6)));
-        stored.remove(&key(Kind::Report, "2026-03-01"));
-        stored.retain(|(k, _)| *k == Kind::Report);
-        assert_eq!(
-            days(&stored, "2026-03-01", "2026-03-31"),
-            [day("2026-03-03"), day("2026-03-05")]
-        );
-        assert_eq!(stored.get(&key(Kind::Snapshot, "2026-03-02")), None);
     }
 
     struct World {
