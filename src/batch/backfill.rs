@@ -90,6 +90,7 @@ pub async fn backfill_fenced(
                 &sender,
                 std::mem::take(&mut buffer),
                 std::mem::take(&mut users),
+                fence.is_some(),
             )
             .await?;
         }
@@ -98,7 +99,7 @@ pub async fn backfill_fenced(
         }
         progress.update(scanner.users_done, scanner.users_with_pockets() as u64);
     }
-    send(&sender, buffer, users).await?;
+    send(&sender, buffer, users, fence.is_some()).await?;
     drop(sender);
     let (mut writes, mut raced) = writer.await??;
     scanner.scan_undated(db).await?;
@@ -201,11 +202,18 @@ fn spawn_writer(db: Database, fence: Option<Fence>) -> (Writer, mpsc::Sender<Job
     (Writer(handle), tx)
 }
 
-async fn send(sender: &mpsc::Sender<Job>, batch: Vec<Write>, users: Vec<ObjectId>) -> Result<()> {
+/// Encodes `batch` for the writer task (in commands sized for a fence when
+/// the writes are `fenced`).
+async fn send(
+    sender: &mpsc::Sender<Job>,
+    batch: Vec<Write>,
+    users: Vec<ObjectId>,
+    fenced: bool,
+) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
-    let prepared = bulk::prepare(batch)?;
+    let prepared = bulk::prepare(batch, fenced)?;
     // A closed channel means the writer failed; its error surfaces on join.
     let _ = sender.send((prepared, users)).await;
     Ok(())

@@ -90,7 +90,7 @@ pub async fn execute(
     writes: Vec<Write>,
     fence: Option<&Fence>,
 ) -> Result<WriteStats> {
-    execute_prepared(db, prepare(writes)?, fence).await
+    execute_prepared(db, prepare(writes, fence.is_some())?, fence).await
 }
 
 /// Writes encoded as bulk commands, ready to send: [`prepare`] does the
@@ -108,13 +108,39 @@ impl Prepared {
     }
 }
 
-/// One bulk command's operations, each already encoded.
+/// One bulk command, encoded once: sent as is, and taken apart again only
+/// when a fenced insert must be resent without the keys it found taken.
 #[derive(Debug)]
 struct Batch {
     kind: Kind,
     op: Op,
+    cmd: RawDocumentBuf,
+    /// Operations in `cmd`.
+    len: usize,
+}
+
+impl Batch {
+    fn new(kind: Kind, op: Op, items: &[RawDocumentBuf]) -> Batch {
+        let cmd = bulk_command(kind.collection(), op, items);
+        Batch {
+            kind,
+            op,
+            cmd,
+            len: items.len(),
+        }
+    }
+
     /// Insert: the documents; update and delete: the statements.
-    items: Vec<RawDocumentBuf>,
+    fn items(&self) -> Result<Vec<RawDocumentBuf>> {
+        let mut out = Vec::with_capacity(self.len);
+        for item in self.cmd.get_array(self.op.items_key())? {
+            let Some(item) = item?.as_document() else {
+                crate::bail!("a bulk command item that is not a document");
+            };
+            out.push(item.to_raw_document_buf());
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,8 +151,37 @@ enum Op {
     Delete,
 }
 
-/// Encodes `writes` as bulk commands (see [`execute`] for their shape).
-pub fn prepare(writes: Vec<Write>) -> Result<Prepared> {
+impl Op {
+    /// The command's name.
+    fn name(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+        }
+    }
+
+    /// The field of the command that lists its operations.
+    fn items_key(self) -> &'static str {
+        match self {
+            Op::Insert => "documents",
+            Op::Update => "updates",
+            Op::Delete => "deletes",
+        }
+    }
+
+    /// The write error code the caller handles itself: an insert's taken
+    /// key is a conflict, not an error.
+    fn expected(self) -> Option<i32> {
+        (self == Op::Insert).then_some(errors::DUPLICATE_KEY)
+    }
+}
+
+/// Encodes `writes` as bulk commands (see [`execute`] for their shape),
+/// of [`FENCED_BATCH_OPS`] operations at most when they are to be sent
+/// `fenced`.
+pub fn prepare(writes: Vec<Write>, fenced: bool) -> Result<Prepared> {
+    let max_ops = if fenced { FENCED_BATCH_OPS } else { BATCH_OPS };
     let mut per_kind: Vec<(Kind, Vec<Write>)> =
         Kind::ALL.iter().map(|k| (*k, Vec::new())).collect();
     for w in writes {
@@ -173,9 +228,9 @@ pub fn prepare(writes: Vec<Write>) -> Result<Prepared> {
             (Op::Update, guarded),
             (Op::Delete, deletes),
         ] {
-            for chunk in chunks(items) {
-                let items = chunk.into_iter().map(|(item, ())| item).collect();
-                out.batches.push(Batch { kind, op, items });
+            for chunk in chunks(items, max_ops) {
+                let items: Vec<RawDocumentBuf> = chunk.into_iter().map(|(item, ())| item).collect();
+                out.batches.push(Batch::new(kind, op, &items));
             }
         }
     }
@@ -193,9 +248,8 @@ pub async fn execute_prepared(
     }
     let mut stats = WriteStats::default();
     for batch in prepared.batches {
-        let coll = batch.kind.collection();
-        let reply = run_batch(db, &mut stats, coll, batch.op, &batch.items).await?;
-        stats.count_reply(batch.op, &reply, batch.items.len());
+        let reply = run_bulk(db, &mut stats, batch.cmd, batch.op.expected(), None).await?;
+        stats.count_reply(batch.op, &reply, batch.len);
     }
     Ok(stats)
 }
@@ -211,35 +265,17 @@ fn revision_guard(r: i64) -> Bson {
     }
 }
 
-/// Sends one bulk command of already encoded operations.
-async fn run_batch(
-    db: &Database,
-    stats: &mut WriteStats,
-    coll: &str,
-    op: Op,
-    items: &[RawDocumentBuf],
-) -> Result<Document> {
-    let (cmd, expected) = bulk_command(coll, op, items);
-    run_bulk(db, stats, cmd, expected, None).await
-}
-
-/// The bulk command of `items`, and the write error code its caller
-/// handles itself.
-fn bulk_command(coll: &str, op: Op, items: &[RawDocumentBuf]) -> (RawDocumentBuf, Option<i32>) {
-    let (name, key, expected) = match op {
-        Op::Insert => ("insert", "documents", Some(errors::DUPLICATE_KEY)),
-        Op::Update => ("update", "updates", None),
-        Op::Delete => ("delete", "deletes", None),
-    };
+/// The unordered bulk command of `items`.
+fn bulk_command(coll: &str, op: Op, items: &[RawDocumentBuf]) -> RawDocumentBuf {
     let mut array = RawArrayBuf::new();
     for item in items {
         array.push(item.clone());
     }
     let mut cmd = RawDocumentBuf::new();
-    cmd.append(name, coll);
-    cmd.append(key, array);
+    cmd.append(op.name(), coll);
+    cmd.append(op.items_key(), array);
     cmd.append("ordered", false);
-    (cmd, expected)
+    cmd
 }
 
 /// A duplicate key inside a transaction (which the server then aborts):
@@ -293,19 +329,7 @@ const FENCED_BATCH_OPS: usize = BATCH_OPS / 4;
 /// retry writes again or finds equal).
 async fn execute_fenced(db: &Database, prepared: Prepared, fence: &Fence) -> Result<WriteStats> {
     let mut stats = WriteStats::default();
-    let mut batches: Vec<Batch> = prepared
-        .batches
-        .into_iter()
-        .flat_map(|b| {
-            let (kind, op) = (b.kind, b.op);
-            let mut items = b.items.into_iter().peekable();
-            std::iter::from_fn(move || {
-                items.peek()?;
-                let items = items.by_ref().take(FENCED_BATCH_OPS).collect();
-                Some(Batch { kind, op, items })
-            })
-        })
-        .collect();
+    let mut batches = prepared.batches;
     while !batches.is_empty() {
         match fenced_group(db, fence, &batches).await {
             Ok((s, done)) => {
@@ -317,16 +341,16 @@ async fn execute_fenced(db: &Database, prepared: Prepared, fence: &Fence) -> Res
                     unreachable!("checked above")
                 };
                 let b = &mut batches[*batch];
-                let before = b.items.len();
-                b.items = without(std::mem::take(&mut b.items), taken);
-                stats.conflicts += (before - b.items.len()) as u64;
-                if b.items.len() == before {
+                let before = b.len;
+                *b = Batch::new(b.kind, b.op, &without(b.items()?, taken));
+                stats.conflicts += (before - b.len) as u64;
+                if b.len == before {
                     crate::bail!(
                         "a fenced insert into {} met a duplicate key it cannot locate",
                         b.kind.collection()
                     );
                 }
-                batches.retain(|b| !b.items.is_empty());
+                batches.retain(|b| b.len > 0);
             }
             Err(e) => return Err(e),
         }
@@ -341,7 +365,7 @@ fn group_len(batches: &[Batch]) -> usize {
     batches
         .iter()
         .take_while(|b| {
-            ops += b.items.len();
+            ops += b.len;
             ops <= TRANSACTION_OPS
         })
         .count()
@@ -367,13 +391,9 @@ async fn fenced_group(
     fence: &Fence,
     batches: &[Batch],
 ) -> Result<(WriteStats, usize)> {
-    let commands: Vec<(RawDocumentBuf, Option<i32>, Op, usize, &'static str)> = batches
-        [..group_len(batches)]
+    let commands: Vec<(RawDocumentBuf, Op, usize, &'static str)> = batches[..group_len(batches)]
         .iter()
-        .map(|b| {
-            let (cmd, expected) = bulk_command(b.kind.collection(), b.op, &b.items);
-            (cmd, expected, b.op, b.items.len(), b.kind.collection())
-        })
+        .map(|b| (b.cmd.clone(), b.op, b.len, b.kind.collection()))
         .collect();
     let budget = fence.transaction_budget();
     lease::fenced(db, fence, |s| {
@@ -382,8 +402,8 @@ async fn fenced_group(
             let began = Instant::now();
             let mut stats = WriteStats::default();
             let total = commands.len();
-            for (i, (cmd, expected, op, sent, coll)) in commands.into_iter().enumerate() {
-                let reply = run_bulk(&db, &mut stats, cmd, expected, Some(&mut *s)).await?;
+            for (i, (cmd, op, sent, coll)) in commands.into_iter().enumerate() {
+                let reply = run_bulk(&db, &mut stats, cmd, op.expected(), Some(&mut *s)).await?;
                 let taken = failed_with(&reply, errors::DUPLICATE_KEY);
                 if !taken.is_empty() {
                     return Err(DuplicateInTransaction { batch: i, taken }.into());
@@ -432,15 +452,15 @@ fn count(reply: &Document) -> u64 {
     int(reply.get("n")).unwrap_or(0).max(0) as u64
 }
 
-/// Splits encoded operations into bulk commands of at most [`BATCH_OPS`]
+/// Splits encoded operations into bulk commands of at most `max_ops`
 /// operations and about [`BATCH_BYTES`] bytes.
-fn chunks<T>(ops: Vec<(RawDocumentBuf, T)>) -> Vec<Vec<(RawDocumentBuf, T)>> {
+fn chunks<T>(ops: Vec<(RawDocumentBuf, T)>, max_ops: usize) -> Vec<Vec<(RawDocumentBuf, T)>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
     let mut bytes = 0;
     for op in ops {
         let size = op.0.as_bytes().len();
-        if !cur.is_empty() && (cur.len() >= BATCH_OPS || bytes + size > BATCH_BYTES) {
+        if !cur.is_empty() && (cur.len() >= max_ops || bytes + size > BATCH_BYTES) {
             out.push(std::mem::take(&mut cur));
             bytes = 0;
         }
@@ -586,10 +606,15 @@ mod tests {
 
     /// The statements of the one batch `prepare` makes of `w`.
     fn prepared(w: Write) -> (Op, Vec<Document>) {
-        let p = prepare(vec![w]).unwrap();
+        let p = prepare(vec![w], false).unwrap();
         assert_eq!(p.batches.len(), 1);
         let b = &p.batches[0];
-        let items = b.items.iter().map(|i| i.to_document().unwrap()).collect();
+        let items = b
+            .items()
+            .unwrap()
+            .iter()
+            .map(|i| i.to_document().unwrap())
+            .collect();
         (b.op, items)
     }
 

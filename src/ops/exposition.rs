@@ -110,7 +110,7 @@ const FLUSH_DURATION: Family = Family::histogram(
 );
 const WRITE_LATENCY: Family = Family::histogram(
     "tally_source_to_write_seconds",
-    "Per change event that queued work: from its server wall time to the commit of the flush that wrote it.",
+    "Per change event that queued work: from its server wall time to the commit of the first flush after it, which wrote its current documents (past days a back-dated change restates may be held for the settle delay and written later).",
 );
 const DOCUMENTS_WRITTEN: Family = Family::counter(
     "tally_documents_written_total",
