@@ -204,7 +204,10 @@ fn main() {
     tokio::runtime::Runtime::new()
         .expect("runtime")
         .block_on(async move {
-            let uri = support::uri();
+            // Benching, a private server whose in-memory store fits 20,000
+            // users (the default 1G cache fills: WT_CACHE_FULL on inserts).
+            let server = benching().then(|| support::start_server(&["--cache-size", "8G"], None));
+            let uri = server.as_ref().map_or_else(support::uri, |s| s.uri());
             let meter = Meter::new(&uri);
             let client = Client::with_uri_str(&uri).await.expect("client");
             let db = client.database(&support::unique_db("bench_night"));

@@ -105,9 +105,19 @@ impl Money {
         Bson::Decimal128(self.to_decimal128())
     }
 
+    /// Encoded directly (IEEE 754-2008 BID, as BSON stores it): the
+    /// normalized coefficient (under 2^96, so the plain form) with the
+    /// biased exponent −scale and the sign. The same bits as parsing the
+    /// decimal's text, without the text (the builders write every sum
+    /// through here; a test checks it against the text path).
     pub fn to_decimal128(self) -> Decimal128 {
-        let s = self.0.normalize().to_string();
-        Decimal128::from_str(&s).expect("a normalized decimal is a valid Decimal128 string")
+        const BIAS: u128 = 6176;
+        let d = self.0.normalize();
+        let coefficient = d.mantissa().unsigned_abs();
+        let exponent = BIAS - u128::from(d.scale());
+        let sign = u128::from(d.is_sign_negative());
+        let bits = (sign << 127) | (exponent << 113) | coefficient;
+        Decimal128::from_bytes(bits.to_le_bytes())
     }
 
     /// `self ÷ total × 100`, rounded half-even to 2 decimals as contract
@@ -424,6 +434,43 @@ mod tests {
         assert_eq!(Money::from_decimal128(&exp).unwrap(), m("1500"));
         let zero = Decimal128::from_str("0E-6176").unwrap();
         assert_eq!(Money::from_decimal128(&zero).unwrap(), Money::ZERO);
+    }
+
+    #[test]
+    fn decimal128_bits_are_those_of_the_decimal_text() {
+        let by_text = |m: Money| Decimal128::from_str(&m.0.normalize().to_string()).unwrap();
+        let mut values: Vec<Money> = [
+            "0",
+            "-0",
+            "0.00",
+            "-0.000",
+            "1",
+            "-1",
+            "2.50",
+            "-42.125",
+            "0.0000001",
+            "1234567890.0123456789",
+            "79228162514264337593543950335",
+            "-79228162514264337593543950335",
+            "0.0000000000000000000000000001",
+            "100",
+            "-1500",
+            "999999999999999.99",
+        ]
+        .iter()
+        .map(|s| Money(s.parse::<Decimal>().unwrap()))
+        .collect();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let cents = (x % 2_000_000_000_001) as i64 - 1_000_000_000_000;
+            values.push(Money(Decimal::new(cents, (x >> 50) as u32 % 12)));
+        }
+        for v in values {
+            assert_eq!(v.to_decimal128().bytes(), by_text(v).bytes(), "{v:?}");
+        }
     }
 
     #[test]
