@@ -389,8 +389,8 @@ impl Memory {
         (out, rejects)
     }
 
-    fn stored_of(w: &World, user: ObjectId, range: &Range) -> HashMap<(Kind, NaiveDate), Document> {
-        let mut stored = HashMap::new();
+    fn stored_of(w: &World, user: ObjectId, range: &Range) -> BTreeMap<(Kind, NaiveDate), Document> {
+        let mut stored = BTreeMap::new();
         for &kind in &range.kinds {
             let (lo, hi) = match kind {
                 Kind::Monthly => (first_of_month(range.from), first_of_month(range.to)),

@@ -504,7 +504,7 @@ impl Scanner {
         if self.pocket_users.get(self.next_pocket_user) == Some(&user) {
             self.next_pocket_user += 1;
         }
-        let mut stored: HashMap<(Kind, NaiveDate), Document> = HashMap::new();
+        let mut stored: BTreeMap<(Kind, NaiveDate), Document> = BTreeMap::new();
         for i in 0..self.stored.len() {
             let kind = self.stored[i].0;
             while self.stored[i].2.as_ref().is_some_and(|(u, _)| *u == user) {

@@ -3,7 +3,7 @@
 //! whole stored documents; the live path compares fingerprints
 //! ([`crate::plan::fingerprint`]). Both go through [`compare_user`].
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use bson::oid::ObjectId;
 use bson::{doc, Document};
@@ -74,7 +74,7 @@ pub fn compare_user<S: StoredDoc>(
     user: ObjectId,
     expected: Vec<(Kind, NaiveDate, Document)>,
     reports_open_from: NaiveDate,
-    mut stored: HashMap<(Kind, NaiveDate), S>,
+    mut stored: BTreeMap<(Kind, NaiveDate), S>,
     now: DateTime<Utc>,
     time_zone: &str,
 ) -> Vec<DocChange> {
@@ -108,9 +108,7 @@ pub fn compare_user<S: StoredDoc>(
             write,
         });
     }
-    let mut surplus: Vec<_> = stored.into_iter().collect();
-    surplus.sort_unstable_by_key(|(key, _)| *key);
-    for ((kind, period), old) in surplus {
+    for ((kind, period), old) in stored {
         // By `_id` when known (cheaper for the server, see `write_over`).
         let filter = match old.bookkeeping(kind).get_object_id("_id") {
             Ok(id) => doc! { "_id": id },

@@ -3,7 +3,7 @@
 //! continues from.
 
 use std::borrow::Cow;
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 
 use bson::oid::ObjectId;
 use bson::{Bson, Document};
@@ -110,46 +110,70 @@ impl StoredDoc for &StoredMeta {
 
 /// A hash of a document's content fields (bookkeeping aside), independent
 /// of their order at the top level; values compare exactly (type and bits).
+///
+/// The fields are written into one buffer in an unambiguous encoding (a
+/// type tag per value, lengths before strings, documents and arrays), which
+/// is hashed once: SipHash's cost is per call, and a document hashed value
+/// by value made hundreds of calls. Fingerprints live in memory only, so
+/// the encoding may change between versions.
 pub fn fingerprint(doc: &Document) -> u64 {
     let mut fields: Vec<(&String, &Bson)> = doc
         .iter()
         .filter(|(k, _)| !BOOKKEEPING.contains(&k.as_str()))
         .collect();
     fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (k, v) in fields {
-        k.hash(&mut h);
-        hash_bson(v, &mut h);
-    }
-    h.finish()
+    BUFFER.with_borrow_mut(|buf| {
+        buf.clear();
+        for (k, v) in fields {
+            encode_str(k, buf);
+            encode_bson(v, buf);
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write(buf);
+        h.finish()
+    })
 }
 
-fn hash_bson(v: &Bson, h: &mut impl Hasher) {
-    (v.element_type() as u8).hash(h);
+thread_local! {
+    /// The encoding buffer of [`fingerprint`], reused.
+    static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn encode_len(n: usize, buf: &mut Vec<u8>) {
+    buf.extend_from_slice(&(n as u64).to_le_bytes());
+}
+
+fn encode_str(s: &str, buf: &mut Vec<u8>) {
+    encode_len(s.len(), buf);
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn encode_bson(v: &Bson, buf: &mut Vec<u8>) {
+    buf.push(v.element_type() as u8);
     match v {
-        Bson::Double(d) => d.to_bits().hash(h),
-        Bson::String(s) => s.hash(h),
+        Bson::Double(d) => buf.extend_from_slice(&d.to_bits().to_le_bytes()),
+        Bson::String(s) => encode_str(s, buf),
         Bson::Document(d) => {
-            d.len().hash(h);
+            encode_len(d.len(), buf);
             for (k, v) in d {
-                k.hash(h);
-                hash_bson(v, h);
+                encode_str(k, buf);
+                encode_bson(v, buf);
             }
         }
         Bson::Array(a) => {
-            a.len().hash(h);
+            encode_len(a.len(), buf);
             for v in a {
-                hash_bson(v, h);
+                encode_bson(v, buf);
             }
         }
-        Bson::Boolean(b) => b.hash(h),
+        Bson::Boolean(b) => buf.push(u8::from(*b)),
         Bson::Null | Bson::Undefined | Bson::MinKey | Bson::MaxKey => {}
-        Bson::Int32(i) => i.hash(h),
-        Bson::Int64(i) => i.hash(h),
-        Bson::DateTime(t) => t.timestamp_millis().hash(h),
-        Bson::ObjectId(o) => o.bytes().hash(h),
-        Bson::Decimal128(d) => d.bytes().hash(h),
-        other => other.to_string().hash(h),
+        Bson::Int32(i) => buf.extend_from_slice(&i.to_le_bytes()),
+        Bson::Int64(i) => buf.extend_from_slice(&i.to_le_bytes()),
+        Bson::DateTime(t) => buf.extend_from_slice(&t.timestamp_millis().to_le_bytes()),
+        Bson::ObjectId(o) => buf.extend_from_slice(&o.bytes()),
+        Bson::Decimal128(d) => buf.extend_from_slice(&d.bytes()),
+        other => encode_str(&other.to_string(), buf),
     }
 }
 

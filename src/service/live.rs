@@ -328,7 +328,7 @@ impl Live {
         let view = UserView::new(user, &ledger, &pockets, &self.categories, &self.cal)
             .with_ytd_baseline(state.baseline);
         let expected = view.build_range(kinds, from, to, today);
-        let mut stored: HashMap<(Kind, NaiveDate), &StoredMeta> = HashMap::new();
+        let mut stored: BTreeMap<(Kind, NaiveDate), &StoredMeta> = BTreeMap::new();
         for &kind in kinds {
             let (lo, hi) = match kind {
                 Kind::Monthly => (first_of_month(from), first_of_month(to)),
