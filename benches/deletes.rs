@@ -49,7 +49,7 @@ mod support;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
@@ -131,23 +131,12 @@ fn tally_cpu(pid: u32) -> f64 {
 }
 
 fn start_tally(uri: &str, db: &str, pre_images: bool, settle: u64, log: &Path) -> Child {
-    let settle = settle.to_string();
-    let mut args = vec!["run", "--initial-days", "2", "--settle-seconds", &settle];
-    if !pre_images {
-        args.push("--no-pre-images");
-    }
-    // `TALLY_BENCH_TALLY_BIN`: another build of tally (a before/after run).
-    let bin = std::env::var("TALLY_BENCH_TALLY_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tally").to_owned());
-    Command::new(bin)
-        .args(args)
-        .env("TALLY_MONGODB_URI", uri)
-        .env("TALLY_DATABASE", db)
+    common::tally_run(uri, db, pre_images)
+        .args(["--settle-seconds", &settle.to_string()])
         .env("TALLY_TIMEZONE", "UTC")
         .env("TALLY_LOG", "info")
         .env("TALLY_HTTP_ADDR", "off")
         .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).expect("log file"))
         .spawn()
         .expect("tally starts")
@@ -156,12 +145,7 @@ fn start_tally(uri: &str, db: &str, pre_images: bool, settle: u64, log: &Path) -
 /// A field `name=value` of the "Stopped cleanly." line of `log`.
 fn stopped_field(log: &str, name: &str) -> Option<u64> {
     let line = log.lines().rev().find(|l| l.contains("Stopped cleanly."))?;
-    line.split(&format!(" {name}="))
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    common::log_field(line, name)
 }
 
 /// Transactions listed in the reports of `day`, one per user not in `used`.

@@ -165,10 +165,7 @@ fn main() {
             let log_path = std::env::temp_dir().join(format!("{name}.log"));
             let log = std::fs::File::create(&log_path).expect("log file");
             let started = Instant::now();
-            // `TALLY_BENCH_TALLY_BIN`: another build of tally (a before/after run).
-            let bin = std::env::var("TALLY_BENCH_TALLY_BIN")
-                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tally").to_owned());
-            let mut tally = Command::new(bin)
+            let mut tally = Command::new(common::tally_bin())
                 .args(["run", "--initial-days", "2"])
                 .args(["--daily-report-at", "23:59:50", "--snapshot-at", "00:00:00"])
                 .args(["--monthly-at", "00:00:05"])

@@ -325,12 +325,6 @@ async fn backfill_phase(db: &Database, night: &Night, meter: &Meter) {
     );
 }
 
-/// The `tally` binary the bench starts.
-fn tally_bin() -> String {
-    std::env::var("TALLY_BENCH_TALLY_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tally").to_owned())
-}
-
 /// Peak RSS of `tally run` started on the dataset at each size; the full
 /// size uses the main database, smaller sizes a copy of its first users,
 /// backfilled first so that every size starts on current state. Returns
@@ -344,7 +338,7 @@ async fn memory_phase(
     night: &Night,
     meter: &Meter,
 ) -> Option<Duration> {
-    let bin = tally_bin();
+    let bin = common::tally_bin();
     let mut peaks: Vec<(usize, u64)> = Vec::new();
     let mut main_startup = None;
     for &users in &sizes.memory_users {
@@ -850,7 +844,7 @@ async fn night_phase(
         Ok(v) => v.trim().parse().expect("TALLY_BENCH_NIGHT_LEAD: seconds"),
         Err(_) => startup.map_or(if benching() { 30 } else { 5 }, |s| s.as_secs() + 3),
     });
-    let run = run_night(&tally_bin(), uri, db.name(), night, lead, meter);
+    let run = run_night(&common::tally_bin(), uri, db.name(), night, lead, meter);
     let schedule = night.run_schedule();
     let at = |t: NaiveTime| t.format("%H:%M:%S").to_string();
     let catch_up = run.steps.iter().filter(|s| s.catch_up).count();

@@ -58,23 +58,12 @@ fn env(name: &str, default: f64) -> f64 {
 /// `tally run` against `db`; with `http`, serving `/metrics` on that port
 /// (tally's own latency probe, `tally_source_to_write_seconds`).
 fn start_tally(uri: &str, db: &str, pre_images: bool, http: Option<u16>) -> Child {
-    let mut args = vec!["run", "--initial-days", "2"];
-    if !pre_images {
-        args.push("--no-pre-images");
-    }
-    // `TALLY_BENCH_TALLY_BIN`: another build of tally (a before/after run).
-    let bin = std::env::var("TALLY_BENCH_TALLY_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tally").to_owned());
-    Command::new(bin)
-        .args(args)
-        .env("TALLY_MONGODB_URI", uri)
-        .env("TALLY_DATABASE", db)
+    common::tally_run(uri, db, pre_images)
         .env("TALLY_LOG", "warn")
         .env(
             "TALLY_HTTP_ADDR",
             http.map_or("off".to_owned(), |port| format!("127.0.0.1:{port}")),
         )
-        .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("tally starts")

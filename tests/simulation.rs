@@ -389,7 +389,11 @@ impl Memory {
         (out, rejects)
     }
 
-    fn stored_of(w: &World, user: ObjectId, range: &Range) -> BTreeMap<(Kind, NaiveDate), Document> {
+    fn stored_of(
+        w: &World,
+        user: ObjectId,
+        range: &Range,
+    ) -> BTreeMap<(Kind, NaiveDate), Document> {
         let mut stored = BTreeMap::new();
         for &kind in &range.kinds {
             let (lo, hi) = match kind {

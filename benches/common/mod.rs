@@ -23,6 +23,28 @@ use futures::TryStreamExt;
 use mongodb::options::Hint;
 use mongodb::Database;
 
+/// `tally run --initial-days 2` against database `db` on `uri` (with
+/// `--no-pre-images` unless `pre_images`), run by [`tally_bin`]; the
+/// caller adds its own flags, environment and output.
+pub fn tally_run(uri: &str, db: &str, pre_images: bool) -> std::process::Command {
+    let mut cmd = std::process::Command::new(tally_bin());
+    cmd.args(["run", "--initial-days", "2"])
+        .env("TALLY_MONGODB_URI", uri)
+        .env("TALLY_DATABASE", db)
+        .stdout(std::process::Stdio::null());
+    if !pre_images {
+        cmd.arg("--no-pre-images");
+    }
+    cmd
+}
+
+/// The `tally` binary the benches run: `TALLY_BENCH_TALLY_BIN` (another
+/// build, for a before/after run) or the one cargo built with the bench.
+pub fn tally_bin() -> String {
+    std::env::var("TALLY_BENCH_TALLY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tally").to_owned())
+}
+
 /// True under `cargo bench` (criterion-style `--bench` argument); false
 /// under `cargo test --all-targets`, where the benches run a tiny smoke size.
 pub fn benching() -> bool {
@@ -210,6 +232,16 @@ pub async fn bare_scan(db: &Database, coll: &str, filter: Document, sorted: Opti
     n
 }
 
+/// The number of a field ` name=value` of a tally log line.
+pub fn log_field(line: &str, name: &str) -> Option<u64> {
+    line.split(&format!(" {name}="))
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// `elapsed_ms`, `documents` and `closed_only` of a log line of `tally run`
 /// if it is the "Finalized." line of (kind as the CLI names it, period).
 pub fn finalized(line: &str, kind: &str, period: &str) -> Option<(u64, u64, u64)> {
@@ -219,14 +251,7 @@ pub fn finalized(line: &str, kind: &str, period: &str) -> Option<(u64, u64, u64)
     if !wanted {
         return None;
     }
-    let field = |name: &str| -> Option<u64> {
-        line.split(&format!(" {name}="))
-            .nth(1)?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
+    let field = |name: &str| log_field(line, name);
     Some((
         field("elapsed_ms")?,
         field("documents")?,
