@@ -292,6 +292,47 @@ async fn a_fenced_write_ends_its_transaction_within_a_sixth_of_the_ttl() {
     assert_eq!(stored.len(), 4_000, "all written by the split write");
 }
 
+/// Each fenced transaction renews the lease as it checks the token: the
+/// holder's renewal task has to get past the holder's own transactions on
+/// the lease document, and back-to-back transactions kept it waiting past a
+/// 3 s TTL on a busy SecantusDB (a standby then took over mid-backfill). So
+/// a holder that keeps committing keeps its lease with no renewal task at
+/// all, and once it stops, the lease expires as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_holder_that_keeps_committing_keeps_its_lease_without_renewals() {
+    let env = Env::new("ha_commit_renews", support::uri(), "UTC", instant(NOON_NY)).await;
+    let db = &env.db;
+    connect::init(db, false, false).await.expect("indexes");
+    let ttl = Duration::from_secs(2);
+    let a = lease::try_acquire(db, "a", ttl)
+        .await
+        .unwrap()
+        .expect("a free lease");
+    let began = Instant::now();
+    let mut day = 0;
+    while began.elapsed() < 3 * ttl {
+        day += 1;
+        let date = format!("2026-03-{:02}", day % 28 + 1);
+        bulk::execute(db, vec![report_write(ObjectId::new(), &date, 1)], Some(&a))
+            .await
+            .expect("a fenced write while holding the lease");
+        assert_eq!(
+            lease::try_acquire(db, "b", ttl).await.unwrap(),
+            None,
+            "{:?} after the acquisition, {day} commits in, with no renewal task",
+            began.elapsed()
+        );
+        tokio::time::sleep(ttl / 4).await;
+    }
+    // Nothing commits any more: the lease runs out and b takes it.
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
+    let b = lease::try_acquire(db, "b", ttl)
+        .await
+        .unwrap()
+        .expect("an expired lease is free");
+    assert_eq!(b.token, a.token + 1);
+}
+
 // ---------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------

@@ -4,8 +4,9 @@
 //! The lease is one document of `tally_lease`:
 //! `{_id: "tally", owner, token, expires_at, released}`. An instance
 //! acquires it when it has expired (or was released), which raises `token`;
-//! the holder renews it every TTL/3. Expiry is computed by the server
-//! (`$$NOW`), so the instances' clocks do not matter.
+//! the holder renews it every TTL/3, and each of its fenced transactions
+//! renews it too (below). Expiry is computed by the server (`$$NOW`), so
+//! the instances' clocks do not matter.
 //!
 //! Invariant kept here: **a write by an instance that lost the lease never
 //! lands.** Every write of the active instance ([`fenced`]) runs in a
@@ -37,7 +38,11 @@
 //!
 //! **A transaction is short next to the lease.** From its lease check to
 //! its commit a fenced transaction holds the lease document, so the
-//! holder's own renewals wait behind it. One that ran longer than the lease
+//! holder's own renewals wait behind it — and behind the next transaction,
+//! which may take the document first; so the check itself renews the lease,
+//! and a holder that keeps committing keeps its lease whether or not the
+//! renewal task gets through. The renewal is visible only at commit, so
+//! one transaction that ran longer than the lease
 //! has left would let a standby see the lease expired, end the holder's
 //! session and take over — and with a backlog that again needs a long
 //! transaction, instances could hand the lease around without any of them
@@ -85,6 +90,9 @@ pub struct Fence {
     /// How long one fenced transaction may go on adding writes (see
     /// [`Fence::transaction_budget`]).
     budget: Duration,
+    /// The TTL each fenced transaction's lease check renews the lease by;
+    /// `None` for a fence made without an acquisition (it only checks).
+    renews: Option<Duration>,
 }
 
 impl Fence {
@@ -96,6 +104,7 @@ impl Fence {
             token,
             session: None,
             budget: budget_of(DEFAULT_TTL),
+            renews: None,
         }
     }
 
@@ -122,6 +131,24 @@ fn budget_of(ttl: Duration) -> Duration {
 }
 
 impl Fence {
+    /// The lease check a fenced transaction starts with: a real change
+    /// (counts the write), and for an acquired fence a renewal by the TTL
+    /// from the server's now. The holder's renewal task has to get past the
+    /// holder's own transactions on the lease document, and back-to-back
+    /// transactions can keep it waiting past the TTL (seen on SecantusDB
+    /// during a first start's backfill); a transaction that commits renews
+    /// the lease itself, so a busy holder never depends on that task.
+    fn check(&self) -> Vec<Document> {
+        let mut set = doc! {
+            "writes": { "$add": [{ "$ifNull": ["$writes", 0_i64] }, 1_i64] },
+            "last_write_at": "$$NOW",
+        };
+        if let Some(ttl) = self.renews {
+            set.insert("expires_at", doc! { "$add": ["$$NOW", ttl_millis(ttl)] });
+        }
+        vec![doc! { "$set": set }]
+    }
+
     /// Aborts a transaction a cancelled fenced call left open on the term's
     /// session: it holds the lease document, so renewals and the release
     /// would wait behind it. Bounded; a no-op without a term session.
@@ -315,6 +342,7 @@ pub async fn try_acquire(db: &Database, owner: &str, ttl: Duration) -> Result<Op
             },
             session: Some(Arc::new(tokio::sync::Mutex::new(session))),
             budget: budget_of(ttl),
+            renews: Some(ttl),
         })),
         Ok(None) => Ok(None),
         // Held by another: the upsert collided with the existing document.
@@ -532,7 +560,7 @@ where
                 .collection::<Document>(LEASE)
                 .update_one(
                     doc! { "_id": LEASE_ID, "owner": &fence.owner, "token": fence.token },
-                    doc! { "$inc": { "writes": 1_i64 }, "$currentDate": { "last_write_at": true } },
+                    fence.check(),
                 )
                 .session(&mut *s)
                 .await
