@@ -218,8 +218,14 @@ async fn a_write_behind_a_stale_fence_fails_with_lost_lease_and_writes_nothing()
         .expect("the new holder writes");
     assert_eq!(reports.count_documents(doc! {}).await.unwrap(), 2);
 
-    // Released: the next acquisition is immediate, with the next token.
+    // Released: the releaser's writes are refused (its check would renew
+    // the lease), and the next acquisition is immediate, with the next token.
     assert!(lease::release(db, &b).await.unwrap());
+    let e = bulk::execute(db, vec![report_write(u2, "2026-03-03", 6)], Some(&b))
+        .await
+        .expect_err("a released fence");
+    assert!(lease::is_lost(&e), "{e:#}");
+    assert_eq!(reports.count_documents(doc! {}).await.unwrap(), 2);
     let c = lease::try_acquire(db, "c", ttl)
         .await
         .unwrap()

@@ -189,11 +189,17 @@ impl Memory {
     }
 
     /// Fenced writes prove the lease current ([`tally::mongo::lease::fenced`]):
-    /// a deposed leader's write is refused, nothing of it lands.
+    /// a deposed leader's write is refused, nothing of it lands; a current
+    /// one renews the lease, as the real check does.
     fn fenced(w: &mut World, fence: Option<&Fence>) -> Result<()> {
         let Some(f) = fence else { return Ok(()) };
-        match &w.lease {
-            Some(l) if l.owner == f.owner && l.token == f.token && !l.released => Ok(()),
+        match &mut w.lease {
+            Some(l) if l.owner == f.owner && l.token == f.token && !l.released => {
+                if let Some(ttl) = f.renews() {
+                    l.expires = tokio::time::Instant::now() + ttl;
+                }
+                Ok(())
+            }
             _ => {
                 w.refused += 1;
                 Err(LostLease { token: f.token }.into())
@@ -978,7 +984,7 @@ impl Backend for Memory {
                             released: false,
                         });
                         w.terms += 1;
-                        return Ok(Some(Fence::new(owner, token)));
+                        return Ok(Some(Fence::new(owner, token).renewing(ttl)));
                     }
                 }
                 // `lease::acquire` retries what goes away by itself.

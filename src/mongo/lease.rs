@@ -108,6 +108,21 @@ impl Fence {
         }
     }
 
+    /// The same fence as one acquired with `ttl`: its fenced transactions
+    /// renew the lease by `ttl` (a model of the lease, tests/simulation.rs).
+    pub fn renewing(self, ttl: Duration) -> Fence {
+        Fence {
+            budget: budget_of(ttl),
+            renews: Some(ttl),
+            ..self
+        }
+    }
+
+    /// The TTL each fenced transaction renews the lease by, if any.
+    pub fn renews(&self) -> Option<Duration> {
+        self.renews
+    }
+
     /// How long one fenced transaction may go on adding bulk commands
     /// before it commits and the rest goes in the next one. A transaction
     /// holds the lease document from its first statement to its commit, so
@@ -559,7 +574,12 @@ where
             let check = db
                 .collection::<Document>(LEASE)
                 .update_one(
-                    doc! { "_id": LEASE_ID, "owner": &fence.owner, "token": fence.token },
+                    doc! {
+                        "_id": LEASE_ID,
+                        "owner": &fence.owner,
+                        "token": fence.token,
+                        "released": { "$ne": true },
+                    },
                     fence.check(),
                 )
                 .session(&mut *s)
