@@ -87,11 +87,10 @@ pub struct Fence {
     pub owner: String,
     pub token: i64,
     session: Option<Arc<tokio::sync::Mutex<ClientSession>>>,
-    /// How long one fenced transaction may go on adding writes (see
-    /// [`Fence::transaction_budget`]).
-    budget: Duration,
-    /// The TTL each fenced transaction's lease check renews the lease by;
-    /// `None` for a fence made without an acquisition (it only checks).
+    /// The TTL of the acquisition, by which each fenced transaction's lease
+    /// check renews the lease and from which its time budget follows
+    /// ([`Fence::transaction_budget`]); `None` for a fence made without an
+    /// acquisition (it only checks, with the budget of the default TTL).
     renews: Option<Duration>,
 }
 
@@ -103,7 +102,6 @@ impl Fence {
             owner: owner.into(),
             token,
             session: None,
-            budget: budget_of(DEFAULT_TTL),
             renews: None,
         }
     }
@@ -112,7 +110,6 @@ impl Fence {
     /// renew the lease by `ttl` (a model of the lease, tests/simulation.rs).
     pub fn renewing(self, ttl: Duration) -> Fence {
         Fence {
-            budget: budget_of(ttl),
             renews: Some(ttl),
             ..self
         }
@@ -132,7 +129,7 @@ impl Fence {
     /// with a backlog that needs a long transaction again, the two can hand
     /// the lease back and forth without either finishing a flush.
     pub fn transaction_budget(&self) -> Duration {
-        self.budget
+        budget_of(self.renews.unwrap_or(DEFAULT_TTL))
     }
 }
 
@@ -356,7 +353,6 @@ pub async fn try_acquire(db: &Database, owner: &str, ttl: Duration) -> Result<Op
                 other => crate::bail!("the lease has a token of an unexpected type: {other:?}"),
             },
             session: Some(Arc::new(tokio::sync::Mutex::new(session))),
-            budget: budget_of(ttl),
             renews: Some(ttl),
         })),
         Ok(None) => Ok(None),
