@@ -87,6 +87,7 @@ use tally::mongo::{POCKETS, TRANSACTIONS};
 use tally::plan::compare::DocChange;
 use tally::plan::fingerprint::{fingerprint, StoredMeta};
 use tally::plan::write::Write;
+use tally::service::held::{Held, Refs, TxOwners};
 use tally::service::live::{split_at_floor, Live, PocketChange};
 use tally::service::Event;
 
@@ -1219,16 +1220,22 @@ fn structures(world: &World, p: &Params) {
     let mut counts = [0usize; 3];
     for u in 0..sample {
         let user = world.users[u].id;
-        // As `Live::insert` builds them: the transactions collected into
-        // their map at once (their notes with them), the pockets moved in;
-        // and the ledger a flush folds from them (sharing the notes).
-        let (txs, h) = held(|| Sorted::from_unsorted(world.kept(u, true).transactions));
+        // As `Live::insert` builds them: the transactions held compactly
+        // in their map at once (their notes with them) with the ids they
+        // name, the pockets moved in; and the ledger a flush folds from
+        // them (sharing the notes).
+        let ((txs, refs), h) = held(|| {
+            let mut refs = Refs::default();
+            let txs = world.kept(u, true).transactions;
+            let txs = Sorted::from_unsorted(txs.iter().map(|t| refs.hold(t)).collect());
+            (txs, refs)
+        });
         sizes[0] = add(sizes[0], h);
         counts[0] += txs.len();
         let (ledger, h) = held(|| {
             let mut ledger = UserLedger::default();
             for t in txs.as_slice() {
-                ledger.apply(&cal, t);
+                ledger.apply(&cal, &refs.expand(user, t));
             }
             ledger
         });
@@ -1258,15 +1265,15 @@ fn structures(world: &World, p: &Params) {
         });
         sizes[3] = add(sizes[3], h);
         counts[2] += stored.len();
-        drop((txs, ledger, pockets, stored));
+        drop((txs, refs, ledger, pockets, stored));
     }
     // The owner maps, for every user, in the order a load inserts them.
     let (owners, h) = held(|| {
-        let mut tx_owner: HashMap<SourceId, ObjectId> = HashMap::new();
+        let mut tx_owner = TxOwners::default();
         let mut pocket_owner: HashMap<ObjectId, ObjectId> = HashMap::new();
         for (u, user) in world.users.iter().enumerate() {
             for t in 0..TX_PER_USER as u64 {
-                tx_owner.insert(SourceId::Oid(oid(0x7A7A, u as u64 * 1000 + t)), user.id);
+                tx_owner.insert(&SourceId::Oid(oid(0x7A7A, u as u64 * 1000 + t)), user.id);
             }
             for pocket in &user.pockets {
                 pocket_owner.insert(pocket.id, user.id);
@@ -1284,7 +1291,7 @@ fn structures(world: &World, p: &Params) {
     );
     let lines = [
         (
-            "UserState.transactions (Sorted<Transaction>: a vector by id)",
+            "UserState.transactions + refs (Sorted<Held>: a vector by id)",
             sizes[0],
             format!("{:.0} transactions", counts[0] as f64 / n),
         ),
@@ -1328,7 +1335,7 @@ fn structures(world: &World, p: &Params) {
     let owner = sizes[4].bytes as f64 / users;
     println!(
         "  {:<62} {:>9} [{:>9}]  {} + {} entries over all users",
-        "Live.tx_owner + Live.pocket_owner (HashMaps, whole window)",
+        "Live.tx_owner + Live.pocket_owner (hash maps, whole window)",
         kib(owner),
         kib(sizes[4].chunks as f64 / users),
         thousands(tx_owner_len as u64),
@@ -1336,13 +1343,14 @@ fn structures(world: &World, p: &Params) {
     );
     common::row(
         LIVE,
-        "Live per user: tx_owner + pocket_owner (HashMaps)",
+        "Live per user: tx_owner + pocket_owner (hash maps)",
         &kib(owner),
         "rebuilt alike for all users, counting allocator",
     );
     println!(
-        "  sizes: Transaction {} B, SourceId {} B, StoredMeta {} B, Pocket {} B, DayAgg {} B, PocketDay {} B, TxEntry {} B",
+        "  sizes: Transaction {} B (held: {} B), SourceId {} B, StoredMeta {} B, Pocket {} B, DayAgg {} B, PocketDay {} B, TxEntry {} B",
         std::mem::size_of::<Transaction>(),
+        std::mem::size_of::<Held>(),
         std::mem::size_of::<SourceId>(),
         std::mem::size_of::<StoredMeta>(),
         std::mem::size_of::<tally::core::source::Pocket>(),

@@ -33,12 +33,16 @@ use crate::core::vecmap::Sorted;
 use crate::plan::compare::{compare_user, Difference, DocChange};
 use crate::plan::fingerprint::{fingerprint, StoredMeta};
 use crate::plan::write::Write;
+use crate::service::held::{Held, Refs, TxOwners};
 
 /// One user's inputs over the window.
 #[derive(Debug)]
 struct UserState {
-    /// Valid transactions dated in the window, live or soft-deleted.
-    transactions: Sorted<Transaction>,
+    user: ObjectId,
+    /// Valid transactions dated in the window, live or soft-deleted, in
+    /// the compact form ([`Held`]) whose ids are indexes into `refs`.
+    transactions: Sorted<Held>,
+    refs: Refs,
     /// The user's own pockets (valid or not), by id.
     pockets: Sorted<Pocket>,
     stored: Stored,
@@ -71,7 +75,7 @@ pub struct Live {
     open_from: NaiveDate,
     categories: Categories,
     users: HashMap<ObjectId, UserState>,
-    tx_owner: HashMap<SourceId, ObjectId>,
+    tx_owner: TxOwners,
     pocket_owner: HashMap<ObjectId, ObjectId>,
 }
 
@@ -92,7 +96,7 @@ impl Live {
             open_from: from.max(managed_from),
             categories,
             users: HashMap::new(),
-            tx_owner: HashMap::new(),
+            tx_owner: TxOwners::default(),
             pocket_owner: HashMap::new(),
         }
     }
@@ -133,7 +137,7 @@ impl Live {
         self.remove(&user);
         let mut displaced = Vec::new();
         for tx in &kept.transactions {
-            if let Some(other) = self.tx_owner.insert(tx.id.clone(), user) {
+            if let Some(other) = self.tx_owner.insert(&tx.id, user) {
                 if let Some(state) = self.users.get_mut(&other) {
                     if state.transactions.remove(&tx.id).is_some() {
                         displaced.push(other);
@@ -141,7 +145,6 @@ impl Live {
                 }
             }
         }
-        let transactions = Sorted::from_unsorted(kept.transactions);
         for id in kept.pockets.keys() {
             if let Some(other) = self.pocket_owner.insert(*id, user) {
                 if let Some(state) = self.users.get_mut(&other) {
@@ -151,14 +154,17 @@ impl Live {
                 }
             }
         }
-        let state = UserState {
-            transactions,
+        let mut state = UserState {
+            user,
+            transactions: Sorted::default(),
+            refs: Refs::default(),
             pockets: Sorted::from_unsorted(kept.pockets.into_values().collect()),
             stored: Stored::from_unsorted(kept.stored),
             baseline: kept.baseline,
             computed: None,
             settled: None,
         };
+        state.hold(kept.transactions);
         self.users.insert(user, state);
         displaced.sort_by_key(|u| u.bytes());
         displaced.dedup();
@@ -168,8 +174,8 @@ impl Live {
     fn remove(&mut self, user: &ObjectId) {
         if let Some(old) = self.users.remove(user) {
             for tx in old.transactions.as_slice() {
-                if self.tx_owner.get(&tx.id) == Some(user) {
-                    self.tx_owner.remove(&tx.id);
+                if self.tx_owner.get(tx.id()) == Some(user) {
+                    self.tx_owner.remove(tx.id());
                 }
             }
             for p in old.pockets.as_slice() {
@@ -195,7 +201,7 @@ impl Live {
             if let Some(state) = self.users.get_mut(&owner) {
                 if let Some(old) = state.transactions.remove(id) {
                     known = true;
-                    touched.push((owner, self.cal.day_of_millis(old.date)));
+                    touched.push((owner, self.cal.day_of_millis(old.date())));
                 }
             }
         }
@@ -203,12 +209,13 @@ impl Live {
             let mut held = false;
             if tx.date >= self.from_millis {
                 if let Some(state) = self.users.get_mut(&tx.user_id) {
-                    state.transactions.insert(tx.clone());
+                    let compact = state.refs.hold(tx);
+                    state.transactions.insert(compact);
                     held = true;
                 }
             }
             if held {
-                self.tx_owner.insert(id.clone(), tx.user_id);
+                self.tx_owner.insert(id, tx.user_id);
             }
             touched.push((tx.user_id, self.cal.day_of_millis(tx.date)));
         }
@@ -414,20 +421,19 @@ impl Live {
                 .transactions
                 .as_slice()
                 .iter()
-                .any(|tx| tx.date < start)
+                .any(|tx| tx.date() < start)
             {
                 // The anchors move to the new window's eve; a state they
                 // matched before, they match after.
                 let before = Some(anchors_of(state));
                 let (computed, settled) = (state.computed == before, state.settled == before);
-                let tx_owner = &mut self.tx_owner;
-                state.transactions.retain(|tx| {
-                    let keep = tx.date >= start;
-                    if !keep {
-                        tx_owner.remove(&tx.id);
-                    }
-                    keep
-                });
+                // Held anew, so ids only the dropped ones named leave `refs`.
+                let (kept, dropped): (Vec<Transaction>, Vec<Transaction>) =
+                    state.expanded().partition(|tx| tx.date >= start);
+                for tx in &dropped {
+                    self.tx_owner.remove(&tx.id);
+                }
+                state.hold(kept);
                 let after = Some(anchors_of(state));
                 state.computed = if computed { after.clone() } else { None };
                 state.settled = if settled { after } else { None };
@@ -561,8 +567,8 @@ fn anchors_of(state: &UserState) -> Anchors {
         .iter()
         .filter_map(|p| p.balance.ok().map(|b| (p.id, b)))
         .collect();
-    for tx in state.transactions.as_slice() {
-        for (pid, net) in pocket_nets(tx) {
+    for tx in state.expanded() {
+        for (pid, net) in pocket_nets(&tx) {
             if let Some((_, a)) = out.iter_mut().find(|(id, _)| *id == pid) {
                 *a -= net;
             }
@@ -575,10 +581,24 @@ impl UserState {
     /// The window's transactions folded (contract §1.2 effects, §5 sums).
     fn ledger(&self, cal: &Calendar) -> UserLedger {
         let mut ledger = UserLedger::default();
-        for tx in self.transactions.as_slice() {
-            ledger.apply(cal, tx);
+        for tx in self.expanded() {
+            ledger.apply(cal, &tx);
         }
         ledger
+    }
+
+    /// The held transactions as `Transaction`s, in id order.
+    fn expanded(&self) -> impl Iterator<Item = Transaction> + '_ {
+        let txs = self.transactions.as_slice().iter();
+        txs.map(|h| self.refs.expand(self.user, h))
+    }
+
+    /// Replaces the held transactions by `txs`, with a fresh `refs`.
+    fn hold(&mut self, txs: Vec<Transaction>) {
+        let mut refs = Refs::default();
+        let held = txs.iter().map(|tx| refs.hold(tx)).collect();
+        self.transactions = Sorted::from_unsorted(held);
+        self.refs = refs;
     }
 }
 

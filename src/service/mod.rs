@@ -34,6 +34,7 @@
 
 pub mod backend;
 mod event;
+pub mod held;
 pub mod live;
 mod options;
 mod run;
