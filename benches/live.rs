@@ -85,9 +85,9 @@ use tally::core::source::{
 use tally::core::vecmap::Sorted;
 use tally::mongo::{POCKETS, TRANSACTIONS};
 use tally::plan::compare::DocChange;
-use tally::plan::fingerprint::{fingerprint, StoredMeta};
+use tally::plan::fingerprint::{fingerprint, Metas, StoredMeta};
 use tally::plan::write::Write;
-use tally::service::held::{Held, Refs, TxOwners};
+use tally::service::held::{Held, Refs, Slot, TxOwners};
 use tally::service::live::{split_at_floor, Live, PocketChange};
 use tally::service::Event;
 
@@ -1252,16 +1252,14 @@ fn structures(world: &World, p: &Params) {
         let view = UserView::new(user, &ledger, &pockets, &categories, &cal)
             .with_ytd_baseline(world.users[u].baseline);
         let docs = view.build_range(&Kind::ALL, world.from, world.horizon(), world.today);
-        // As `Live` keeps them: one vector sorted by (kind, period),
-        // trimmed to its length.
+        // As `Live` keeps them: packed, in one vector sorted by (kind,
+        // period), trimmed to its length.
         let (stored, h) = held(|| {
-            let mut stored: Vec<((Kind, NaiveDate), StoredMeta)> = docs
-                .iter()
-                .map(|(kind, period, doc)| ((*kind, *period), StoredMeta::of(*kind, doc)))
-                .collect();
-            stored.sort_by_key(|(k, _)| *k);
-            stored.shrink_to_fit();
-            stored
+            Metas::from_unsorted(
+                docs.iter()
+                    .map(|(kind, period, doc)| ((*kind, *period), StoredMeta::of(*kind, doc)))
+                    .collect(),
+            )
         });
         sizes[3] = add(sizes[3], h);
         counts[2] += stored.len();
@@ -1270,16 +1268,19 @@ fn structures(world: &World, p: &Params) {
     // The owner maps, for every user, in the order a load inserts them.
     let (owners, h) = held(|| {
         let mut tx_owner = TxOwners::default();
-        let mut pocket_owner: HashMap<ObjectId, ObjectId> = HashMap::new();
+        let mut pocket_owner: HashMap<ObjectId, Slot> = HashMap::new();
+        let mut slots: HashMap<ObjectId, Slot> = HashMap::new();
         for (u, user) in world.users.iter().enumerate() {
+            let slot = u as Slot;
             for t in 0..TX_PER_USER as u64 {
-                tx_owner.insert(&SourceId::Oid(oid(0x7A7A, u as u64 * 1000 + t)), user.id);
+                tx_owner.insert(&SourceId::Oid(oid(0x7A7A, u as u64 * 1000 + t)), slot);
             }
             for pocket in &user.pockets {
-                pocket_owner.insert(pocket.id, user.id);
+                pocket_owner.insert(pocket.id, slot);
             }
+            slots.insert(user.id, slot);
         }
-        (tx_owner, pocket_owner)
+        (tx_owner, pocket_owner, slots)
     });
     sizes[4] = h;
     let (tx_owner_len, pocket_owner_len) = (owners.0.len(), owners.1.len());
@@ -1313,7 +1314,7 @@ fn structures(world: &World, p: &Params) {
             ),
         ),
         (
-            "UserState.stored (Sorted<((Kind, NaiveDate), StoredMeta)>)",
+            "UserState.stored (Metas: packed with their keys, sorted)",
             sizes[3],
             format!("{:.0} fingerprints", counts[2] as f64 / n),
         ),
@@ -1334,16 +1335,17 @@ fn structures(world: &World, p: &Params) {
     }
     let owner = sizes[4].bytes as f64 / users;
     println!(
-        "  {:<62} {:>9} [{:>9}]  {} + {} entries over all users",
-        "Live.tx_owner + Live.pocket_owner (hash maps, whole window)",
+        "  {:<62} {:>9} [{:>9}]  {} + {} + {} entries over all users",
+        "Live.tx_owner + pocket_owner + slots (hash maps, whole window)",
         kib(owner),
         kib(sizes[4].chunks as f64 / users),
         thousands(tx_owner_len as u64),
-        thousands(pocket_owner_len as u64)
+        thousands(pocket_owner_len as u64),
+        thousands(world.users.len() as u64)
     );
     common::row(
         LIVE,
-        "Live per user: tx_owner + pocket_owner (hash maps)",
+        "Live per user: tx_owner + pocket_owner + slots (hash maps)",
         &kib(owner),
         "rebuilt alike for all users, counting allocator",
     );

@@ -7,8 +7,10 @@ use std::hash::Hasher;
 
 use bson::oid::ObjectId;
 use bson::{Bson, Document};
+use chrono::{Datelike, NaiveDate};
 
 use crate::core::reports::{Kind, BOOKKEEPING};
+use crate::core::vecmap::{Keyed, Sorted};
 use crate::plan::compare::{Difference, StoredDoc};
 use crate::plan::write::int;
 
@@ -78,12 +80,240 @@ impl StoredMeta {
     }
 }
 
+/// The metas of one user's stored documents by (kind, period), as the live
+/// window holds them: 48 bytes a document with its key, where a
+/// [`StoredMeta`] and its key take 64 (BENCHMARKS.md, issue 13 (4)). The
+/// key is packed into 32 bits, revision and restatements into 32 bits
+/// each, times into 48 (±4,400 years around 1970). A document whose
+/// bookkeeping does not fit (written by something other than tally) keeps
+/// it whole in a list beside, so nothing is lost or clamped.
+#[derive(Clone, Debug, Default)]
+pub struct Metas {
+    packed: Sorted<Packed>,
+    /// Bookkeeping of the packed entries flagged [`WIDE`], by key.
+    wide: Vec<Wide>,
+}
+
+/// One [`StoredMeta`] with its key, packed (4-byte aligned: no padding).
+#[derive(Clone, Debug)]
+struct Packed {
+    key: u32,
+    revision: i32,
+    restatements: i32,
+    fingerprint: [u32; 2],
+    created_at: [u8; 6],
+    finalized_at: [u8; 6],
+    id: [u8; 12],
+    flags: u8,
+}
+
+impl Keyed for Packed {
+    type Key = u32;
+    fn key(&self) -> &u32 {
+        &self.key
+    }
+}
+
+/// The bookkeeping of a document that does not pack.
+#[derive(Clone, Debug)]
+struct Wide {
+    key: u32,
+    revision: i64,
+    restatements: i64,
+    created_at: i64,
+    finalized_at: i64,
+}
+
+/// `flags`: the bookkeeping is in [`Metas::wide`].
+const WIDE: u8 = 4;
+/// An absent time in 48 bits.
+const ABSENT_48: i64 = -(1 << 47);
+/// Added to a day's number so that every `NaiveDate` (±262,143 years,
+/// under 2^27 days from 0001-01-01) packs as a positive 30-bit number.
+const DAY_BIAS: i32 = 1 << 28;
+
+/// (kind, period) as 32 bits in the same order: the kind's index in
+/// [`Kind::ALL`] (its declaration order), then the day.
+fn pack_key(kind: Kind, period: NaiveDate) -> u32 {
+    let k = Kind::ALL
+        .iter()
+        .position(|&k| k == kind)
+        .expect("one of ALL") as u32;
+    (k << 30) | (period.num_days_from_ce() + DAY_BIAS) as u32
+}
+
+fn unpack_key(key: u32) -> (Kind, NaiveDate) {
+    let day = (key & ((1 << 30) - 1)) as i32 - DAY_BIAS;
+    let period = NaiveDate::from_num_days_from_ce_opt(day).expect("packed from a date");
+    (Kind::ALL[(key >> 30) as usize], period)
+}
+
+/// A time (milliseconds, or [`ABSENT`]) in 48 bits, if it fits.
+fn pack_time(t: i64) -> Option<[u8; 6]> {
+    let v = match t {
+        ABSENT => ABSENT_48,
+        t if t > ABSENT_48 && t < -ABSENT_48 => t,
+        _ => return None,
+    };
+    Some(v.to_le_bytes()[..6].try_into().expect("6 bytes"))
+}
+
+fn unpack_time(b: [u8; 6]) -> i64 {
+    let mut x = [0; 8];
+    x[..6].copy_from_slice(&b);
+    // Sign-extended from 48 bits.
+    match i64::from_le_bytes(x) << 16 >> 16 {
+        ABSENT_48 => ABSENT,
+        t => t,
+    }
+}
+
+/// A revision (or [`ABSENT`]) in 32 bits, if it fits.
+fn pack_revision(r: i64) -> Option<i32> {
+    match r {
+        ABSENT => Some(i32::MIN),
+        r => i32::try_from(r).ok().filter(|&r| r != i32::MIN),
+    }
+}
+
+fn unpack_revision(r: i32) -> i64 {
+    match r {
+        i32::MIN => ABSENT,
+        r => i64::from(r),
+    }
+}
+
+impl Metas {
+    /// Of metas in any order; of two with one key the later wins.
+    pub fn from_unsorted(mut metas: Vec<((Kind, NaiveDate), StoredMeta)>) -> Metas {
+        metas.reverse();
+        metas.sort_by_key(|(key, _)| *key);
+        metas.dedup_by_key(|(key, _)| *key);
+        let mut out = Metas::default();
+        let packed = metas
+            .iter()
+            .map(|((kind, period), meta)| out.pack(pack_key(*kind, *period), meta))
+            .collect();
+        out.packed = Sorted::from_unsorted(packed);
+        out
+    }
+
+    /// `meta` packed under `key`; its bookkeeping goes to `wide` if it
+    /// does not fit (the caller has removed any earlier entry of `key`).
+    fn pack(&mut self, key: u32, meta: &StoredMeta) -> Packed {
+        let fp = meta.fingerprint;
+        let mut p = Packed {
+            key,
+            revision: 0,
+            restatements: 0,
+            fingerprint: [fp as u32, (fp >> 32) as u32],
+            created_at: [0; 6],
+            finalized_at: [0; 6],
+            id: meta.id,
+            flags: meta.flags,
+        };
+        let book = (
+            pack_revision(meta.revision),
+            i32::try_from(meta.restatements).ok(),
+            pack_time(meta.created_at),
+            pack_time(meta.finalized_at),
+        );
+        if let (Some(r), Some(s), Some(c), Some(f)) = book {
+            (p.revision, p.restatements, p.created_at, p.finalized_at) = (r, s, c, f);
+        } else {
+            p.flags |= WIDE;
+            self.wide.push(Wide {
+                key,
+                revision: meta.revision,
+                restatements: meta.restatements,
+                created_at: meta.created_at,
+                finalized_at: meta.finalized_at,
+            });
+        }
+        p
+    }
+
+    fn unpack(&self, p: &Packed) -> StoredMeta {
+        let mut meta = StoredMeta {
+            fingerprint: u64::from(p.fingerprint[0]) | (u64::from(p.fingerprint[1]) << 32),
+            revision: unpack_revision(p.revision),
+            restatements: i64::from(p.restatements),
+            created_at: unpack_time(p.created_at),
+            finalized_at: unpack_time(p.finalized_at),
+            id: p.id,
+            flags: p.flags & !WIDE,
+        };
+        if p.flags & WIDE != 0 {
+            let w = self
+                .wide
+                .iter()
+                .find(|w| w.key == p.key)
+                .expect("kept beside");
+            meta.revision = w.revision;
+            meta.restatements = w.restatements;
+            meta.created_at = w.created_at;
+            meta.finalized_at = w.finalized_at;
+        }
+        meta
+    }
+
+    pub fn get(&self, kind: Kind, period: NaiveDate) -> Option<StoredMeta> {
+        self.packed
+            .get(&pack_key(kind, period))
+            .map(|p| self.unpack(p))
+    }
+
+    /// Sets the meta of (kind, period).
+    pub fn insert(&mut self, kind: Kind, period: NaiveDate, meta: &StoredMeta) {
+        let key = pack_key(kind, period);
+        self.wide.retain(|w| w.key != key);
+        let p = self.pack(key, meta);
+        self.packed.insert(p);
+    }
+
+    pub fn remove(&mut self, kind: Kind, period: NaiveDate) {
+        let key = pack_key(kind, period);
+        self.packed.remove(&key);
+        self.wide.retain(|w| w.key != key);
+    }
+
+    /// The metas of `kind` over `[lo, hi]`, in period order.
+    pub fn range(
+        &self,
+        kind: Kind,
+        lo: NaiveDate,
+        hi: NaiveDate,
+    ) -> impl Iterator<Item = ((Kind, NaiveDate), StoredMeta)> + '_ {
+        let (lo, hi) = (pack_key(kind, lo), pack_key(kind, hi));
+        let found = self.packed.range(&lo, &hi).iter();
+        found.map(|p| (unpack_key(p.key), self.unpack(p)))
+    }
+
+    /// Keeps the metas whose (kind, period) `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(Kind, NaiveDate) -> bool) {
+        self.packed.retain(|p| {
+            let (kind, period) = unpack_key(p.key);
+            keep(kind, period)
+        });
+        let packed = &self.packed;
+        self.wide.retain(|w| packed.get(&w.key).is_some());
+    }
+
+    pub fn len(&self) -> usize {
+        self.packed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.packed.is_empty()
+    }
+}
+
 /// A sentinel-coded value back as an option.
 fn present(v: i64) -> Option<i64> {
     (v != ABSENT).then_some(v)
 }
 
-impl StoredDoc for &StoredMeta {
+impl StoredDoc for StoredMeta {
     fn difference(&self, content: &Document) -> Option<Difference> {
         (fingerprint(content) != self.fingerprint).then_some(Difference::Content)
     }
@@ -181,6 +411,123 @@ fn encode_bson(v: &Bson, buf: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use bson::doc;
+
+    fn meta(revision: i64, restatements: i64, created_at: i64, finalized_at: i64) -> StoredMeta {
+        StoredMeta {
+            fingerprint: 0xDEAD_BEEF_0123_4567 ^ revision as u64,
+            revision,
+            restatements,
+            created_at,
+            finalized_at,
+            id: ObjectId::new().bytes(),
+            flags: HAS_ID | IS_FINAL,
+        }
+    }
+
+    #[test]
+    fn packed_metas_read_back_exactly_even_when_they_do_not_pack() {
+        let day = |s: &str| s.parse::<NaiveDate>().unwrap();
+        let now = 1_790_000_000_123;
+        let cases = [
+            // Tally's own: they pack.
+            (Kind::Report, day("2026-11-30"), meta(3, 1, now, now + 5)),
+            (
+                Kind::Snapshot,
+                day("2026-11-30"),
+                meta(ABSENT, 0, ABSENT, ABSENT),
+            ),
+            (
+                Kind::Monthly,
+                day("2026-11-01"),
+                meta(i64::from(i32::MAX), -4, -now, ABSENT),
+            ),
+            // Foreign bookkeeping that does not: kept beside, whole.
+            (
+                Kind::Report,
+                day("2026-12-01"),
+                meta(1 << 40, 0, now, ABSENT),
+            ),
+            (
+                Kind::Report,
+                day("2026-12-02"),
+                meta(i64::from(i32::MIN), 0, now, ABSENT),
+            ),
+            (
+                Kind::Report,
+                day("2026-12-03"),
+                meta(2, i64::MAX, now, ABSENT),
+            ),
+            (
+                Kind::Report,
+                day("2026-12-04"),
+                meta(2, 0, ABSENT_48, ABSENT),
+            ),
+            (Kind::Snapshot, NaiveDate::MIN, meta(2, 0, now, i64::MAX)),
+            (
+                Kind::Monthly,
+                NaiveDate::MAX,
+                meta(2, 0, i64::MIN + 1, ABSENT),
+            ),
+        ];
+        let metas = Metas::from_unsorted(
+            cases
+                .iter()
+                .map(|(k, p, m)| ((*k, *p), m.clone()))
+                .collect(),
+        );
+        assert_eq!((metas.len(), metas.wide.len()), (cases.len(), 6));
+        for (kind, period, m) in &cases {
+            assert_eq!(
+                metas.get(*kind, *period).as_ref(),
+                Some(m),
+                "{kind:?} {period}"
+            );
+        }
+        // In (kind, period) order, whatever the dates.
+        let all: Vec<(Kind, NaiveDate)> = Kind::ALL
+            .iter()
+            .flat_map(|&k| {
+                metas
+                    .range(k, NaiveDate::MIN, NaiveDate::MAX)
+                    .map(|(key, _)| key)
+            })
+            .collect();
+        let mut sorted: Vec<(Kind, NaiveDate)> = cases.iter().map(|(k, p, _)| (*k, *p)).collect();
+        sorted.sort();
+        assert_eq!(all, sorted);
+        assert_eq!(std::mem::size_of::<Packed>(), 48);
+    }
+
+    #[test]
+    fn a_meta_replaced_or_removed_leaves_nothing_beside() {
+        let day = |s: &str| s.parse::<NaiveDate>().unwrap();
+        let (a, b) = (day("2026-11-01"), day("2026-11-02"));
+        let mut metas = Metas::from_unsorted(vec![
+            ((Kind::Report, a), meta(1 << 40, 0, 5, ABSENT)),
+            ((Kind::Report, a), meta(7, 0, 5, ABSENT)),
+            ((Kind::Report, b), meta(1 << 41, 0, 5, ABSENT)),
+        ]);
+        // Of two with one key the later wins; only b's does not pack.
+        assert_eq!(metas.get(Kind::Report, a).unwrap().revision, 7);
+        assert_eq!(metas.wide.len(), 1);
+        metas.insert(Kind::Report, b, &meta(8, 0, 5, ABSENT));
+        assert_eq!(
+            (
+                metas.get(Kind::Report, b).unwrap().revision,
+                metas.wide.len()
+            ),
+            (8, 0)
+        );
+        let wide = meta(1 << 42, 0, 5, ABSENT);
+        metas.insert(Kind::Report, a, &wide);
+        assert_eq!(metas.get(Kind::Report, a), Some(wide));
+        metas.retain(|_, period| period != a);
+        assert_eq!((metas.len(), metas.wide.len()), (1, 0));
+        metas.insert(Kind::Report, b, &meta(1 << 43, 0, 5, ABSENT));
+        metas.remove(Kind::Report, b);
+        assert!(metas.is_empty() && metas.wide.is_empty());
+        assert_eq!(metas.get(Kind::Report, b), None);
+    }
 
     #[test]
     fn fingerprint_ignores_bookkeeping_and_top_level_order() {

@@ -1,7 +1,7 @@
 //! The compact forms the live window holds its many small things in
 //! (issue 13, target 4: memory per user): a transaction without its user
 //! and with the ids it names as indexes, and the index of transaction
-//! owners keyed by the bare ObjectId.
+//! owners keyed by the bare ObjectId, the owner as a 4-byte [`Slot`].
 //!
 //! A [`Transaction`] as decoded is 112 bytes: `user_id` and three
 //! `Option<ObjectId>` (13 bytes each, padded) are most of it. The window
@@ -83,6 +83,10 @@ impl Refs {
         r.checked_sub(1).map(|i| self.0[i as usize])
     }
 
+    pub fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+
     /// `tx` held: its ids indexed here.
     pub fn hold(&mut self, tx: &Transaction) -> Held {
         Held {
@@ -115,18 +119,22 @@ impl Refs {
     }
 }
 
-/// Which user holds each transaction of the window. Transaction ids are
-/// ObjectIds but for rare legacy ones; keyed by the bare ObjectId an entry
-/// is 24 bytes instead of the 32 of a `SourceId` key (a hash table of
-/// 550,000 entries has a million slots: 8 MiB).
+/// Where the window keeps a user's state: an index into its states.
+pub type Slot = u32;
+
+/// Which user (its [`Slot`]) holds each transaction of the window.
+/// Transaction ids are ObjectIds but for rare legacy ones: keyed by the
+/// bare ObjectId, an entry is 16 bytes instead of the 32 of a `SourceId`
+/// key and an owner's ObjectId (a hash table of 550,000 entries has a
+/// million buckets: 16 MiB less).
 #[derive(Debug, Default)]
 pub struct TxOwners {
-    oid: HashMap<ObjectId, ObjectId>,
-    other: HashMap<SourceId, ObjectId>,
+    oid: HashMap<ObjectId, Slot>,
+    other: HashMap<SourceId, Slot>,
 }
 
 impl TxOwners {
-    pub fn get(&self, id: &SourceId) -> Option<&ObjectId> {
+    pub fn get(&self, id: &SourceId) -> Option<&Slot> {
         match id {
             SourceId::Oid(o) => self.oid.get(o),
             other => self.other.get(other),
@@ -134,14 +142,14 @@ impl TxOwners {
     }
 
     /// Sets `id`'s owner; returns the previous one.
-    pub fn insert(&mut self, id: &SourceId, owner: ObjectId) -> Option<ObjectId> {
+    pub fn insert(&mut self, id: &SourceId, owner: Slot) -> Option<Slot> {
         match id {
             SourceId::Oid(o) => self.oid.insert(*o, owner),
             other => self.other.insert(other.clone(), owner),
         }
     }
 
-    pub fn remove(&mut self, id: &SourceId) -> Option<ObjectId> {
+    pub fn remove(&mut self, id: &SourceId) -> Option<Slot> {
         match id {
             SourceId::Oid(o) => self.oid.remove(o),
             other => self.other.remove(other),
@@ -208,7 +216,7 @@ mod tests {
     #[test]
     fn owners_of_legacy_ids_are_kept_apart_from_objectid_ones() {
         let mut owners = TxOwners::default();
-        let (u, v) = (ObjectId::new(), ObjectId::new());
+        let (u, v) = (7, 9);
         let oid = SourceId::Oid(ObjectId::new());
         let legacy = SourceId::from_bson(&Bson::String("t-1".into()));
         assert_eq!(owners.insert(&oid, u), None);

@@ -19,6 +19,7 @@
 //! a reload that already saw its effect, converges on the latest state.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 
 use bson::oid::ObjectId;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -31,9 +32,9 @@ use crate::core::reports::{Categories, Kind, UserView};
 use crate::core::source::{Pocket, SourceId, Transaction};
 use crate::core::vecmap::Sorted;
 use crate::plan::compare::{compare_user, Difference, DocChange};
-use crate::plan::fingerprint::{fingerprint, StoredMeta};
+use crate::plan::fingerprint::{fingerprint, Metas, StoredMeta};
 use crate::plan::write::Write;
-use crate::service::held::{Held, Refs, TxOwners};
+use crate::service::held::{Held, Refs, Slot, TxOwners};
 
 /// One user's inputs over the window.
 #[derive(Debug)]
@@ -47,12 +48,12 @@ struct UserState {
     pockets: Sorted<Pocket>,
     stored: Stored,
     baseline: YtdBaseline,
-    /// The user's [anchors](Live::anchors) when its documents were last
-    /// computed (`None`: not since it was loaded).
-    computed: Option<Anchors>,
-    /// Its anchors when its documents were last made consistent back to
-    /// its first stored document (`None`: not since it was loaded).
-    settled: Option<Anchors>,
+    /// The [`anchors_key`] of the user's [anchors](Live::anchors) when its
+    /// documents were last computed (`None`: not since it was loaded).
+    computed: Option<u64>,
+    /// That of its anchors when its documents were last made consistent
+    /// back to its first stored document (`None`: not since it was loaded).
+    settled: Option<u64>,
 }
 
 /// Per valid pocket of a user, its closing balance on the day before the
@@ -61,9 +62,9 @@ struct UserState {
 /// day whose transactions changed, follows from it alone.
 pub type Anchors = Vec<(ObjectId, Money)>;
 
-/// The stored documents' metas of one user, sorted by (kind, period): the
-/// window holds one per stored document of every user.
-type Stored = Sorted<((Kind, NaiveDate), StoredMeta)>;
+/// The stored documents' metas of one user, by (kind, period): the window
+/// holds one per stored document of every user.
+type Stored = Metas;
 
 /// Every user's state over the window `[from, ∞)`.
 pub struct Live {
@@ -74,9 +75,12 @@ pub struct Live {
     /// manages only days after it (days before are not tally's to write).
     open_from: NaiveDate,
     categories: Categories,
-    users: HashMap<ObjectId, UserState>,
+    /// Every held user's state, in no order: `slots` finds a user's, and
+    /// the owner maps name the owner by its slot (4 bytes, not 12).
+    users: Vec<UserState>,
+    slots: HashMap<ObjectId, Slot>,
     tx_owner: TxOwners,
-    pocket_owner: HashMap<ObjectId, ObjectId>,
+    pocket_owner: HashMap<ObjectId, Slot>,
 }
 
 impl Live {
@@ -95,7 +99,8 @@ impl Live {
             from_millis: cal.day_start(from).timestamp_millis(),
             open_from: from.max(managed_from),
             categories,
-            users: HashMap::new(),
+            users: Vec::new(),
+            slots: HashMap::new(),
             tx_owner: TxOwners::default(),
             pocket_owner: HashMap::new(),
         }
@@ -112,11 +117,19 @@ impl Live {
     }
 
     pub fn holds(&self, user: &ObjectId) -> bool {
-        self.users.contains_key(user)
+        self.slots.contains_key(user)
     }
 
     pub fn users(&self) -> Vec<ObjectId> {
-        self.users.keys().copied().collect()
+        self.users.iter().map(|s| s.user).collect()
+    }
+
+    fn state(&self, user: &ObjectId) -> Option<&UserState> {
+        self.slots.get(user).map(|&i| &self.users[i as usize])
+    }
+
+    fn state_mut(&mut self, user: &ObjectId) -> Option<&mut UserState> {
+        self.slots.get(user).map(|&i| &mut self.users[i as usize])
     }
 
     pub fn user_count(&self) -> usize {
@@ -135,21 +148,23 @@ impl Live {
     /// the move's event, left the pocket in the old owner's snapshots).
     pub fn insert(&mut self, user: ObjectId, kept: Kept) -> Vec<ObjectId> {
         self.remove(&user);
+        // The new state goes last; no other state is there yet.
+        let slot = Slot::try_from(self.users.len()).expect("fewer than 2^32 users");
         let mut displaced = Vec::new();
         for tx in &kept.transactions {
-            if let Some(other) = self.tx_owner.insert(&tx.id, user) {
-                if let Some(state) = self.users.get_mut(&other) {
+            if let Some(other) = self.tx_owner.insert(&tx.id, slot) {
+                if let Some(state) = self.users.get_mut(other as usize) {
                     if state.transactions.remove(&tx.id).is_some() {
-                        displaced.push(other);
+                        displaced.push(state.user);
                     }
                 }
             }
         }
         for id in kept.pockets.keys() {
-            if let Some(other) = self.pocket_owner.insert(*id, user) {
-                if let Some(state) = self.users.get_mut(&other) {
+            if let Some(other) = self.pocket_owner.insert(*id, slot) {
+                if let Some(state) = self.users.get_mut(other as usize) {
                     if state.pockets.remove(id).is_some() {
-                        displaced.push(other);
+                        displaced.push(state.user);
                     }
                 }
             }
@@ -165,23 +180,46 @@ impl Live {
             settled: None,
         };
         state.hold(kept.transactions);
-        self.users.insert(user, state);
+        if self.users.len() == self.users.capacity() {
+            // Grown by an eighth, not doubled: a state is ~200 bytes a user.
+            self.users.reserve_exact((self.users.len() / 8).max(64));
+        }
+        self.users.push(state);
+        self.slots.insert(user, slot);
         displaced.sort_by_key(|u| u.bytes());
         displaced.dedup();
         displaced
     }
 
     fn remove(&mut self, user: &ObjectId) {
-        if let Some(old) = self.users.remove(user) {
-            for tx in old.transactions.as_slice() {
-                if self.tx_owner.get(tx.id()) == Some(user) {
-                    self.tx_owner.remove(tx.id());
-                }
+        let Some(slot) = self.slots.remove(user) else {
+            return;
+        };
+        let old = self.users.swap_remove(slot as usize);
+        for tx in old.transactions.as_slice() {
+            if self.tx_owner.get(tx.id()) == Some(&slot) {
+                self.tx_owner.remove(tx.id());
             }
-            for p in old.pockets.as_slice() {
-                if self.pocket_owner.get(&p.id) == Some(user) {
-                    self.pocket_owner.remove(&p.id);
-                }
+        }
+        for p in old.pockets.as_slice() {
+            if self.pocket_owner.get(&p.id) == Some(&slot) {
+                self.pocket_owner.remove(&p.id);
+            }
+        }
+        // The last state moved into `slot`: what it owns follows it.
+        let Some(moved) = self.users.get(slot as usize) else {
+            return;
+        };
+        let last = Slot::try_from(self.users.len()).expect("fewer than 2^32 users");
+        self.slots.insert(moved.user, slot);
+        for tx in moved.transactions.as_slice() {
+            if self.tx_owner.get(tx.id()) == Some(&last) {
+                self.tx_owner.insert(tx.id(), slot);
+            }
+        }
+        for p in moved.pockets.as_slice() {
+            if self.pocket_owner.get(&p.id) == Some(&last) {
+                self.pocket_owner.insert(p.id, slot);
             }
         }
     }
@@ -198,24 +236,21 @@ impl Live {
         let mut touched = Vec::new();
         let mut known = false;
         if let Some(owner) = self.tx_owner.remove(id) {
-            if let Some(state) = self.users.get_mut(&owner) {
+            if let Some(state) = self.users.get_mut(owner as usize) {
                 if let Some(old) = state.transactions.remove(id) {
                     known = true;
-                    touched.push((owner, self.cal.day_of_millis(old.date())));
+                    touched.push((state.user, self.cal.day_of_millis(old.date())));
                 }
             }
         }
         if let Some(tx) = new {
-            let mut held = false;
             if tx.date >= self.from_millis {
-                if let Some(state) = self.users.get_mut(&tx.user_id) {
+                if let Some(&slot) = self.slots.get(&tx.user_id) {
+                    let state = &mut self.users[slot as usize];
                     let compact = state.refs.hold(tx);
                     state.transactions.insert(compact);
-                    held = true;
+                    self.tx_owner.insert(id, slot);
                 }
-            }
-            if held {
-                self.tx_owner.insert(id, tx.user_id);
             }
             touched.push((tx.user_id, self.cal.day_of_millis(tx.date)));
         }
@@ -229,21 +264,16 @@ impl Live {
         let mut users = Vec::new();
         let mut known = false;
         if let Some(owner) = self.pocket_owner.remove(&id) {
-            if let Some(state) = self.users.get_mut(&owner) {
+            if let Some(state) = self.users.get_mut(owner as usize) {
                 known = state.pockets.remove(&id).is_some();
+                users.push(state.user);
             }
-            users.push(owner);
         }
         if let Some(user) = new.and_then(|p| p.user_id) {
-            let held = match self.users.get_mut(&user) {
-                Some(state) => {
-                    state.pockets.insert(new.expect("has a user").clone());
-                    true
-                }
-                None => false,
-            };
-            if held {
-                self.pocket_owner.insert(id, user);
+            if let Some(&slot) = self.slots.get(&user) {
+                let state = &mut self.users[slot as usize];
+                state.pockets.insert(new.expect("has a user").clone());
+                self.pocket_owner.insert(id, slot);
             }
             if !users.contains(&user) {
                 users.push(user);
@@ -258,7 +288,7 @@ impl Live {
         let Some(old) = self
             .pocket_owner
             .get(&new.id)
-            .and_then(|u| self.users.get(u))
+            .and_then(|&s| self.users.get(s as usize))
             .and_then(|s| s.pockets.get(&new.id))
         else {
             return false;
@@ -270,37 +300,35 @@ impl Live {
 
     /// `user`'s anchors now (see [`Anchors`]).
     pub fn anchors(&self, user: &ObjectId) -> Option<Anchors> {
-        self.users.get(user).map(anchors_of)
+        self.state(user).map(anchors_of)
     }
 
     /// Whether `user`'s anchors moved since its documents were last
     /// computed: then days its transaction events did not touch moved too.
     pub fn anchors_moved(&self, user: &ObjectId) -> bool {
-        self.users
-            .get(user)
-            .is_none_or(|s| s.computed.as_ref() != Some(&anchors_of(s)))
+        self.state(user)
+            .is_none_or(|s| s.computed != Some(anchors_key(s)))
     }
 
     /// Whether `user`'s anchors are those of its last consistent state back
     /// to its first stored document: then no document before the window
     /// needs restating.
     pub fn anchors_settled(&self, user: &ObjectId) -> bool {
-        self.users
-            .get(user)
-            .is_some_and(|s| s.settled.as_ref() == Some(&anchors_of(s)))
+        self.state(user)
+            .is_some_and(|s| s.settled == Some(anchors_key(s)))
     }
 
     /// Records `user`'s anchors as those of its last computation.
     pub fn note_computed(&mut self, user: &ObjectId) {
-        if let Some(s) = self.users.get_mut(user) {
-            s.computed = Some(anchors_of(s));
+        if let Some(s) = self.state_mut(user) {
+            s.computed = Some(anchors_key(s));
         }
     }
 
     /// Records `user`'s anchors as consistent back to its first document.
     pub fn note_settled(&mut self, user: &ObjectId) {
-        if let Some(s) = self.users.get_mut(user) {
-            s.settled = Some(anchors_of(s));
+        if let Some(s) = self.state_mut(user) {
+            s.settled = Some(anchors_key(s));
         }
     }
 
@@ -317,7 +345,7 @@ impl Live {
         reports_open_from: NaiveDate,
         now: DateTime<Utc>,
     ) -> Vec<DocChange> {
-        let Some(state) = self.users.get(&user) else {
+        let Some(state) = self.state(&user) else {
             return Vec::new();
         };
         let from = from.max(self.open_from);
@@ -335,19 +363,13 @@ impl Live {
         let view = UserView::new(user, &ledger, &pockets, &self.categories, &self.cal)
             .with_ytd_baseline(state.baseline);
         let expected = view.build_range(kinds, from, to, today);
-        let mut stored: BTreeMap<(Kind, NaiveDate), &StoredMeta> = BTreeMap::new();
+        let mut stored: BTreeMap<(Kind, NaiveDate), StoredMeta> = BTreeMap::new();
         for &kind in kinds {
             let (lo, hi) = match kind {
                 Kind::Monthly => (first_of_month(from), first_of_month(to)),
                 _ => (from, to),
             };
-            stored.extend(
-                state
-                    .stored
-                    .range(&(kind, lo), &(kind, hi))
-                    .iter()
-                    .map(|(k, m)| (*k, m)),
-            );
+            stored.extend(state.stored.range(kind, lo, hi));
         }
         compare_user(
             user,
@@ -366,10 +388,10 @@ impl Live {
         let Write::Upsert { kind, set, .. } = &change.write else {
             return false;
         };
-        let Some(state) = self.users.get(&change.user) else {
+        let Some(state) = self.state(&change.user) else {
             return false;
         };
-        let Some((_, meta)) = state.stored.get(&(*kind, change.period)) else {
+        let Some(meta) = state.stored.get(*kind, change.period) else {
             return false;
         };
         if meta.is_final() || !set.get_bool(kind.final_field()).unwrap_or(false) {
@@ -388,17 +410,16 @@ impl Live {
                 // Before the window (a focused rescan's write): not held.
                 continue;
             }
-            let Some(state) = self.users.get_mut(user) else {
+            let Some(state) = self.state_mut(user) else {
                 continue;
             };
             match write {
                 Write::Upsert { kind, set, .. } => {
-                    state
-                        .stored
-                        .insert(((*kind, *period), StoredMeta::of(*kind, set)));
+                    let meta = StoredMeta::of(*kind, set);
+                    state.stored.insert(*kind, *period, &meta);
                 }
                 Write::Delete { kind, .. } => {
-                    state.stored.remove(&(*kind, *period));
+                    state.stored.remove(*kind, *period);
                 }
             }
         }
@@ -415,7 +436,7 @@ impl Live {
         }
         let start = self.cal.day_start(from).timestamp_millis();
         let open_from = self.open_from.max(from);
-        for state in self.users.values_mut() {
+        for state in self.users.iter_mut() {
             state.baseline = YtdBaseline::at(from, &state.ledger(&self.cal), Some(state.baseline));
             if state
                 .transactions
@@ -425,7 +446,7 @@ impl Live {
             {
                 // The anchors move to the new window's eve; a state they
                 // matched before, they match after.
-                let before = Some(anchors_of(state));
+                let before = Some(anchors_key(state));
                 let (computed, settled) = (state.computed == before, state.settled == before);
                 // Held anew, so ids only the dropped ones named leave `refs`.
                 let (kept, dropped): (Vec<Transaction>, Vec<Transaction>) =
@@ -434,8 +455,8 @@ impl Live {
                     self.tx_owner.remove(&tx.id);
                 }
                 state.hold(kept);
-                let after = Some(anchors_of(state));
-                state.computed = if computed { after.clone() } else { None };
+                let after = Some(anchors_key(state));
+                state.computed = if computed { after } else { None };
                 state.settled = if settled { after } else { None };
             }
         }
@@ -443,10 +464,10 @@ impl Live {
         self.from_millis = start;
         self.open_from = open_from;
         let (month_from, open_from) = (self.from, self.open_from);
-        for state in self.users.values_mut() {
+        for state in self.users.iter_mut() {
             state
                 .stored
-                .retain(|((kind, period), _)| keeps(*kind, *period, month_from, open_from));
+                .retain(|kind, period| keeps(kind, period, month_from, open_from));
         }
     }
 
@@ -459,6 +480,7 @@ impl Live {
     /// Drops everything (a full refresh reloads it).
     pub fn clear(&mut self) {
         self.users.clear();
+        self.slots.clear();
         self.tx_owner.clear();
         self.pocket_owner.clear();
     }
@@ -558,6 +580,15 @@ impl PocketChange<'_> {
     }
 }
 
+/// A user's anchors as 64 bits, to tell whether they moved since they were
+/// noted without holding them (two vectors a user): a hash, like the
+/// fingerprints of stored documents, with the same odds of a collision.
+fn anchors_key(state: &UserState) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    anchors_of(state).hash(&mut h);
+    h.finish()
+}
+
 /// A user's anchors: each valid pocket's balance less its net over the
 /// window's transactions, in pocket order.
 fn anchors_of(state: &UserState) -> Anchors {
@@ -598,6 +629,7 @@ impl UserState {
         let mut refs = Refs::default();
         let held = txs.iter().map(|tx| refs.hold(tx)).collect();
         self.transactions = Sorted::from_unsorted(held);
+        refs.shrink_to_fit();
         self.refs = refs;
     }
 }
@@ -772,6 +804,53 @@ mod tests {
         assert_ne!(without_d, incremental);
         live.set_transaction(&d.id, Some(&d));
         assert_eq!(w.documents(&live), incremental);
+    }
+
+    #[test]
+    fn reloading_a_user_keeps_every_owner_pointing_at_its_state() {
+        let w = World::new();
+        let a = w.tx(w.user, "10", "2026-10-05", 9);
+        let c = w.tx(w.other, "5", "2026-11-19", 1);
+        let mut live = w.load(&[a.clone(), c.clone()]);
+        let before = w.documents(&live);
+        // Reloading the first user moves the other into its place; reload
+        // both a few times, in turn, to shuffle them.
+        for user in [w.user, w.user, w.other, w.user] {
+            let (txs, pocket) = if user == w.user {
+                (vec![a.clone()], &w.pocket)
+            } else {
+                (vec![c.clone()], &w.other_pocket)
+            };
+            let kept = Kept {
+                transactions: txs,
+                pockets: [(pocket.id, pocket.clone())].into_iter().collect(),
+                stored: Vec::new(),
+                baseline: YtdBaseline {
+                    from: day("2026-10-01"),
+                    income: Money::ZERO,
+                    expense: "100".parse().unwrap(),
+                },
+            };
+            assert!(live.insert(user, kept).is_empty());
+            assert_eq!(w.documents(&live), before);
+            assert_eq!((live.user_count(), live.transaction_count()), (2, 2));
+        }
+        // Every owner still finds its transaction and pocket.
+        let (touched, known) = live.set_transaction(&c.id, None);
+        assert!(known);
+        assert_eq!(touched, vec![(w.other, day("2026-11-19"))]);
+        let (touched, known) = live.set_transaction(&a.id, None);
+        assert!(known);
+        assert_eq!(touched, vec![(w.user, day("2026-10-05"))]);
+        let mut richer = w.other_pocket.clone();
+        richer.balance = Ok("71".parse().unwrap());
+        assert!(live.balance_only(&richer));
+        assert_eq!(
+            live.set_pocket(richer.id, Some(&richer)),
+            (vec![w.other], true)
+        );
+        assert_eq!(live.set_pocket(w.pocket.id, None), (vec![w.user], true));
+        assert_eq!(live.set_pocket(w.pocket.id, None), (vec![], false));
     }
 
     #[test]
