@@ -235,10 +235,14 @@ impl<B: Backend> Tailer<B> {
                         // Read at once, so nothing changed hands meanwhile
                         // that the stream will not replay.
                         let _ = live.insert(user, kept);
+                        if live.user_count().is_multiple_of(RELEASE_EVERY_USERS) {
+                            release_free_memory();
+                        }
                     }
                 },
             )
             .await?;
+        release_free_memory();
         info!(
             from = %from,
             users = live.user_count(),
@@ -1283,4 +1287,22 @@ const SHUTDOWN_WRITES: Duration = Duration::from_secs(6);
 fn history_lost(e: &crate::error::Error) -> bool {
     e.find::<mongodb::error::Error>()
         .is_some_and(is_history_lost)
+}
+
+/// Users loaded between two [`release_free_memory`] calls of a load.
+const RELEASE_EVERY_USERS: usize = 1_000;
+
+/// Hands the pages of memory freed so far back to the system. A load
+/// frees as much as it keeps (the documents it reads, each user's scan
+/// result), in between what it keeps, and glibc's malloc holds those pages
+/// until something reuses them: the peak RSS of a load grew by more per
+/// user than the window holds (BENCHMARKS.md, issue 13 (4)). `malloc_trim`
+/// returns every whole free page of every arena (milliseconds per call).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks malloc's own free lists under their
+    // locks; it may be called from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
