@@ -191,6 +191,15 @@ impl<'a, K, V> IntoIterator for &'a VecMap<K, V> {
     }
 }
 
+/// Makes room for one more value in a full `v` by an eighth of its length
+/// (at least `min`) instead of doubling it, so that a vector that is held
+/// for long stays within an eighth of its length.
+pub fn grow_by_an_eighth<T>(v: &mut Vec<T>, min: usize) {
+    if v.len() == v.capacity() {
+        v.reserve_exact((v.len() / 8).max(min));
+    }
+}
+
 /// A value that carries its own key: an entry of a [`Sorted`].
 pub trait Keyed {
     type Key: Ord;
@@ -236,9 +245,7 @@ impl<T: Keyed> Sorted<T> {
         match self.find(value.key()) {
             Ok(i) => self.0[i] = value,
             Err(i) => {
-                if self.0.len() == self.0.capacity() {
-                    self.0.reserve_exact((self.0.len() / 8).max(1));
-                }
+                grow_by_an_eighth(&mut self.0, 1);
                 self.0.insert(i, value);
             }
         }

@@ -156,7 +156,7 @@ impl Fence {
             "last_write_at": "$$NOW",
         };
         if let Some(ttl) = self.renews {
-            set.insert("expires_at", doc! { "$add": ["$$NOW", ttl_millis(ttl)] });
+            set.insert("expires_at", expiry(ttl));
         }
         vec![doc! { "$set": set }]
     }
@@ -294,8 +294,10 @@ pub async fn read(db: &Database) -> Result<Option<LeaseInfo>> {
     }))
 }
 
-fn ttl_millis(ttl: Duration) -> i64 {
-    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+/// The expression of a lease's expiry `ttl` from the server's clock now.
+fn expiry(ttl: Duration) -> Document {
+    let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    doc! { "$add": ["$$NOW", millis] }
 }
 
 /// The lease document when it is free for `owner`: expired, released, or
@@ -329,7 +331,7 @@ pub async fn try_acquire(db: &Database, owner: &str, ttl: Duration) -> Result<Op
     let update = vec![doc! { "$set": {
         "owner": owner,
         "token": { "$add": [{ "$ifNull": ["$token", 0_i64] }, 1_i64] },
-        "expires_at": { "$add": ["$$NOW", ttl_millis(ttl)] },
+        "expires_at": expiry(ttl),
         "acquired_at": "$$NOW",
         "released": false,
         "session": { "$literal": session.id().clone() },
@@ -416,7 +418,7 @@ pub async fn renew(db: &Database, fence: &Fence, ttl: Duration) -> Result<bool> 
             .collection::<Document>(LEASE)
             .update_one(
                 doc! { "_id": LEASE_ID, "owner": &fence.owner, "token": fence.token },
-                vec![doc! { "$set": { "expires_at": { "$add": ["$$NOW", ttl_millis(ttl)] } } }],
+                vec![doc! { "$set": { "expires_at": expiry(ttl) } }],
             )
             .await
             .context("renewing the lease")?;

@@ -30,7 +30,7 @@ use crate::core::ledger::{pocket_nets, UserLedger, YtdBaseline};
 use crate::core::money::Money;
 use crate::core::reports::{Categories, Kind, UserView};
 use crate::core::source::{Pocket, SourceId, Transaction};
-use crate::core::vecmap::Sorted;
+use crate::core::vecmap::{grow_by_an_eighth, Sorted};
 use crate::plan::compare::{compare_user, Difference, DocChange};
 use crate::plan::fingerprint::{fingerprint, Metas, StoredMeta};
 use crate::plan::write::Write;
@@ -46,7 +46,9 @@ struct UserState {
     refs: Refs,
     /// The user's own pockets (valid or not), by id.
     pockets: Sorted<Pocket>,
-    stored: Stored,
+    /// The stored documents' metas, by (kind, period): the window holds
+    /// one per stored document of every user.
+    stored: Metas,
     baseline: YtdBaseline,
     /// The [`anchors_key`] of the user's [anchors](Live::anchors) when its
     /// documents were last computed (`None`: not since it was loaded).
@@ -61,10 +63,6 @@ struct UserState {
 /// closing balance before the window, and every one in it before the first
 /// day whose transactions changed, follows from it alone.
 pub type Anchors = Vec<(ObjectId, Money)>;
-
-/// The stored documents' metas of one user, by (kind, period): the window
-/// holds one per stored document of every user.
-type Stored = Metas;
 
 /// Every user's state over the window `[from, ∞)`.
 pub struct Live {
@@ -149,7 +147,7 @@ impl Live {
     pub fn insert(&mut self, user: ObjectId, kept: Kept) -> Vec<ObjectId> {
         self.remove(&user);
         // The new state goes last; no other state is there yet.
-        let slot = Slot::try_from(self.users.len()).expect("fewer than 2^32 users");
+        let slot = slot_at(self.users.len());
         let mut displaced = Vec::new();
         for tx in &kept.transactions {
             if let Some(other) = self.tx_owner.insert(&tx.id, slot) {
@@ -174,16 +172,14 @@ impl Live {
             transactions: Sorted::default(),
             refs: Refs::default(),
             pockets: Sorted::from_unsorted(kept.pockets.into_values().collect()),
-            stored: Stored::from_unsorted(kept.stored),
+            stored: Metas::from_unsorted(kept.stored),
             baseline: kept.baseline,
             computed: None,
             settled: None,
         };
         state.hold(kept.transactions);
-        if self.users.len() == self.users.capacity() {
-            // Grown by an eighth, not doubled: a state is ~200 bytes a user.
-            self.users.reserve_exact((self.users.len() / 8).max(64));
-        }
+        // Grown by an eighth, not doubled: a state is ~200 bytes a user.
+        grow_by_an_eighth(&mut self.users, 64);
         self.users.push(state);
         self.slots.insert(user, slot);
         displaced.sort_by_key(|u| u.bytes());
@@ -196,32 +192,15 @@ impl Live {
             return;
         };
         let old = self.users.swap_remove(slot as usize);
-        for tx in old.transactions.as_slice() {
-            if self.tx_owner.get(tx.id()) == Some(&slot) {
-                self.tx_owner.remove(tx.id());
-            }
-        }
-        for p in old.pockets.as_slice() {
-            if self.pocket_owner.get(&p.id) == Some(&slot) {
-                self.pocket_owner.remove(&p.id);
-            }
-        }
+        let owners = (&mut self.tx_owner, &mut self.pocket_owner);
+        hand_over(owners, &old, slot, None);
         // The last state moved into `slot`: what it owns follows it.
         let Some(moved) = self.users.get(slot as usize) else {
             return;
         };
-        let last = Slot::try_from(self.users.len()).expect("fewer than 2^32 users");
         self.slots.insert(moved.user, slot);
-        for tx in moved.transactions.as_slice() {
-            if self.tx_owner.get(tx.id()) == Some(&last) {
-                self.tx_owner.insert(tx.id(), slot);
-            }
-        }
-        for p in moved.pockets.as_slice() {
-            if self.pocket_owner.get(&p.id) == Some(&last) {
-                self.pocket_owner.insert(p.id, slot);
-            }
-        }
+        let owners = (&mut self.tx_owner, &mut self.pocket_owner);
+        hand_over(owners, moved, slot_at(self.users.len()), Some(slot));
     }
 
     /// Transaction `id` is now `new` (`None`: deleted or invalid). Returns
@@ -483,6 +462,37 @@ impl Live {
         self.slots.clear();
         self.tx_owner.clear();
         self.pocket_owner.clear();
+    }
+}
+
+/// The slot of the state at index `i` of the states.
+fn slot_at(i: usize) -> Slot {
+    Slot::try_from(i).expect("fewer than 2^32 users")
+}
+
+/// The owner entries of `state`'s transactions and pockets that name
+/// `from` name `to` instead (`None`: they are removed).
+fn hand_over(
+    (tx_owner, pocket_owner): (&mut TxOwners, &mut HashMap<ObjectId, Slot>),
+    state: &UserState,
+    from: Slot,
+    to: Option<Slot>,
+) {
+    for tx in state.transactions.as_slice() {
+        if tx_owner.get(tx.id()) == Some(&from) {
+            match to {
+                Some(to) => tx_owner.insert(tx.id(), to),
+                None => tx_owner.remove(tx.id()),
+            };
+        }
+    }
+    for p in state.pockets.as_slice() {
+        if pocket_owner.get(&p.id) == Some(&from) {
+            match to {
+                Some(to) => pocket_owner.insert(p.id, to),
+                None => pocket_owner.remove(&p.id),
+            };
+        }
     }
 }
 
