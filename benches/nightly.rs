@@ -3,7 +3,10 @@
 //! 1. **backfill** of the whole range against a bare cursor scan of the same
 //!    transactions (the server's time taking the writes reported apart);
 //! 2. **memory**: peak RSS (`VmHWM`) of a `tally run` process once it has
-//!    started on the dataset and says it is tailing, at two dataset sizes;
+//!    started on the dataset and says it is tailing, at two dataset sizes,
+//!    with the highest RSS sampled in each phase of its start (backfill of
+//!    the window, load into memory, first comparison; told apart by its log
+//!    lines), so that a peak can be put down to the phase that sets it;
 //! 3. **baseline**: the three old cron jobs re-created (see [`old_design`]:
 //!    *not part of tally*, for comparison only) for one night;
 //! 4. **tally run**: the same night's three steps done by the `tally run`
@@ -44,7 +47,8 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bson::{doc, Document};
@@ -369,6 +373,16 @@ async fn memory_phase(
             mib(m.peak), mib(m.rss), m.startup.as_secs_f64(), m.tally_cpu,
             m.server_cpu.map_or("?".to_owned(), |s| format!("{s:.2} s"))
         );
+        let phases: Vec<String> = START_PHASES
+            .iter()
+            .zip(m.phase_peaks)
+            .filter(|(_, p)| *p > 0)
+            .map(|((_, name), p)| format!("{name} {:.1}", mib(p)))
+            .collect();
+        println!(
+            "memory: tally run, {users} users: highest RSS sampled in each phase (MiB): {}",
+            phases.join(", ")
+        );
         let bound = match m.server_cpu {
             Some(s) => format!(
                 "tally's own heap (start-up: tally cpu {:.2} s, server cpu {s:.2} s over {})",
@@ -407,8 +421,20 @@ async fn memory_phase(
     main_startup
 }
 
+/// The phases of a start, each begun by a log line of `tally run`
+/// (`Tailer::start`), and after them the first seconds of tailing.
+const START_PHASES: [(&str, &str); 5] = [
+    ("", "connect"),
+    ("First start: building the window", "backfill of the window"),
+    ("Window built from the source", "load into memory"),
+    ("Open window loaded into memory", "first comparison, plans"),
+    ("Tailing transactions and pockets", "tailing"),
+];
+
 struct RunMemory {
     peak: u64,
+    /// Highest RSS sampled (every 20 ms) in each of [`START_PHASES`].
+    phase_peaks: [u64; START_PHASES.len()],
     rss: u64,
     startup: Duration,
     tally_cpu: f64,
@@ -444,13 +470,38 @@ fn run_tally(
     let pid = child.id().to_string();
     let (lines_tx, lines_rx) = mpsc::channel::<String>();
     let stderr = child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
+    let phase = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let phase = phase.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(i) = START_PHASES
+                    .iter()
+                    .rposition(|(l, _)| !l.is_empty() && line.contains(l))
+                {
+                    phase.fetch_max(i, Relaxed);
+                }
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
             }
-        }
-    });
+        })
+    };
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (phase, sampling, pid) = (phase.clone(), sampling.clone(), pid.clone());
+        std::thread::spawn(move || {
+            let mut peaks = [0u64; START_PHASES.len()];
+            while sampling.load(Relaxed) {
+                if let Some(rss) = status_bytes(&pid, "VmRSS") {
+                    let p = &mut peaks[phase.load(Relaxed)];
+                    *p = (*p).max(rss);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peaks
+        })
+    };
     let timeout = Duration::from_secs(env("TALLY_BENCH_START_TIMEOUT", 1800) as u64);
     let mut log: Vec<String> = Vec::new();
     let startup = loop {
@@ -482,6 +533,8 @@ fn run_tally(
     std::thread::sleep(wait);
     let peak = status_bytes(&pid, "VmHWM").expect("VmHWM");
     let rss = status_bytes(&pid, "VmRSS").unwrap_or(0);
+    sampling.store(false, Relaxed);
+    let phase_peaks = sampler.join().expect("sampler");
     let tally_cpu = cpu_seconds(&pid).unwrap_or(0.0);
     let server_cpu = server0.and_then(|s0| Some(meter.server_cpu()? - s0));
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
@@ -497,6 +550,7 @@ fn run_tally(
     );
     RunMemory {
         peak,
+        phase_peaks,
         rss,
         startup,
         tally_cpu,

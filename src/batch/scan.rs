@@ -10,7 +10,7 @@
 //! number of users, and memory holds one user's ledger at a time plus the
 //! pockets and labels.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::error::{Context, Result};
 use bson::oid::ObjectId;
@@ -269,9 +269,12 @@ pub struct Scanner {
     now: DateTime<Utc>,
     today: NaiveDate,
     scope: Scope,
-    pockets: HashMap<ObjectId, BTreeMap<ObjectId, Pocket>>,
-    pocket_users: Vec<ObjectId>,
-    next_pocket_user: usize,
+    /// Every owned pocket, sorted by (`user_id`, id); each user's run is
+    /// taken off the front at its turn. One vector, not a map of maps: a
+    /// `BTreeMap` allocates a whole node (1.5 KiB) for a user's two
+    /// pockets, and a load held that for every user to its end.
+    pockets: VecDeque<Pocket>,
+    users_with_pockets: usize,
     categories: Categories,
     transactions: Feed,
     pending_tx: Option<crate::core::source::Transaction>,
@@ -319,7 +322,7 @@ impl Scanner {
         };
         let mut corrected = Vec::new();
 
-        let mut pockets: HashMap<ObjectId, BTreeMap<ObjectId, Pocket>> = HashMap::new();
+        let mut pockets: VecDeque<Pocket> = VecDeque::new();
         let mut cursor = db
             .collection::<Document>(POCKETS)
             .find(focus.narrow(doc! {}))
@@ -336,8 +339,8 @@ impl Scanner {
                         }
                         None => {}
                     }
-                    if let Some(user) = p.user_id {
-                        pockets.entry(user).or_default().insert(p.id, p);
+                    if p.user_id.is_some() {
+                        pockets.push_back(p);
                     }
                 }
                 Err(r) => {
@@ -346,8 +349,19 @@ impl Scanner {
                 }
             }
         }
-        let mut pocket_users: Vec<ObjectId> = pockets.keys().copied().collect();
-        pocket_users.sort_by_key(|u| u.bytes());
+        // Stable: of two documents with the same id, the later one counts,
+        // as when they were inserted into a map in cursor order.
+        pockets
+            .make_contiguous()
+            .sort_by_key(|p| (p.user_id.map(|u| u.bytes()), p.id.bytes()));
+        let mut users_with_pockets = 0;
+        let mut last = None;
+        for p in &pockets {
+            if p.user_id != last {
+                users_with_pockets += 1;
+                last = p.user_id;
+            }
+        }
 
         let categories = load_categories(db).await?;
 
@@ -412,8 +426,7 @@ impl Scanner {
             now,
             scope,
             pockets,
-            pocket_users,
-            next_pocket_user: 0,
+            users_with_pockets,
             categories,
             transactions,
             pending_tx: None,
@@ -434,7 +447,7 @@ impl Scanner {
 
     /// Users that own a pocket: a lower bound of the users to visit.
     pub fn users_with_pockets(&self) -> usize {
-        self.pocket_users.len()
+        self.users_with_pockets
     }
 
     async fn advance_tx(&mut self) -> Result<()> {
@@ -473,7 +486,7 @@ impl Scanner {
 
     fn next_user_id(&self) -> Option<ObjectId> {
         let tx = self.pending_tx.as_ref().map(|t| t.user_id);
-        let pocket = self.pocket_users.get(self.next_pocket_user).copied();
+        let pocket = self.pockets.front().and_then(|p| p.user_id);
         let stored = self
             .stored
             .iter()
@@ -501,8 +514,14 @@ impl Scanner {
             }
             self.advance_tx().await?;
         }
-        if self.pocket_users.get(self.next_pocket_user) == Some(&user) {
-            self.next_pocket_user += 1;
+        let mut pockets = BTreeMap::new();
+        while self
+            .pockets
+            .front()
+            .is_some_and(|p| p.user_id == Some(user))
+        {
+            let p = self.pockets.pop_front().expect("front");
+            pockets.insert(p.id, p);
         }
         let mut stored: BTreeMap<(Kind, NaiveDate), Document> = BTreeMap::new();
         for i in 0..self.stored.len() {
@@ -516,9 +535,7 @@ impl Scanner {
                 self.advance_stored(i).await?;
             }
         }
-        let empty = BTreeMap::new();
-        let pockets = self.pockets.get(&user).unwrap_or(&empty);
-        let mut view = UserView::new(user, &ledger, pockets, &self.categories, &self.cal);
+        let mut view = UserView::new(user, &ledger, &pockets, &self.categories, &self.cal);
         let mut baseline = None;
         // From 1 January the ledger holds the whole year: no baseline needed.
         if self.scope.needs_baseline() {
@@ -543,9 +560,28 @@ impl Scanner {
             self.range.to,
             self.today,
         );
+        let mut drifts = Vec::new();
+        if self.scope == Scope::AllHistory {
+            let balances = Balances::new(&ledger, pockets.values());
+            let before_all = NaiveDate::MIN;
+            for p in pockets.values() {
+                if let (Ok(balance), Some(unexplained)) =
+                    (p.balance, balances.closing(&p.id, before_all))
+                {
+                    if !unexplained.is_zero() {
+                        drifts.push(Drift {
+                            user,
+                            pocket: p.id,
+                            balance,
+                            explained: balance - unexplained,
+                        });
+                    }
+                }
+            }
+        }
         let kept = self.keep_from.map(|from| Kept {
             transactions: kept_transactions,
-            pockets: pockets.clone(),
+            pockets,
             stored: stored
                 .iter()
                 .filter(|((_, period), _)| *period >= from)
@@ -562,31 +598,14 @@ impl Scanner {
             self.now,
             self.cal.name(),
         );
-        let mut result = UserResult {
+        let result = UserResult {
             user: Some(user),
             documents,
             changes,
+            drifts,
             kept,
             ..UserResult::default()
         };
-        if self.scope == Scope::AllHistory {
-            let balances = Balances::new(&ledger, pockets.values());
-            let before_all = NaiveDate::MIN;
-            for p in pockets.values() {
-                if let (Ok(balance), Some(unexplained)) =
-                    (p.balance, balances.closing(&p.id, before_all))
-                {
-                    if !unexplained.is_zero() {
-                        result.drifts.push(Drift {
-                            user,
-                            pocket: p.id,
-                            balance,
-                            explained: balance - unexplained,
-                        });
-                    }
-                }
-            }
-        }
         self.users_done += 1;
         Ok(Some(result))
     }

@@ -122,7 +122,13 @@ impl<B: Backend> Tailer<B> {
             info!(from = %from, "First start: building the window from the source.");
             checkpoint.managed_from = Some(from);
             tailer.checkpoint = checkpoint.clone();
+            let started = Instant::now();
             tailer.backfill_window(from).await?;
+            info!(
+                documents_written = tailer.counters.documents_written,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "Window built from the source."
+            );
             checkpoint.start_at = Some(start_at);
             tailer.checkpoint = checkpoint;
             tailer.save().await?;
@@ -1058,11 +1064,14 @@ impl<B: Backend> Tailer<B> {
         }
         // Users queued only by a start's comparison: nothing of theirs
         // changed, so a clean comparison leaves them as they were.
+        // (A set of the users computed: a start queues every user of the
+        // window at once, and a walk of `per_user` for each was quadratic.)
+        let computed: HashSet<ObjectId> = per_user.iter().map(|(u, _)| *u).collect();
         let compared: HashSet<ObjectId> = self
             .work
             .compare
             .iter()
-            .filter(|u| self.work.dirty.contains_key(u) || per_user.iter().any(|(p, _)| p == *u))
+            .filter(|u| self.work.dirty.contains_key(u) || computed.contains(u))
             .copied()
             .collect();
         self.work.compare.retain(|u| !compared.contains(u));
