@@ -232,6 +232,14 @@ impl<T: Keyed> Sorted<T> {
         Sorted(values)
     }
 
+    /// `values` already sorted by key, each key once (checked in debug
+    /// builds): kept as they are, without a second sort.
+    pub fn from_sorted(mut values: Vec<T>) -> Sorted<T> {
+        debug_assert!(values.windows(2).all(|w| w[0].key() < w[1].key()));
+        values.shrink_to_fit();
+        Sorted(values)
+    }
+
     fn find(&self, key: &T::Key) -> Result<usize, usize> {
         self.0.binary_search_by(|v| v.key().cmp(key))
     }

@@ -194,7 +194,8 @@ impl Metas {
             .iter()
             .map(|((kind, period), meta)| out.pack(pack_key(*kind, *period), meta))
             .collect();
-        out.packed = Sorted::from_unsorted(packed);
+        // `pack_key` keeps the order of (kind, period): still sorted, unique.
+        out.packed = Sorted::from_sorted(packed);
         out
     }
 
