@@ -228,8 +228,7 @@ impl<T: Keyed> Sorted<T> {
         values.reverse();
         values.sort_by(|a, b| a.key().cmp(b.key()));
         values.dedup_by(|a, b| a.key() == b.key());
-        values.shrink_to_fit();
-        Sorted(values)
+        Sorted::from_sorted(values)
     }
 
     /// `values` already sorted by key, each key once (checked in debug
