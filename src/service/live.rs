@@ -479,7 +479,7 @@ fn hand_over(
     to: Option<Slot>,
 ) {
     for tx in state.transactions.as_slice() {
-        if tx_owner.get(tx.id()) == Some(&from) {
+        if tx_owner.get(tx.id()) == Some(from) {
             match to {
                 Some(to) => tx_owner.insert(tx.id(), to),
                 None => tx_owner.remove(tx.id()),
