@@ -1336,7 +1336,7 @@ fn structures(world: &World, p: &Params) {
     let owner = sizes[4].bytes as f64 / users;
     println!(
         "  {:<62} {:>9} [{:>9}]  {} + {} + {} entries over all users",
-        "Live.tx_owner + pocket_owner + slots (hash maps, whole window)",
+        "Live.tx_owner + pocket_owner + slots (owner index and maps, whole window)",
         kib(owner),
         kib(sizes[4].chunks as f64 / users),
         thousands(tx_owner_len as u64),
@@ -1345,7 +1345,7 @@ fn structures(world: &World, p: &Params) {
     );
     common::row(
         LIVE,
-        "Live per user: tx_owner + pocket_owner + slots (hash maps)",
+        "Live per user: tx_owner + pocket_owner + slots (owner index and maps)",
         &kib(owner),
         "rebuilt alike for all users, counting allocator",
     );

@@ -19,7 +19,7 @@ use bson::oid::ObjectId;
 
 use crate::core::money::Money;
 use crate::core::source::{SourceId, Transaction, TxType};
-use crate::core::vecmap::Keyed;
+use crate::core::vecmap::{grow_by_an_eighth, Keyed};
 
 /// A transaction held in one user's window: [`Transaction`] without
 /// `user_id`, its pockets and category as indexes into the user's
@@ -179,7 +179,7 @@ const GONE: Slot = Slot::MAX;
 /// entries inserted since the last merge in a small hash map, merged into
 /// the vector once they pass an eighth of it. ObjectIds grow with time, so
 /// a new transaction's id is mostly past the vector's last and is pushed
-/// there directly.
+/// there directly. The vector grows by an eighth, not by doubling.
 #[derive(Debug)]
 struct OidOwners {
     sorted: Vec<(ObjectId, Slot)>,
@@ -232,6 +232,7 @@ impl OidOwners {
                 }
             }
             Err(i) if i == self.sorted.len() && !self.recent.contains_key(&id) => {
+                grow_by_an_eighth(&mut self.sorted, self.min_merge);
                 self.sorted.push((id, owner));
                 None
             }
@@ -275,6 +276,8 @@ impl OidOwners {
         self.recent.shrink_to_fit();
         new.sort_unstable_by_key(|e| e.0);
         let old_len = self.sorted.len();
+        // Exactly: `resize` alone may double the vector.
+        self.sorted.reserve_exact(new.len());
         self.sorted
             .resize(old_len + new.len(), (ObjectId::from_bytes([0; 12]), GONE));
         let (mut i, mut j) = (old_len, new.len());
