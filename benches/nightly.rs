@@ -35,8 +35,10 @@
 //! `TALLY_BENCH_MEMORY_WAIT` (seconds after "tailing" before reading the
 //! peak, 3), `TALLY_BENCH_NIGHT_LEAD` (seconds `tally run`'s clock starts
 //! before the 23:59 step; default the memory phase's start-up time on the
-//! main database + 3 s, else 30 s) and `TALLY_BENCH_TALLY_BIN` (the `tally`
-//! binary; default the one cargo built with the bench). Under `cargo test
+//! main database + 3 s, else 30 s), `TALLY_BENCH_SERVER_CACHE` (the
+//! in-memory server's cache, which holds all its data: 8G) and
+//! `TALLY_BENCH_TALLY_BIN` (the `tally` binary; default the one cargo
+//! built with the bench). Under `cargo test
 //! --all-targets` it runs a tiny dataset once as a smoke test. Each phase
 //! prints its wall time and the CPU time of the server and of tally in it
 //! (what bounds it); `@row` lines are the table `scripts/bench` prints.
@@ -208,9 +210,12 @@ fn main() {
     tokio::runtime::Runtime::new()
         .expect("runtime")
         .block_on(async move {
-            // Benching, a private server whose in-memory store fits 20,000
-            // users (the default 1G cache fills: WT_CACHE_FULL on inserts).
-            let server = benching().then(|| support::start_server(&["--cache-size", "8G"], None));
+            // Benching, a private server whose in-memory store holds every
+            // document and its oplog entry (the default 1G cache fills:
+            // WT_CACHE_FULL on inserts); `TALLY_BENCH_SERVER_CACHE` (8G)
+            // for larger sizes.
+            let cache = std::env::var("TALLY_BENCH_SERVER_CACHE").unwrap_or_else(|_| "8G".into());
+            let server = benching().then(|| support::start_server(&["--cache-size", &cache], None));
             let uri = server.as_ref().map_or_else(support::uri, |s| s.uri());
             let meter = Meter::new(&uri);
             let client = Client::with_uri_str(&uri).await.expect("client");

@@ -391,6 +391,8 @@ mod tests {
                             prop_assert_eq!(owners.get(id), model.get(id).copied());
                         }
                         prop_assert!(owners.sorted.windows(2).all(|w| w[0].0 < w[1].0));
+                        // An id sits in one of the two places, never both.
+                        prop_assert!(owners.recent.keys().all(|k| owners.find(k).is_err()));
                     }
                     Ok(())
                 },

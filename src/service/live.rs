@@ -467,7 +467,11 @@ impl Live {
 
 /// The slot of the state at index `i` of the states.
 fn slot_at(i: usize) -> Slot {
-    Slot::try_from(i).expect("fewer than 2^32 users")
+    // `Slot::MAX` marks a removed owner entry (`held::OidOwners`).
+    Slot::try_from(i)
+        .ok()
+        .filter(|&s| s < Slot::MAX)
+        .expect("fewer than 2^32 - 1 users")
 }
 
 /// The owner entries of `state`'s transactions and pockets that name
