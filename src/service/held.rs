@@ -208,7 +208,7 @@ impl OidOwners {
     }
 
     fn find(&self, id: &ObjectId) -> Result<usize, usize> {
-        self.sorted.binary_search_by(|(k, _)| k.cmp(id))
+        self.sorted.binary_search_by_key(id, |&(k, _)| k)
     }
 
     fn get(&self, id: &ObjectId) -> Option<Slot> {
@@ -231,7 +231,11 @@ impl OidOwners {
                     Some(old)
                 }
             }
-            Err(i) if i == self.sorted.len() && !self.recent.contains_key(&id) => {
+            Err(i) if i == self.sorted.len() => {
+                // An id waits in `recent` only if it is below a key of
+                // `sorted`, which stays (a tombstone at worst) until the
+                // merge empties `recent`: an id past the last is not there.
+                debug_assert!(!self.recent.contains_key(&id));
                 grow_by_an_eighth(&mut self.sorted, self.min_merge);
                 self.sorted.push((id, owner));
                 None
