@@ -47,14 +47,23 @@ pub struct DocChange {
 /// A stored document as a comparison sees it: the whole document (scans)
 /// or the tailer's fingerprint of it ([`crate::plan::fingerprint::StoredMeta`]).
 pub trait StoredDoc {
-    /// How `content` differs from the stored document; `None` if it doesn't.
-    fn difference(&self, content: &Document) -> Option<Difference>;
+    /// What the comparison computes of an expected document once, for
+    /// [`difference`](StoredDoc::difference) and for the write it plans:
+    /// its fingerprint on the live path, nothing for whole documents.
+    fn summary(content: &Document) -> Option<u64>;
+    /// How `content` (whose [`summary`](StoredDoc::summary) is `summary`)
+    /// differs from the stored document; `None` if it doesn't.
+    fn difference(&self, content: &Document, summary: Option<u64>) -> Option<Difference>;
     /// The stored bookkeeping fields (revision, created_at, ...).
     fn bookkeeping(&self, kind: Kind) -> std::borrow::Cow<'_, Document>;
 }
 
 impl StoredDoc for Document {
-    fn difference(&self, content: &Document) -> Option<Difference> {
+    fn summary(_: &Document) -> Option<u64> {
+        None
+    }
+
+    fn difference(&self, content: &Document, _: Option<u64>) -> Option<Difference> {
         if same_content(content, self) {
             return None;
         }
@@ -84,15 +93,16 @@ pub fn compare_user<S: StoredDoc>(
             content.insert("is_final", true);
         }
         let old = stored.remove(&(kind, period));
+        let summary = S::summary(&content);
         let difference = match &old {
             None => Difference::Missing,
-            Some(s) => match s.difference(&content) {
+            Some(s) => match s.difference(&content, summary) {
                 None => continue,
                 Some(d) => d,
             },
         };
         let bookkeeping = old.as_ref().map(|s| s.bookkeeping(kind));
-        let write = write_over(
+        let mut write = write_over(
             kind,
             key_filter(kind, user, period),
             content,
@@ -100,6 +110,15 @@ pub fn compare_user<S: StoredDoc>(
             now,
             time_zone,
         );
+        if let Write::Upsert {
+            content_fingerprint,
+            ..
+        } = &mut write
+        {
+            // write_over adds bookkeeping fields only: `set`'s content is
+            // the one summarized.
+            *content_fingerprint = summary;
+        }
         changes.push(DocChange {
             kind,
             user,

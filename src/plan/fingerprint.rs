@@ -41,6 +41,12 @@ const ABSENT: i64 = i64::MIN;
 impl StoredMeta {
     /// The meta of a stored document, or of the `set` of a write.
     pub fn of(kind: Kind, doc: &Document) -> StoredMeta {
+        StoredMeta::with_fingerprint(kind, doc, fingerprint(doc))
+    }
+
+    /// [`StoredMeta::of`] for a document whose [`fingerprint`] is known.
+    pub fn with_fingerprint(kind: Kind, doc: &Document, fingerprint: u64) -> StoredMeta {
+        debug_assert_eq!(fingerprint, self::fingerprint(doc), "a stale fingerprint");
         let id = doc.get_object_id("_id").ok();
         let millis = |field: &str| {
             doc.get_datetime(field)
@@ -54,7 +60,7 @@ impl StoredMeta {
             flags |= IS_FINAL;
         }
         StoredMeta {
-            fingerprint: fingerprint(doc),
+            fingerprint,
             // A stored revision of i64::MIN reads as none: never written so.
             revision: int(doc.get("revision")).unwrap_or(ABSENT),
             restatements: int(doc.get("restatements")).unwrap_or(0),
@@ -315,8 +321,13 @@ fn present(v: i64) -> Option<i64> {
 }
 
 impl StoredDoc for StoredMeta {
-    fn difference(&self, content: &Document) -> Option<Difference> {
-        (fingerprint(content) != self.fingerprint).then_some(Difference::Content)
+    fn summary(content: &Document) -> Option<u64> {
+        Some(fingerprint(content))
+    }
+
+    fn difference(&self, content: &Document, summary: Option<u64>) -> Option<Difference> {
+        let fingerprint = summary.unwrap_or_else(|| fingerprint(content));
+        (fingerprint != self.fingerprint).then_some(Difference::Content)
     }
 
     fn bookkeeping(&self, kind: Kind) -> Cow<'_, Document> {
@@ -562,9 +573,9 @@ mod tests {
         assert_eq!(book.get_i64("restatements").unwrap(), 1);
         assert!(book.get_bool("is_final").unwrap());
         assert_eq!(book.get_datetime("created_at").unwrap(), &created);
-        assert_eq!(meta.difference(&stored), None);
+        assert_eq!(meta.difference(&stored, None), None);
         let changed = doc! { "user_id": 2, "is_final": true };
-        assert_eq!(meta.difference(&changed), Some(Difference::Content));
+        assert_eq!(meta.difference(&changed, None), Some(Difference::Content));
         let id = ObjectId::new();
         let with_id = &StoredMeta::of(Kind::Report, &doc! { "_id": id, "revision": 0_i64 });
         let book = with_id.bookkeeping(Kind::Report);

@@ -23,6 +23,11 @@ pub enum Write {
         filter: Document,
         set: Document,
         if_revision: Option<i64>,
+        /// The [fingerprint](crate::plan::fingerprint::fingerprint) of
+        /// `set`'s content, when the comparison that planned the write
+        /// computed it (the live path): recording the write then does not
+        /// hash the document a second time.
+        content_fingerprint: Option<u64>,
     },
     Delete {
         kind: Kind,
@@ -129,6 +134,7 @@ pub fn write_over(
         filter,
         set,
         if_revision: stored.map(|_| revision.unwrap_or(0)),
+        content_fingerprint: None,
     }
 }
 

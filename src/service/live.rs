@@ -393,8 +393,16 @@ impl Live {
                 continue;
             };
             match write {
-                Write::Upsert { kind, set, .. } => {
-                    let meta = StoredMeta::of(*kind, set);
+                Write::Upsert {
+                    kind,
+                    set,
+                    content_fingerprint,
+                    ..
+                } => {
+                    let meta = match content_fingerprint {
+                        Some(f) => StoredMeta::with_fingerprint(*kind, set, *f),
+                        None => StoredMeta::of(*kind, set),
+                    };
                     state.stored.insert(*kind, *period, &meta);
                 }
                 Write::Delete { kind, .. } => {

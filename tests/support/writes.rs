@@ -19,5 +19,6 @@ pub fn report_write(user: ObjectId, day: &str, total: i64) -> Write {
         filter,
         set,
         if_revision: None,
+        content_fingerprint: None,
     }
 }

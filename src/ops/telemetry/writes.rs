@@ -76,6 +76,7 @@ mod tests {
             filter: doc! {},
             set: doc! { "is_final": final_, "finalized_at": finalized_at, "generated_at": later },
             if_revision: rev,
+            content_fingerprint: None,
         };
         assert!(
             restates(&report(true, at, Some(3))),
@@ -92,6 +93,7 @@ mod tests {
             filter: doc! {},
             set: doc! { "is_complete": true },
             if_revision: Some(1),
+            content_fingerprint: None,
         };
         assert!(restates(&snapshot));
         let mix = WriteMix::of(&[snapshot, report(true, at, Some(1))]);
