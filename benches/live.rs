@@ -747,6 +747,9 @@ struct Totals {
     writes: [u64; 3],
     held: u64,
     drift_written: u64,
+    /// Users computed from their floor, their past left for later
+    /// (`Tailer::past_waits`).
+    past_waited: u64,
     /// Work the real tailer would do through the server, skipped here.
     rescans_skipped: u64,
     locates_skipped: u64,
@@ -772,6 +775,8 @@ struct Tail {
     rescan: HashSet<ObjectId>,
     /// user → (earliest day a recent transaction event touched, when).
     floors: HashMap<ObjectId, (NaiveDate, DateTime<Utc>)>,
+    /// `Work::redo`: users whose past waited for a balance write.
+    redo: HashMap<ObjectId, (NaiveDate, DateTime<Utc>)>,
     /// The checkpoint's pending users.
     pending: HashMap<ObjectId, DateTime<Utc>>,
     verdicts: Vec<(&'static str, SourceId, Option<RejectReason>)>,
@@ -791,6 +796,7 @@ impl Tail {
             dirty: HashMap::new(),
             rescan: HashSet::new(),
             floors: HashMap::new(),
+            redo: HashMap::new(),
             pending: HashMap::new(),
             verdicts: Vec::new(),
             known_rejects: HashSet::new(),
@@ -953,19 +959,46 @@ impl Tail {
         // The reports of yesterday were made final at 23:59.
         let reports_open_from = today;
         let to = today + Days::new(HORIZON_DAYS);
+        let open = self.live.open_from();
+        // `Tailer::recheck_pending` (run at every step there): users whose
+        // past waited for a balance write that did not come within their
+        // floor are queued again, pending since their past first waited.
+        let due: Vec<(ObjectId, (NaiveDate, DateTime<Utc>))> = (self.redo.iter())
+            .filter(|(u, _)| !self.dirty.contains_key(u) && self.floor(u, now).is_none())
+            .map(|(u, r)| (*u, *r))
+            .collect();
+        for (user, (day, since)) in due {
+            let day = if self.live.anchors_moved(&user) {
+                self.pending.entry(user).or_insert(since);
+                open
+            } else {
+                day
+            };
+            self.mark(user, day, None);
+        }
         let mut per_user: Vec<(ObjectId, Vec<DocChange>)> = Vec::with_capacity(self.dirty.len());
         let mut from_open = HashSet::new();
-        let open = self.live.open_from();
+        let mut later = HashSet::new();
         for (user, day) in std::mem::take(&mut self.dirty) {
             if self.rescan.remove(&user) {
                 // A focused scan of the source: server I/O.
                 self.totals.rescans_skipped += 1;
+                self.redo.remove(&user);
                 continue;
             }
-            let day = if self.live.anchors_moved(&user) {
-                day.min(open)
-            } else {
-                day
+            let day = self.redo.get(&user).map_or(day, |r| day.min(r.0));
+            // `Tailer::past_waits`.
+            let waits = self.floor(&user, now).filter(|f| *f > open);
+            let day = match (self.live.anchors_moved(&user), waits) {
+                (true, Some(floor)) => {
+                    later.insert(user);
+                    self.totals.past_waited += 1;
+                    let day = day.min(floor);
+                    self.redo.entry(user).or_insert((day, now)).0 = day;
+                    day
+                }
+                (true, None) => day.min(open),
+                (false, _) => day,
             };
             if day <= open {
                 from_open.insert(user);
@@ -979,10 +1012,11 @@ impl Tail {
         let users = per_user.len();
         self.totals.users_computed += users as u64;
         self.totals.changes += per_user.iter().map(|(_, c)| c.len() as u64).sum::<u64>();
-        for (user, _) in &per_user {
+        for (user, _) in per_user.iter().filter(|(u, _)| !later.contains(u)) {
             self.live.note_computed(user);
+            self.redo.remove(user);
         }
-        let writes = self.hold_past_changes(per_user, now, &from_open);
+        let writes = self.hold_past_changes(per_user, now, &from_open, &later);
         for (_, _, w) in &writes {
             self.totals.writes[kind_index(w.kind())] += 1;
         }
@@ -1004,6 +1038,7 @@ impl Tail {
         per_user: Vec<(ObjectId, Vec<DocChange>)>,
         now: DateTime<Utc>,
         from_open: &HashSet<ObjectId>,
+        later: &HashSet<ObjectId>,
     ) -> Vec<(ObjectId, NaiveDate, Write)> {
         let managed_from = self.managed_from;
         let mut writes = Vec::new();
@@ -1012,7 +1047,9 @@ impl Tail {
             let (now_due, held) = split_at_floor(changes, floor, managed_from);
             writes.extend(now_due.into_iter().map(|c| (c.user, c.period, c.write)));
             if held.is_empty() {
-                if !self.live.anchors_settled(&user) {
+                if later.contains(&user) {
+                    // Its past was not computed: pending stays as it was.
+                } else if !self.live.anchors_settled(&user) {
                     self.pending.entry(user).or_insert(now);
                 } else if from_open.contains(&user) {
                     self.pending.remove(&user);
@@ -1521,7 +1558,7 @@ fn replay(tail: &mut Tail, stream: &[RawDocumentBuf], p: &Params, clock: fn() ->
         ms(percentile(&wholes, 100.0)),
     );
     println!(
-        "  {} users computed, {} documents differing, writes: {} reports, {} snapshots, {} summaries ({:.2} per event); {} held as past, {} written as drift; pending users {}",
+        "  {} users computed, {} documents differing, writes: {} reports, {} snapshots, {} summaries ({:.2} per event); {} held as past, {} written as drift; pending users {}; {} computations from the floor, the past waiting for a balance write",
         thousands(t.users_computed),
         thousands(t.changes),
         thousands(t.writes[0]),
@@ -1531,6 +1568,7 @@ fn replay(tail: &mut Tail, stream: &[RawDocumentBuf], p: &Params, clock: fn() ->
         thousands(t.held),
         thousands(t.drift_written),
         thousands(tail.pending.len() as u64),
+        thousands(t.past_waited),
     );
     println!(
         "  skipped (server I/O): {} rescans, {} locates; unreadable events {}",

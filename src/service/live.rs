@@ -289,6 +289,11 @@ impl Live {
             .is_none_or(|s| s.computed != Some(anchors_key(s)))
     }
 
+    /// Whether `user`'s documents were computed since it was loaded.
+    pub fn was_computed(&self, user: &ObjectId) -> bool {
+        self.state(user).is_some_and(|s| s.computed.is_some())
+    }
+
     /// Whether `user`'s anchors are those of its last consistent state back
     /// to its first stored document: then no document before the window
     /// needs restating.

@@ -593,6 +593,36 @@ impl<B: Backend> Tailer<B> {
         Ok(())
     }
 
+    /// The floor of a user whose anchors moved, when its days before the
+    /// floor can wait: the flush then computes the user from its floor, not
+    /// from the window's start.
+    ///
+    /// The API writes a transaction, then its pocket's balance. A flush
+    /// between the two finds the anchors moved, and every day before the
+    /// floor different: changes [`Tailer::hold_past_changes`] would hold
+    /// (the floor makes them past), and the balance write a moment later
+    /// moves the anchors back, which recomputed the whole window a second
+    /// time. Two whole windows for a single call, the most expensive
+    /// flushes under load (BENCHMARKS.md, issue 13 (3)). Instead the days
+    /// before the floor wait. The anchors of the last computation stay
+    /// noted, and [`Work::redo`] keeps the first day computed with the moved
+    /// ones: the next computation covers those days again, and from the
+    /// window's start if the anchors are still moved then. A user whose
+    /// floor expires while still in `redo` is queued again
+    /// ([`Tailer::recheck_pending`]); if its anchors are still moved, it is
+    /// pending since its past first waited, as if held then, so a drift the
+    /// balance write never cancels is written when it was before.
+    ///
+    /// Only for a user computed since it was loaded, and not awaiting a
+    /// start's comparison: those compare the whole window.
+    fn past_waits(&self, user: &ObjectId, at: Instant) -> Option<NaiveDate> {
+        let floor = self.work.floor(user, self.opts.settle, at)?;
+        (floor > self.live.open_from()
+            && self.live.was_computed(user)
+            && !self.work.compare.contains(user))
+        .then_some(floor)
+    }
+
     fn flush_due(&self) -> bool {
         !self.settled()
             && (self.last_event_at.elapsed() >= self.opts.quiet
@@ -618,6 +648,32 @@ impl<B: Backend> Tailer<B> {
                 self.mark(user, from, None);
                 self.work.rescan.insert(user);
             }
+        }
+        // Users whose past waited for a balance write (`past_waits`) that
+        // did not come within their floor: computed again, from the
+        // window's start if their anchors are still moved. Then their past
+        // differs since it first waited: pending since then, as if held
+        // then, so that its drift is written within the bound of contract
+        // §4.4, not a settle delay later.
+        let at = Instant::now();
+        let open = self.live.open_from();
+        let due: Vec<(ObjectId, (NaiveDate, DateTime<Utc>))> = (self.work.redo.iter())
+            .filter(|(u, _)| {
+                !self.work.dirty.contains_key(u)
+                    && self.work.floor(u, self.opts.settle, at).is_none()
+            })
+            .map(|(u, r)| (*u, *r))
+            .collect();
+        for (user, (day, since)) in due {
+            let day = if self.live.anchors_moved(&user) {
+                if !self.checkpoint.pending.iter().any(|(u, _)| *u == user) {
+                    self.checkpoint.pending.push((user, since));
+                }
+                open
+            } else {
+                day
+            };
+            self.mark(user, day, None);
         }
     }
 
@@ -663,6 +719,7 @@ impl<B: Backend> Tailer<B> {
         self.known_rejects = self.backend.load_reject_keys().await?;
         inject::point("recover.loaded")?;
         self.work.dirty.clear();
+        self.work.redo.clear();
         self.work.locate.clear();
         self.work.first_dirty_at = None;
         self.token = None;
@@ -960,6 +1017,7 @@ impl<B: Backend> Tailer<B> {
             // The backfill records and clears rejects itself.
             self.known_rejects = self.backend.load_reject_keys().await?;
             self.work.dirty.clear();
+            self.work.redo.clear();
         }
         let reports_open_from = self.reports_open_from(today);
         let to = today + Days::new(self.opts.horizon_days);
@@ -995,16 +1053,29 @@ impl<B: Backend> Tailer<B> {
         let mut rescan: BTreeMap<NaiveDate, Vec<ObjectId>> = BTreeMap::new();
         // Users whose whole window is recomputed now.
         let mut from_open: HashSet<ObjectId> = HashSet::new();
+        // Users whose days before their floor are left for later.
+        let mut later: HashSet<ObjectId> = HashSet::new();
         let open = self.live.open_from();
+        let at = Instant::now();
         for (user, day) in std::mem::take(&mut self.work.dirty) {
             if self.work.rescan.contains(&user) {
                 rescan.entry(day).or_default().push(user);
                 from_open.insert(user);
             } else {
+                let day = self.work.redo.get(&user).map_or(day, |r| day.min(r.0));
                 // Anchors that moved since the last computation moved every
                 // closing balance before the first day marked.
                 let day = if self.live.anchors_moved(&user) {
-                    day.min(open)
+                    match self.past_waits(&user, at) {
+                        Some(floor) => {
+                            later.insert(user);
+                            let day = day.min(floor);
+                            let redo = self.work.redo.entry(user).or_insert((day, now));
+                            redo.0 = day;
+                            day
+                        }
+                        None => day.min(open),
+                    }
                 } else {
                     day
                 };
@@ -1075,12 +1146,19 @@ impl<B: Backend> Tailer<B> {
             .copied()
             .collect();
         self.work.compare.retain(|u| !compared.contains(u));
-        for (user, _) in &per_user {
+        for (user, _) in per_user.iter().filter(|(u, _)| !later.contains(u)) {
             self.live.note_computed(user);
         }
-        let writes = self.hold_past_changes(per_user, now, &deep, &compared, &from_open);
+        let done: Vec<ObjectId> = (per_user.iter().map(|(u, _)| *u))
+            .chain(rescanned.iter().copied())
+            .filter(|u| !later.contains(u))
+            .collect();
+        let writes = self.hold_past_changes(per_user, now, &deep, &compared, &from_open, &later);
         inject::point("flush.computed")?;
         self.write(writes).await?;
+        for user in &done {
+            self.work.redo.remove(user);
+        }
         inject::point("flush.written")?;
         for user in &rescanned {
             self.work.rescan.remove(user);
@@ -1158,6 +1236,10 @@ impl<B: Backend> Tailer<B> {
     /// Drift written from a recomputation that did not reach back to the
     /// user's first stored document (`deep`: those that did) leaves the user
     /// pending and queues a focused rescan of its earlier documents.
+    ///
+    /// Users whose past was left for later (`later`, [`Tailer::past_waits`])
+    /// keep their pending state: their days before the floor were not
+    /// computed, and [`Work::redo`] brings them back.
     fn hold_past_changes(
         &mut self,
         per_user: Vec<(ObjectId, Vec<DocChange>)>,
@@ -1165,6 +1247,7 @@ impl<B: Backend> Tailer<B> {
         deep: &HashSet<ObjectId>,
         compared: &HashSet<ObjectId>,
         from_open: &HashSet<ObjectId>,
+        later: &HashSet<ObjectId>,
     ) -> Vec<(ObjectId, NaiveDate, Write)> {
         let managed_from = self.managed_from();
         let settle = chrono::Duration::from_std(self.opts.settle).unwrap_or_default();
@@ -1179,7 +1262,10 @@ impl<B: Backend> Tailer<B> {
             let (now_due, held) = split_at_floor(changes, floor, managed_from);
             writes.extend(now_due.into_iter().map(|c| (c.user, c.period, c.write)));
             if held.is_empty() {
-                if whole {
+                if later.contains(&user) {
+                    // Its past was not computed: nothing is known of it
+                    // (`past_waits`), so its pending state stays as it was.
+                } else if whole {
                     pending.remove(&user);
                     self.live.note_settled(&user);
                 } else if compared.contains(&user) {

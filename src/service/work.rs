@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use bson::oid::ObjectId;
 use bson::Bson;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::core::source::{RejectReason, SourceId};
 
@@ -38,6 +38,14 @@ pub(super) struct Work {
     pub compare: HashSet<ObjectId>,
     /// user → (earliest day touched by a recent transaction event, when).
     pub floors: HashMap<ObjectId, (NaiveDate, Instant)>,
+    /// Users whose days before their floor were left for later although
+    /// their anchors had moved (a transaction waiting for its balance
+    /// write, `Tailer::past_waits`): user → (the first day computed with
+    /// the moved anchors, which the user's next computation covers again;
+    /// when its past first waited). Removed once a computation that left
+    /// nothing for later is written; a user still here when its floor
+    /// expires is queued again.
+    pub redo: HashMap<ObjectId, (NaiveDate, DateTime<Utc>)>,
     /// Documents whose old version must be located (id, owner if known).
     pub locate: Vec<(Bson, Option<ObjectId>)>,
     /// Validity of source documents seen, in event order.
