@@ -27,7 +27,8 @@
 //!   → `Live::set_transaction` / `Live::set_pocket` → the user marked dirty
 //!   as `Tailer::mark` does (earliest day; a change of a pocket's balance
 //!   alone marks today, and the flush widens to the whole open window when
-//!   the user's anchors moved), and every `TALLY_BENCH_LIVE_FLUSH_EVENTS` (500)
+//!   the user's anchors moved, or only to the user's floor while it has one:
+//!   `Tailer::past_waits`), and every `TALLY_BENCH_LIVE_FLUSH_EVENTS` (500)
 //!   events a flush: `Live::compute` of every dirty user from its day to
 //!   today + 400 days, the changes split as `hold_past_changes` does (past
 //!   changes held, the user made pending), the writes recorded
