@@ -354,6 +354,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(_) => {
+            // First: a SIGTERM from here on is a clean stop.
+            let signal = shutdown_signal();
             crate::mongo::inject::init()?;
             let telemetry = std::sync::Arc::new(crate::ops::telemetry::Telemetry::new());
             tracing::info!(version = env!("CARGO_PKG_VERSION"), uri = %connect::redact_uri(&g.mongodb_uri), database = %g.database, time_zone = cal.name(), "Starting tally run.");
@@ -377,7 +379,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             opts.lease_ttl = std::time::Duration::from_secs(g.lease_ttl_seconds);
             opts.give_up_after = std::time::Duration::from_secs(g.give_up_after_seconds);
             let shutdown = async {
-                shutdown_signal().await;
+                signal.await;
                 tracing::info!("Shutdown requested: flushing and checkpointing.");
             };
             service::run(db, opts, shutdown).await?;
@@ -540,24 +542,35 @@ fn lease_line(lease: Option<&LeaseInfo>, now: DateTime<Utc>) -> String {
     }
 }
 
-/// Completes on SIGTERM or SIGINT. It logs nothing: the caller says what a
-/// stop does. `scripts/run --demo` starts `tally seed --trickle` in the
-/// background of `tally run`, in the same process group, so one Ctrl-C
-/// reaches both; when this logged, that Ctrl-C printed "Shutdown requested:
-/// flushing and checkpointing." twice, once from the seeder.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Catches SIGTERM and SIGINT from this call on, and returns what completes
+/// on either. The handlers are installed here, not when the future is first
+/// polled: `tally run` polls it only once connected and serving HTTP, and a
+/// SIGTERM before that took the default action and killed the process
+/// (exit by signal 15, not 0; tests/faults.rs, `sigterm_to_an_instance_...`,
+/// seed 626105).
+///
+/// It logs nothing: the caller says what a stop does. `scripts/run --demo`
+/// starts `tally seed --trickle` in the background of `tally run`, in the
+/// same process group, so one Ctrl-C reaches both; when this logged, that
+/// Ctrl-C printed "Shutdown requested: flushing and checkpointing." twice,
+/// once from the seeder.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn difference_name(d: &Difference) -> &'static str {
