@@ -429,6 +429,18 @@ impl UserLedger {
     }
 }
 
+/// What a live transaction of `kind` adds to its day's `income` and
+/// `expense` (the outflows: `expense`, `dp`, `withdraw`), the sums
+/// year-to-date figures add up (contract §5.2, §5.3); transfers add to
+/// neither.
+pub fn income_and_outflow(kind: TxType, amount: Money) -> (Money, Money) {
+    match kind {
+        TxType::Income => (amount, Money::ZERO),
+        TxType::Expense | TxType::Dp | TxType::Withdraw => (Money::ZERO, amount),
+        TxType::Transfer => (Money::ZERO, Money::ZERO),
+    }
+}
+
 /// The pockets `tx` lists for its type, each once, with whether it is the
 /// `pocket_from` (a self-transfer is listed once, as its `pocket_from`).
 fn touched_pockets(tx: &Transaction) -> impl Iterator<Item = (ObjectId, bool)> {
@@ -645,6 +657,29 @@ mod tests {
         assert_eq!(ytd.through(day("2026-12-31")), (m("110"), m("50")));
         assert_eq!(ytd.through(day("2027-01-01")), (Money::ZERO, Money::ZERO));
         assert_eq!(ytd.through(day("2027-01-05")), (Money::ZERO, m("4")));
+    }
+
+    #[test]
+    fn income_and_outflow_are_what_a_day_totals_add() {
+        let cal = Calendar::from_name("UTC").unwrap();
+        let p = Some(ObjectId::new());
+        for kind in [
+            TxType::Income,
+            TxType::Expense,
+            TxType::Dp,
+            TxType::Withdraw,
+            TxType::Transfer,
+        ] {
+            let t = tx(kind, "12.5", p, p, 0);
+            let mut l = UserLedger::default();
+            l.apply(&cal, &t);
+            let agg = l.days.values().next().unwrap();
+            assert_eq!(
+                income_and_outflow(kind, t.amount),
+                (agg.income, agg.expense),
+                "{kind:?}"
+            );
+        }
     }
 
     #[test]

@@ -46,6 +46,19 @@ impl Held {
     pub fn date(&self) -> i64 {
         self.date
     }
+
+    pub fn kind(&self) -> TxType {
+        self.kind
+    }
+
+    pub fn amount(&self) -> Money {
+        self.amount
+    }
+
+    /// Not soft-deleted: counted (contract §1.2).
+    pub fn is_live(&self) -> bool {
+        !self.deleted
+    }
 }
 
 impl Keyed for Held {

@@ -22,11 +22,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
 use bson::oid::ObjectId;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 
 use crate::batch::scan::Kept;
-use crate::core::calendar::{first_of_month, last_of_month, Calendar};
-use crate::core::ledger::{pocket_nets, UserLedger, YtdBaseline};
+use crate::core::calendar::{first_of_month, first_of_year, last_of_month, Calendar};
+use crate::core::ledger::{income_and_outflow, pocket_nets, UserLedger, YtdBaseline};
 use crate::core::money::Money;
 use crate::core::reports::{Categories, Kind, UserView};
 use crate::core::source::{Pocket, SourceId, Transaction};
@@ -336,7 +336,7 @@ impl Live {
         if from > to {
             return Vec::new();
         }
-        let ledger = state.ledger(&self.cal);
+        let (ledger, baseline) = state.ledger_from(&self.cal, first_of_month(from));
         // The builders take pockets by id in a map: a copy of a user's few.
         let pockets: BTreeMap<ObjectId, Pocket> = state
             .pockets
@@ -345,7 +345,7 @@ impl Live {
             .map(|p| (p.id, p.clone()))
             .collect();
         let view = UserView::new(user, &ledger, &pockets, &self.categories, &self.cal)
-            .with_ytd_baseline(state.baseline);
+            .with_ytd_baseline(baseline);
         let expected = view.build_range(kinds, from, to, today);
         let mut stored: BTreeMap<(Kind, NaiveDate), StoredMeta> = BTreeMap::new();
         for &kind in kinds {
@@ -429,7 +429,7 @@ impl Live {
         let start = self.cal.day_start(from).timestamp_millis();
         let open_from = self.open_from.max(from);
         for state in self.users.iter_mut() {
-            state.baseline = YtdBaseline::at(from, &state.ledger(&self.cal), Some(state.baseline));
+            state.baseline = state.ledger_from(&self.cal, from).1;
             if state
                 .transactions
                 .as_slice()
@@ -636,13 +636,36 @@ fn anchors_of(state: &UserState) -> Anchors {
 }
 
 impl UserState {
-    /// The window's transactions folded (contract §1.2 effects, §5 sums).
-    fn ledger(&self, cal: &Calendar) -> UserLedger {
-        let mut ledger = UserLedger::default();
-        for tx in self.expanded() {
-            ledger.apply(cal, &tx);
+    /// The window's transactions from `cutoff` (a 1st of month, in the
+    /// window) folded (contract §1.2 effects, §5 sums), and the year-to-date
+    /// baseline at `cutoff`: the income and outflow of `cutoff`'s year
+    /// before it. That baseline is all that documents of the months from
+    /// `cutoff` on take from the earlier days (contract §4.1: a closing
+    /// balance depends on later days only; §5.3: year-to-date sums), so a
+    /// flush that starts at today folds the current month's transactions,
+    /// not the window's.
+    fn ledger_from(&self, cal: &Calendar, cutoff: NaiveDate) -> (UserLedger, YtdBaseline) {
+        debug_assert_eq!(cutoff, first_of_month(cutoff));
+        let cutoff_ms = cal.day_start(cutoff).timestamp_millis();
+        let year_ms = cal.day_start(first_of_year(cutoff)).timestamp_millis();
+        let mut baseline = YtdBaseline {
+            from: cutoff,
+            ..YtdBaseline::default()
+        };
+        if self.baseline.from.year() == cutoff.year() {
+            (baseline.income, baseline.expense) = (self.baseline.income, self.baseline.expense);
         }
-        ledger
+        let mut ledger = UserLedger::default();
+        for held in self.transactions.as_slice() {
+            if held.date() >= cutoff_ms {
+                ledger.apply(cal, &self.refs.expand(self.user, held));
+            } else if held.date() >= year_ms && held.is_live() {
+                let (income, outflow) = income_and_outflow(held.kind(), held.amount());
+                baseline.income += income;
+                baseline.expense += outflow;
+            }
+        }
+        (ledger, baseline)
     }
 
     /// The held transactions as `Transaction`s, in id order.
@@ -753,19 +776,17 @@ mod tests {
 
         /// Everything `live` builds for both users, as comparable text.
         fn documents(&self, live: &Live) -> Vec<String> {
-            let now = self.cal.day_start(day("2026-11-20")).to_utc();
-            let today = day("2026-11-20");
+            self.documents_from(live, day("2026-10-01"), day("2026-11-20"))
+        }
+
+        /// What `live` builds for both users from `from` through the end
+        /// of the year after `today`, as comparable text.
+        fn documents_from(&self, live: &Live, from: NaiveDate, today: NaiveDate) -> Vec<String> {
+            let now = self.cal.day_start(today).to_utc();
+            let to = NaiveDate::from_ymd_opt(today.year() + 1, 12, 31).unwrap();
             let mut out = Vec::new();
             for user in [self.user, self.other] {
-                for c in live.compute(
-                    user,
-                    &Kind::ALL,
-                    day("2026-10-01"),
-                    day("2026-12-31"),
-                    today,
-                    today,
-                    now,
-                ) {
+                for c in live.compute(user, &Kind::ALL, from, to, today, today, now) {
                     if let Write::Upsert { set, .. } = c.write {
                         let content: Document = set
                             .into_iter()
@@ -965,6 +986,84 @@ mod tests {
         // Sliding back is a no-op.
         live.slide(day("2026-10-01"));
         assert_eq!(live.from(), day("2026-11-01"));
+    }
+
+    /// A computation from a later month folds only the transactions from
+    /// that month's 1st, with the year-to-date sums of the earlier ones
+    /// (`UserState::ledger_from`): within a year and across a new year.
+    #[test]
+    fn a_computation_from_a_later_month_builds_what_the_whole_window_builds() {
+        let w = World::new();
+        let income = |amount: &str, date: &str, hour: i64| Transaction {
+            kind: TxType::Income,
+            pocket_from: None,
+            pocket_to: Some(w.pocket.id),
+            ..w.tx(w.user, amount, date, hour)
+        };
+        // The documents of days from `first` on, and of months from its month on.
+        let later = |docs: Vec<String>, first: &str| -> Vec<String> {
+            let first = day(first);
+            docs.into_iter()
+                .filter(|d| {
+                    let period = day(d.split(' ').nth(1).unwrap());
+                    match d.starts_with("Monthly") {
+                        true => period >= first_of_month(first),
+                        false => period >= first,
+                    }
+                })
+                .collect()
+        };
+        let mut deleted = w.tx(w.user, "1000", "2026-10-09", 3);
+        deleted.deleted = true;
+        let txs = [
+            w.tx(w.user, "10", "2026-10-05", 9),
+            income("250.5", "2026-10-20", 12),
+            deleted,
+            w.tx(w.user, "5", "2026-11-03", 1),
+            income("40", "2026-11-19", 8),
+            w.tx(w.other, "7", "2026-10-19", 1),
+            w.tx(w.other, "8", "2026-11-20", 1),
+        ];
+        let live = w.load(&txs);
+        let today = day("2026-11-20");
+        let whole = w.documents_from(&live, day("2026-10-01"), today);
+        for from in ["2026-11-01", "2026-11-15", "2026-11-20"] {
+            let part = w.documents_from(&live, day(from), today);
+            assert!(part.iter().any(|d| d.contains("ytd_income")));
+            assert_eq!(part, later(whole.clone(), from), "from {from}");
+        }
+
+        // A window from December: January's year-to-date sums start at 0.
+        let mut live = Live::new(
+            w.cal,
+            day("2026-12-01"),
+            day("2026-12-01"),
+            Categories::default(),
+        );
+        let txs = [
+            income("300", "2026-12-02", 9),
+            w.tx(w.user, "30", "2026-12-31", 23),
+            w.tx(w.user, "12", "2027-01-02", 1),
+            income("20", "2027-01-10", 5),
+        ];
+        live.insert(
+            w.user,
+            Kept {
+                transactions: txs.to_vec(),
+                pockets: [(w.pocket.id, w.pocket.clone())].into_iter().collect(),
+                stored: Vec::new(),
+                baseline: YtdBaseline {
+                    from: day("2026-12-01"),
+                    income: "1000".parse().unwrap(),
+                    expense: "100".parse().unwrap(),
+                },
+            },
+        );
+        let today = day("2027-01-12");
+        let whole = w.documents_from(&live, day("2026-12-01"), today);
+        let part = w.documents_from(&live, day("2027-01-05"), today);
+        assert!(part.iter().any(|d| d.contains("2027-01-01")));
+        assert_eq!(part, later(whole, "2027-01-05"));
     }
 
     #[test]
