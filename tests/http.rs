@@ -343,18 +343,14 @@ async fn health_ready_and_metrics_follow_the_stream() {
     let body = tally.wait("/healthz", STARTUP, |code, _| code == 200).await;
     assert!(body.starts_with("ok"), "{body}");
     tally.wait_ready().await;
-    // Ready (README: connected, role known, lag small) comes during the
-    // first start's backfill too: writes then are read by the backfill and
-    // reach no change stream. The events counted below must follow it.
-    poll(STARTUP, Duration::from_millis(100), async |late| {
-        let log = tally.log();
-        if log.contains("Tailing transactions and pockets") {
-            return Some(());
-        }
-        assert!(!late, "not tailing; log:\n{log}");
-        None
-    })
-    .await;
+    // A leader is ready only once its start is over and its streams are
+    // open (README): writes from now on reach the change stream, not the
+    // first start's backfill, and the events counted below follow them.
+    let log = tally.log();
+    assert!(
+        log.contains("Tailing transactions and pockets"),
+        "ready before tailing; log:\n{log}"
+    );
     let before = checked_metrics(tally.port);
     assert_eq!(value(&before, "tally_leader", &[]), 1.0);
     assert_eq!(value(&before, "tally_stream_lag_seconds", &[]), 0.0);

@@ -4,7 +4,7 @@
 //! | path | answers |
 //! |---|---|
 //! | `/healthz` | 200 while the run loop turns (or is still starting); 503 when it has not turned for [`LIVENESS_STALL`] |
-//! | `/readyz` | 200 when connected, leader/standby known and lag ≤ `--ready-max-lag`; else 503 and the reason |
+//! | `/readyz` | 200 when connected, leader/standby known, a leader tailing (its start over), and lag ≤ `--ready-max-lag`; else 503 and the reason |
 //! | `/metrics` | Prometheus text exposition |
 //! | `/status.json` | what the status page draws |
 //! | `/` | the status page (HTML, inline CSS and JS, no external assets) |

@@ -140,6 +140,9 @@ pub struct ScheduleRow {
 pub struct Telemetry {
     pub(crate) leader: AtomicBool,
     pub(crate) role_known: AtomicBool,
+    /// The leader's change streams are open: its start (the window's
+    /// backfill and load, the first comparison) is over.
+    pub(crate) tailing: AtomicBool,
     pub(crate) connected: AtomicBool,
     /// Millis of the last run-loop turn; 0 before the first.
     pub(crate) last_turn: AtomicI64,
@@ -262,6 +265,7 @@ impl Telemetry {
         let t = Telemetry {
             leader: AtomicBool::new(false),
             role_known: AtomicBool::new(false),
+            tailing: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             last_turn: AtomicI64::new(0),
             last_event_wall: AtomicI64::new(0),
@@ -325,9 +329,16 @@ impl Telemetry {
     /// Whether this instance leads (writes). The lease loop logs the
     /// changes that matter ("Acquired leadership.", "Standing by", "Lost
     /// leadership", "Released leadership."), so this only records the role.
+    /// A change of role ends tailing: a new leader starts first.
     pub fn set_leader(&self, leader: bool) {
+        self.tailing.store(false, Ordering::SeqCst);
         self.leader.store(leader, Ordering::SeqCst);
         self.role_known.store(true, Ordering::SeqCst);
+    }
+
+    /// The leader's start is over and its change streams are open.
+    pub fn set_tailing(&self) {
+        self.tailing.store(true, Ordering::SeqCst);
     }
 
     /// Whether leader/standby is decided yet (false: not ready).
@@ -546,6 +557,11 @@ impl Telemetry {
         if !self.role_known.load(Ordering::SeqCst) {
             return Err("leader/standby state not known yet".to_owned());
         }
+        if self.is_leader() && !self.tailing.load(Ordering::SeqCst) {
+            // Until then no change reaches the reports, and the lag, read
+            // from events, says nothing.
+            return Err("leading, starting: the stream is not open yet".to_owned());
+        }
         let lag = self.lag_seconds(now);
         if lag > max_lag.as_secs_f64() {
             return Err(format!(
@@ -632,7 +648,7 @@ mod tests {
     }
 
     #[test]
-    fn readiness_needs_a_turn_a_connection_a_role_and_little_lag() {
+    fn readiness_needs_a_turn_a_connection_a_role_an_open_stream_and_little_lag() {
         let t = Telemetry::new();
         let now = Utc::now();
         let max = Duration::from_secs(30);
@@ -642,7 +658,20 @@ mod tests {
         t.turn(true);
         assert!(t.readiness(now, max).unwrap_err().contains("leader"));
         t.set_leader(true);
+        assert!(t
+            .readiness(now, max)
+            .unwrap_err()
+            .contains("stream is not open"));
+        t.set_tailing();
         assert_eq!(t.readiness(now, max), Ok(()));
+        t.set_leader(false);
+        assert_eq!(t.readiness(now, max), Ok(()), "a standby is ready");
+        t.set_leader(true);
+        assert!(t
+            .readiness(now, max)
+            .unwrap_err()
+            .contains("stream is not open"));
+        t.set_tailing();
         t.change_event(
             "transactions",
             &OperationType::Insert,

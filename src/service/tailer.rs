@@ -180,6 +180,7 @@ impl<B: Backend> Tailer<B> {
             resumed = tailer.token.is_some(),
             "Tailing transactions and pockets."
         );
+        tailer.opts.telemetry.set_tailing();
         Ok(tailer)
     }
 
