@@ -657,21 +657,20 @@ mod tests {
         assert!(t.readiness(now, max).unwrap_err().contains("not connected"));
         t.turn(true);
         assert!(t.readiness(now, max).unwrap_err().contains("leader"));
-        t.set_leader(true);
-        assert!(t
-            .readiness(now, max)
-            .unwrap_err()
-            .contains("stream is not open"));
-        t.set_tailing();
-        assert_eq!(t.readiness(now, max), Ok(()));
-        t.set_leader(false);
-        assert_eq!(t.readiness(now, max), Ok(()), "a standby is ready");
-        t.set_leader(true);
-        assert!(t
-            .readiness(now, max)
-            .unwrap_err()
-            .contains("stream is not open"));
-        t.set_tailing();
+        // A leader, twice: a new leader starts again.
+        for standby_between in [true, false] {
+            t.set_leader(true);
+            assert!(t
+                .readiness(now, max)
+                .unwrap_err()
+                .contains("stream is not open"));
+            t.set_tailing();
+            assert_eq!(t.readiness(now, max), Ok(()));
+            if standby_between {
+                t.set_leader(false);
+                assert_eq!(t.readiness(now, max), Ok(()), "a standby is ready");
+            }
+        }
         t.change_event(
             "transactions",
             &OperationType::Insert,
