@@ -444,8 +444,12 @@ pub fn income_and_outflow(kind: TxType, amount: Money) -> (Money, Money) {
 /// The pockets `tx` lists for its type, each once, with whether it is the
 /// `pocket_from` (a self-transfer is listed once, as its `pocket_from`).
 fn touched_pockets(tx: &Transaction) -> impl Iterator<Item = (ObjectId, bool)> {
-    let from = tx.pocket_from;
-    let to = tx.pocket_to.filter(|t| Some(*t) != from);
+    touched(tx.pocket_from, tx.pocket_to)
+}
+
+/// [`touched_pockets`] of a transaction's `pocket_from` and `pocket_to`.
+fn touched(from: Option<ObjectId>, to: Option<ObjectId>) -> impl Iterator<Item = (ObjectId, bool)> {
+    let to = to.filter(|t| Some(*t) != from);
     from.map(|p| (p, true))
         .into_iter()
         .chain(to.map(|p| (p, false)))
@@ -454,20 +458,31 @@ fn touched_pockets(tx: &Transaction) -> impl Iterator<Item = (ObjectId, bool)> {
 /// What a live `tx` adds to net(p, d) of each pocket it touches (contract
 /// §4.1): the [`PocketDay::net`] of applying it alone. A soft-deleted
 /// transaction adds nothing.
-pub fn pocket_nets(tx: &Transaction) -> impl Iterator<Item = (ObjectId, Money)> + '_ {
-    let self_transfer = tx.pocket_to == tx.pocket_from;
-    touched_pockets(tx)
-        .filter(|_| tx.is_live())
-        .map(move |(pocket, is_from)| {
-            let net = match tx.kind {
-                TxType::Income => tx.amount,
-                TxType::Expense | TxType::Dp | TxType::Withdraw => -tx.amount,
-                TxType::Transfer if self_transfer => Money::ZERO,
-                TxType::Transfer if is_from => -tx.amount,
-                TxType::Transfer => tx.amount,
-            };
-            (pocket, net)
-        })
+pub fn pocket_nets(tx: &Transaction) -> impl Iterator<Item = (ObjectId, Money)> {
+    let live = tx.is_live();
+    nets(tx.kind, tx.amount, tx.pocket_from, tx.pocket_to).filter(move |_| live)
+}
+
+/// [`pocket_nets`] of a live transaction given by its fields: its type,
+/// amount, `pocket_from` and `pocket_to` (the live window holds
+/// transactions in a compact form and needs no [`Transaction`] for this).
+pub fn nets(
+    kind: TxType,
+    amount: Money,
+    from: Option<ObjectId>,
+    to: Option<ObjectId>,
+) -> impl Iterator<Item = (ObjectId, Money)> {
+    let self_transfer = to == from;
+    touched(from, to).map(move |(pocket, is_from)| {
+        let net = match kind {
+            TxType::Income => amount,
+            TxType::Expense | TxType::Dp | TxType::Withdraw => -amount,
+            TxType::Transfer if self_transfer => Money::ZERO,
+            TxType::Transfer if is_from => -amount,
+            TxType::Transfer => amount,
+        };
+        (pocket, net)
+    })
 }
 
 fn bump(

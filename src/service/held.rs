@@ -115,6 +115,11 @@ impl Refs {
         }
     }
 
+    /// `held`'s `pocket_from` and `pocket_to`.
+    pub fn pockets(&self, held: &Held) -> (Option<ObjectId>, Option<ObjectId>) {
+        (self.get(held.pocket_from), self.get(held.pocket_to))
+    }
+
     /// The transaction `held` stands for, of `user`.
     pub fn expand(&self, user: ObjectId, held: &Held) -> Transaction {
         Transaction {

@@ -26,7 +26,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 
 use crate::batch::scan::Kept;
 use crate::core::calendar::{first_of_month, first_of_year, last_of_month, Calendar};
-use crate::core::ledger::{income_and_outflow, pocket_nets, UserLedger, YtdBaseline};
+use crate::core::ledger::{income_and_outflow, nets, UserLedger, YtdBaseline};
 use crate::core::money::Money;
 use crate::core::reports::{Categories, Kind, UserView};
 use crate::core::source::{Pocket, SourceId, Transaction};
@@ -429,7 +429,7 @@ impl Live {
         let start = self.cal.day_start(from).timestamp_millis();
         let open_from = self.open_from.max(from);
         for state in self.users.iter_mut() {
-            state.baseline = state.ledger_from(&self.cal, from).1;
+            state.baseline = state.baseline_at(&self.cal, from);
             if state
                 .transactions
                 .as_slice()
@@ -625,8 +625,11 @@ fn anchors_of(state: &UserState) -> Anchors {
         .iter()
         .filter_map(|p| p.balance.ok().map(|b| (p.id, b)))
         .collect();
-    for tx in state.expanded() {
-        for (pid, net) in pocket_nets(&tx) {
+    // From the held form: expanding each transaction cost more than the
+    // sums (BENCHMARKS.md (3), fifth update).
+    for held in state.transactions.as_slice().iter().filter(|h| h.is_live()) {
+        let (from, to) = state.refs.pockets(held);
+        for (pid, net) in nets(held.kind(), held.amount(), from, to) {
             if let Some((_, a)) = out.iter_mut().find(|(id, _)| *id == pid) {
                 *a -= net;
             }
@@ -645,6 +648,20 @@ impl UserState {
     /// flush that starts at today folds the current month's transactions,
     /// not the window's.
     fn ledger_from(&self, cal: &Calendar, cutoff: NaiveDate) -> (UserLedger, YtdBaseline) {
+        let cutoff_ms = cal.day_start(cutoff).timestamp_millis();
+        let mut ledger = UserLedger::default();
+        for held in self.transactions.as_slice() {
+            if held.date() >= cutoff_ms {
+                ledger.apply(cal, &self.refs.expand(self.user, held));
+            }
+        }
+        (ledger, self.baseline_at(cal, cutoff))
+    }
+
+    /// The year-to-date baseline at `cutoff` (a 1st of month, in the
+    /// window): the income and outflow of `cutoff`'s year before it, from
+    /// the held transactions' amounts, without expanding them.
+    fn baseline_at(&self, cal: &Calendar, cutoff: NaiveDate) -> YtdBaseline {
         debug_assert_eq!(cutoff, first_of_month(cutoff));
         let cutoff_ms = cal.day_start(cutoff).timestamp_millis();
         let year_ms = cal.day_start(first_of_year(cutoff)).timestamp_millis();
@@ -655,17 +672,14 @@ impl UserState {
         if self.baseline.from.year() == cutoff.year() {
             (baseline.income, baseline.expense) = (self.baseline.income, self.baseline.expense);
         }
-        let mut ledger = UserLedger::default();
         for held in self.transactions.as_slice() {
-            if held.date() >= cutoff_ms {
-                ledger.apply(cal, &self.refs.expand(self.user, held));
-            } else if held.date() >= year_ms && held.is_live() {
+            if (year_ms..cutoff_ms).contains(&held.date()) && held.is_live() {
                 let (income, outflow) = income_and_outflow(held.kind(), held.amount());
                 baseline.income += income;
                 baseline.expense += outflow;
             }
         }
-        (ledger, baseline)
+        baseline
     }
 
     /// The held transactions as `Transaction`s, in id order.
