@@ -1085,26 +1085,33 @@ impl Tail {
 
     /// `Tailer::settle_rejects` without its two server calls.
     fn settle_rejects(&mut self) {
-        let mut last: HashMap<String, (&'static str, &SourceId, Option<RejectReason>)> =
-            HashMap::new();
+        let mut last: HashMap<(&'static str, &SourceId), Option<RejectReason>> = HashMap::new();
         for (coll, id, verdict) in &self.verdicts {
-            last.insert(reject_key(coll, id), (*coll, id, *verdict));
+            last.insert((*coll, id), *verdict);
         }
+        let recorded = |coll: &str, id: &SourceId| {
+            !self.known_rejects.is_empty() && self.known_rejects.contains(&reject_key(coll, id))
+        };
         let mut rejects = Vec::new();
         let mut corrected = Vec::new();
-        for (key, (coll, id, verdict)) in &last {
+        for (&(coll, id), verdict) in &last {
             match verdict {
-                Some(reason) => rejects.push((*coll, (*id).clone(), *reason)),
-                None if self.known_rejects.contains(key) => corrected.push((*coll, (*id).clone())),
+                Some(reason) => rejects.push((coll, id.clone(), *reason)),
+                None if recorded(coll, id) => corrected.push((coll, id.clone())),
                 None => {}
             }
         }
         std::hint::black_box((&rejects, &corrected));
-        for (key, (_, _, verdict)) in last {
+        for ((coll, id), verdict) in last {
             match verdict {
-                Some(_) => self.known_rejects.insert(key),
-                None => self.known_rejects.remove(&key),
-            };
+                Some(_) => {
+                    self.known_rejects.insert(reject_key(coll, id));
+                }
+                None if !self.known_rejects.is_empty() => {
+                    self.known_rejects.remove(&reject_key(coll, id));
+                }
+                None => {}
+            }
         }
         self.verdicts.clear();
     }

@@ -1193,16 +1193,22 @@ impl<B: Backend> Tailer<B> {
     /// records of those last seen valid or deleted (only those that have
     /// one: most valid documents never had a record).
     async fn settle_rejects(&mut self, now: DateTime<Utc>) -> Result<()> {
-        let mut last: HashMap<String, (&'static str, &SourceId, Option<_>)> = HashMap::new();
+        // The last verdict of each document. Keyed by the id, not by its
+        // `reject_key` text: most documents are valid and have no record,
+        // and need no key made (BENCHMARKS.md (3), fifth update).
+        let mut last: HashMap<(&'static str, &SourceId), Option<_>> = HashMap::new();
         for (coll, id, verdict) in &self.work.verdicts {
-            last.insert(reject_key(coll, id), (*coll, id, *verdict));
+            last.insert((*coll, id), *verdict);
         }
+        let recorded = |coll: &str, id: &SourceId| {
+            !self.known_rejects.is_empty() && self.known_rejects.contains(&reject_key(coll, id))
+        };
         let mut rejects = Vec::new();
         let mut corrected = Vec::new();
-        for (key, (coll, id, verdict)) in &last {
+        for (&(coll, id), verdict) in &last {
             match verdict {
-                Some(reason) => rejects.push((*coll, (*id).clone(), *reason)),
-                None if self.known_rejects.contains(key) => corrected.push((*coll, (*id).clone())),
+                Some(reason) => rejects.push((coll, id.clone(), *reason)),
+                None if recorded(coll, id) => corrected.push((coll, id.clone())),
                 None => {}
             }
         }
@@ -1213,11 +1219,16 @@ impl<B: Backend> Tailer<B> {
         self.backend
             .clear_rejects(&corrected, self.fence.as_ref())
             .await?;
-        for (key, (_, _, verdict)) in last {
+        for ((coll, id), verdict) in last {
             match verdict {
-                Some(_) => self.known_rejects.insert(key),
-                None => self.known_rejects.remove(&key),
-            };
+                Some(_) => {
+                    self.known_rejects.insert(reject_key(coll, id));
+                }
+                None if !self.known_rejects.is_empty() => {
+                    self.known_rejects.remove(&reject_key(coll, id));
+                }
+                None => {}
+            }
         }
         self.work.verdicts.clear();
         Ok(())
