@@ -11,8 +11,8 @@
 //!   `bulk::prepare` does before sending;
 //! - `RawDocumentBuf::append` (bson's raw builder: a buffer per list
 //!   entry, copied into its list);
-//! - [`Writer`]: one buffer for the whole document, each (sub)document's
-//!   length written when it ends.
+//! - `tally::core::out::RawOut`, the live path's writer: one buffer for
+//!   the whole document, each (sub)document's length written when it ends.
 //!
 //! All three must encode the same bytes (asserted). Printed: nanoseconds
 //! per document (build and drop) and the ratios, in three rounds; wall
@@ -25,6 +25,7 @@ use std::time::Instant;
 use bson::oid::ObjectId;
 use bson::raw::{RawArrayBuf, RawDocumentBuf};
 use bson::{doc, Bson, DateTime, Decimal128, Document};
+use tally::core::out::{Out, RawOut};
 
 const CATEGORIES: usize = 10;
 const POCKETS: usize = 3;
@@ -159,100 +160,10 @@ fn as_appended(user: ObjectId, ids: &[ObjectId]) -> RawDocumentBuf {
     d
 }
 
-/// One buffer for a whole document: elements appended in place, each
-/// (sub)document's length written when it ends.
-struct Writer {
-    buf: Vec<u8>,
-    /// Per open (sub)document: where its length goes, and for a list the
-    /// next index.
-    open: Vec<(usize, u32)>,
-}
-
-impl Writer {
-    fn new(capacity: usize) -> Writer {
-        let mut buf = Vec::with_capacity(capacity);
-        buf.extend_from_slice(&[0; 4]);
-        Writer {
-            buf,
-            open: vec![(0, 0)],
-        }
-    }
-
-    /// An element's type and key; `None`: the next index of the open list.
-    fn key(&mut self, element: u8, key: Option<&str>) {
-        self.buf.push(element);
-        match key {
-            Some(k) => self.buf.extend_from_slice(k.as_bytes()),
-            None => {
-                let open = self.open.last_mut().expect("a document is open");
-                self.buf.extend_from_slice(open.1.to_string().as_bytes());
-                open.1 += 1;
-            }
-        }
-        self.buf.push(0);
-    }
-
-    fn begin(&mut self, element: u8, key: Option<&str>) {
-        self.key(element, key);
-        self.open.push((self.buf.len(), 0));
-        self.buf.extend_from_slice(&[0; 4]);
-    }
-
-    fn end(&mut self) {
-        self.buf.push(0);
-        let (start, _) = self.open.pop().expect("a document is open");
-        let len = i32::try_from(self.buf.len() - start).expect("under 2 GiB");
-        self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    }
-
-    fn decimal(&mut self, k: &str, d: Decimal128) {
-        self.key(0x13, Some(k));
-        self.buf.extend_from_slice(&d.bytes());
-    }
-
-    fn oid(&mut self, k: &str, o: ObjectId) {
-        self.key(0x07, Some(k));
-        self.buf.extend_from_slice(&o.bytes());
-    }
-
-    fn string(&mut self, k: &str, s: &str) {
-        self.key(0x02, Some(k));
-        let len = i32::try_from(s.len() + 1).expect("under 2 GiB");
-        self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf.extend_from_slice(s.as_bytes());
-        self.buf.push(0);
-    }
-
-    fn int64(&mut self, k: &str, v: i64) {
-        self.key(0x12, Some(k));
-        self.buf.extend_from_slice(&v.to_le_bytes());
-    }
-
-    fn double(&mut self, k: &str, v: f64) {
-        self.key(0x01, Some(k));
-        self.buf.extend_from_slice(&v.to_le_bytes());
-    }
-
-    fn boolean(&mut self, k: &str, v: bool) {
-        self.key(0x08, Some(k));
-        self.buf.push(u8::from(v));
-    }
-
-    fn datetime(&mut self, k: &str, v: DateTime) {
-        self.key(0x09, Some(k));
-        self.buf
-            .extend_from_slice(&v.timestamp_millis().to_le_bytes());
-    }
-
-    fn finish(mut self) -> RawDocumentBuf {
-        self.end();
-        RawDocumentBuf::from_bytes(self.buf).expect("a whole document")
-    }
-}
-
+/// Through tally's own one-buffer writer, as the live path builds.
 fn as_written(user: ObjectId, ids: &[ObjectId]) -> RawDocumentBuf {
-    let category = |w: &mut Writer, i: usize| {
-        w.begin(0x03, None);
+    let category = |w: &mut RawOut, i: usize| {
+        w.begin_entry();
         w.oid("category_id", ids[i]);
         w.string("category_name", &format!("Category {i}"));
         w.decimal("amount", dec(i as u64));
@@ -260,7 +171,7 @@ fn as_written(user: ObjectId, ids: &[ObjectId]) -> RawDocumentBuf {
         w.int64("transaction_count", i as i64);
         w.end();
     };
-    let mut w = Writer::new(2048);
+    let mut w = RawOut::new();
     w.oid("user_id", user);
     w.string("month", "2026-07-01");
     for (k, v) in FLOWS {
@@ -272,15 +183,15 @@ fn as_written(user: ObjectId, ids: &[ObjectId]) -> RawDocumentBuf {
         ("expense_by_category", CATEGORIES),
         ("income_by_category", 2),
     ] {
-        w.begin(0x04, Some(list));
+        w.begin_array(list);
         for i in 0..n {
             category(&mut w, i);
         }
         w.end();
     }
-    w.begin(0x04, Some("by_pocket"));
+    w.begin_array("by_pocket");
     for (i, id) in ids.iter().enumerate().take(POCKETS) {
-        w.begin(0x03, None);
+        w.begin_entry();
         w.oid("pocket_id", *id);
         w.string("pocket_name", &format!("Pocket {i}"));
         w.string("pocket_type", "bank");
@@ -338,7 +249,7 @@ fn main() {
             || RawDocumentBuf::from_document(&as_document(user, &ids)).expect("encodes"),
         );
         let appended = time("RawDocumentBuf::append", n, || as_appended(user, &ids));
-        let written = time("one buffer (Writer)", n, || as_written(user, &ids));
+        let written = time("one buffer (RawOut)", n, || as_written(user, &ids));
         println!(
             "  Document / one buffer: {:.1}x; with the encode: {:.1}x; RawDocumentBuf::append / one buffer: {:.1}x",
             document / written,

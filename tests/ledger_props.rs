@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use bson::oid::ObjectId;
-use bson::{Bson, DateTime as BsonDateTime, Decimal128, Document};
+use bson::{Bson, DateTime as BsonDateTime, Decimal128, Document, RawDocumentBuf};
 use chrono::{DateTime, Datelike, Days, NaiveDate, TimeZone, Utc};
 use chrono_tz::America::New_York;
 use proptest::prelude::*;
@@ -45,8 +45,10 @@ use tally::core::calendar::{self, Calendar};
 use tally::core::diff::diff;
 use tally::core::ledger::{pocket_nets, UserLedger};
 use tally::core::money::Money;
+use tally::core::out::{DocOut, Out, RawOut};
 use tally::core::reports::{Categories, Kind, UserView};
 use tally::core::source::{decode_pocket, decode_transaction, Pocket, Transaction};
+use tally::plan::fingerprint::{fingerprint, fingerprint_raw};
 
 type TestResult = Result<(), TestCaseError>;
 
@@ -1084,6 +1086,17 @@ fn keyed_documents(
     pockets: &PocketsByUser,
     extra_days: &[NaiveDate],
 ) -> BTreeMap<DocKey, Document> {
+    keyed_documents_as::<DocOut>(u, today, ledgers, pockets, extra_days)
+}
+
+/// [`keyed_documents`], written by `O`.
+fn keyed_documents_as<O: Out>(
+    u: &Universe,
+    today: NaiveDate,
+    ledgers: &Ledgers,
+    pockets: &PocketsByUser,
+    extra_days: &[NaiveDate],
+) -> BTreeMap<DocKey, O::Doc> {
     let cal = cal();
     let cats = u.categories();
     let empty = UserLedger::default();
@@ -1105,22 +1118,22 @@ fn keyed_documents(
         let view = UserView::new(*user, ledger, own, &cats, &cal);
         for &day in &days {
             let closed = day < today;
-            if let Some(d) = view.daily_report(day, closed) {
+            if let Some(d) = view.daily_report_as::<O>(day, closed) {
                 out.insert(key(Kind::Report, day, closed, false), d);
             }
-            if let Some(d) = view.snapshot(day) {
+            if let Some(d) = view.snapshot_as::<O>(day) {
                 out.insert(key(Kind::Snapshot, day, true, false), d);
             }
         }
         for &month in &months {
             for closed in [false, true] {
-                if let Some(d) = view.monthly(month, closed) {
+                if let Some(d) = view.monthly_as::<O>(month, closed) {
                     out.insert(key(Kind::Monthly, month, closed, false), d);
                 }
             }
         }
         for (kind, period, d) in
-            view.build_range(&Kind::ALL, u.window.first(), u.window.last(), today)
+            view.build_range_as::<O>(&Kind::ALL, u.window.first(), u.window.last(), today, today)
         {
             let closed = match kind {
                 Kind::Report => period < today,
@@ -2268,6 +2281,25 @@ proptest! {
     fn documents_follow_the_spec_with_pocket_lifetimes(s in scenario(true)) {
         let inc = run(&s, false)?;
         check_documents(&s, &inc.source, &inc.ledgers())?;
+    }
+
+    /// The builders write the same documents as bytes (`RawOut`, the live
+    /// path) as as `Document`s (`DocOut`, the batch path), and a document's
+    /// fingerprint is the same in both forms.
+    #[test]
+    fn documents_written_as_bytes_are_the_documents(s in scenario(true)) {
+        let inc = run(&s, false)?;
+        let u = &s.universe;
+        let ledgers = inc.ledgers();
+        let docs = keyed_documents(u, s.today(), &ledgers, &u.pockets_by_user(), &[]);
+        let raws = keyed_documents_as::<RawOut>(u, s.today(), &ledgers, &u.pockets_by_user(), &[]);
+        prop_assert_eq!(docs.len(), raws.len());
+        for ((key, doc), (raw_key, raw)) in docs.iter().zip(&raws) {
+            prop_assert_eq!(key, raw_key);
+            let encoded = RawDocumentBuf::from_document(doc).unwrap();
+            prop_assert!(encoded.as_bytes() == raw.as_bytes(), "{}: {} against {:?}", key.name(), doc, raw);
+            prop_assert_eq!(fingerprint_raw(raw), fingerprint(doc), "{}", key.name());
+        }
     }
 
     /// Property 3: the documents built from the incremental ledgers equal

@@ -482,7 +482,7 @@ impl Memory {
                     set, if_revision, ..
                 } => {
                     let mut whole = filter.clone();
-                    whole.extend(set);
+                    whole.extend(set.to_document().expect("a document tally wrote"));
                     match (if_revision, w.outputs.get(&k)) {
                         (None, None) => {
                             w.outputs.insert(k, whole);

@@ -11,6 +11,7 @@ pub mod calendar;
 pub mod diff;
 pub mod ledger;
 pub mod money;
+pub mod out;
 pub mod reports;
 pub mod rng;
 pub mod schedule;

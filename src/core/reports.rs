@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bson::oid::ObjectId;
-use bson::{doc, Bson, Document};
+use bson::Document;
 use chrono::NaiveDate;
 
 use crate::core::calendar::{
@@ -32,7 +32,8 @@ use crate::core::ledger::{
     Balances, CategorySum, DayAgg, PocketDay, UserLedger, YearToDate, YtdBaseline,
 };
 use crate::core::money::Money;
-use crate::core::source::Pocket;
+use crate::core::out::{DocOut, Out};
+use crate::core::source::{Pocket, SourceId};
 use crate::core::vecmap::VecMap;
 
 /// Most transactions listed per pocket in a daily report: the first 500 in
@@ -202,26 +203,24 @@ impl<'a> UserView<'a> {
     /// (name, type) labels of a pocket named by one of the user's
     /// transactions: its own labels (null when missing) for a pocket of the
     /// user, `Unknown` and `""` for any other id (contract §1.4).
-    fn pocket_labels(&self, pocket: &ObjectId) -> (Bson, Bson) {
+    fn pocket_labels(&self, pocket: &ObjectId) -> (Option<&'a str>, Option<&'a str>) {
         match self.pockets.get(pocket) {
-            Some(p) => (opt_string(&p.name), opt_string(&p.kind)),
-            None => (Bson::String("Unknown".into()), Bson::String(String::new())),
+            Some(p) => (p.name.as_deref(), p.kind.as_deref()),
+            None => (Some("Unknown"), Some("")),
         }
     }
 
     /// The fields a pocket entry of a daily report and of a monthly summary
     /// share, in their stored order: the pocket, its labels and its flows.
-    fn pocket_entry(&self, pocket: &ObjectId, pd: &PocketDay) -> Document {
+    fn pocket_entry<O: Out>(&self, out: &mut O, pocket: &ObjectId, pd: &PocketDay) {
         let (name, kind) = self.pocket_labels(pocket);
-        doc! {
-            "pocket_id": *pocket,
-            "pocket_name": name,
-            "pocket_type": kind,
-            "income": pd.income.to_bson(),
-            "expense": pd.expense.to_bson(),
-            "transfer_in": pd.transfer_in.to_bson(),
-            "transfer_out": pd.transfer_out.to_bson(),
-        }
+        out.oid("pocket_id", *pocket);
+        out.opt_string("pocket_name", name);
+        out.opt_string("pocket_type", kind);
+        out.money("income", pd.income);
+        out.money("expense", pd.expense);
+        out.money("transfer_in", pd.transfer_in);
+        out.money("transfer_out", pd.transfer_out);
     }
 
     /// A category list (contract §5.2, §5.4), one entry per category:
@@ -230,33 +229,32 @@ impl<'a> UserView<'a> {
     /// is given: contract §2.3) and `transaction_count`. Sorted by `amount`
     /// descending, then `category_id` hex ascending with null last
     /// (contract §5.7).
-    fn category_entries(
+    fn category_entries<O: Out>(
         &self,
+        out: &mut O,
+        key: &str,
         sums: &VecMap<Option<ObjectId>, CategorySum>,
         total: Option<Money>,
-    ) -> Bson {
+    ) {
         let mut rows: Vec<(&Option<ObjectId>, &CategorySum)> = sums.iter().collect();
         rows.sort_by(|(ia, a), (ib, b)| {
             b.amount
                 .cmp(&a.amount)
                 .then_with(|| cmp_id_null_last(ia, ib))
         });
-        Bson::Array(
-            rows.into_iter()
-                .map(|(id, sum)| {
-                    let mut d = doc! {
-                        "category_id": opt_oid(*id),
-                        "category_name": self.categories.label(*id),
-                        "amount": sum.amount.to_bson(),
-                    };
-                    if let Some(total) = total {
-                        d.insert("percent_of_total", sum.amount.percent_of(total));
-                    }
-                    d.insert("transaction_count", sum.count);
-                    Bson::Document(d)
-                })
-                .collect(),
-        )
+        out.begin_array(key);
+        for (id, sum) in rows {
+            out.begin_entry();
+            out.opt_oid("category_id", *id);
+            out.string("category_name", self.categories.label(*id));
+            out.money("amount", sum.amount);
+            if let Some(total) = total {
+                out.double("percent_of_total", sum.amount.percent_of(total));
+            }
+            out.int64("transaction_count", sum.count);
+            out.end();
+        }
+        out.end();
     }
 
     /// The `daily_financial_reports` document of `day` (contract §5.2).
@@ -289,61 +287,76 @@ impl<'a> UserView<'a> {
     ///   `transactions_truncated` when more touched p;
     /// - `is_final` (contract §6).
     pub fn daily_report(&self, day: NaiveDate, closed: bool) -> Option<Document> {
+        self.daily_report_as::<DocOut>(day, closed)
+    }
+
+    /// [`UserView::daily_report`], written by `O`.
+    pub fn daily_report_as<O: Out>(&self, day: NaiveDate, closed: bool) -> Option<O::Doc> {
         let agg = self.ledger.days.get(&day)?;
         let (opening, closing) = self.user_balances(day);
         let day_end = self.cal.day_end(day).timestamp_millis();
-        let pockets: Vec<Bson> = agg
-            .pockets
-            .iter()
-            .map(|(pid, pd)| {
-                let counts = self.pockets.get(pid).is_some_and(|p| p.counts_before(day_end));
-                let (open, close) = if counts {
-                    let c = self.closing(pid, day);
-                    ((c - pd.net()).to_bson(), c.to_bson())
-                } else {
-                    (Bson::Null, Bson::Null)
-                };
-                let listed: Vec<Bson> = pd
-                    .transactions
-                    .iter()
-                    .take(MAX_LISTED)
-                    .map(|((ts, id), e)| {
-                        Bson::Document(doc! {
-                            "transaction_id": id.to_bson(),
-                            "type": e.kind.as_str(),
-                            "amount": e.amount.to_bson(),
-                            "category_id": opt_oid(e.category_id),
-                            "category_name": self.categories.label(e.category_id),
-                            "note": e.note.as_deref().map_or(Bson::Null, |n| Bson::String(n.to_owned())),
-                            "timestamp": bson::DateTime::from_millis(*ts),
-                        })
-                    })
-                    .collect();
-                let mut entry = self.pocket_entry(pid, pd);
-                entry.insert("opening_balance", open);
-                entry.insert("closing_balance", close);
-                entry.insert("transaction_count", pd.count);
-                entry.insert("transactions", listed);
-                entry.insert("transactions_truncated", pd.transactions.len() > MAX_LISTED);
-                Bson::Document(entry)
-            })
-            .collect();
-        Some(doc! {
-            "user_id": self.user_id,
-            "report_date": date_label(day),
-            "opening_balance": opening.to_bson(),
-            "closing_balance": closing.to_bson(),
-            "net_change": (closing - opening).to_bson(),
-            "total_income": agg.income.to_bson(),
-            "total_expense": agg.expense.to_bson(),
-            "total_transfer_in": agg.transfer_in.to_bson(),
-            "total_transfer_out": agg.transfer_out.to_bson(),
-            "transaction_count": agg.count,
-            "expense_by_category": self.category_entries(&agg.expense_by_category, None),
-            "income_by_category": self.category_entries(&agg.income_by_category, None),
-            "transactions_by_pocket": pockets,
-            "is_final": closed,
-        })
+        let mut out = O::new();
+        out.oid("user_id", self.user_id);
+        out.datetime("report_date", date_label(day));
+        out.money("opening_balance", opening);
+        out.money("closing_balance", closing);
+        out.money("net_change", closing - opening);
+        out.money("total_income", agg.income);
+        out.money("total_expense", agg.expense);
+        out.money("total_transfer_in", agg.transfer_in);
+        out.money("total_transfer_out", agg.transfer_out);
+        out.int64("transaction_count", agg.count);
+        self.category_entries(
+            &mut out,
+            "expense_by_category",
+            &agg.expense_by_category,
+            None,
+        );
+        self.category_entries(
+            &mut out,
+            "income_by_category",
+            &agg.income_by_category,
+            None,
+        );
+        out.begin_array("transactions_by_pocket");
+        for (pid, pd) in agg.pockets.iter() {
+            out.begin_entry();
+            self.pocket_entry(&mut out, pid, pd);
+            if self
+                .pockets
+                .get(pid)
+                .is_some_and(|p| p.counts_before(day_end))
+            {
+                let c = self.closing(pid, day);
+                out.money("opening_balance", c - pd.net());
+                out.money("closing_balance", c);
+            } else {
+                out.null("opening_balance");
+                out.null("closing_balance");
+            }
+            out.int64("transaction_count", pd.count);
+            out.begin_array("transactions");
+            for ((ts, id), e) in pd.transactions.iter().take(MAX_LISTED) {
+                out.begin_entry();
+                match id {
+                    SourceId::Oid(o) => out.oid("transaction_id", *o),
+                    other => out.bson("transaction_id", &other.to_bson()),
+                }
+                out.string("type", e.kind.as_str());
+                out.money("amount", e.amount);
+                out.opt_oid("category_id", e.category_id);
+                out.string("category_name", self.categories.label(e.category_id));
+                out.opt_string("note", e.note.as_deref());
+                out.datetime("timestamp", bson::DateTime::from_millis(*ts));
+                out.end();
+            }
+            out.end();
+            out.boolean("transactions_truncated", pd.transactions.len() > MAX_LISTED);
+            out.end();
+        }
+        out.end();
+        out.boolean("is_final", closed);
+        Some(out.finish())
     }
 
     /// The `daily_financial_snapshots` document of `day` (contract §5.3),
@@ -365,42 +378,47 @@ impl<'a> UserView<'a> {
     ///   difference (contract §3, §5.3);
     /// - `is_complete`: always true (contract §6).
     pub fn snapshot(&self, day: NaiveDate) -> Option<Document> {
-        let mut total = Money::ZERO;
-        let balances: Vec<Bson> = self
+        self.snapshot_as::<DocOut>(day)
+    }
+
+    /// [`UserView::snapshot`], written by `O`.
+    pub fn snapshot_as<O: Out>(&self, day: NaiveDate) -> Option<O::Doc> {
+        let balances: Vec<(&Pocket, Money)> = self
             .counting_pockets(day)
-            .map(|p| {
-                let balance = self.closing(&p.id, day);
-                total += balance;
-                Bson::Document(doc! {
-                    "pocket_id": p.id,
-                    "pocket_name": opt_string(&p.name),
-                    "pocket_type": opt_string(&p.kind),
-                    "balance": balance.to_bson(),
-                    "balance_change": self.net(&p.id, day).to_bson(),
-                })
-            })
+            .map(|p| (p, self.closing(&p.id, day)))
             .collect();
         if balances.is_empty() {
             return None;
         }
+        let total = balances.iter().map(|(_, b)| *b).sum::<Money>();
         let empty = DayAgg::default();
         let agg = self.ledger.days.get(&day).unwrap_or(&empty);
         let (ytd_income, ytd_expense) = self.ytd.through(day);
-        Some(doc! {
-            "user_id": self.user_id,
-            "snapshot_date": date_label(day),
-            "pocket_balances": balances,
-            "total_balance": total.to_bson(),
-            "total_income": agg.income.to_bson(),
-            "total_expense": agg.expense.to_bson(),
-            "total_transfer_in": agg.transfer_in.to_bson(),
-            "total_transfer_out": agg.transfer_out.to_bson(),
-            "transaction_count": agg.count,
-            "ytd_income": ytd_income.to_bson(),
-            "ytd_expense": ytd_expense.to_bson(),
-            "ytd_net": (ytd_income - ytd_expense).to_bson(),
-            "is_complete": true,
-        })
+        let mut out = O::new();
+        out.oid("user_id", self.user_id);
+        out.datetime("snapshot_date", date_label(day));
+        out.begin_array("pocket_balances");
+        for (p, balance) in balances {
+            out.begin_entry();
+            out.oid("pocket_id", p.id);
+            out.opt_string("pocket_name", p.name.as_deref());
+            out.opt_string("pocket_type", p.kind.as_deref());
+            out.money("balance", balance);
+            out.money("balance_change", self.net(&p.id, day));
+            out.end();
+        }
+        out.end();
+        out.money("total_balance", total);
+        out.money("total_income", agg.income);
+        out.money("total_expense", agg.expense);
+        out.money("total_transfer_in", agg.transfer_in);
+        out.money("total_transfer_out", agg.transfer_out);
+        out.int64("transaction_count", agg.count);
+        out.money("ytd_income", ytd_income);
+        out.money("ytd_expense", ytd_expense);
+        out.money("ytd_net", ytd_income - ytd_expense);
+        out.boolean("is_complete", true);
+        Some(out.finish())
     }
 
     /// The `monthly_financial_summaries` document of the month containing
@@ -432,6 +450,11 @@ impl<'a> UserView<'a> {
     ///   `transaction_count`: its live transactions (both int64);
     /// - `is_complete` (contract §6).
     pub fn monthly(&self, month: NaiveDate, closed: bool) -> Option<Document> {
+        self.monthly_as::<DocOut>(month, closed)
+    }
+
+    /// [`UserView::monthly`], written by `O`.
+    pub fn monthly_as<O: Out>(&self, month: NaiveDate, closed: bool) -> Option<O::Doc> {
         let first = first_of_month(month);
         let last = last_of_month(month);
         let mut total = DayAgg::default();
@@ -460,34 +483,44 @@ impl<'a> UserView<'a> {
         let (opening, _) = self.user_balances(first);
         let (_, closing) = self.user_balances(last);
         let (ytd_income, ytd_expense) = self.ytd.through(last);
-        let pockets: Vec<Bson> = by_pocket
-            .iter()
-            .map(|(pid, pd)| {
-                let mut entry = self.pocket_entry(pid, pd);
-                entry.insert("net", pd.net().to_bson());
-                Bson::Document(entry)
-            })
-            .collect();
-        Some(doc! {
-            "user_id": self.user_id,
-            "month": date_label(first),
-            "income": total.income.to_bson(),
-            "expense": total.expense.to_bson(),
-            "transfer_in": total.transfer_in.to_bson(),
-            "transfer_out": total.transfer_out.to_bson(),
-            "net": (total.income - total.expense).to_bson(),
-            "opening_balance": opening.to_bson(),
-            "closing_balance": closing.to_bson(),
-            "expense_by_category": self.category_entries(&total.expense_by_category, Some(total.expense)),
-            "income_by_category": self.category_entries(&total.income_by_category, Some(total.income)),
-            "by_pocket": pockets,
-            "ytd_income": ytd_income.to_bson(),
-            "ytd_expense": ytd_expense.to_bson(),
-            "ytd_net": (ytd_income - ytd_expense).to_bson(),
-            "day_count": day_count,
-            "transaction_count": total.count,
-            "is_complete": closed,
-        })
+        let mut out = O::new();
+        out.oid("user_id", self.user_id);
+        out.datetime("month", date_label(first));
+        out.money("income", total.income);
+        out.money("expense", total.expense);
+        out.money("transfer_in", total.transfer_in);
+        out.money("transfer_out", total.transfer_out);
+        out.money("net", total.income - total.expense);
+        out.money("opening_balance", opening);
+        out.money("closing_balance", closing);
+        let (expense, income) = (Some(total.expense), Some(total.income));
+        self.category_entries(
+            &mut out,
+            "expense_by_category",
+            &total.expense_by_category,
+            expense,
+        );
+        self.category_entries(
+            &mut out,
+            "income_by_category",
+            &total.income_by_category,
+            income,
+        );
+        out.begin_array("by_pocket");
+        for (pid, pd) in &by_pocket {
+            out.begin_entry();
+            self.pocket_entry(&mut out, pid, pd);
+            out.money("net", pd.net());
+            out.end();
+        }
+        out.end();
+        out.money("ytd_income", ytd_income);
+        out.money("ytd_expense", ytd_expense);
+        out.money("ytd_net", ytd_income - ytd_expense);
+        out.int64("day_count", day_count);
+        out.int64("transaction_count", total.count);
+        out.boolean("is_complete", closed);
+        Some(out.finish())
     }
 
     /// Every document of `kinds` for the periods of [from, to] (months: every
@@ -501,13 +534,29 @@ impl<'a> UserView<'a> {
         to: NaiveDate,
         today: NaiveDate,
     ) -> Vec<(Kind, NaiveDate, Document)> {
+        self.build_range_as::<DocOut>(kinds, from, to, today, today)
+    }
+
+    /// [`UserView::build_range`], written by `O`; the daily reports of days
+    /// before `reports_open_from` are final too (their 23:59 step has run,
+    /// contract §6), so that content written as bytes need not be changed
+    /// afterwards.
+    pub fn build_range_as<O: Out>(
+        &self,
+        kinds: &[Kind],
+        from: NaiveDate,
+        to: NaiveDate,
+        today: NaiveDate,
+        reports_open_from: NaiveDate,
+    ) -> Vec<(Kind, NaiveDate, O::Doc)> {
+        let reports_open_from = reports_open_from.max(today);
         let mut out = Vec::new();
         for &kind in kinds {
             match kind {
                 Kind::Report => {
                     for (day, _) in self.ledger.range(from, to) {
                         out.extend(
-                            self.daily_report(*day, *day < today)
+                            self.daily_report_as::<O>(*day, *day < reports_open_from)
                                 .map(|d| (kind, *day, d)),
                         );
                     }
@@ -515,13 +564,16 @@ impl<'a> UserView<'a> {
                 Kind::Snapshot => {
                     let last_closed = calendar::prev_day(today);
                     for day in calendar::days(from, to.min(last_closed)) {
-                        out.extend(self.snapshot(day).map(|d| (kind, day, d)));
+                        out.extend(self.snapshot_as::<O>(day).map(|d| (kind, day, d)));
                     }
                 }
                 Kind::Monthly => {
                     for month in calendar::months(from, to) {
                         let closed = last_of_month(month) < today;
-                        out.extend(self.monthly(month, closed).map(|d| (kind, month, d)));
+                        out.extend(
+                            self.monthly_as::<O>(month, closed)
+                                .map(|d| (kind, month, d)),
+                        );
                     }
                 }
             }
@@ -557,12 +609,4 @@ fn cmp_id_null_last(a: &Option<ObjectId>, b: &Option<ObjectId>) -> std::cmp::Ord
         (None, Some(_)) => std::cmp::Ordering::Greater,
         (None, None) => std::cmp::Ordering::Equal,
     }
-}
-
-fn opt_oid(id: Option<ObjectId>) -> Bson {
-    id.map_or(Bson::Null, Bson::ObjectId)
-}
-
-fn opt_string(s: &Option<String>) -> Bson {
-    s.clone().map_or(Bson::Null, Bson::String)
 }

@@ -195,27 +195,25 @@ pub fn prepare(writes: Vec<Write>, fenced: bool) -> Result<Prepared> {
         for w in writes {
             match w {
                 Write::Upsert {
-                    filter,
                     set,
                     if_revision: None,
                     ..
-                } => {
-                    let d = RawDocumentBuf::from_document(&whole(&filter, set))?;
-                    inserts.push((d, ()));
-                }
+                } => inserts.push((set, ())),
                 Write::Upsert {
                     filter,
                     set,
                     if_revision: Some(r),
                     ..
                 } => {
-                    let mut q = match set.get("_id") {
-                        Some(id) => doc! { "_id": id.clone() },
-                        None => filter.clone(),
+                    let mut q = match set.get_object_id("_id") {
+                        Ok(id) => doc! { "_id": id },
+                        Err(_) => filter,
                     };
                     q.insert("revision", revision_guard(r));
-                    let u = whole(&filter, set);
-                    guarded.push((RawDocumentBuf::from_document(&doc! { "q": q, "u": u })?, ()));
+                    let mut stmt = RawDocumentBuf::new();
+                    stmt.append("q", RawDocumentBuf::from_document(&q)?);
+                    stmt.append("u", set);
+                    guarded.push((stmt, ()));
                 }
                 Write::Delete { filter, .. } => {
                     let stmt = doc! { "q": filter, "limit": 1 };
@@ -420,16 +418,6 @@ async fn fenced_group(
         })
     })
     .await
-}
-
-/// The whole document a write leaves: `set`, with any key field it lacks.
-fn whole(filter: &Document, mut set: Document) -> Document {
-    for (k, v) in filter {
-        if !set.contains_key(k) {
-            set.insert(k.clone(), v.clone());
-        }
-    }
-    set
 }
 
 /// Indexes (in the command) of the operations that failed with `code`.

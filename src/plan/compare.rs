@@ -11,7 +11,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::core::diff::{diff, FieldDiff};
 use crate::core::reports::Kind;
-use crate::plan::write::{key_filter, same_content, write_over, Write};
+use crate::plan::write::{key_filter, same_content, write_over, Content, Write};
 
 /// How a stored document differs from the expected one.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,20 +45,21 @@ pub struct DocChange {
 }
 
 /// A stored document as a comparison sees it: the whole document (scans)
-/// or the tailer's fingerprint of it ([`crate::plan::fingerprint::StoredMeta`]).
-pub trait StoredDoc {
+/// or the tailer's fingerprint of it ([`crate::plan::fingerprint::StoredMeta`]),
+/// compared with expected content of type `C`.
+pub trait StoredDoc<C> {
     /// What the comparison computes of an expected document once, for
     /// [`difference`](StoredDoc::difference) and for the write it plans:
     /// its fingerprint on the live path, nothing for whole documents.
-    fn summary(content: &Document) -> Option<u64>;
+    fn summary(content: &C) -> Option<u64>;
     /// How `content` (whose [`summary`](StoredDoc::summary) is `summary`)
     /// differs from the stored document; `None` if it doesn't.
-    fn difference(&self, content: &Document, summary: Option<u64>) -> Option<Difference>;
+    fn difference(&self, content: &C, summary: Option<u64>) -> Option<Difference>;
     /// The stored bookkeeping fields (revision, created_at, ...).
     fn bookkeeping(&self, kind: Kind) -> std::borrow::Cow<'_, Document>;
 }
 
-impl StoredDoc for Document {
+impl StoredDoc<Document> for Document {
     fn summary(_: &Document) -> Option<u64> {
         None
     }
@@ -79,9 +80,9 @@ impl StoredDoc for Document {
 /// The changes that bring one user's stored documents (`stored`: those of
 /// the compared periods) to `expected`; reports before `reports_open_from`
 /// are final. Shared by scans and the live path.
-pub fn compare_user<S: StoredDoc>(
+pub fn compare_user<C: Content, S: StoredDoc<C>>(
     user: ObjectId,
-    expected: Vec<(Kind, NaiveDate, Document)>,
+    expected: Vec<(Kind, NaiveDate, C)>,
     reports_open_from: NaiveDate,
     mut stored: BTreeMap<(Kind, NaiveDate), S>,
     now: DateTime<Utc>,
@@ -89,8 +90,8 @@ pub fn compare_user<S: StoredDoc>(
 ) -> Vec<DocChange> {
     let mut changes = Vec::new();
     for (kind, period, mut content) in expected {
-        if kind == Kind::Report && period < reports_open_from {
-            content.insert("is_final", true);
+        if kind == Kind::Report && period < reports_open_from && !content.is_final(kind) {
+            content = content.into_final(kind);
         }
         let old = stored.remove(&(kind, period));
         let summary = S::summary(&content);

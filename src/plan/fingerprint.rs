@@ -6,9 +6,10 @@ use std::borrow::Cow;
 use std::hash::Hasher;
 
 use bson::oid::ObjectId;
-use bson::{Bson, Document};
+use bson::{Document, RawDocument, RawDocumentBuf};
 use chrono::{Datelike, NaiveDate};
 
+use crate::core::out::elements;
 use crate::core::reports::{Kind, BOOKKEEPING};
 use crate::core::vecmap::{Keyed, Sorted};
 use crate::plan::compare::{Difference, StoredDoc};
@@ -47,25 +48,80 @@ impl StoredMeta {
     /// [`StoredMeta::of`] for a document whose [`fingerprint`] is known.
     pub fn with_fingerprint(kind: Kind, doc: &Document, fingerprint: u64) -> StoredMeta {
         debug_assert_eq!(fingerprint, self::fingerprint(doc), "a stale fingerprint");
-        let id = doc.get_object_id("_id").ok();
-        let millis = |field: &str| {
-            doc.get_datetime(field)
-                .map_or(ABSENT, |t| t.timestamp_millis())
+        let millis = |field: &str| doc.get_datetime(field).ok().map(|t| t.timestamp_millis());
+        StoredMeta::from_fields(
+            fingerprint,
+            doc.get_object_id("_id").ok(),
+            doc.get_bool(kind.final_field()).unwrap_or(false),
+            int(doc.get("revision")),
+            int(doc.get("restatements")),
+            millis("created_at"),
+            millis("finalized_at"),
+        )
+    }
+
+    /// The meta of what a write leaves (`Write::Upsert`'s `set`), whose
+    /// content's [`fingerprint_raw`] is `fingerprint`.
+    pub fn of_written(kind: Kind, set: &RawDocument, fingerprint: u64) -> StoredMeta {
+        debug_assert_eq!(fingerprint, fingerprint_raw(set), "a stale fingerprint");
+        let (mut id, mut is_final, mut revision, mut restatements) = (None, false, None, None);
+        let (mut created_at, mut finalized_at) = (None, None);
+        let int = |t: u8, v: &[u8]| match t {
+            0x12 => v.try_into().ok().map(i64::from_le_bytes),
+            0x10 => v.try_into().ok().map(i32::from_le_bytes).map(i64::from),
+            _ => None,
         };
+        let millis = |t: u8, v: &[u8]| match t {
+            0x09 => v.try_into().ok().map(i64::from_le_bytes),
+            _ => None,
+        };
+        // One pass over the elements: a field read by name is a pass each.
+        for (key, element) in elements(set.as_bytes()).map_while(|e| e) {
+            let (t, v) = (element[0], &element[1 + key.len() + 1..]);
+            match key {
+                b"_id" if t == 0x07 => id = v.try_into().ok().map(ObjectId::from_bytes),
+                b"revision" => revision = int(t, v),
+                b"restatements" => restatements = int(t, v),
+                b"created_at" => created_at = millis(t, v),
+                b"finalized_at" => finalized_at = millis(t, v),
+                k if k == kind.final_field().as_bytes() => is_final = t == 0x08 && v == [1],
+                _ => {}
+            }
+        }
+        StoredMeta::from_fields(
+            fingerprint,
+            id,
+            is_final,
+            revision,
+            restatements,
+            created_at,
+            finalized_at,
+        )
+    }
+
+    fn from_fields(
+        fingerprint: u64,
+        id: Option<ObjectId>,
+        is_final: bool,
+        revision: Option<i64>,
+        restatements: Option<i64>,
+        created_at: Option<i64>,
+        finalized_at: Option<i64>,
+    ) -> StoredMeta {
         let mut flags = 0;
         if id.is_some() {
             flags |= HAS_ID;
         }
-        if doc.get_bool(kind.final_field()).unwrap_or(false) {
+        if is_final {
             flags |= IS_FINAL;
         }
         StoredMeta {
             fingerprint,
             // A stored revision of i64::MIN reads as none: never written so.
-            revision: int(doc.get("revision")).unwrap_or(ABSENT),
-            restatements: int(doc.get("restatements")).unwrap_or(0),
-            created_at: millis("created_at"),
-            finalized_at: millis("finalized_at"),
+            revision: revision.unwrap_or(ABSENT),
+            restatements: restatements.unwrap_or(0),
+            created_at: created_at.unwrap_or(ABSENT),
+            finalized_at: finalized_at.unwrap_or(ABSENT),
             id: id.map_or([0; 12], |o| o.bytes()),
             flags,
         }
@@ -320,13 +376,13 @@ fn present(v: i64) -> Option<i64> {
     (v != ABSENT).then_some(v)
 }
 
-impl StoredDoc for StoredMeta {
-    fn summary(content: &Document) -> Option<u64> {
-        Some(fingerprint(content))
+impl StoredDoc<RawDocumentBuf> for StoredMeta {
+    fn summary(content: &RawDocumentBuf) -> Option<u64> {
+        Some(fingerprint_raw(content))
     }
 
-    fn difference(&self, content: &Document, summary: Option<u64>) -> Option<Difference> {
-        let fingerprint = summary.unwrap_or_else(|| fingerprint(content));
+    fn difference(&self, content: &RawDocumentBuf, summary: Option<u64>) -> Option<Difference> {
+        let fingerprint = summary.unwrap_or_else(|| fingerprint_raw(content));
         (fingerprint != self.fingerprint).then_some(Difference::Content)
     }
 
@@ -351,72 +407,60 @@ impl StoredDoc for StoredMeta {
 }
 
 /// A hash of a document's content fields (bookkeeping aside), independent
-/// of their order at the top level; values compare exactly (type and bits).
+/// of their order at the top level; values compare exactly (type and
+/// bits, nested order included).
 ///
-/// The fields are written into one buffer in an unambiguous encoding (a
-/// type tag per value, lengths before strings, documents and arrays), which
-/// is hashed once: SipHash's cost is per call, and a document hashed value
-/// by value made hundreds of calls. Fingerprints live in memory only, so
-/// the encoding may change between versions.
+/// Defined on the document's BSON bytes ([`fingerprint_raw`]): the live
+/// path builds its documents as bytes, and a stored document read as a
+/// [`Document`] is encoded first. Fingerprints live in memory only, so the
+/// definition may change between versions.
 pub fn fingerprint(doc: &Document) -> u64 {
-    let mut fields: Vec<(&String, &Bson)> = doc
-        .iter()
-        .filter(|(k, _)| !BOOKKEEPING.contains(&k.as_str()))
-        .collect();
+    match RawDocumentBuf::from_document(doc) {
+        Ok(raw) => fingerprint_raw(&raw),
+        // Not encodable (a key with a NUL): a fingerprint nothing tally
+        // builds has, so the document is rewritten.
+        Err(_) => hash(format!("{doc:?}").as_bytes()),
+    }
+}
+
+/// [`fingerprint`] of a document's BSON bytes: its top-level content
+/// elements (type, key, value bytes: self-delimiting, so their
+/// concatenation is unambiguous) in key order, hashed at once. SipHash's
+/// cost is per call: one call per document, not per field.
+pub fn fingerprint_raw(doc: &RawDocument) -> u64 {
+    let bytes = doc.as_bytes();
+    let mut fields: Vec<(&[u8], &[u8])> = Vec::with_capacity(24);
+    for element in elements(bytes) {
+        match element {
+            Some((key, element)) => {
+                if !BOOKKEEPING.iter().any(|b| b.as_bytes() == key) {
+                    fields.push((key, element));
+                }
+            }
+            // Malformed after this point (not from bson's encoder): the
+            // whole document stands for its content.
+            None => return hash(bytes),
+        }
+    }
     fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
     BUFFER.with_borrow_mut(|buf| {
         buf.clear();
-        for (k, v) in fields {
-            encode_str(k, buf);
-            encode_bson(v, buf);
+        for (_, element) in fields {
+            buf.extend_from_slice(element);
         }
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        h.write(buf);
-        h.finish()
+        hash(buf)
     })
 }
 
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
+}
+
 thread_local! {
-    /// The encoding buffer of [`fingerprint`], reused.
+    /// The buffer [`fingerprint_raw`] hashes, reused.
     static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-fn encode_len(n: usize, buf: &mut Vec<u8>) {
-    buf.extend_from_slice(&(n as u64).to_le_bytes());
-}
-
-fn encode_str(s: &str, buf: &mut Vec<u8>) {
-    encode_len(s.len(), buf);
-    buf.extend_from_slice(s.as_bytes());
-}
-
-fn encode_bson(v: &Bson, buf: &mut Vec<u8>) {
-    buf.push(v.element_type() as u8);
-    match v {
-        Bson::Double(d) => buf.extend_from_slice(&d.to_bits().to_le_bytes()),
-        Bson::String(s) => encode_str(s, buf),
-        Bson::Document(d) => {
-            encode_len(d.len(), buf);
-            for (k, v) in d {
-                encode_str(k, buf);
-                encode_bson(v, buf);
-            }
-        }
-        Bson::Array(a) => {
-            encode_len(a.len(), buf);
-            for v in a {
-                encode_bson(v, buf);
-            }
-        }
-        Bson::Boolean(b) => buf.push(u8::from(*b)),
-        Bson::Null | Bson::Undefined | Bson::MinKey | Bson::MaxKey => {}
-        Bson::Int32(i) => buf.extend_from_slice(&i.to_le_bytes()),
-        Bson::Int64(i) => buf.extend_from_slice(&i.to_le_bytes()),
-        Bson::DateTime(t) => buf.extend_from_slice(&t.timestamp_millis().to_le_bytes()),
-        Bson::ObjectId(o) => buf.extend_from_slice(&o.bytes()),
-        Bson::Decimal128(d) => buf.extend_from_slice(&d.bytes()),
-        other => encode_str(&other.to_string(), buf),
-    }
 }
 
 #[cfg(test)]
@@ -542,6 +586,34 @@ mod tests {
     }
 
     #[test]
+    fn bookkeeping_appended_to_the_bytes_leaves_the_fingerprint() {
+        let content = doc! {
+            "user_id": ObjectId::new(), "n": 1.5, "s": "Café",
+            "list": [ { "a": 1, "b": [true, null, { "c": bson::Decimal128::from_bytes([1; 16]) }] }, [] ],
+            "empty": {}, "at": bson::DateTime::from_millis(5), "big": 1_i64 << 40,
+            "code": bson::Bson::JavaScriptCode("x".into()),
+        };
+        let mut raw = RawDocumentBuf::from_document(&content).unwrap();
+        let fp = fingerprint_raw(&raw);
+        assert_eq!(fp, fingerprint(&content));
+        raw.append("revision", 3_i64);
+        raw.append("_id", ObjectId::new());
+        raw.append("updated_at", bson::DateTime::from_millis(9));
+        assert_eq!(fingerprint_raw(&raw), fp);
+        let mut other = content.clone();
+        other.get_array_mut("list").unwrap()[0]
+            .as_document_mut()
+            .unwrap()
+            .insert("a", 2);
+        assert_ne!(fingerprint(&other), fp);
+        // An element bson cannot read: hashed whole, without a panic.
+        let mut broken = raw.as_bytes().to_vec();
+        broken[4] = 0x42; // no such element type
+        let broken = bson::RawDocument::from_bytes(&broken).unwrap();
+        assert_ne!(fingerprint_raw(broken), fp);
+    }
+
+    #[test]
     fn fingerprint_ignores_bookkeeping_and_top_level_order() {
         let a = doc! { "user_id": 1, "total_income": "5", "revision": 3 };
         let b = doc! { "total_income": "5", "user_id": 1, "revision": 4, "updated_at": 9 };
@@ -573,9 +645,13 @@ mod tests {
         assert_eq!(book.get_i64("restatements").unwrap(), 1);
         assert!(book.get_bool("is_final").unwrap());
         assert_eq!(book.get_datetime("created_at").unwrap(), &created);
-        assert_eq!(meta.difference(&stored, None), None);
+        let raw = |d: &Document| RawDocumentBuf::from_document(d).unwrap();
+        assert_eq!(meta.difference(&raw(&stored), None), None);
         let changed = doc! { "user_id": 2, "is_final": true };
-        assert_eq!(meta.difference(&changed, None), Some(Difference::Content));
+        assert_eq!(
+            meta.difference(&raw(&changed), None),
+            Some(Difference::Content)
+        );
         let id = ObjectId::new();
         let with_id = &StoredMeta::of(Kind::Report, &doc! { "_id": id, "revision": 0_i64 });
         let book = with_id.bookkeeping(Kind::Report);

@@ -4,11 +4,12 @@
 //! `restatements` grows when the content of an already final document
 //! changes; an unchanged document is never written.
 
-use bson::{doc, Bson, DateTime as BsonDateTime, Document};
+use bson::{doc, Bson, DateTime as BsonDateTime, Document, RawBson, RawDocumentBuf};
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::core::calendar::date_label;
 use crate::core::diff::diff;
+use crate::core::out::field;
 use crate::core::reports::{Kind, BOOKKEEPING};
 
 /// One write to an output collection.
@@ -21,7 +22,9 @@ pub enum Write {
     Upsert {
         kind: Kind,
         filter: Document,
-        set: Document,
+        /// The whole document the write leaves: content, bookkeeping and
+        /// key fields, as BSON bytes (what the bulk writer sends).
+        set: RawDocumentBuf,
         if_revision: Option<i64>,
         /// The [fingerprint](crate::plan::fingerprint::fingerprint) of
         /// `set`'s content, when the comparison that planned the write
@@ -82,58 +85,142 @@ pub fn plan_write(
 /// without a revision (not written by tally) is guarded as revision 0,
 /// which matches a missing one; one whose `_id` is not an ObjectId is
 /// found by its key instead.
-pub fn write_over(
+pub fn write_over<C: Content>(
     kind: Kind,
     filter: Document,
-    content: Document,
+    content: C,
     stored: Option<&Document>,
     now: DateTime<Utc>,
     time_zone: &str,
 ) -> Write {
+    let now_final = content.is_final(kind);
+    let set = content.into_set(
+        bookkeeping(kind, now_final, stored, now, time_zone),
+        &filter,
+    );
+    upsert(kind, filter, set, stored)
+}
+
+/// Bookkeeping fields with their values, in their stored order.
+pub type Bookkeeping = Vec<(&'static str, Bson)>;
+
+/// Expected content as a write takes it: a `Document` (scans) or its BSON
+/// bytes (the live path, built by `crate::core::out::RawOut`).
+pub trait Content: Sized {
+    /// Whether the content is final ([`Kind::final_field`]).
+    fn is_final(&self, kind: Kind) -> bool;
+    /// The same content, final.
+    fn into_final(self, kind: Kind) -> Self;
+    /// The whole document a write leaves, as BSON bytes: this content, then
+    /// `bookkeeping`, then any key field of `filter` the content lacks.
+    fn into_set(self, bookkeeping: Bookkeeping, filter: &Document) -> RawDocumentBuf;
+}
+
+impl Content for Document {
+    fn is_final(&self, kind: Kind) -> bool {
+        self.get_bool(kind.final_field()).unwrap_or(false)
+    }
+
+    fn into_final(mut self, kind: Kind) -> Document {
+        self.insert(kind.final_field(), true);
+        self
+    }
+
+    fn into_set(mut self, bookkeeping: Bookkeeping, filter: &Document) -> RawDocumentBuf {
+        for (k, v) in bookkeeping {
+            self.insert(k, v);
+        }
+        for (k, v) in filter {
+            if !self.contains_key(k) {
+                self.insert(k.clone(), v.clone());
+            }
+        }
+        RawDocumentBuf::from_document(&self).expect("a document tally built encodes")
+    }
+}
+
+impl Content for RawDocumentBuf {
+    fn is_final(&self, kind: Kind) -> bool {
+        field(self.as_bytes(), kind.final_field()) == Some((0x08, &[1][..]))
+    }
+
+    /// Through a `Document`: the live path builds reports final where they
+    /// must be (`UserView::build_range_as`), so this is not its hot path.
+    fn into_final(self, kind: Kind) -> RawDocumentBuf {
+        let doc = self.to_document().expect("content tally built");
+        RawDocumentBuf::from_document(&doc.into_final(kind)).expect("content tally built")
+    }
+
+    /// Appended: the builders write no bookkeeping field, and every key
+    /// field.
+    fn into_set(mut self, bookkeeping: Bookkeeping, filter: &Document) -> RawDocumentBuf {
+        for (k, v) in bookkeeping {
+            debug_assert!(matches!(self.get(k), Ok(None)), "{k} in the content");
+            self.append(k, RawBson::try_from(v).expect("bookkeeping values encode"));
+        }
+        debug_assert!(
+            filter.keys().all(|k| matches!(self.get(k), Ok(Some(_)))),
+            "content without its key fields"
+        );
+        self
+    }
+}
+
+/// The bookkeeping fields of a write of content that is final or not over
+/// `stored`, in their stored order: `_id` (the stored one, or a new one:
+/// guarded updates and deletes then find the document by `_id`, which
+/// SecantusDB does at half the cost of the (user_id, period) key,
+/// BENCHMARKS.md "Writes by _id"), `time_zone`, `revision`,
+/// `restatements`, `generated_at`, `updated_at`, `created_at`, and for a
+/// report `finalized_at`.
+fn bookkeeping(
+    kind: Kind,
+    now_final: bool,
+    stored: Option<&Document>,
+    now: DateTime<Utc>,
+    time_zone: &str,
+) -> Bookkeeping {
     let now = BsonDateTime::from_millis(now.timestamp_millis());
-    let now_final = content.get_bool(kind.final_field()).unwrap_or(false);
     let was_final = stored.is_some_and(|s| s.get_bool(kind.final_field()).unwrap_or(false));
     let revision = stored.and_then(|s| int(s.get("revision")));
     let restatements = stored.and_then(|s| int(s.get("restatements"))).unwrap_or(0);
-    let mut set = content;
-    // The stored document's `_id`, or a new one: guarded updates and
-    // deletes then find the document by `_id`, which SecantusDB does at half
-    // the cost of the (user_id, period) key (BENCHMARKS.md, "Writes by _id").
+    let mut fields = Vec::with_capacity(8);
     match stored {
         // ObjectId's default is a new id, ObjectId::new().
-        None => {
-            set.insert("_id", bson::oid::ObjectId::default());
-        }
+        None => fields.push(("_id", Bson::ObjectId(bson::oid::ObjectId::default()))),
         Some(s) => {
             if let Ok(id) = s.get_object_id("_id") {
-                set.insert("_id", id);
+                fields.push(("_id", Bson::ObjectId(id)));
             }
         }
     }
-    set.insert("time_zone", time_zone);
-    set.insert("revision", revision.unwrap_or(0) + 1);
-    set.insert("restatements", restatements + i64::from(was_final));
-    set.insert("generated_at", now);
-    set.insert("updated_at", now);
-    set.insert(
-        "created_at",
-        stored
-            .and_then(|s| s.get("created_at").cloned())
-            .unwrap_or(Bson::DateTime(now)),
-    );
+    fields.push(("time_zone", Bson::String(time_zone.to_owned())));
+    fields.push(("revision", Bson::Int64(revision.unwrap_or(0) + 1)));
+    fields.push((
+        "restatements",
+        Bson::Int64(restatements + i64::from(was_final)),
+    ));
+    fields.push(("generated_at", Bson::DateTime(now)));
+    fields.push(("updated_at", Bson::DateTime(now)));
+    let created_at = stored.and_then(|s| s.get("created_at").cloned());
+    fields.push(("created_at", created_at.unwrap_or(Bson::DateTime(now))));
     if kind == Kind::Report {
         let finalized_at = match stored.and_then(|s| s.get("finalized_at")) {
             Some(at @ Bson::DateTime(_)) if now_final && was_final => at.clone(),
             _ if now_final => Bson::DateTime(now),
             _ => Bson::Null,
         };
-        set.insert("finalized_at", finalized_at);
+        fields.push(("finalized_at", finalized_at));
     }
+    fields
+}
+
+fn upsert(kind: Kind, filter: Document, set: RawDocumentBuf, stored: Option<&Document>) -> Write {
     Write::Upsert {
         kind,
         filter,
         set,
-        if_revision: stored.map(|_| revision.unwrap_or(0)),
+        if_revision: stored.map(|s| int(s.get("revision")).unwrap_or(0)),
         content_fingerprint: None,
     }
 }
@@ -196,6 +283,7 @@ mod tests {
         else {
             panic!("a new document is an unguarded upsert");
         };
+        let first = first.to_document().unwrap();
         assert_eq!(first.get_i64("revision").unwrap(), 1);
         assert_eq!(first.get_i64("restatements").unwrap(), 0);
         assert!(first.get_datetime("finalized_at").is_ok());
@@ -230,6 +318,7 @@ mod tests {
         else {
             panic!("a changed document is a guarded update");
         };
+        let second = second.to_document().unwrap();
         assert_eq!(second.get_i64("revision").unwrap(), 2);
         assert_eq!(second.get_i64("restatements").unwrap(), 1);
         assert_eq!(second.get("created_at"), first.get("created_at"));

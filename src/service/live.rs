@@ -28,11 +28,12 @@ use crate::batch::scan::Kept;
 use crate::core::calendar::{first_of_month, first_of_year, last_of_month, Calendar};
 use crate::core::ledger::{income_and_outflow, nets, UserLedger, YtdBaseline};
 use crate::core::money::Money;
+use crate::core::out::RawOut;
 use crate::core::reports::{Categories, Kind, UserView};
 use crate::core::source::{Pocket, SourceId, Transaction};
 use crate::core::vecmap::{grow_by_an_eighth, Sorted};
 use crate::plan::compare::{compare_user, Difference, DocChange};
-use crate::plan::fingerprint::{fingerprint, Metas, StoredMeta};
+use crate::plan::fingerprint::{fingerprint, fingerprint_raw, Metas, StoredMeta};
 use crate::plan::write::Write;
 use crate::service::held::{Held, Refs, Slot, TxOwners};
 
@@ -346,7 +347,9 @@ impl Live {
             .collect();
         let view = UserView::new(user, &ledger, &pockets, &self.categories, &self.cal)
             .with_ytd_baseline(baseline);
-        let expected = view.build_range(kinds, from, to, today);
+        // As bytes: a flush writes most of what it builds, and a
+        // `Document` cost 6–8× more to build and drop (BENCHMARKS.md (3)).
+        let expected = view.build_range_as::<RawOut>(kinds, from, to, today, reports_open_from);
         let mut stored: BTreeMap<(Kind, NaiveDate), StoredMeta> = BTreeMap::new();
         for &kind in kinds {
             let (lo, hi) = match kind {
@@ -381,7 +384,9 @@ impl Live {
         if meta.is_final() || !set.get_bool(kind.final_field()).unwrap_or(false) {
             return false;
         }
-        let mut open = set.clone();
+        let Ok(mut open) = set.to_document() else {
+            return false;
+        };
         open.insert(kind.final_field(), false);
         fingerprint(&open) == meta.fingerprint()
     }
@@ -404,10 +409,8 @@ impl Live {
                     content_fingerprint,
                     ..
                 } => {
-                    let meta = match content_fingerprint {
-                        Some(f) => StoredMeta::with_fingerprint(*kind, set, *f),
-                        None => StoredMeta::of(*kind, set),
-                    };
+                    let f = content_fingerprint.unwrap_or_else(|| fingerprint_raw(set));
+                    let meta = StoredMeta::of_written(*kind, set, f);
                     state.stored.insert(*kind, *period, &meta);
                 }
                 Write::Delete { kind, .. } => {
@@ -802,7 +805,7 @@ mod tests {
             for user in [self.user, self.other] {
                 for c in live.compute(user, &Kind::ALL, from, to, today, today, now) {
                     if let Write::Upsert { set, .. } = c.write {
-                        let content: Document = set
+                        let content: Document = (set.to_document().unwrap())
                             .into_iter()
                             .filter(|(k, _)| !BOOKKEEPING.contains(&k.as_str()))
                             .collect();

@@ -17,7 +17,7 @@ pub fn report_write(user: ObjectId, day: &str, total: i64) -> Write {
     Write::Upsert {
         kind: Kind::Report,
         filter,
-        set,
+        set: bson::RawDocumentBuf::from_document(&set).expect("encodes"),
         if_revision: None,
         content_fingerprint: None,
     }

@@ -67,6 +67,10 @@ mod tests {
     use super::*;
     use bson::doc;
 
+    fn raw(d: bson::Document) -> bson::RawDocumentBuf {
+        bson::RawDocumentBuf::from_document(&d).unwrap()
+    }
+
     #[test]
     fn restatements_are_updates_of_documents_that_were_final() {
         let at = bson::DateTime::from_millis(1_000);
@@ -74,7 +78,9 @@ mod tests {
         let report = |final_: bool, finalized_at: bson::DateTime, rev: Option<i64>| Write::Upsert {
             kind: Kind::Report,
             filter: doc! {},
-            set: doc! { "is_final": final_, "finalized_at": finalized_at, "generated_at": later },
+            set: raw(
+                doc! { "is_final": final_, "finalized_at": finalized_at, "generated_at": later },
+            ),
             if_revision: rev,
             content_fingerprint: None,
         };
@@ -91,7 +97,7 @@ mod tests {
         let snapshot = Write::Upsert {
             kind: Kind::Snapshot,
             filter: doc! {},
-            set: doc! { "is_complete": true },
+            set: raw(doc! { "is_complete": true }),
             if_revision: Some(1),
             content_fingerprint: None,
         };
