@@ -257,7 +257,10 @@ impl<B: Backend> Tailer<B> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Open window loaded into memory."
         );
-        self.live = live;
+        // A refresh's reload: what the old window held and this one does
+        // not has changed in a way whose event may still come.
+        let old = std::mem::replace(&mut self.live, live);
+        self.live.inherit_vanished(old);
         self.work.rescan.clear();
         Ok(())
     }
