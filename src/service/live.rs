@@ -83,24 +83,46 @@ pub struct Live {
     vanished: Vanished,
 }
 
-/// Transactions and pockets a reload of their user held before and no
-/// longer found, by their last owner (and a transaction's day). The reload
-/// read the source after a change whose event has not come yet — a hard
-/// delete, an edit to another user or before the window — and rewrote the
-/// user's documents without them, so neither memory nor the reports would
-/// name the owner when that event comes without a pre-image: it is located
-/// here instead (found by tests/run.rs: a user rescanned for a back-dated
-/// transaction, read after one of its transactions was deleted, sent that
-/// delete to a full refresh). An entry lives until its event comes; past
-/// [`VANISHED_CAP`] entries (events that never came) they are forgotten,
-/// and such an event is located through the reports, or by a refresh.
+/// Where transactions and pockets the window held and no longer holds
+/// last counted: owner (and a transaction's day). Two things let go of one
+/// before its last event: a reload of its user that read the source after
+/// a change whose event has not come yet (a hard delete, an edit to another
+/// user or before the window), and an event whose new version is gone or
+/// not held (an update whose looked-up document was already deleted, an
+/// edit before the window). Either rewrites the owner's documents without
+/// it, so neither memory nor the reports would name the owner when the
+/// next event comes without a pre-image: it is located here instead (found
+/// by tests/run.rs: a user rescanned for a back-dated transaction, read
+/// after one of its transactions was deleted, sent that delete to a full
+/// refresh). Each event of an entry's id moves it to its new version; an
+/// id held again leaves. Past [`VANISHED_CAP`] entries they are forgotten,
+/// and an event of theirs is located through the reports, or by a refresh.
 #[derive(Default)]
 struct Vanished {
     transactions: HashMap<SourceId, (ObjectId, NaiveDate)>,
     pockets: HashMap<ObjectId, ObjectId>,
 }
 
-const VANISHED_CAP: usize = 1 << 16;
+/// About 1.5 MiB at most.
+const VANISHED_CAP: usize = 1 << 14;
+
+impl Vanished {
+    fn note_transaction(&mut self, id: SourceId, place: (ObjectId, NaiveDate)) {
+        self.make_room();
+        self.transactions.insert(id, place);
+    }
+
+    fn note_pocket(&mut self, id: ObjectId, owner: ObjectId) {
+        self.make_room();
+        self.pockets.insert(id, owner);
+    }
+
+    fn make_room(&mut self) {
+        if self.transactions.len() + self.pockets.len() >= VANISHED_CAP {
+            *self = Vanished::default();
+        }
+    }
+}
 
 impl Live {
     /// An empty window from `from` (a 1st of month); documents before
@@ -173,6 +195,7 @@ impl Live {
         let slot = slot_at(self.users.len());
         let mut displaced = Vec::new();
         for tx in &kept.transactions {
+            self.vanished.transactions.remove(&tx.id);
             if let Some(other) = self.tx_owner.insert(&tx.id, slot) {
                 if let Some(state) = self.users.get_mut(other as usize) {
                     if state.transactions.remove(&tx.id).is_some() {
@@ -182,6 +205,7 @@ impl Live {
             }
         }
         for id in kept.pockets.keys() {
+            self.vanished.pockets.remove(id);
             if let Some(other) = self.pocket_owner.insert(*id, slot) {
                 if let Some(state) = self.users.get_mut(other as usize) {
                     if state.pockets.remove(id).is_some() {
@@ -215,19 +239,15 @@ impl Live {
 
     /// Notes what `user` held (`before`) that no state holds now.
     fn note_vanished(&mut self, user: ObjectId, (txs, pockets): HeldIds) {
-        let v = &mut self.vanished;
-        if v.transactions.len() + v.pockets.len() > VANISHED_CAP {
-            *v = Vanished::default();
-        }
         for (id, date) in txs {
             if self.tx_owner.get(&id).is_none() {
                 let day = self.cal.day_of_millis(date);
-                v.transactions.insert(id, (user, day));
+                self.vanished.note_transaction(id, (user, day));
             }
         }
         for id in pockets {
             if !self.pocket_owner.contains_key(&id) {
-                v.pockets.insert(id, user);
+                self.vanished.note_pocket(id, user);
             }
         }
     }
@@ -238,14 +258,14 @@ impl Live {
         for state in &old.users {
             self.note_vanished(state.user, held_ids(state));
         }
-        for (id, (user, day)) in old.vanished.transactions {
+        for (id, place) in old.vanished.transactions {
             if self.tx_owner.get(&id).is_none() {
-                self.vanished.transactions.insert(id, (user, day));
+                self.vanished.note_transaction(id, place);
             }
         }
         for (id, user) in old.vanished.pockets {
             if !self.pocket_owner.contains_key(&id) {
-                self.vanished.pockets.insert(id, user);
+                self.vanished.note_pocket(id, user);
             }
         }
     }
@@ -275,22 +295,18 @@ impl Live {
         id: &SourceId,
         new: Option<&Transaction>,
     ) -> (Vec<(ObjectId, NaiveDate)>, bool) {
-        let mut touched = Vec::new();
-        let mut known = false;
+        // Where the previous version counted, if known here.
+        let mut last = None;
         if let Some(owner) = self.tx_owner.remove(id) {
             if let Some(state) = self.users.get_mut(owner as usize) {
                 if let Some(old) = state.transactions.remove(id) {
-                    known = true;
-                    touched.push((state.user, self.cal.day_of_millis(old.date())));
+                    last = Some((state.user, self.cal.day_of_millis(old.date())));
                 }
             }
         }
-        if !known {
-            if let Some(owner_day) = self.vanished.transactions.remove(id) {
-                known = true;
-                touched.push(owner_day);
-            }
-        }
+        let last = last.or_else(|| self.vanished.transactions.get(id).copied());
+        let mut touched: Vec<_> = last.into_iter().collect();
+        let mut held = false;
         if let Some(tx) = new {
             if tx.date >= self.from_millis {
                 if let Some(&slot) = self.slots.get(&tx.user_id) {
@@ -298,11 +314,19 @@ impl Live {
                     let compact = state.refs.hold(tx);
                     state.transactions.insert(compact);
                     self.tx_owner.insert(id, slot);
+                    held = true;
                 }
             }
             touched.push((tx.user_id, self.cal.day_of_millis(tx.date)));
         }
-        (touched, known)
+        if held {
+            self.vanished.transactions.remove(id);
+        } else if last.is_some() {
+            // Let go: where it counts now (a new version), or last counted.
+            let place = touched.last().copied().expect("last is in touched");
+            self.vanished.note_transaction(id.clone(), place);
+        }
+        (touched, last.is_some())
     }
 
     /// Pocket `id` is now `new` (`None`: deleted). Returns the users whose
@@ -310,30 +334,38 @@ impl Live {
     /// now), and whether its previous version was known here.
     pub fn set_pocket(&mut self, id: ObjectId, new: Option<&Pocket>) -> (Vec<ObjectId>, bool) {
         let mut users = Vec::new();
-        let mut known = false;
+        // Its previous owner, if known here.
+        let mut last = None;
         if let Some(owner) = self.pocket_owner.remove(&id) {
             if let Some(state) = self.users.get_mut(owner as usize) {
-                known = state.pockets.remove(&id).is_some();
+                if state.pockets.remove(&id).is_some() {
+                    last = Some(state.user);
+                }
                 users.push(state.user);
             }
         }
-        if !known {
-            if let Some(owner) = self.vanished.pockets.remove(&id) {
-                known = true;
-                users.push(owner);
-            }
-        }
-        if let Some(user) = new.and_then(|p| p.user_id) {
+        let last = last.or_else(|| self.vanished.pockets.get(&id).copied());
+        users.extend(last.filter(|u| !users.contains(u)));
+        let now = new.and_then(|p| p.user_id);
+        let mut held = false;
+        if let Some(user) = now {
             if let Some(&slot) = self.slots.get(&user) {
                 let state = &mut self.users[slot as usize];
                 state.pockets.insert(new.expect("has a user").clone());
                 self.pocket_owner.insert(id, slot);
+                held = true;
             }
             if !users.contains(&user) {
                 users.push(user);
             }
         }
-        (users, known)
+        if held {
+            self.vanished.pockets.remove(&id);
+        } else if let Some(last) = last {
+            // Let go: its owner now, or its last.
+            self.vanished.note_pocket(id, now.unwrap_or(last));
+        }
+        (users, last.is_some())
     }
 
     /// Whether `new` differs from the pocket the window holds by its
@@ -992,11 +1024,12 @@ mod tests {
             (vec![w.other], true)
         );
         assert_eq!(live.set_pocket(w.pocket.id, None), (vec![w.user], true));
-        assert_eq!(live.set_pocket(w.pocket.id, None), (vec![], false));
+        // Replayed, the delete finds where the pocket last counted.
+        assert_eq!(live.set_pocket(w.pocket.id, None), (vec![w.user], true));
     }
 
     #[test]
-    fn what_a_reload_no_longer_finds_is_located_when_its_event_comes() {
+    fn what_the_window_lets_go_of_is_located_when_its_next_event_comes() {
         let w = World::new();
         let kept = |txs: Vec<Transaction>, pockets: Vec<Pocket>| Kept {
             transactions: txs,
@@ -1020,9 +1053,12 @@ mod tests {
             "the delete's owner and day, though no state holds it"
         );
         assert_eq!(live.set_pocket(w.pocket.id, None), (vec![w.user], true));
-        // Each is located once: a replay of the event finds nothing.
-        assert_eq!(live.set_transaction(&gone.id, None), (vec![], false));
-        assert_eq!(live.set_pocket(w.pocket.id, None), (vec![], false));
+        // Replayed, or an update's event before it (its looked-up document
+        // already gone), the delete still finds them.
+        assert_eq!(
+            live.set_transaction(&gone.id, None),
+            (vec![(w.user, day("2026-10-05"))], true)
+        );
         // What a reload still holds is not noted, nor what another user
         // took: their events find them where they are.
         live.insert(w.user, kept(vec![stays.clone()], vec![]));
@@ -1040,7 +1076,32 @@ mod tests {
                 true
             )
         );
-        // A refresh's new window takes over what the old one held.
+        // An edit before the window lets go of it: its next event without
+        // a pre-image counts it where the edit put it.
+        let mut old = moved.clone();
+        old.date = w.cal.day_start(day("2026-08-30")).timestamp_millis();
+        assert_eq!(
+            live.set_transaction(&stays.id, Some(&old)),
+            (
+                vec![(w.other, day("2026-11-02")), (w.other, day("2026-08-30"))],
+                true
+            )
+        );
+        assert_eq!(
+            live.set_transaction(&stays.id, None),
+            (vec![(w.other, day("2026-08-30"))], true)
+        );
+        // Held again, it is found where it is held.
+        let mut back = moved.clone();
+        back.user_id = w.user;
+        live.set_transaction(&stays.id, Some(&back));
+        assert_eq!(
+            live.set_transaction(&stays.id, None),
+            (vec![(w.user, day("2026-11-02"))], true)
+        );
+        // A refresh's new window takes over what the old one held, and
+        // what the old one had let go of.
+        live.insert(w.user, kept(vec![back.clone()], vec![]));
         let mut fresh = Live::new(
             w.cal,
             day("2026-10-01"),
@@ -1051,12 +1112,19 @@ mod tests {
         fresh.inherit_vanished(live);
         assert_eq!(
             fresh.set_transaction(&stays.id, None),
-            (vec![(w.other, day("2026-11-02"))], true)
+            (vec![(w.user, day("2026-11-02"))], true)
+        );
+        assert_eq!(
+            fresh.set_transaction(&gone.id, None),
+            (vec![(w.user, day("2026-10-05"))], true)
         );
         assert_eq!(
             fresh.set_pocket(w.other_pocket.id, None),
             (vec![w.other], true)
         );
+        // Never held: not known.
+        let never = w.tx(w.user, "1", "2026-11-03", 1);
+        assert_eq!(fresh.set_transaction(&never.id, None), (vec![], false));
     }
 
     #[test]
