@@ -80,48 +80,6 @@ pub struct Live {
     slots: HashMap<ObjectId, Slot>,
     tx_owner: TxOwners,
     pocket_owner: HashMap<ObjectId, Slot>,
-    vanished: Vanished,
-}
-
-/// Where transactions and pockets the window held and no longer holds
-/// last counted: owner (and a transaction's day). Two things let go of one
-/// before its last event: a reload of its user that read the source after
-/// a change whose event has not come yet (a hard delete, an edit to another
-/// user or before the window), and an event whose new version is gone or
-/// not held (an update whose looked-up document was already deleted, an
-/// edit before the window). Either rewrites the owner's documents without
-/// it, so neither memory nor the reports would name the owner when the
-/// next event comes without a pre-image: it is located here instead (found
-/// by tests/run.rs: a user rescanned for a back-dated transaction, read
-/// after one of its transactions was deleted, sent that delete to a full
-/// refresh). Each event of an entry's id moves it to its new version; an
-/// id held again leaves. Past [`VANISHED_CAP`] entries they are forgotten,
-/// and an event of theirs is located through the reports, or by a refresh.
-#[derive(Default)]
-struct Vanished {
-    transactions: HashMap<SourceId, (ObjectId, NaiveDate)>,
-    pockets: HashMap<ObjectId, ObjectId>,
-}
-
-/// About 1.5 MiB at most.
-const VANISHED_CAP: usize = 1 << 14;
-
-impl Vanished {
-    fn note_transaction(&mut self, id: SourceId, place: (ObjectId, NaiveDate)) {
-        self.make_room();
-        self.transactions.insert(id, place);
-    }
-
-    fn note_pocket(&mut self, id: ObjectId, owner: ObjectId) {
-        self.make_room();
-        self.pockets.insert(id, owner);
-    }
-
-    fn make_room(&mut self) {
-        if self.transactions.len() + self.pockets.len() >= VANISHED_CAP {
-            *self = Vanished::default();
-        }
-    }
 }
 
 impl Live {
@@ -144,7 +102,6 @@ impl Live {
             slots: HashMap::new(),
             tx_owner: TxOwners::default(),
             pocket_owner: HashMap::new(),
-            vanished: Vanished::default(),
         }
     }
 
@@ -189,13 +146,11 @@ impl Live {
     /// tests/simulation.rs: a rescan of a pocket's new owner, read before
     /// the move's event, left the pocket in the old owner's snapshots).
     pub fn insert(&mut self, user: ObjectId, kept: Kept) -> Vec<ObjectId> {
-        let before = self.state(&user).map(held_ids);
         self.remove(&user);
         // The new state goes last; no other state is there yet.
         let slot = slot_at(self.users.len());
         let mut displaced = Vec::new();
         for tx in &kept.transactions {
-            self.vanished.transactions.remove(&tx.id);
             if let Some(other) = self.tx_owner.insert(&tx.id, slot) {
                 if let Some(state) = self.users.get_mut(other as usize) {
                     if state.transactions.remove(&tx.id).is_some() {
@@ -205,7 +160,6 @@ impl Live {
             }
         }
         for id in kept.pockets.keys() {
-            self.vanished.pockets.remove(id);
             if let Some(other) = self.pocket_owner.insert(*id, slot) {
                 if let Some(state) = self.users.get_mut(other as usize) {
                     if state.pockets.remove(id).is_some() {
@@ -229,45 +183,9 @@ impl Live {
         grow_by_an_eighth(&mut self.users, 64);
         self.users.push(state);
         self.slots.insert(user, slot);
-        if let Some(before) = before {
-            self.note_vanished(user, before);
-        }
         displaced.sort_by_key(|u| u.bytes());
         displaced.dedup();
         displaced
-    }
-
-    /// Notes what `user` held (`before`) that no state holds now.
-    fn note_vanished(&mut self, user: ObjectId, (txs, pockets): HeldIds) {
-        for (id, date) in txs {
-            if self.tx_owner.get(&id).is_none() {
-                let day = self.cal.day_of_millis(date);
-                self.vanished.note_transaction(id, (user, day));
-            }
-        }
-        for id in pockets {
-            if !self.pocket_owner.contains_key(&id) {
-                self.vanished.note_pocket(id, user);
-            }
-        }
-    }
-
-    /// Takes over what `old` (the window this one reloads) held that this
-    /// one does not, as a reload of each of its users would.
-    pub fn inherit_vanished(&mut self, old: Live) {
-        for state in &old.users {
-            self.note_vanished(state.user, held_ids(state));
-        }
-        for (id, place) in old.vanished.transactions {
-            if self.tx_owner.get(&id).is_none() {
-                self.vanished.note_transaction(id, place);
-            }
-        }
-        for (id, user) in old.vanished.pockets {
-            if !self.pocket_owner.contains_key(&id) {
-                self.vanished.note_pocket(id, user);
-            }
-        }
     }
 
     fn remove(&mut self, user: &ObjectId) {
@@ -295,18 +213,16 @@ impl Live {
         id: &SourceId,
         new: Option<&Transaction>,
     ) -> (Vec<(ObjectId, NaiveDate)>, bool) {
-        // Where the previous version counted, if known here.
-        let mut last = None;
+        let mut touched = Vec::new();
+        let mut known = false;
         if let Some(owner) = self.tx_owner.remove(id) {
             if let Some(state) = self.users.get_mut(owner as usize) {
                 if let Some(old) = state.transactions.remove(id) {
-                    last = Some((state.user, self.cal.day_of_millis(old.date())));
+                    known = true;
+                    touched.push((state.user, self.cal.day_of_millis(old.date())));
                 }
             }
         }
-        let last = last.or_else(|| self.vanished.transactions.get(id).copied());
-        let mut touched: Vec<_> = last.into_iter().collect();
-        let mut held = false;
         if let Some(tx) = new {
             if tx.date >= self.from_millis {
                 if let Some(&slot) = self.slots.get(&tx.user_id) {
@@ -314,19 +230,11 @@ impl Live {
                     let compact = state.refs.hold(tx);
                     state.transactions.insert(compact);
                     self.tx_owner.insert(id, slot);
-                    held = true;
                 }
             }
             touched.push((tx.user_id, self.cal.day_of_millis(tx.date)));
         }
-        if held {
-            self.vanished.transactions.remove(id);
-        } else if last.is_some() {
-            // Let go: where it counts now (a new version), or last counted.
-            let place = touched.last().copied().expect("last is in touched");
-            self.vanished.note_transaction(id.clone(), place);
-        }
-        (touched, last.is_some())
+        (touched, known)
     }
 
     /// Pocket `id` is now `new` (`None`: deleted). Returns the users whose
@@ -334,38 +242,24 @@ impl Live {
     /// now), and whether its previous version was known here.
     pub fn set_pocket(&mut self, id: ObjectId, new: Option<&Pocket>) -> (Vec<ObjectId>, bool) {
         let mut users = Vec::new();
-        // Its previous owner, if known here.
-        let mut last = None;
+        let mut known = false;
         if let Some(owner) = self.pocket_owner.remove(&id) {
             if let Some(state) = self.users.get_mut(owner as usize) {
-                if state.pockets.remove(&id).is_some() {
-                    last = Some(state.user);
-                }
+                known = state.pockets.remove(&id).is_some();
                 users.push(state.user);
             }
         }
-        let last = last.or_else(|| self.vanished.pockets.get(&id).copied());
-        users.extend(last.filter(|u| !users.contains(u)));
-        let now = new.and_then(|p| p.user_id);
-        let mut held = false;
-        if let Some(user) = now {
+        if let Some(user) = new.and_then(|p| p.user_id) {
             if let Some(&slot) = self.slots.get(&user) {
                 let state = &mut self.users[slot as usize];
                 state.pockets.insert(new.expect("has a user").clone());
                 self.pocket_owner.insert(id, slot);
-                held = true;
             }
             if !users.contains(&user) {
                 users.push(user);
             }
         }
-        if held {
-            self.vanished.pockets.remove(&id);
-        } else if let Some(last) = last {
-            // Let go: its owner now, or its last.
-            self.vanished.note_pocket(id, now.unwrap_or(last));
-        }
-        (users, last.is_some())
+        (users, known)
     }
 
     /// Whether `new` differs from the pocket the window holds by its
@@ -577,17 +471,14 @@ impl Live {
     fn keeps(&self, kind: Kind, period: NaiveDate) -> bool {
         keeps(kind, period, self.from, self.open_from)
     }
-}
 
-/// A state's transactions (id, date) and pockets.
-type HeldIds = (Vec<(SourceId, i64)>, Vec<ObjectId>);
-
-fn held_ids(state: &UserState) -> HeldIds {
-    let txs = state.transactions.as_slice().iter();
-    (
-        txs.map(|t| (t.id().clone(), t.date())).collect(),
-        state.pockets.as_slice().iter().map(|p| p.id).collect(),
-    )
+    /// Drops everything (a full refresh reloads it).
+    pub fn clear(&mut self) {
+        self.users.clear();
+        self.slots.clear();
+        self.tx_owner.clear();
+        self.pocket_owner.clear();
+    }
 }
 
 /// The slot of the state at index `i` of the states.
@@ -1024,107 +915,7 @@ mod tests {
             (vec![w.other], true)
         );
         assert_eq!(live.set_pocket(w.pocket.id, None), (vec![w.user], true));
-        // Replayed, the delete finds where the pocket last counted.
-        assert_eq!(live.set_pocket(w.pocket.id, None), (vec![w.user], true));
-    }
-
-    #[test]
-    fn what_the_window_lets_go_of_is_located_when_its_next_event_comes() {
-        let w = World::new();
-        let kept = |txs: Vec<Transaction>, pockets: Vec<Pocket>| Kept {
-            transactions: txs,
-            pockets: pockets.into_iter().map(|p| (p.id, p)).collect(),
-            stored: Vec::new(),
-            baseline: YtdBaseline {
-                from: day("2026-10-01"),
-                income: Money::ZERO,
-                expense: "100".parse().unwrap(),
-            },
-        };
-        let gone = w.tx(w.user, "10", "2026-10-05", 9);
-        let stays = w.tx(w.user, "20", "2026-11-02", 23);
-        let mut live = w.load(&[gone.clone(), stays.clone()]);
-        // The user is reloaded from a read made after `gone` and its
-        // pocket were deleted, before their events came.
-        live.insert(w.user, kept(vec![stays.clone()], vec![]));
-        assert_eq!(
-            live.set_transaction(&gone.id, None),
-            (vec![(w.user, day("2026-10-05"))], true),
-            "the delete's owner and day, though no state holds it"
-        );
-        assert_eq!(live.set_pocket(w.pocket.id, None), (vec![w.user], true));
-        // Replayed, or an update's event before it (its looked-up document
-        // already gone), the delete still finds them.
-        assert_eq!(
-            live.set_transaction(&gone.id, None),
-            (vec![(w.user, day("2026-10-05"))], true)
-        );
-        // What a reload still holds is not noted, nor what another user
-        // took: their events find them where they are.
-        live.insert(w.user, kept(vec![stays.clone()], vec![]));
-        let mut moved = stays.clone();
-        moved.user_id = w.other;
-        live.insert(
-            w.other,
-            kept(vec![moved.clone()], vec![w.other_pocket.clone()]),
-        );
-        live.insert(w.user, kept(vec![], vec![]));
-        assert_eq!(
-            live.set_transaction(&stays.id, Some(&moved)),
-            (
-                vec![(w.other, day("2026-11-02")), (w.other, day("2026-11-02"))],
-                true
-            )
-        );
-        // An edit before the window lets go of it: its next event without
-        // a pre-image counts it where the edit put it.
-        let mut old = moved.clone();
-        old.date = w.cal.day_start(day("2026-08-30")).timestamp_millis();
-        assert_eq!(
-            live.set_transaction(&stays.id, Some(&old)),
-            (
-                vec![(w.other, day("2026-11-02")), (w.other, day("2026-08-30"))],
-                true
-            )
-        );
-        assert_eq!(
-            live.set_transaction(&stays.id, None),
-            (vec![(w.other, day("2026-08-30"))], true)
-        );
-        // Held again, it is found where it is held.
-        let mut back = moved.clone();
-        back.user_id = w.user;
-        live.set_transaction(&stays.id, Some(&back));
-        assert_eq!(
-            live.set_transaction(&stays.id, None),
-            (vec![(w.user, day("2026-11-02"))], true)
-        );
-        // A refresh's new window takes over what the old one held, and
-        // what the old one had let go of.
-        live.insert(w.user, kept(vec![back.clone()], vec![]));
-        let mut fresh = Live::new(
-            w.cal,
-            day("2026-10-01"),
-            day("2026-10-01"),
-            Categories::default(),
-        );
-        fresh.insert(w.user, kept(vec![], vec![]));
-        fresh.inherit_vanished(live);
-        assert_eq!(
-            fresh.set_transaction(&stays.id, None),
-            (vec![(w.user, day("2026-11-02"))], true)
-        );
-        assert_eq!(
-            fresh.set_transaction(&gone.id, None),
-            (vec![(w.user, day("2026-10-05"))], true)
-        );
-        assert_eq!(
-            fresh.set_pocket(w.other_pocket.id, None),
-            (vec![w.other], true)
-        );
-        // Never held: not known.
-        let never = w.tx(w.user, "1", "2026-11-03", 1);
-        assert_eq!(fresh.set_transaction(&never.id, None), (vec![], false));
+        assert_eq!(live.set_pocket(w.pocket.id, None), (vec![], false));
     }
 
     #[test]

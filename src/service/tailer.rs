@@ -257,10 +257,7 @@ impl<B: Backend> Tailer<B> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Open window loaded into memory."
         );
-        // A refresh's reload: what the old window held and this one does
-        // not has changed in a way whose event may still come.
-        let old = std::mem::replace(&mut self.live, live);
-        self.live.inherit_vanished(old);
+        self.live = live;
         self.work.rescan.clear();
         Ok(())
     }
@@ -846,18 +843,24 @@ impl<B: Backend> Tailer<B> {
                     .map(|tx| (tx.user_id, cal.day_of_millis(tx.date)));
                 let earliest = touched.iter().map(|(_, d)| *d);
                 self.count_late(earliest.chain(old.map(|(_, d)| d)).min());
-                // The pre-image is the authority on the old version; a
-                // version the window let go of is only its last known one.
-                for (user, day) in touched.into_iter().chain(old) {
+                for (user, day) in touched {
                     self.mark(user, day, Some(day));
                 }
-                // Not known here nor told by a pre-image: before the
-                // window, of a user the window does not hold, invalid, or
-                // new. An old version recorded invalid counted nowhere
-                // (contract §1.4): there is nothing to locate.
-                if !known && !has_old && event.operation_type != OperationType::Insert {
-                    let key = reject_key(TRANSACTIONS, &SourceId::from_bson(&id));
-                    if !self.known_rejects.contains(&key) {
+                if !known {
+                    // Not in memory: before the window, of a user the
+                    // window does not hold, invalid, or new. An old version
+                    // recorded invalid counted nowhere (contract §1.4): there
+                    // is nothing to locate.
+                    let recorded = || {
+                        let key = reject_key(TRANSACTIONS, &SourceId::from_bson(&id));
+                        self.known_rejects.contains(&key)
+                    };
+                    if let Some((user, day)) = old {
+                        self.mark(user, day, Some(day));
+                    } else if !has_old
+                        && event.operation_type != OperationType::Insert
+                        && !recorded()
+                    {
                         self.work.locate.push((id.clone(), new_user));
                     }
                 }
