@@ -7,7 +7,10 @@
 //! Faults strike between any two awaits: every server call may fail before
 //! or after its effect (the effect landed, the reply was lost), and the
 //! service task is aborted at random moments — wherever it is parked — and
-//! started again from what the server holds (a `kill -9`). After the
+//! started again from what the server holds (a `kill -9`); in one seed of
+//! three another writer rewrites output documents (their revision moves
+//! under tally's guarded writes), in one of three it does so right after
+//! each focused scan of their users. After the
 //! workload stops and the faults end, every output document from the
 //! managed start to the horizon must equal a from-scratch computation from
 //! the source (the builders over each user's whole history), with nothing
@@ -110,6 +113,13 @@ struct World {
     refused: u64,
     /// Instance → until when its calls stall (a pause or a cut network).
     partitioned: HashMap<usize, tokio::time::Instant>,
+    /// Output documents another writer rewrote (their revision moved), and
+    /// tally's guarded writes that met such a revision.
+    rewritten: u64,
+    conflicts: u64,
+    /// Whether another writer rewrites the documents of the users a
+    /// focused scan read, right after the read.
+    rewrite_after_rescans: bool,
 }
 
 /// A server error with `code`, as the driver builds it from a reply.
@@ -492,7 +502,10 @@ impl Memory {
                             w.outputs.insert(k, whole);
                             stats.updated += 1;
                         }
-                        _ => stats.conflicts += 1,
+                        _ => {
+                            stats.conflicts += 1;
+                            w.conflicts += 1;
+                        }
                     }
                 }
             }
@@ -673,7 +686,7 @@ impl Backend for Memory {
         self.hop("scan", false).await?;
         let today = cal.day_of(now);
         let (results, rejects) = {
-            let w = self.lock();
+            let mut w = self.lock();
             let users = focus
                 .users
                 .as_ref()
@@ -705,6 +718,18 @@ impl Backend for Memory {
                     kept,
                     ..UserResult::default()
                 });
+            }
+            if let (true, Some(users)) = (w.rewrite_after_rescans, &users) {
+                // Another writer, between this read and tally's writes.
+                let mut n = 0;
+                for ((_, u, _), d) in w.outputs.iter_mut() {
+                    if users.contains(u) {
+                        let r = revision(d);
+                        d.insert("revision", r + 1);
+                        n += 1;
+                    }
+                }
+                w.rewritten += n;
             }
             (results, rejects)
         };
@@ -1351,6 +1376,8 @@ impl Api {
 // ---------------------------------------------------------------------------
 
 struct Outcome {
+    rewritten: u64,
+    conflicts: u64,
     history_losses: u64,
     partitions: usize,
     exits: usize,
@@ -1416,6 +1443,13 @@ async fn simulate(seed: u64) -> anyhow::Result<Outcome> {
     let crash_permille = [0, 20, 80][rng.below(3) as usize];
     let history_permille = [0, 0, 10][rng.below(3) as usize];
     let partition_permille = [0, 15, 40][rng.below(3) as usize];
+    // Another writer (an operator's backfill, say) rewrites output
+    // documents with the content they have: their revision moves, and
+    // tally's next guarded write of one meets it. Its own generator, so
+    // that the other choices of each seed stay as they were.
+    let mut other = Rng::new(seed ^ 0x07e1);
+    let rewrite_permille = [0, 0, 150][other.below(3) as usize];
+    memory.lock().rewrite_after_rescans = other.below(3) == 0;
     // One instance, or two sharing the lease (one active, one standing by).
     let instances = 1 + rng.below(2) as usize;
     let instances = std::env::var("SIM_INSTANCES")
@@ -1459,6 +1493,20 @@ async fn simulate(seed: u64) -> anyhow::Result<Outcome> {
             memory.lock().partitioned.insert(k, until);
             partitions += 1;
         }
+        if other.below(1000) < rewrite_permille {
+            // Every document of one user, as a backfill of that user does.
+            let (user, _) = api.users[other.below(api.users.len() as u64) as usize];
+            let mut w = memory.lock();
+            let mut n = 0;
+            for ((_, u, _), d) in w.outputs.iter_mut() {
+                if *u == user {
+                    let r = revision(d);
+                    d.insert("revision", r + 1);
+                    n += 1;
+                }
+            }
+            w.rewritten += n;
+        }
         if rng.below(1000) < history_permille {
             // The history moves past whatever was not read yet.
             let mut w = memory.lock();
@@ -1482,6 +1530,7 @@ async fn simulate(seed: u64) -> anyhow::Result<Outcome> {
         w.fail_before = 0;
         w.fail_after = 0;
         w.partitioned.clear();
+        w.rewrite_after_rescans = false;
     }
     // Past the night's last step (00:01) and the settle delay.
     let night_over = start + chrono::Duration::seconds(70 + 60 + 40);
@@ -1576,6 +1625,8 @@ async fn simulate(seed: u64) -> anyhow::Result<Outcome> {
         bail!("the invalid transaction {id} has no reject record");
     }
     Ok(Outcome {
+        rewritten: w.rewritten,
+        conflicts: w.conflicts,
         history_losses: w.history_losses,
         partitions,
         exits,
@@ -1615,11 +1666,14 @@ fn seeded_crashes_and_failures_between_any_two_awaits_converge() {
     let started = std::time::Instant::now();
     let (mut crashes, mut failures, mut calls, mut ops, mut documents) = (0, 0, 0, 0, 0);
     let (mut history_losses, mut partitions, mut exits, mut terms, mut refused) = (0, 0, 0, 0, 0);
+    let (mut rewritten, mut conflicts) = (0, 0);
     let mut failed = Vec::new();
     for &seed in &seeds {
         match run_seed(seed) {
             Ok(o) => {
                 crashes += o.crashes;
+                rewritten += o.rewritten;
+                conflicts += o.conflicts;
                 history_losses += o.history_losses;
                 partitions += o.partitions;
                 exits += o.exits;
@@ -1634,7 +1688,7 @@ fn seeded_crashes_and_failures_between_any_two_awaits_converge() {
         }
     }
     eprintln!(
-        "{} seeds in {:.1} s: {ops} API calls, {calls} server calls, {failures} injected failures, {crashes} crashes, {exits} exits, {partitions} partitions, {history_losses} history losses, {terms} leaderships, {refused} fenced writes refused, {documents} documents checked",
+        "{} seeds in {:.1} s: {ops} API calls, {calls} server calls, {failures} injected failures, {crashes} crashes, {exits} exits, {partitions} partitions, {history_losses} history losses, {terms} leaderships, {refused} fenced writes refused, {rewritten} documents rewritten by another writer, {conflicts} writes that met one, {documents} documents checked",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
@@ -1653,9 +1707,11 @@ fn seeded_crashes_and_failures_between_any_two_awaits_converge() {
                 && history_losses > 0
                 && partitions > 0
                 && refused > 0
+                && conflicts > 0
                 && documents > 0,
             "crashes {crashes}, failures {failures}, history losses {history_losses}, \
-             partitions {partitions}, refused {refused}, documents {documents}"
+             partitions {partitions}, refused {refused}, conflicts {conflicts}, \
+             documents {documents}"
         );
     }
 }

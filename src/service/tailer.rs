@@ -509,6 +509,16 @@ impl<B: Backend> Tailer<B> {
             self.opts.telemetry.written(&mix, stats);
         }
         let clean = matches!(&result, Ok(s) if s.errors == 0 && s.conflicts == 0);
+        if let Ok(stats) = &result {
+            if !clean {
+                warn!(
+                    conflicts = stats.conflicts,
+                    errors = stats.errors,
+                    users = users.len(),
+                    "Writes met another writer or failed; their users are rescanned from the source."
+                );
+            }
+        }
         if !clean {
             let from = self.live.open_from();
             for user in users {
@@ -1156,14 +1166,18 @@ impl<B: Backend> Tailer<B> {
             .collect();
         let writes = self.hold_past_changes(per_user, now, &deep, &compared, &from_open, &later);
         inject::point("flush.computed")?;
+        // Their memory was read from the source just now. Cleared before
+        // the writes, not after: a write that meets another writer queues
+        // its user's rescan again (`write`), and clearing that would leave
+        // memory holding what never landed (found on a second read).
+        for user in &rescanned {
+            self.work.rescan.remove(user);
+        }
         self.write(writes).await?;
         for user in &done {
             self.work.redo.remove(user);
         }
         inject::point("flush.written")?;
-        for user in &rescanned {
-            self.work.rescan.remove(user);
-        }
         // Users a rescan took a transaction or pocket from (it changed
         // hands): every day it counted on may have moved; the next flush
         // rescans them.
