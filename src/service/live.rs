@@ -57,10 +57,6 @@ struct UserState {
     /// That of its anchors when its documents were last made consistent
     /// back to its first stored document (`None`: not since it was loaded).
     settled: Option<u64>,
-    /// Its anchors' key now, once asked for (`None`: not known since its
-    /// transactions or pockets last changed). A flush asks up to three
-    /// times a user, and each time cost a walk of its transactions.
-    anchors: Option<u64>,
 }
 
 /// Per valid pocket of a user, its closing balance on the day before the
@@ -158,7 +154,6 @@ impl Live {
             if let Some(other) = self.tx_owner.insert(&tx.id, slot) {
                 if let Some(state) = self.users.get_mut(other as usize) {
                     if state.transactions.remove(&tx.id).is_some() {
-                        state.anchors = None;
                         displaced.push(state.user);
                     }
                 }
@@ -168,7 +163,6 @@ impl Live {
             if let Some(other) = self.pocket_owner.insert(*id, slot) {
                 if let Some(state) = self.users.get_mut(other as usize) {
                     if state.pockets.remove(id).is_some() {
-                        state.anchors = None;
                         displaced.push(state.user);
                     }
                 }
@@ -183,7 +177,6 @@ impl Live {
             baseline: kept.baseline,
             computed: None,
             settled: None,
-            anchors: None,
         };
         state.hold(kept.transactions);
         // Grown by an eighth, not doubled: a state is ~200 bytes a user.
@@ -225,7 +218,6 @@ impl Live {
         if let Some(owner) = self.tx_owner.remove(id) {
             if let Some(state) = self.users.get_mut(owner as usize) {
                 if let Some(old) = state.transactions.remove(id) {
-                    state.anchors = None;
                     known = true;
                     touched.push((state.user, self.cal.day_of_millis(old.date())));
                 }
@@ -237,7 +229,6 @@ impl Live {
                     let state = &mut self.users[slot as usize];
                     let compact = state.refs.hold(tx);
                     state.transactions.insert(compact);
-                    state.anchors = None;
                     self.tx_owner.insert(id, slot);
                 }
             }
@@ -255,7 +246,6 @@ impl Live {
         if let Some(owner) = self.pocket_owner.remove(&id) {
             if let Some(state) = self.users.get_mut(owner as usize) {
                 known = state.pockets.remove(&id).is_some();
-                state.anchors = None;
                 users.push(state.user);
             }
         }
@@ -263,7 +253,6 @@ impl Live {
             if let Some(&slot) = self.slots.get(&user) {
                 let state = &mut self.users[slot as usize];
                 state.pockets.insert(new.expect("has a user").clone());
-                state.anchors = None;
                 self.pocket_owner.insert(id, slot);
             }
             if !users.contains(&user) {
@@ -296,9 +285,9 @@ impl Live {
 
     /// Whether `user`'s anchors moved since its documents were last
     /// computed: then days its transaction events did not touch moved too.
-    pub fn anchors_moved(&mut self, user: &ObjectId) -> bool {
-        self.state_mut(user)
-            .is_none_or(|s| Some(s.anchors_key()) != s.computed)
+    pub fn anchors_moved(&self, user: &ObjectId) -> bool {
+        self.state(user)
+            .is_none_or(|s| s.computed != Some(anchors_key(s)))
     }
 
     /// Whether `user`'s documents were computed since it was loaded.
@@ -309,22 +298,22 @@ impl Live {
     /// Whether `user`'s anchors are those of its last consistent state back
     /// to its first stored document: then no document before the window
     /// needs restating.
-    pub fn anchors_settled(&mut self, user: &ObjectId) -> bool {
-        self.state_mut(user)
-            .is_some_and(|s| Some(s.anchors_key()) == s.settled)
+    pub fn anchors_settled(&self, user: &ObjectId) -> bool {
+        self.state(user)
+            .is_some_and(|s| s.settled == Some(anchors_key(s)))
     }
 
     /// Records `user`'s anchors as those of its last computation.
     pub fn note_computed(&mut self, user: &ObjectId) {
         if let Some(s) = self.state_mut(user) {
-            s.computed = Some(s.anchors_key());
+            s.computed = Some(anchors_key(s));
         }
     }
 
     /// Records `user`'s anchors as consistent back to its first document.
     pub fn note_settled(&mut self, user: &ObjectId) {
         if let Some(s) = self.state_mut(user) {
-            s.settled = Some(s.anchors_key());
+            s.settled = Some(anchors_key(s));
         }
     }
 
@@ -452,7 +441,7 @@ impl Live {
             {
                 // The anchors move to the new window's eve; a state they
                 // matched before, they match after.
-                let before = Some(state.anchors_key());
+                let before = Some(anchors_key(state));
                 let (computed, settled) = (state.computed == before, state.settled == before);
                 // Held anew, so ids only the dropped ones named leave `refs`.
                 let (kept, dropped): (Vec<Transaction>, Vec<Transaction>) =
@@ -461,8 +450,7 @@ impl Live {
                     self.tx_owner.remove(&tx.id);
                 }
                 state.hold(kept);
-                state.anchors = None;
-                let after = Some(state.anchors_key());
+                let after = Some(anchors_key(state));
                 state.computed = if computed { after } else { None };
                 state.settled = if settled { after } else { None };
             }
@@ -625,7 +613,6 @@ impl PocketChange<'_> {
 /// A user's anchors as 64 bits, to tell whether they moved since they were
 /// noted without holding them (two vectors a user): a hash, like the
 /// fingerprints of stored documents, with the same odds of a collision.
-/// [`UserState::anchors_key`] keeps it until the user's inputs change.
 fn anchors_key(state: &UserState) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     anchors_of(state).hash(&mut h);
@@ -655,18 +642,6 @@ fn anchors_of(state: &UserState) -> Anchors {
 }
 
 impl UserState {
-    /// [`anchors_key`], computed once after each change of the user's
-    /// transactions or pockets (each such change clears `anchors`).
-    fn anchors_key(&mut self) -> u64 {
-        match self.anchors {
-            Some(key) => {
-                debug_assert_eq!(key, anchors_key(self), "a change left the key stale");
-                key
-            }
-            None => *self.anchors.insert(anchors_key(self)),
-        }
-    }
-
     /// The window's transactions from `cutoff` (a 1st of month, in the
     /// window) folded (contract §1.2 effects, §5 sums), and the year-to-date
     /// baseline at `cutoff`: the income and outflow of `cutoff`'s year
