@@ -122,6 +122,20 @@ struct World {
     rewrite_after_rescans: bool,
 }
 
+impl World {
+    /// Another writer rewrites the output documents of the users `of`
+    /// picks with the content they have: their revision moves.
+    fn rewrite(&mut self, of: impl Fn(&ObjectId) -> bool) {
+        for ((_, u, _), d) in self.outputs.iter_mut() {
+            if of(u) {
+                let r = revision(d);
+                d.insert("revision", r + 1);
+                self.rewritten += 1;
+            }
+        }
+    }
+}
+
 /// A server error with `code`, as the driver builds it from a reply.
 fn server_error(code: i32, what: &str) -> tally::Error {
     let c: mongodb::error::CommandError =
@@ -721,15 +735,7 @@ impl Backend for Memory {
             }
             if let (true, Some(users)) = (w.rewrite_after_rescans, &users) {
                 // Another writer, between this read and tally's writes.
-                let mut n = 0;
-                for ((_, u, _), d) in w.outputs.iter_mut() {
-                    if users.contains(u) {
-                        let r = revision(d);
-                        d.insert("revision", r + 1);
-                        n += 1;
-                    }
-                }
-                w.rewritten += n;
+                w.rewrite(|u| users.contains(u));
             }
             (results, rejects)
         };
@@ -1496,16 +1502,7 @@ async fn simulate(seed: u64) -> anyhow::Result<Outcome> {
         if other.below(1000) < rewrite_permille {
             // Every document of one user, as a backfill of that user does.
             let (user, _) = api.users[other.below(api.users.len() as u64) as usize];
-            let mut w = memory.lock();
-            let mut n = 0;
-            for ((_, u, _), d) in w.outputs.iter_mut() {
-                if *u == user {
-                    let r = revision(d);
-                    d.insert("revision", r + 1);
-                    n += 1;
-                }
-            }
-            w.rewritten += n;
+            memory.lock().rewrite(|u| *u == user);
         }
         if rng.below(1000) < history_permille {
             // The history moves past whatever was not read yet.

@@ -509,8 +509,8 @@ impl<B: Backend> Tailer<B> {
             self.opts.telemetry.written(&mix, stats);
         }
         let clean = matches!(&result, Ok(s) if s.errors == 0 && s.conflicts == 0);
-        if let Ok(stats) = &result {
-            if !clean {
+        if !clean {
+            if let Ok(stats) = &result {
                 warn!(
                     conflicts = stats.conflicts,
                     errors = stats.errors,
@@ -518,8 +518,6 @@ impl<B: Backend> Tailer<B> {
                     "Writes met another writer or failed; their users are rescanned from the source."
                 );
             }
-        }
-        if !clean {
             let from = self.live.open_from();
             for user in users {
                 self.mark(user, from, None);
