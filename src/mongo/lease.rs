@@ -76,6 +76,8 @@ const LEASE_ID: &str = "tally";
 const ATTEMPTS: u32 = 5;
 /// Longest wait for one lease call (acquire, renew, release, read, kill).
 pub const CALL_LIMIT: Duration = Duration::from_secs(5);
+/// Most renewals [`keep`] has sent and not yet seen answered.
+const RENEWALS_IN_FLIGHT: usize = 4;
 /// Longest a fenced transaction may take, commit included.
 const FENCED_LIMIT: Duration = Duration::from_secs(60);
 
@@ -92,6 +94,10 @@ pub struct Fence {
     /// ([`Fence::transaction_budget`]); `None` for a fence made without an
     /// acquisition (it only checks, with the budget of the default TTL).
     renews: Option<Duration>,
+    /// When the lease check of the term's last committed fenced
+    /// transaction began: that commit renewed the lease from then on
+    /// ([`keep`] sends no renewal of its own while it is recent).
+    renewed: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl Fence {
@@ -103,6 +109,7 @@ impl Fence {
             token,
             session: None,
             renews: None,
+            renewed: Arc::default(),
         }
     }
 
@@ -113,6 +120,24 @@ impl Fence {
             renews: Some(ttl),
             ..self
         }
+    }
+
+    /// Notes that a fenced transaction whose lease check began at `at`
+    /// committed: the lease runs a TTL from then.
+    fn note_renewed(&self, at: Instant) {
+        if let Ok(mut renewed) = self.renewed.lock() {
+            *renewed = Some(renewed.map_or(at, |r| r.max(at)));
+        }
+    }
+
+    /// Whether a committed fenced transaction renewed the lease within
+    /// `within`.
+    fn renewed_within(&self, within: Duration) -> bool {
+        self.renewed
+            .lock()
+            .ok()
+            .and_then(|r| *r)
+            .is_some_and(|at| at.elapsed() < within)
     }
 
     /// The TTL each fenced transaction renews the lease by, if any.
@@ -356,6 +381,7 @@ pub async fn try_acquire(db: &Database, owner: &str, ttl: Duration) -> Result<Op
             },
             session: Some(Arc::new(tokio::sync::Mutex::new(session))),
             renews: Some(ttl),
+            renewed: Arc::default(),
         })),
         Ok(None) => Ok(None),
         // Held by another: the upsert collided with the existing document.
@@ -417,7 +443,12 @@ pub async fn renew(db: &Database, fence: &Fence, ttl: Duration) -> Result<bool> 
         let r = db
             .collection::<Document>(LEASE)
             .update_one(
-                doc! { "_id": LEASE_ID, "owner": &fence.owner, "token": fence.token },
+                doc! {
+                    "_id": LEASE_ID,
+                    "owner": &fence.owner,
+                    "token": fence.token,
+                    "released": { "$ne": true },
+                },
                 vec![doc! { "$set": { "expires_at": expiry(ttl) } }],
             )
             .await
@@ -515,18 +546,49 @@ pub async fn acquire(
 /// took the lease and work goes on where it was, or someone did and the
 /// next renewal says so. Meanwhile its writes are fenced, so an expired
 /// lease is never a risk — only the fence decides.
+///
+/// **Renewals leave on the clock, not after the last answer.** A busy
+/// server answers late, and a renewal waited for before the next one is
+/// sent lands every `ttl / 3` plus a round trip: with round trips of a
+/// second or more (SecantusDB shared by a test suite on two cores) the
+/// lease of a 3 s TTL expired between two renewals while the holder was
+/// working, a standby took over and had to load its window again, and the
+/// lease went round (tests/faults.rs). Sent every `ttl / 3` whatever is
+/// in flight (at most [`RENEWALS_IN_FLIGHT`]), renewals reach the server
+/// `ttl / 3` apart when its delay is steady; and when it stalls, the
+/// holder's renewals are queued ahead of a standby's acquisition sent
+/// later, as they are on `mongod`. A late renewal is harmless: it matches
+/// only its own term's token, never a released lease.
+///
+/// **No renewal while commits renew.** Each fenced transaction's lease
+/// check renews the lease, and a renewal sent meanwhile only waits behind
+/// the transaction holding the lease document (SecantusDB and `mongod`
+/// alike) — on a slow server, renewals the client gave up on pile up
+/// there, each still applied later. So a tick sends nothing when a fenced
+/// transaction whose check began less than `ttl / 3` ago has committed: a
+/// holder that keeps writing renews by its writes alone.
 pub async fn keep(db: Database, fence: Fence, ttl: Duration, lost: Arc<AtomicBool>) {
     let mut failing = false;
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut clock = tokio::time::interval_at(tokio::time::Instant::now() + ttl / 3, ttl / 3);
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(ttl / 3).await;
-        match renew(&db, &fence, ttl).await {
-            Ok(true) => failing = false,
-            Ok(false) => break,
-            Err(e) if !failing => {
-                failing = true;
-                warn!(error = %crate::mongo::connect::redact_uri(&format!("{e:#}")), "Cannot renew the lease; retrying.");
+        tokio::select! {
+            _ = clock.tick() => {
+                if in_flight.len() < RENEWALS_IN_FLIGHT && !fence.renewed_within(ttl / 3) {
+                    let (db, fence) = (db.clone(), fence.clone());
+                    in_flight.spawn(async move { renew(&db, &fence, ttl).await });
+                }
             }
-            Err(_) => {}
+            Some(answer) = in_flight.join_next() => match answer {
+                Ok(Ok(true)) => failing = false,
+                Ok(Ok(false)) => break,
+                Ok(Err(e)) if !failing => {
+                    failing = true;
+                    warn!(error = %crate::mongo::connect::redact_uri(&format!("{e:#}")), "Cannot renew the lease; retrying.");
+                }
+                Ok(Err(_)) | Err(_) => {}
+            },
         }
     }
     lost.store(true, Ordering::SeqCst);
@@ -569,6 +631,7 @@ where
             // leaves the term's session inside it: end that first.
             let _ = s.abort_transaction().await;
             s.start_transaction().await?;
+            let checked_at = Instant::now();
             let check = db
                 .collection::<Document>(LEASE)
                 .update_one(
@@ -607,6 +670,7 @@ where
                         return Err(crate::Error::from_source(kind, CommitFailed(e)))
                             .context("committing a fenced write");
                     }
+                    fence.note_renewed(checked_at);
                     crate::mongo::inject::point("fenced.committed")?;
                     Ok(v)
                 }
@@ -653,6 +717,27 @@ fn is_retryable_transaction(e: &crate::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commit_renews_for_the_keeper_from_its_lease_check_on() {
+        let fence = Fence::new("a", 1).renewing(Duration::from_secs(3));
+        let third = Duration::from_secs(1);
+        assert!(!fence.renewed_within(third), "nothing committed yet");
+        let clone = fence.clone();
+        let old = Instant::now() - Duration::from_secs(2);
+        clone.note_renewed(old);
+        assert!(
+            !fence.renewed_within(third),
+            "a check 2 s ago is not recent"
+        );
+        clone.note_renewed(Instant::now());
+        assert!(fence.renewed_within(third), "clones share what they note");
+        clone.note_renewed(old);
+        assert!(
+            fence.renewed_within(third),
+            "an older check never moves it back"
+        );
+    }
 
     #[test]
     fn a_refused_commit_runs_again_and_other_errors_do_not() {
