@@ -1,5 +1,6 @@
 //! Real-server faults with writes flowing throughout: `kill -9` of the
-//! leader under load, takeover by a standby, SIGTERM while a dead leader
+//! leader under load, takeover by a standby, a holder stalled past its
+//! lease again and again while it works a backlog off, SIGTERM while a dead leader
 //! still holds the lease, a reject on a quiet stream, a server error on
 //! commit, history lost under a paused or a running leader, and hard
 //! deletes before the in-memory window without pre-images.
@@ -13,6 +14,13 @@
 //! the 2 s bound of a reject on a quiet stream.
 //!
 //! Random choices print their seed; rerun one with `FAULTS_SEED=N`.
+//!
+//! Each test has a SecantusDB of its own (`Env::own`; one server when
+//! `TALLY_TEST_MONGODB_URI` names one). SecantusDB is one Python process:
+//! on a server shared by the tests running at once, one test's scans held
+//! another's lease renewals up for seconds, and leases of 3 s went round
+//! for reasons no test had set up (CI, 2026-12-02: three tests failed in
+//! one run; tokens reached 13 in one of them).
 
 mod support;
 
@@ -307,7 +315,7 @@ async fn kill_9_under_load_ten_rounds_each_restart_leads_within_ttl() {
     const TTL: u64 = 3;
     let seed = test_seed("kill_9_under_load");
     let mut rng = Rng::new(seed);
-    let env = Env::new("flt_kill", support::uri(), "UTC", instant(NOON)).await;
+    let env = Env::own("flt_kill", "UTC", instant(NOON)).await;
     env.seed(30, 20, 15, seed).await;
     let mut run = env.run("r0", TTL, &[]);
     run.wait_log(TAILING, CATCH_UP).await;
@@ -345,7 +353,7 @@ async fn a_standby_takes_over_from_a_leader_killed_under_load() {
     const TTL: u64 = 3;
     let seed = test_seed("standby_takes_over");
     let mut rng = Rng::new(seed);
-    let env = Env::new("flt_standby", support::uri(), "UTC", instant(NOON)).await;
+    let env = Env::own("flt_standby", "UTC", instant(NOON)).await;
     env.seed(20, 15, 15, seed).await;
     let mut one = env.run("one", TTL, &[]);
     let mut two = env.run("two", TTL, &[]);
@@ -394,32 +402,8 @@ async fn a_standby_takes_over_from_a_leader_killed_under_load() {
 async fn a_backlog_longer_than_the_lease_is_worked_off_with_a_standby_waiting() {
     const TTL: u64 = 3;
     let seed = test_seed("backlog");
-    let env = Env::new("flt_backlog", support::uri(), "UTC", instant(NOON)).await;
-    env.seed(80, 10, 15, seed).await;
-    let pockets = env.pockets().await;
-    let mut first = env.run("first", TTL, &[]);
-    first.wait_log(TAILING, CATCH_UP).await;
-    assert_eq!(
-        first.terminate().await.code(),
-        Some(0),
-        "{}",
-        first.tail(20)
-    );
-
-    // While nothing runs: every pocket pays an expense dated the window's
-    // first day, so every snapshot of the window changes.
-    // (The seed garbles a few balances on purpose: those pockets stay.)
-    let at = env.at(env.day(-(WINDOW as i64) + 1), 9, 30);
-    let mut spent = 0;
-    for d in env.all("pockets", doc! { "deleted_at": Bson::Null }).await {
-        let valid = d.get("balance").and_then(|b| Money::from_bson(b).ok());
-        if let (Some(_), Ok(id)) = (valid, d.get_object_id("_id")) {
-            if let Some(&(user, pocket)) = pockets.iter().find(|(_, p)| *p == id) {
-                spend(&env, user, pocket, 1_999, at).await;
-                spent += 1;
-            }
-        }
-    }
+    let env = Env::own("flt_backlog", "UTC", instant(NOON)).await;
+    let spent = backlog_of_expenses(&env, seed, TTL).await;
     let mut one = env.run("one", TTL, &[]);
     let mut two = env.run("two", TTL, &[]);
     let leader = first_to_log(&mut [&mut one, &mut two], ACQUIRED, CATCH_UP).await;
@@ -452,7 +436,7 @@ async fn a_backlog_longer_than_the_lease_is_worked_off_with_a_standby_waiting() 
     env.converged(WINDOW, &[&one, &two]).await;
     // Before the fix: the lease changed hands again and again (tokens 9,
     // 10, 11... in one run) and the checkpoint took 47 s. One loss is
-    // allowed for a server slowed by the other tests.
+    // allowed for a machine slowed by the other tests.
     let losses: usize = [&one, &two]
         .iter()
         .map(|r| r.log().matches(LOST).count())
@@ -462,6 +446,86 @@ async fn a_backlog_longer_than_the_lease_is_worked_off_with_a_standby_waiting() 
         "the lease was lost {losses} times while the backlog was worked off:\none:\n{}\ntwo:\n{}",
         one.tail(15),
         two.tail(15)
+    );
+    for r in [&mut one, &mut two] {
+        assert_eq!(r.terminate().await.code(), Some(0), "{}", r.tail(20));
+    }
+}
+
+/// Seeds 80 users, builds their window with an instance that then stops,
+/// and, while nothing runs, has every pocket pay an expense dated the
+/// window's first day, so every snapshot of the window changes: a backlog
+/// for the next instances. The number of expenses.
+async fn backlog_of_expenses(env: &Env, seed: u64, ttl: u64) -> usize {
+    env.seed(80, 10, 15, seed).await;
+    let pockets = env.pockets().await;
+    let mut first = env.run("first", ttl, &[]);
+    first.wait_log(TAILING, CATCH_UP).await;
+    assert_eq!(
+        first.terminate().await.code(),
+        Some(0),
+        "{}",
+        first.tail(20)
+    );
+    // (The seed garbles a few balances on purpose: those pockets stay.)
+    let at = env.at(env.day(-(WINDOW as i64) + 1), 9, 30);
+    let mut spent = 0;
+    for d in env.all("pockets", doc! { "deleted_at": Bson::Null }).await {
+        let valid = d.get("balance").and_then(|b| Money::from_bson(b).ok());
+        if let (Some(_), Ok(id)) = (valid, d.get_object_id("_id")) {
+            if let Some(&(user, pocket)) = pockets.iter().find(|(_, p)| *p == id) {
+                spend(env, user, pocket, 1_999, at).await;
+                spent += 1;
+            }
+        }
+    }
+    spent
+}
+
+/// The backlog above, worked off by two instances whose holder stalls
+/// longer than the lease again and again, at random moments (SIGSTOP, as a
+/// machine or server too busy to take its renewals in time stalls it):
+/// the standby takes over each time, from the stored checkpoint and
+/// documents as the stalled holder left them, and the holder, resumed,
+/// finds its lease gone and stands by. Everything converges.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_holder_stalled_again_and_again_while_a_backlog_is_worked_off_converges() {
+    const TTL: u64 = 3;
+    const STALLS: usize = 4;
+    let seed = test_seed("stalled_holder");
+    let mut rng = Rng::new(seed);
+    let env = Env::own("flt_stalls", "UTC", instant(NOON)).await;
+    backlog_of_expenses(&env, seed, TTL).await;
+    let mut one = env.run("one", TTL, &[]);
+    let mut two = env.run("two", TTL, &[]);
+    first_to_log(&mut [&mut one, &mut two], ACQUIRED, CATCH_UP).await;
+    for _ in 0..STALLS {
+        tokio::time::sleep(ms(500 + rng.below(4_000))).await;
+        let lease = env
+            .all("tally_lease", doc! { "_id": "tally" })
+            .await
+            .pop()
+            .expect("a lease");
+        let owner = lease.get_str("owner").expect("owner").to_owned();
+        let Some(holder) = [&one, &two]
+            .into_iter()
+            .find(|r| r.owner().as_deref() == Some(owner.as_str()))
+        else {
+            continue;
+        };
+        holder.signal("STOP");
+        tokio::time::sleep(ms(TTL * 1000 + 2_000 + rng.below(2_000))).await;
+        holder.signal("CONT");
+    }
+    env.converged(WINDOW, &[&one, &two]).await;
+    let acquisitions: usize = [&one, &two]
+        .iter()
+        .map(|r| r.log().matches(ACQUIRED).count())
+        .sum();
+    eprintln!("stalled_holder: {acquisitions} acquisitions in {STALLS} stalls");
+    assert!(
+        acquisitions > STALLS / 2,
+        "the lease changed hands {acquisitions} times in {STALLS} stalls: the test tested little"
     );
     for r in [&mut one, &mut two] {
         assert_eq!(r.terminate().await.code(), Some(0), "{}", r.tail(20));
@@ -484,7 +548,7 @@ async fn sigterm_to_an_instance_waiting_on_a_dead_leader_exits_within_10_s() {
     const TTL: u64 = 3;
     let seed = test_seed("sigterm_waiting");
     let mut rng = Rng::new(seed);
-    let env = Env::new("flt_term", support::uri(), "UTC", instant(NOON)).await;
+    let env = Env::own("flt_term", "UTC", instant(NOON)).await;
     env.seed(20, 15, 15, seed).await;
     let pockets = env.pockets().await;
     let mut leader = env.run("leader0", TTL, &[]);
@@ -584,7 +648,7 @@ impl Env {
 async fn an_invalid_insert_on_a_quiet_stream_is_in_tally_rejects_within_2_s() {
     const TTL: u64 = 3;
     let seed = test_seed("quiet_reject");
-    let env = Env::new("flt_reject", support::uri(), "UTC", instant(NOON)).await;
+    let env = Env::own("flt_reject", "UTC", instant(NOON)).await;
     env.seed(5, 10, 15, seed).await;
     let mut run = env.run("first", TTL, &[]);
     run.wait_log(TAILING, CATCH_UP).await;
@@ -976,7 +1040,7 @@ async fn hard_deletes_older_than_the_window_without_pre_images_converge() {
     const DAYS: u64 = 90;
     let seed = test_seed("old_hard_deletes");
     let mut rng = Rng::new(seed);
-    let env = Env::new("flt_nopre", support::uri(), "UTC", instant(NOON)).await;
+    let env = Env::own("flt_nopre", "UTC", instant(NOON)).await;
     env.seed(20, 25, 110, seed).await;
     let mut run = env.run_days("run", TTL, DAYS, &["--no-pre-images"]);
     run.wait_log(TAILING, CATCH_UP).await;
@@ -1048,7 +1112,7 @@ async fn crashes_and_failures_at_injected_points_under_load_converge() {
         .unwrap_or(12);
     let seed = test_seed("inject");
     let mut rng = Rng::new(seed);
-    let env = Env::new("flt_inject", support::uri(), "UTC", instant(NOON)).await;
+    let env = Env::own("flt_inject", "UTC", instant(NOON)).await;
     env.seed(20, 10, 15, seed).await;
     let (user, pocket) = env.pockets().await[0];
     let coll = env.db.collection::<Document>("transactions");
@@ -1168,13 +1232,7 @@ async fn spend(
 async fn a_step_due_while_the_stream_lags_waits_for_the_events_before_it() {
     const TTL: u64 = 3;
     let seed = test_seed("lagging_step");
-    let env = Env::new(
-        "flt_lag",
-        support::uri(),
-        "UTC",
-        instant("2026-03-15T23:58:30Z"),
-    )
-    .await;
+    let env = Env::own("flt_lag", "UTC", instant("2026-03-15T23:58:30Z")).await;
     env.seed(5, 5, 10, seed).await;
     let (user, pocket) = env.pockets().await[0];
     let mut run = env.run("run", TTL, &[]);

@@ -5,7 +5,8 @@
 //! * [`uri`] gives the URI of one server shared by the whole test binary,
 //!   or `$TALLY_TEST_MONGODB_URI` when that is set.
 //! * [`start_server`] starts a private server (own flags, optional persistent
-//!   storage) that can be stopped, restarted on the same port, or hard-killed.
+//!   storage) that can be stopped, restarted on the same port, or hard-killed;
+//!   `process::Env::own` gives a test one of its own (tests/faults.rs).
 //! * [`unique_db`] names a database no other test (or run) uses.
 //!
 //! Beside the server: [`process`] (tally as a child process, its clock and
@@ -80,13 +81,18 @@ except BaseException:
 srv.wait()
 "#;
 
+/// `$TALLY_TEST_MONGODB_URI`, when it is set.
+pub fn external_uri() -> Option<String> {
+    std::env::var(URI_ENV)
+        .ok()
+        .filter(|uri| !uri.trim().is_empty())
+}
+
 /// URI of the server shared by this test binary (started on first use).
 pub fn uri() -> String {
     static SHARED: OnceLock<Result<Server, String>> = OnceLock::new();
-    if let Ok(uri) = std::env::var(URI_ENV) {
-        if !uri.trim().is_empty() {
-            return uri;
-        }
+    if let Some(uri) = external_uri() {
+        return uri;
     }
     match SHARED.get_or_init(|| Server::launch(&[], None, true)) {
         Ok(server) => server.uri(),

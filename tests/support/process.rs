@@ -62,6 +62,8 @@ pub struct Env {
     pub clock: TestClock,
     pub client: Client,
     pub db: Database,
+    /// The server of [`Env::own`], stopped with the `Env`.
+    _server: Option<super::Server>,
 }
 
 impl Env {
@@ -77,6 +79,23 @@ impl Env {
             clock: TestClock::at(now),
             client,
             db,
+            _server: None,
+        }
+    }
+
+    /// [`Env::new`] on a server of this test's own (unless
+    /// `TALLY_TEST_MONGODB_URI` names one): SecantusDB is one Python
+    /// process, and a test whose timing is the point (a lease of a few
+    /// seconds) must not wait behind another test's scans on a shared one.
+    pub async fn own(prefix: &str, zone: &str, now: DateTime<Utc>) -> Env {
+        match super::external_uri() {
+            Some(uri) => Env::new(prefix, uri, zone, now).await,
+            None => {
+                let server = super::start_server(&[], None);
+                let mut env = Env::new(prefix, server.uri(), zone, now).await;
+                env._server = Some(server);
+                env
+            }
         }
     }
 
