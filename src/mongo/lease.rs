@@ -123,8 +123,11 @@ impl Fence {
     }
 
     /// Notes that a fenced transaction whose lease check began at `at`
-    /// committed: the lease runs a TTL from then.
+    /// committed: the lease runs a TTL from then, if the check renews it.
     fn note_renewed(&self, at: Instant) {
+        if self.renews.is_none() {
+            return;
+        }
         if let Ok(mut renewed) = self.renewed.lock() {
             *renewed = Some(renewed.map_or(at, |r| r.max(at)));
         }
@@ -736,6 +739,12 @@ mod tests {
         assert!(
             fence.renewed_within(third),
             "an older check never moves it back"
+        );
+        let checks_only = Fence::new("b", 1);
+        checks_only.note_renewed(Instant::now());
+        assert!(
+            !checks_only.renewed_within(third),
+            "a fence without an acquisition renews nothing"
         );
     }
 
