@@ -56,10 +56,15 @@ fn env(name: &str, default: f64) -> f64 {
 }
 
 /// `tally run` against `db`; with `http`, serving `/metrics` on that port
-/// (tally's own latency probe, `tally_source_to_write_seconds`).
+/// (tally's own latency probe, `tally_source_to_write_seconds`, and its
+/// census of commands, `--command-stats`).
 fn start_tally(uri: &str, db: &str, pre_images: bool, http: Option<u16>) -> Child {
     common::tally_run(uri, db, pre_images)
         .env("TALLY_LOG", "warn")
+        .env(
+            "TALLY_COMMAND_STATS",
+            if http.is_some() { "true" } else { "false" },
+        )
         .env(
             "TALLY_HTTP_ADDR",
             http.map_or("off".to_owned(), |port| format!("127.0.0.1:{port}")),
@@ -80,6 +85,30 @@ fn cpu_seconds(pid: u32) -> f64 {
     let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
         + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
+}
+
+/// After a warm-up: waits until the server has been idle (under 10% of a
+/// core) for three seconds in a row, at most `limit`; returns how long it
+/// waited. A fixed drain is not enough for row (3): tally's rescan of every
+/// user after their first change since its start begins a settle delay
+/// (20 s) later and takes the server tens of seconds more, and what of it
+/// still runs would be counted as the cost of the row's writes.
+async fn wait_idle(server: Option<u32>, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let Some(pid) = server else {
+        return Duration::ZERO;
+    };
+    let mut quiet = 0;
+    while quiet < 3 && start.elapsed() < limit {
+        let before = cpu_seconds(pid);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        quiet = if cpu_seconds(pid) - before < 0.1 {
+            quiet + 1
+        } else {
+            0
+        };
+    }
+    start.elapsed()
 }
 
 fn server_pid(port: u16) -> Option<u32> {
@@ -442,6 +471,9 @@ impl Outcome {
     }
 }
 
+/// How long a cost row waits, after its warm-up, for the server to go idle.
+const IDLE_LIMIT: Duration = Duration::from_secs(180);
+
 fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
     let users = if benching {
@@ -511,12 +543,14 @@ fn main() {
         let mut f = new_server().await;
         let mut load = f.load(&written_at, &reflected);
         load.warm(&mut rng).await;
+        wait_idle(f.spid, IDLE_LIMIT).await;
         let alone = load.run(&mut rng, Pace::Rate { rate, calls }, None, f.spid).await;
         f.server.stop();
         let mut f = new_server().await;
         let reader = spawn_reader(&f.db, pre_images);
         let mut load = f.load(&written_at, &reflected);
         load.warm(&mut rng).await;
+        wait_idle(f.spid, IDLE_LIMIT).await;
         let with_stream = load.run(&mut rng, Pace::Rate { rate, calls }, None, f.spid).await;
         reader.abort();
         f.server.stop();
@@ -530,12 +564,15 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let mut load = f.load(&written_at, &reflected);
         load.warm(&mut rng).await;
+        let idle_after = wait_idle(f.spid, IDLE_LIMIT).await;
         // Latency in this row comes from tally's own histogram (source
         // write → the commit that wrote it): no second stream.
         const PROBE: &str = "tally_source_to_write_seconds";
-        let probe_before = common::buckets(&common::scrape(port).unwrap_or_default(), PROBE);
+        let before = common::scrape(port).unwrap_or_default();
         let with_tally = load.run(&mut rng, Pace::Rate { rate, calls }, Some(tally.id()), f.spid).await;
-        let probe_after = common::buckets(&common::scrape(port).unwrap_or_default(), PROBE);
+        let after = common::scrape(port).unwrap_or_default();
+        let (probe_before, probe_after) = (common::buckets(&before, PROBE), common::buckets(&after, PROBE));
+        let commands = Census::between(&before, &after);
         let (p50, observed) = common::quantile_bound(&probe_before, &probe_after, 0.5);
         let (p99, _) = common::quantile_bound(&probe_before, &probe_after, 0.99);
         stop_tally(&mut tally);
@@ -597,6 +634,7 @@ fn main() {
             println!("  [{label}, {rate:.1}/s] {} calls, server cpu {} per call, tally cpu {:.2} s", o.calls, per_call(o.server_cpu, o.calls), o.tally_cpu);
         }
         println!("  tally start-up (first start: window backfill)  {:>8.2} s", startup.as_secs_f64());
+        println!("  [+ tally run] after the warm-up's drain, the server was idle after {:.1} s more (limit {} s)", idle_after.as_secs_f64(), IDLE_LIMIT.as_secs());
         fixed.print(&format!("{rate:.1}/s"));
         if let Some(o) = &at_mongod_rate {
             o.print("mongod target rate");
@@ -630,6 +668,7 @@ fn main() {
                 "tally's writes, checkpoints and lease",
             );
         }
+        commands.print(with_tally.calls, rate);
         println!("  [+ tally run, {rate:.1}/s] tally's probe: {observed} events, p50 ≤ {p50} s, p99 ≤ {p99} s (bucket bounds)");
         assert!(observed > 0.0, "tally's latency histogram observed nothing in row (3)");
         common::row(
@@ -655,6 +694,51 @@ fn main() {
         }
         assert!(status.success());
     });
+}
+
+/// What tally asked of the server during a row, by command and collection
+/// (`tally_server_commands_total`, `tally_server_command_seconds_total`
+/// between two scrapes): how many, and their round trips summed.
+struct Census(Vec<(String, f64, f64)>);
+
+impl Census {
+    fn between(before: &str, after: &str) -> Census {
+        let delta = |name: &str| {
+            let was = common::labelled(before, name);
+            common::labelled(after, name)
+                .into_iter()
+                .map(move |(k, v)| {
+                    let d = v - was.get(&k).copied().unwrap_or(0.0);
+                    (k, d)
+                })
+        };
+        let seconds: HashMap<String, f64> = delta("tally_server_command_seconds_total").collect();
+        let mut rows: Vec<(String, f64, f64)> = delta("tally_server_commands_total")
+            .filter(|(_, n)| *n > 0.0)
+            .map(|(k, n)| {
+                let s = seconds.get(&k).copied().unwrap_or(0.0);
+                (k, n, s)
+            })
+            .collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Census(rows)
+    }
+
+    /// Per API call: commands, and their round trips in ms (the server's
+    /// time for them, plus its queue and the network).
+    fn print(&self, calls: usize, rate: f64) {
+        let per = |x: f64| x / calls.max(1) as f64;
+        let total: f64 = self.0.iter().map(|r| r.2).sum();
+        println!("  [+ tally run, {rate:.1}/s] tally's commands per API call, by round trip ({:.2} ms of round trips per call in all):", 1000.0 * per(total));
+        for (labels, n, s) in &self.0 {
+            println!(
+                "    {labels:<60} {:>6.3} commands  {:>7.3} ms  {:>5.1}%",
+                per(*n),
+                1000.0 * per(*s),
+                100.0 * s / total.max(1e-12)
+            );
+        }
+    }
 }
 
 /// SIGTERM to tally; its exit status.

@@ -354,6 +354,12 @@ async fn health_ready_and_metrics_follow_the_stream() {
     let before = checked_metrics(tally.port);
     assert_eq!(value(&before, "tally_leader", &[]), 1.0);
     assert_eq!(value(&before, "tally_stream_lag_seconds", &[]), 0.0);
+    assert!(
+        !before
+            .iter()
+            .any(|s| s.name.starts_with("tally_server_command")),
+        "the command census is off unless asked for"
+    );
 
     const N: usize = 25;
     incomes(&db, user, pocket, N).await;
@@ -479,6 +485,72 @@ async fn health_ready_and_metrics_follow_the_stream() {
 /// `tally run`, in one process group: one Ctrl-C reaches both, and
 /// "Shutdown requested: flushing and checkpointing." was logged twice, the
 /// second time by the seeder (which neither flushes nor checkpoints).
+/// `--command-stats`: what tally asks of the server, by command and
+/// collection, with the round trips summed (BENCHMARKS.md reads it).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_command_census_counts_what_tally_asks_of_the_server() {
+    let uri = support::uri();
+    let name = support::unique_db("http_census");
+    let db = database(&uri, &name).await;
+    let (user, pocket) = user_with_pocket(&db).await;
+    let mut tally = Tally::start(&uri, &name, &["--command-stats"]);
+    tally.wait_ready().await;
+    let before = checked_metrics(tally.port);
+    // Today's report is inserted by the first flush and updated by later
+    // ones: either is a write of it.
+    let written = |m: &[Sample], name: &str| {
+        ["insert", "update"]
+            .iter()
+            .map(|c| {
+                let labels = [("command", *c), ("collection", "daily_financial_reports")];
+                value(m, name, &labels)
+            })
+            .sum::<f64>()
+    };
+    let commits = [("command", "commitTransaction"), ("collection", "")];
+    let writes_before = written(&before, "tally_server_commands_total");
+    incomes(&db, user, pocket, 5).await;
+    let after = poll(STARTUP, Duration::from_millis(300), async |late| {
+        let m = checked_metrics(tally.port);
+        let writes = written(&m, "tally_server_commands_total");
+        if writes > writes_before && value(&m, "tally_server_commands_total", &commits) >= 1.0 {
+            return Some(m);
+        }
+        let census: Vec<String> = m
+            .iter()
+            .filter(|s| s.name.starts_with("tally_server_command"))
+            .map(|s| format!("{} {:?} {}", s.name, s.labels, s.value))
+            .collect();
+        assert!(
+            !late,
+            "no report update counted: {census:#?}; log:\n{}",
+            tally.log()
+        );
+        None
+    })
+    .await;
+    assert!(written(&after, "tally_server_command_seconds_total") > 0.0);
+    // The stream's first batch is an `aggregate` of the database.
+    assert!(
+        value(
+            &after,
+            "tally_server_commands_total",
+            &[("command", "aggregate")]
+        ) >= 1.0
+    );
+    // Labels come from closed sets: no collection outside tally's and coin's.
+    for s in after
+        .iter()
+        .filter(|s| s.name == "tally_server_commands_total")
+    {
+        let c = s.labels.get("collection").map_or("", String::as_str);
+        assert!(
+            c.is_empty() || tally::mongo::connect::collection_label(c) == c,
+            "{c}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_ctrl_c_to_run_and_a_trickle_logs_shutdown_requested_once() {
     let uri = support::uri();

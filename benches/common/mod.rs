@@ -323,6 +323,18 @@ pub fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Every series of counter `name` in a `/metrics` text: its labels as
+/// written (`command="update",collection="x"`) and its value.
+pub fn labelled(text: &str, name: &str) -> std::collections::BTreeMap<String, f64> {
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter_map(|l| {
+            let (labels, value) = l.strip_prefix(&prefix)?.split_once("} ")?;
+            Some((labels.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 /// The bucket bound under which quantile `q` of the observations between
 /// two scrapes' buckets lies (`after` − `before`), and how many there were.
 pub fn quantile_bound(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> (f64, f64) {

@@ -364,7 +364,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 ready_max_lag: g.ready_max_lag,
             };
             crate::ops::http::start(&http, telemetry.clone()).await?;
-            let db = connect::connect(&g.mongodb_uri, &g.database).await?;
+            let on_command = g.command_stats.then(|| {
+                let t = telemetry.clone();
+                let told: connect::OnCommand =
+                    std::sync::Arc::new(move |command, collection, took| {
+                        t.command(command, collection, took)
+                    });
+                told
+            });
+            let db = connect::connect_observed(&g.mongodb_uri, &g.database, on_command).await?;
             let mut opts = RunOptions::new(cal);
             opts.telemetry = telemetry;
             opts.schedule = Schedule {

@@ -316,6 +316,18 @@ settings! {
         parse: boolean,
         help: "Neither enable nor ask for change-stream pre-images",
     },
+    command_stats: bool {
+        flag: Some("command-stats"),
+        env: "TALLY_COMMAND_STATS",
+        scope: Run,
+        file: bool,
+        default: "false",
+        parse: boolean,
+        help: "Count the commands sent to MongoDB and their round trips, by command \
+               and collection (tally_server_commands_total and \
+               tally_server_command_seconds_total); for diagnosis: the driver then \
+               copies every command and reply",
+    },
     lease_ttl_seconds: u64 {
         flag: Some("lease-ttl"),
         env: "TALLY_LEASE_TTL",

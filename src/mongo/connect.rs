@@ -1,16 +1,22 @@
 //! The connection to MongoDB, the indexes and collection options tally
 //! needs (`tally init`), and connection strings made safe to log.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Context, Result};
 use crate::Error;
 use bson::{doc, Document};
+use mongodb::event::command::CommandEvent;
+use mongodb::event::EventHandler;
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Database, IndexModel};
 
 use crate::core::reports::Kind;
-use crate::mongo::{errors, POCKETS, REJECTS, TRANSACTIONS};
+use crate::mongo::lease::LEASE;
+use crate::mongo::state::{FINALIZATIONS, STATE};
+use crate::mongo::{errors, CATEGORIES, POCKETS, REJECTS, TRANSACTIONS};
 
 /// Hides the password (and user) of a connection string.
 pub fn redact_uri(uri: &str) -> String {
@@ -27,6 +33,22 @@ pub fn redact_uri(uri: &str) -> String {
 
 /// Connects and checks the server answers, within a few seconds.
 pub async fn connect(uri: &str, database: &str) -> Result<Database> {
+    connect_observed(uri, database, None).await
+}
+
+/// Told of every command the client ran: its name, its collection (both
+/// from closed sets: [`command_label`], [`collection_label`]) and its
+/// round trip, as the driver measured it.
+pub type OnCommand = Arc<dyn Fn(&'static str, &'static str, Duration) + Send + Sync>;
+
+/// [`connect`], and with `on_command`, a census of the commands sent. The
+/// driver then copies every command and reply into its events, so it is
+/// for diagnosis (`tally run --command-stats`), not left on.
+pub async fn connect_observed(
+    uri: &str,
+    database: &str,
+    on_command: Option<OnCommand>,
+) -> Result<Database> {
     let redacted = redact_uri(uri);
     let mut opts = ClientOptions::parse(uri).await.map_err(|e| match *e.kind {
         // A malformed URI; anything else (a DNS lookup of a
@@ -47,6 +69,9 @@ pub async fn connect(uri: &str, database: &str) -> Result<Database> {
     // gone, which would interrupt every operation in flight. An unreachable
     // server is still reported after the 5 s of server selection.
     opts.connect_timeout.get_or_insert(Duration::from_secs(30));
+    if let Some(told) = on_command {
+        opts.command_event_handler = Some(census(told));
+    }
     let client = Client::with_options(opts)
         .with_context(|| format!("cannot create a client for {redacted}"))?;
     let db = client.database(database);
@@ -55,6 +80,85 @@ pub async fn connect(uri: &str, database: &str) -> Result<Database> {
         Error::new(errors::kind_of(&e), message)
     })?;
     Ok(db)
+}
+
+/// The driver's command events, counted: a started command's collection is
+/// kept by request id until its reply (or failure) gives the round trip.
+fn census(told: OnCommand) -> EventHandler<CommandEvent> {
+    let started: Mutex<HashMap<i32, &'static str>> = Mutex::default();
+    EventHandler::callback(move |event| {
+        let (name, request, took) = match event {
+            CommandEvent::Started(e) => {
+                let collection = e
+                    .command
+                    .iter()
+                    .next()
+                    .and_then(|(_, v)| v.as_str())
+                    .or_else(|| e.command.get_str("collection").ok())
+                    .map_or("", collection_label);
+                let mut started = started.lock().unwrap_or_else(|e| e.into_inner());
+                started.insert(e.request_id, collection);
+                return;
+            }
+            CommandEvent::Succeeded(e) => (e.command_name, e.request_id, e.duration),
+            CommandEvent::Failed(e) => (e.command_name, e.request_id, e.duration),
+            _ => return,
+        };
+        let collection = started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&request)
+            .unwrap_or("");
+        told(command_label(&name), collection, took);
+    })
+}
+
+/// A command's name as a metric label: the commands tally sends, anything
+/// else `other`.
+pub fn command_label(name: &str) -> &'static str {
+    const SENT: [&str; 18] = [
+        "aggregate",
+        "getMore",
+        "killCursors",
+        "find",
+        "insert",
+        "update",
+        "delete",
+        "commitTransaction",
+        "abortTransaction",
+        "ping",
+        "hello",
+        "endSessions",
+        "killSessions",
+        "createIndexes",
+        "collMod",
+        "create",
+        "listCollections",
+        "listIndexes",
+    ];
+    SENT.into_iter().find(|n| *n == name).unwrap_or("other")
+}
+
+/// A collection's name as a metric label: tally's and coin's collections,
+/// `$cmd.aggregate` for the database's change stream (its `getMore`s, which
+/// wait for events on the server), anything else `other`; none for a
+/// command of the database (`commitTransaction`, `ping`, the stream's
+/// `aggregate`).
+pub fn collection_label(name: &str) -> &'static str {
+    [
+        "$cmd.aggregate",
+        TRANSACTIONS,
+        POCKETS,
+        CATEGORIES,
+        REJECTS,
+        LEASE,
+        STATE,
+        FINALIZATIONS,
+    ]
+    .into_iter()
+    .chain(Kind::ALL.map(Kind::collection))
+    .find(|n| *n == name)
+    .unwrap_or("other")
 }
 
 fn short_error(e: &mongodb::error::Error) -> String {
@@ -219,5 +323,19 @@ mod tests {
             redact_uri("mongodb://127.0.0.1:27017"),
             "mongodb://127.0.0.1:27017"
         );
+    }
+
+    #[test]
+    fn command_labels_come_from_closed_sets() {
+        assert_eq!(command_label("update"), "update");
+        assert_eq!(command_label("commitTransaction"), "commitTransaction");
+        assert_eq!(command_label("mapReduce"), "other");
+        assert_eq!(
+            collection_label("daily_financial_reports"),
+            "daily_financial_reports"
+        );
+        assert_eq!(collection_label("tally_lease"), "tally_lease");
+        assert_eq!(collection_label("$cmd.aggregate"), "$cmd.aggregate");
+        assert_eq!(collection_label("users"), "other");
     }
 }

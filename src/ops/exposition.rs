@@ -152,10 +152,24 @@ const UNREADABLE_EVENTS: Family = Family::counter(
     "tally_unreadable_events_total",
     "Change events that could not be read and were skipped.",
 );
+const SERVER_COMMANDS: Family = Family {
+    always: false,
+    ..Family::counter(
+        "tally_server_commands_total",
+        "With --command-stats: commands sent to MongoDB, by command and collection.",
+    )
+};
+const SERVER_COMMAND_SECONDS: Family = Family {
+    always: false,
+    ..Family::counter(
+        "tally_server_command_seconds_total",
+        "With --command-stats: round trips of the commands sent to MongoDB, summed, by command and collection.",
+    )
+};
 
 /// Every family [`metrics`] writes, in its order (those not
 /// [`always`](Family::always) only once they have a value).
-pub const FAMILIES: [Family; 18] = [
+pub const FAMILIES: [Family; 20] = [
     UP,
     LEADER,
     CONNECTED,
@@ -174,6 +188,8 @@ pub const FAMILIES: [Family; 18] = [
     WRITE_FAILURES,
     LATE_EVENTS,
     UNREADABLE_EVENTS,
+    SERVER_COMMANDS,
+    SERVER_COMMAND_SECONDS,
 ];
 
 /// The names of every exported metric, as queries use them (the dashboard,
@@ -279,7 +295,18 @@ impl Collector for Scrape {
             out,
             &UNREADABLE_EVENTS,
             t.unreadable_events.load(Ordering::Relaxed),
-        )
+        )?;
+        if t.commands.values().is_empty() {
+            return Ok(());
+        }
+        const LABELS: [&str; 2] = ["command", "collection"];
+        counter_vec(out, &SERVER_COMMANDS, LABELS, &t.commands)?;
+        let mut family = describe(out, &SERVER_COMMAND_SECONDS)?;
+        for ([command, collection], micros) in t.command_micros.values() {
+            let labels = [(LABELS[0], command), (LABELS[1], collection)];
+            ConstCounter::new(micros as f64 / 1e6).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 
@@ -397,6 +424,11 @@ mod tests {
     fn the_families_listed_are_the_families_written() {
         let t = Arc::new(Telemetry::new());
         t.checkpoint_saved();
+        t.command(
+            "update",
+            "daily_financial_reports",
+            Duration::from_millis(3),
+        );
         let text = metrics(&t, Utc::now());
         let typed: Vec<(&str, &str)> = text
             .lines()
@@ -428,6 +460,33 @@ mod tests {
             .collect();
         assert_eq!(typed, always, "before the first checkpoint");
         assert!(!always.contains(&"tally_checkpoint_age_seconds"));
+        assert!(!always.contains(&"tally_server_commands_total"));
+    }
+
+    #[test]
+    fn command_round_trips_are_summed_by_command_and_collection() {
+        let t = Arc::new(Telemetry::new());
+        t.command(
+            "update",
+            "daily_financial_reports",
+            Duration::from_millis(3),
+        );
+        t.command(
+            "update",
+            "daily_financial_reports",
+            Duration::from_micros(1500),
+        );
+        t.command("commitTransaction", "", Duration::from_millis(2));
+        let text = metrics(&t, Utc::now());
+        assert!(text.contains(
+            "tally_server_commands_total{command=\"update\",collection=\"daily_financial_reports\"} 2"
+        ));
+        assert!(text.contains(
+            "tally_server_command_seconds_total{command=\"update\",collection=\"daily_financial_reports\"} 0.0045"
+        ));
+        assert!(text.contains(
+            "tally_server_command_seconds_total{command=\"commitTransaction\",collection=\"\"} 0.002"
+        ));
     }
 
     #[test]

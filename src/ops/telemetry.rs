@@ -170,6 +170,10 @@ pub struct Telemetry {
     /// Per change event that queued work: its server wall time to the
     /// commit of the flush that wrote it.
     pub write_latency: Histogram,
+    /// With `--command-stats`: commands sent to MongoDB, by command and
+    /// collection, and their round trips summed, in microseconds.
+    pub commands: CounterVec<2>,
+    pub command_micros: CounterVec<2>,
     pub(crate) recent_rejects: Mutex<VecDeque<RejectNote>>,
     pub(crate) recent_recoveries: Mutex<VecDeque<RecoveryNote>>,
     pub(crate) schedule: Mutex<Vec<(&'static str, ScheduleRow)>>,
@@ -287,6 +291,8 @@ impl Telemetry {
             unreadable_events: AtomicU64::new(0),
             flush_duration: Histogram::new(FLUSH_BUCKETS),
             write_latency: Histogram::new(WRITE_LATENCY_BUCKETS),
+            commands: CounterVec::new(),
+            command_micros: CounterVec::new(),
             recent_rejects: Mutex::new(VecDeque::new()),
             recent_recoveries: Mutex::new(VecDeque::new()),
             schedule: Mutex::new(
@@ -380,6 +386,13 @@ impl Telemetry {
     pub fn checkpoint_saved(&self) {
         self.last_checkpoint
             .store(millis(Utc::now()), Ordering::Relaxed);
+    }
+
+    /// One command's round trip (`--command-stats`).
+    pub fn command(&self, command: &'static str, collection: &'static str, took: Duration) {
+        self.commands.add([command, collection], 1);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.command_micros.add([command, collection], micros);
     }
 
     pub fn flushed(&self, took: Duration) {
