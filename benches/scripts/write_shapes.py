@@ -21,7 +21,6 @@ source collection) or `none`.
 - replace_small: the whole document without its lists (~0.4 KB).
 """
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -31,19 +30,9 @@ import random
 from bson import Decimal128, ObjectId
 from pymongo import MongoClient, ReplaceOne, UpdateOne
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from server_drift import ROOT, cpu_seconds, free_port
+
 MODES = ("replace", "set", "set_list", "replace_small")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def category(i, n):
