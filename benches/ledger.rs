@@ -21,8 +21,8 @@
 //!   (how `tally run` read events before); `deserialize_only` without the
 //!   decode; `raw_then_decode` is what `tally run` does now (target
 //!   ≥ 200,000 events/s on one core): the stream typed `RawDocumentBuf`,
-//!   the fields read in place by `tally::service::Event::from_raw`, only the
-//!   documents it decodes turned into `Document`s;
+//!   the fields read in place by `tally::service::Event::from_raw`, the
+//!   documents' fields too (`tally::core::source::RawFields`);
 //! - `finalize_docs/snapshot_and_monthly`: what a finalization builds per
 //!   user from its ledger — the snapshot of the month's last day and the
 //!   month's summary through `UserView` (`…_encoded`: also encoded to BSON
@@ -319,8 +319,8 @@ fn bench<M: Measurement>(c: &mut Criterion<M>) {
     });
     g.bench_function("raw_then_decode", |b| {
         // What `tally run` does: the stream typed as raw documents, the
-        // fields read in place (`tally::service::Event::from_raw`), only the
-        // documents it decodes turned into `Document`s.
+        // fields read in place (`tally::service::Event::from_raw`), the
+        // documents too (`RawFields`).
         b.iter(|| {
             events
                 .iter()

@@ -17,7 +17,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use bson::oid::ObjectId;
-use bson::{Bson, Document};
+use bson::{Bson, Document, RawBsonRef, RawDocument};
 
 use crate::core::calendar::supports_millis;
 use crate::core::money::{Money, MoneyError};
@@ -296,25 +296,171 @@ impl Pocket {
     }
 }
 
+/// The fields of a source document, read by name: a decoded [`Document`]
+/// (the batch scans) or BSON bytes indexed in one pass ([`RawFields`],
+/// change events), so that both decode by the same rules.
+pub trait Fields {
+    fn field(&self, key: &str) -> Option<Field<'_>>;
+}
+
+impl<T: Fields + ?Sized> Fields for &T {
+    fn field(&self, key: &str) -> Option<Field<'_>> {
+        (**self).field(key)
+    }
+}
+
+impl Fields for Document {
+    fn field(&self, key: &str) -> Option<Field<'_>> {
+        self.get(key).map(Field::Bson)
+    }
+}
+
+/// One field's value, borrowed from either form.
+#[derive(Clone, Copy, Debug)]
+pub enum Field<'a> {
+    Bson(&'a Bson),
+    Raw(RawBsonRef<'a>),
+}
+
+impl<'a> Field<'a> {
+    fn is_null(self) -> bool {
+        matches!(self, Field::Bson(Bson::Null) | Field::Raw(RawBsonRef::Null))
+    }
+
+    fn object_id(self) -> Option<ObjectId> {
+        match self {
+            Field::Bson(Bson::ObjectId(o)) => Some(*o),
+            Field::Raw(RawBsonRef::ObjectId(o)) => Some(o),
+            _ => None,
+        }
+    }
+
+    fn datetime(self) -> Option<i64> {
+        match self {
+            Field::Bson(Bson::DateTime(d)) => Some(d.timestamp_millis()),
+            Field::Raw(RawBsonRef::DateTime(d)) => Some(d.timestamp_millis()),
+            _ => None,
+        }
+    }
+
+    fn str(self) -> Option<&'a str> {
+        match self {
+            Field::Bson(Bson::String(s)) => Some(s),
+            Field::Raw(RawBsonRef::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// An amount or a balance; every encoding [`Money::from_bson`] reads.
+    fn money(self) -> Result<Money, MoneyError> {
+        match self {
+            Field::Bson(b) => Money::from_bson(b),
+            Field::Raw(r) => Money::from_bson(&match r {
+                RawBsonRef::Double(f) => Bson::Double(f),
+                RawBsonRef::Int32(i) => Bson::Int32(i),
+                RawBsonRef::Int64(i) => Bson::Int64(i),
+                RawBsonRef::Decimal128(d) => Bson::Decimal128(d),
+                RawBsonRef::String(s) => Bson::String(s.to_owned()),
+                _ => return Err(MoneyError::NotANumber),
+            }),
+        }
+    }
+
+    /// An `_id` of any type; `None` for bytes that do not convert.
+    fn source_id(self) -> Option<SourceId> {
+        match self {
+            Field::Bson(b) => Some(SourceId::from_bson(b)),
+            Field::Raw(RawBsonRef::ObjectId(o)) => Some(SourceId::Oid(o)),
+            Field::Raw(r) => Bson::try_from(r.to_raw_bson())
+                .ok()
+                .map(|b| SourceId::Other(Box::new(b))),
+        }
+    }
+}
+
+/// The keys the decoders read: [`RawFields`] keeps only these.
+const KEYS: [&str; 15] = [
+    "_id",
+    "user_id",
+    "type",
+    "amount",
+    "date",
+    "pocket_from_id",
+    "pocket_from",
+    "pocket_to_id",
+    "pocket_to",
+    "category_id",
+    "note",
+    "deleted_at",
+    "balance",
+    "name",
+    "created_at",
+];
+
+/// A source document's bytes with the fields tally reads found in one pass
+/// (a later duplicate key wins, as in a decoded [`Document`]). Reading a
+/// change event's document this way skips building a `Document`: a map, a
+/// key string and a value per field, dropped right after.
+#[derive(Clone, Debug)]
+pub struct RawFields<'a> {
+    doc: &'a RawDocument,
+    values: [Option<RawBsonRef<'a>>; KEYS.len()],
+}
+
+impl<'a> RawFields<'a> {
+    /// Fails on malformed bytes at the top level (every value is parsed;
+    /// nested documents are read only if a decoder reads them).
+    pub fn new(doc: &'a RawDocument) -> bson::raw::Result<RawFields<'a>> {
+        let mut values = [None; KEYS.len()];
+        for element in doc.iter_elements() {
+            let element = element?;
+            let value = element.value()?;
+            if let Some(i) = KEYS.iter().position(|k| *k == element.key()) {
+                values[i] = Some(value);
+            }
+        }
+        Ok(RawFields { doc, values })
+    }
+
+    pub fn bytes(&self) -> &'a RawDocument {
+        self.doc
+    }
+}
+
+impl Fields for RawFields<'_> {
+    fn field(&self, key: &str) -> Option<Field<'_>> {
+        let i = KEYS.iter().position(|k| *k == key);
+        debug_assert!(
+            i.is_some(),
+            "RawFields does not keep {key:?}: add it to KEYS"
+        );
+        self.values[i?].map(Field::Raw)
+    }
+}
+
 /// Decodes a `transactions` document.
-pub fn decode_transaction(doc: &Document) -> Result<Transaction, RejectReason> {
+pub fn decode_transaction(doc: &impl Fields) -> Result<Transaction, RejectReason> {
     let id = doc
-        .get("_id")
-        .map(SourceId::from_bson)
+        .field("_id")
+        .and_then(Field::source_id)
         .ok_or(RejectReason::InvalidId)?;
-    let user_id = match doc.get("user_id") {
-        None | Some(Bson::Null) => return Err(RejectReason::MissingUserId),
-        Some(Bson::ObjectId(o)) => *o,
-        Some(_) => return Err(RejectReason::InvalidUserId),
+    let user_id = match doc.field("user_id") {
+        None => return Err(RejectReason::MissingUserId),
+        Some(v) if v.is_null() => return Err(RejectReason::MissingUserId),
+        Some(v) => v.object_id().ok_or(RejectReason::InvalidUserId)?,
     };
-    let kind = match doc.get("type") {
-        None | Some(Bson::Null) => return Err(RejectReason::MissingType),
-        Some(Bson::String(s)) => TxType::parse(s).ok_or(RejectReason::UnknownType)?,
-        Some(_) => return Err(RejectReason::UnknownType),
+    let kind = match doc.field("type") {
+        None => return Err(RejectReason::MissingType),
+        Some(v) if v.is_null() => return Err(RejectReason::MissingType),
+        Some(v) => v
+            .str()
+            .and_then(TxType::parse)
+            .ok_or(RejectReason::UnknownType)?,
     };
-    let amount = match doc.get("amount") {
-        None | Some(Bson::Null) => return Err(RejectReason::MissingAmount),
-        Some(v) => Money::from_bson(v).map_err(|e| match e {
+    let amount = match doc.field("amount") {
+        None => return Err(RejectReason::MissingAmount),
+        Some(v) if v.is_null() => return Err(RejectReason::MissingAmount),
+        Some(v) => v.money().map_err(|e| match e {
             MoneyError::NotANumber => RejectReason::InvalidAmount,
             MoneyError::NotFinite => RejectReason::NonFiniteAmount,
             MoneyError::OutOfRange => RejectReason::AmountOutOfRange,
@@ -323,11 +469,14 @@ pub fn decode_transaction(doc: &Document) -> Result<Transaction, RejectReason> {
     if !amount.is_positive() {
         return Err(RejectReason::NonPositiveAmount);
     }
-    let date = match doc.get("date") {
-        None | Some(Bson::Null) => return Err(RejectReason::MissingDate),
-        Some(Bson::DateTime(d)) if supports_millis(d.timestamp_millis()) => d.timestamp_millis(),
-        Some(Bson::DateTime(_)) => return Err(RejectReason::DateOutOfRange),
-        Some(_) => return Err(RejectReason::InvalidDate),
+    let date = match doc.field("date") {
+        None => return Err(RejectReason::MissingDate),
+        Some(v) if v.is_null() => return Err(RejectReason::MissingDate),
+        Some(v) => match v.datetime() {
+            Some(d) if supports_millis(d) => d,
+            Some(_) => return Err(RejectReason::DateOutOfRange),
+            None => return Err(RejectReason::InvalidDate),
+        },
     };
     let pocket_from = kind
         .uses_from()
@@ -344,88 +493,125 @@ pub fn decode_transaction(doc: &Document) -> Result<Transaction, RejectReason> {
         amount,
         pocket_from,
         pocket_to,
-        category_id: object_id(doc.get("category_id")),
-        note: match doc.get("note") {
-            Some(Bson::String(s)) => Some(Arc::from(s.as_str())),
-            _ => None,
-        },
+        category_id: object_id(doc, "category_id"),
+        note: doc.field("note").and_then(Field::str).map(Arc::from),
         date,
-        deleted: datetime(doc.get("deleted_at")).is_some(),
+        deleted: doc.field("deleted_at").and_then(Field::datetime).is_some(),
     })
 }
 
 /// Decodes a `pockets` document. Only a pocket without an ObjectId `_id`
 /// fails outright: nothing could refer to it.
-pub fn decode_pocket(doc: &Document) -> Result<Pocket, RejectReason> {
-    let id = object_id(doc.get("_id")).ok_or(RejectReason::InvalidId)?;
-    let user_id = object_id(doc.get("user_id"));
-    let balance = match doc.get("balance") {
-        None | Some(Bson::Null) => Err(RejectReason::MissingBalance),
+pub fn decode_pocket(doc: &impl Fields) -> Result<Pocket, RejectReason> {
+    let id = object_id(doc, "_id").ok_or(RejectReason::InvalidId)?;
+    let balance = match doc.field("balance") {
+        None => Err(RejectReason::MissingBalance),
+        Some(v) if v.is_null() => Err(RejectReason::MissingBalance),
         // Whole cents, half-even (contract §2.3): float noise from coin's
         // arithmetic is not drift; a third decimal is.
-        Some(v) => Money::from_bson(v)
-            .map(Money::to_cents)
-            .map_err(|e| match e {
-                MoneyError::NotANumber => RejectReason::InvalidBalance,
-                MoneyError::NotFinite => RejectReason::NonFiniteBalance,
-                MoneyError::OutOfRange => RejectReason::BalanceOutOfRange,
-            }),
+        Some(v) => v.money().map(Money::to_cents).map_err(|e| match e {
+            MoneyError::NotANumber => RejectReason::InvalidBalance,
+            MoneyError::NotFinite => RejectReason::NonFiniteBalance,
+            MoneyError::OutOfRange => RejectReason::BalanceOutOfRange,
+        }),
     };
     Ok(Pocket {
         id,
-        user_id,
-        name: string(doc.get("name")),
-        kind: string(doc.get("type")),
+        user_id: object_id(doc, "user_id"),
+        name: string(doc, "name"),
+        kind: string(doc, "type"),
         balance,
-        created_at: datetime(doc.get("created_at")),
-        deleted_at: datetime(doc.get("deleted_at")),
+        created_at: doc.field("created_at").and_then(Field::datetime),
+        deleted_at: doc.field("deleted_at").and_then(Field::datetime),
     })
 }
 
 /// Decodes a `user_categories` document into (id, name).
-pub fn decode_category(doc: &Document) -> Option<(ObjectId, String)> {
-    let id = object_id(doc.get("_id"))?;
+pub fn decode_category(doc: &impl Fields) -> Option<(ObjectId, String)> {
+    let id = object_id(doc, "_id")?;
     Some((
         id,
-        string(doc.get("name")).unwrap_or_else(|| "Unknown".to_owned()),
+        string(doc, "name").unwrap_or_else(|| "Unknown".to_owned()),
     ))
+}
+
+/// The document's `user_id`, if it is an ObjectId: the user an invalid
+/// transaction would have counted for.
+pub fn owner(doc: &impl Fields) -> Option<ObjectId> {
+    object_id(doc, "user_id")
 }
 
 /// The `_id` form wins whenever its key is present (a present null means no
 /// pocket); the legacy name is read only when that key is absent.
-fn pocket_field(doc: &Document, key: &str, legacy: &str) -> Option<ObjectId> {
-    match doc.get(key) {
-        Some(v) => object_id(Some(v)),
-        None => object_id(doc.get(legacy)),
+fn pocket_field(doc: &impl Fields, key: &str, legacy: &str) -> Option<ObjectId> {
+    match doc.field(key) {
+        Some(v) => v.object_id(),
+        None => object_id(doc, legacy),
     }
 }
 
-fn object_id(v: Option<&Bson>) -> Option<ObjectId> {
-    match v {
-        Some(Bson::ObjectId(o)) => Some(*o),
-        _ => None,
-    }
+fn object_id(doc: &impl Fields, key: &str) -> Option<ObjectId> {
+    doc.field(key).and_then(Field::object_id)
 }
 
-fn datetime(v: Option<&Bson>) -> Option<i64> {
-    match v {
-        Some(Bson::DateTime(d)) => Some(d.timestamp_millis()),
-        _ => None,
-    }
-}
-
-fn string(v: Option<&Bson>) -> Option<String> {
-    match v {
-        Some(Bson::String(s)) => Some(s.clone()),
-        _ => None,
-    }
+fn string(doc: &impl Fields, key: &str) -> Option<String> {
+    doc.field(key).and_then(Field::str).map(str::to_owned)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bson::{doc, DateTime, Decimal128};
+    use bson::{doc, DateTime, Decimal128, RawDocumentBuf};
     use std::str::FromStr;
+
+    /// Every test here decodes each document both ways, as a `Document` (the
+    /// batch scans) and from its bytes (change events), and checks that the
+    /// two agree.
+    fn decode_transaction(d: &Document) -> Result<Transaction, RejectReason> {
+        let raw = RawDocumentBuf::from_document(d).unwrap();
+        let from_bytes = super::decode_transaction(&RawFields::new(&raw).unwrap());
+        let decoded = super::decode_transaction(d);
+        assert_eq!(from_bytes, decoded, "{d:?}");
+        decoded
+    }
+
+    fn decode_pocket(d: &Document) -> Result<Pocket, RejectReason> {
+        let raw = RawDocumentBuf::from_document(d).unwrap();
+        let from_bytes = super::decode_pocket(&RawFields::new(&raw).unwrap());
+        let decoded = super::decode_pocket(d);
+        assert_eq!(from_bytes, decoded, "{d:?}");
+        decoded
+    }
+
+    #[test]
+    fn bytes_read_like_their_document_when_a_key_repeats_or_ids_are_not_object_ids() {
+        // Bytes can hold a key twice; a decoded Document keeps the last value.
+        let mut raw = RawDocumentBuf::new();
+        raw.append("_id", "legacy-7");
+        raw.append("user_id", "not yet");
+        raw.append("type", "expense");
+        raw.append("amount", 3.25);
+        raw.append("date", DateTime::from_millis(1_700_000_000_000));
+        let user = ObjectId::new();
+        raw.append("user_id", user);
+        raw.append("note", "first");
+        raw.append("note", "second");
+        let doc = Document::try_from(raw.as_ref()).unwrap();
+        let tx = super::decode_transaction(&RawFields::new(&raw).unwrap()).unwrap();
+        assert_eq!(Ok(tx.clone()), super::decode_transaction(&doc));
+        assert_eq!(tx.user_id, user);
+        assert_eq!(tx.note.as_deref(), Some("second"));
+        assert_eq!(
+            tx.id,
+            SourceId::Other(Box::new(Bson::String("legacy-7".into())))
+        );
+        // Malformed bytes fail, as decoding them into a Document does.
+        let mut bytes = raw.as_bytes().to_vec();
+        bytes[4] = 0x7f; // the first element's type
+        let broken = RawDocument::from_bytes(&bytes).unwrap();
+        assert!(RawFields::new(broken).is_err());
+        assert!(Document::try_from(broken).is_err());
+    }
 
     fn base() -> Document {
         doc! {

@@ -1,25 +1,28 @@
 //! A change event, read in place from its raw bytes.
 
+use crate::core::source::RawFields;
 use crate::error::{Context, Result};
-use bson::{Bson, Document, RawDocument};
+use bson::{Bson, RawDocument};
 use mongodb::change_stream::event::OperationType;
 
 /// The fields of a change event tally reads, taken from its raw bytes
 /// (reading them in place is about 3× faster than deserializing the
-/// driver's `ChangeStreamEvent<Document>`; `benches/ledger.rs`).
+/// driver's `ChangeStreamEvent<Document>`; `benches/ledger.rs`). The
+/// documents stay bytes too, their fields found in one pass
+/// ([`RawFields`]), and borrow from the event.
 #[derive(Debug)]
-pub struct Event {
+pub struct Event<'a> {
     pub operation_type: OperationType,
     pub collection: String,
     /// `documentKey._id` (`Null` when absent).
     pub id: Bson,
-    pub full_document: Option<Document>,
-    pub full_document_before_change: Option<Document>,
+    pub full_document: Option<RawFields<'a>>,
+    pub full_document_before_change: Option<RawFields<'a>>,
     pub wall_millis: Option<i64>,
 }
 
-impl Event {
-    pub fn from_raw(raw: &RawDocument) -> Result<Event> {
+impl<'a> Event<'a> {
+    pub fn from_raw(raw: &'a RawDocument) -> Result<Event<'a>> {
         let op = raw.get_str("operationType").context("operationType")?;
         let operation_type = match op {
             "insert" => OperationType::Insert,
@@ -43,11 +46,9 @@ impl Event {
             Some(v) => Bson::try_from(v.to_raw_bson()).context("documentKey._id")?,
             None => Bson::Null,
         };
-        let document = |field: &str| -> Result<Option<Document>> {
+        let document = |field: &str| -> Result<Option<RawFields<'a>>> {
             match raw.get_document(field) {
-                Ok(d) => Ok(Some(
-                    Document::try_from(d).with_context(|| field.to_owned())?,
-                )),
+                Ok(d) => Ok(Some(RawFields::new(d).with_context(|| field.to_owned())?)),
                 Err(_) => Ok(None), // absent or null
             }
         };
@@ -68,7 +69,7 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bson::{doc, RawDocumentBuf, Timestamp};
+    use bson::{doc, Document, RawDocumentBuf, Timestamp};
     use mongodb::change_stream::event::ChangeStreamEvent;
 
     #[test]
@@ -100,9 +101,10 @@ mod tests {
             assert_eq!(ours.collection, coll);
             let key = typed.document_key.and_then(|k| k.get("_id").cloned());
             assert_eq!(ours.id, key.unwrap_or(Bson::Null));
-            assert_eq!(ours.full_document, typed.full_document);
+            let decoded = |f: Option<RawFields>| f.map(|f| Document::try_from(f.bytes()).unwrap());
+            assert_eq!(decoded(ours.full_document), typed.full_document);
             assert_eq!(
-                ours.full_document_before_change,
+                decoded(ours.full_document_before_change),
                 typed.full_document_before_change
             );
             assert_eq!(

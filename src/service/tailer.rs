@@ -24,7 +24,7 @@ use crate::batch::scan::{reject_key, Focus, Range};
 use crate::core::calendar::{first_of_month, last_of_month};
 use crate::core::reports::Kind;
 use crate::core::schedule;
-use crate::core::source::{decode_pocket, decode_transaction, SourceId};
+use crate::core::source::{decode_pocket, decode_transaction, owner, SourceId};
 use crate::mongo::bulk;
 use crate::mongo::connect;
 use crate::mongo::errors::{command_code, is_history_lost};
@@ -836,7 +836,7 @@ impl<B: Backend> Tailer<B> {
                                 SourceId::from_bson(&id),
                                 Some(r),
                             ));
-                            new_user = doc.get_object_id("user_id").ok();
+                            new_user = owner(doc);
                         }
                     }
                 }
@@ -879,15 +879,12 @@ impl<B: Backend> Tailer<B> {
                 }
             }
             POCKETS => {
-                let new = event
-                    .full_document
-                    .as_ref()
-                    .and_then(|d| decode_pocket(d).ok());
+                let decoded = event.full_document.as_ref().map(decode_pocket);
                 let old = event
                     .full_document_before_change
                     .as_ref()
                     .and_then(|d| decode_pocket(d).ok());
-                match event.full_document.as_ref().map(decode_pocket) {
+                match &decoded {
                     Some(Ok(p)) => match p.reject_reason() {
                         Some(r) => {
                             self.counters.rejects += 1;
@@ -902,18 +899,20 @@ impl<B: Backend> Tailer<B> {
                             .push((POCKETS, SourceId::Oid(p.id), None)),
                     },
                     Some(Err(r)) => {
+                        self.counters.rejects += 1;
                         self.opts
                             .telemetry
-                            .reject(POCKETS, &SourceId::from_bson(&id), r);
+                            .reject(POCKETS, &SourceId::from_bson(&id), *r);
                         self.work
                             .verdicts
-                            .push((POCKETS, SourceId::from_bson(&id), Some(r)))
+                            .push((POCKETS, SourceId::from_bson(&id), Some(*r)))
                     }
                     None => self
                         .work
                         .verdicts
                         .push((POCKETS, SourceId::from_bson(&id), None)),
                 }
+                let new = decoded.and_then(Result::ok);
                 // Read before the window takes the new version.
                 let balance_only = new.as_ref().is_some_and(|n| self.live.balance_only(n));
                 let (mut users, known) = match id.as_object_id() {
