@@ -460,7 +460,7 @@ async fn writes_address_stored_documents_by_id() {
     use chrono::{NaiveDate, TimeZone, Utc};
     use tally::core::reports::Kind;
     use tally::mongo::bulk;
-    use tally::plan::write::{key_filter, write_over};
+    use tally::plan::write::{key_filter, write_over, Prior};
 
     let db = database("backfill_by_id").await;
     db.drop().await.expect("drop");
@@ -497,7 +497,7 @@ async fn writes_address_stored_documents_by_id() {
         Kind::Report,
         filter.clone(),
         content(2),
-        Some(&v1),
+        Some(&Prior::of(Kind::Report, &v1)),
         now,
         "UTC",
     );
@@ -524,7 +524,7 @@ async fn writes_address_stored_documents_by_id() {
         Kind::Report,
         filter.clone(),
         content(3),
-        Some(&stale),
+        Some(&Prior::of(Kind::Report, &stale)),
         now,
         "UTC",
     );
@@ -555,7 +555,7 @@ async fn writes_address_stored_documents_by_id() {
         Kind::Report,
         filter.clone(),
         content(5),
-        Some(&foreign),
+        Some(&Prior::of(Kind::Report, &foreign)),
         now,
         "UTC",
     );

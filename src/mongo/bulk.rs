@@ -550,7 +550,7 @@ pub fn check_write_errors(reply: &Document) -> Result<(), WriteErrors> {
 mod tests {
     use super::*;
     use crate::core::calendar::date_label;
-    use crate::plan::write::{key_filter, write_over};
+    use crate::plan::write::{key_filter, write_over, Prior};
     use bson::oid::ObjectId;
     use chrono::{DateTime, NaiveDate, Utc};
 
@@ -636,7 +636,7 @@ mod tests {
             Kind::Report,
             filter.clone(),
             content.clone(),
-            Some(&foreign),
+            Some(&Prior::of(Kind::Report, &foreign)),
             t,
             "UTC",
         );
@@ -664,7 +664,7 @@ mod tests {
             Kind::Report,
             filter.clone(),
             content.clone(),
-            Some(&ours),
+            Some(&Prior::of(Kind::Report, &ours)),
             t,
             "UTC",
         ));
@@ -680,7 +680,7 @@ mod tests {
             Kind::Report,
             filter.clone(),
             content,
-            Some(&odd),
+            Some(&Prior::of(Kind::Report, &odd)),
             t,
             "UTC",
         ));

@@ -11,7 +11,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::core::diff::{diff, FieldDiff};
 use crate::core::reports::Kind;
-use crate::plan::write::{key_filter, same_content, write_over, Content, Write};
+use crate::plan::write::{key_filter, same_content, write_over, Content, Prior, Write};
 
 /// How a stored document differs from the expected one.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,8 +55,8 @@ pub trait StoredDoc<C> {
     /// How `content` (whose [`summary`](StoredDoc::summary) is `summary`)
     /// differs from the stored document; `None` if it doesn't.
     fn difference(&self, content: &C, summary: Option<u64>) -> Option<Difference>;
-    /// The stored bookkeeping fields (revision, created_at, ...).
-    fn bookkeeping(&self, kind: Kind) -> std::borrow::Cow<'_, Document>;
+    /// The stored bookkeeping a write continues from.
+    fn prior(&self, kind: Kind) -> Prior;
 }
 
 impl StoredDoc<Document> for Document {
@@ -72,8 +72,8 @@ impl StoredDoc<Document> for Document {
         (!fields.is_empty()).then_some(Difference::Fields(fields))
     }
 
-    fn bookkeeping(&self, _: Kind) -> std::borrow::Cow<'_, Document> {
-        std::borrow::Cow::Borrowed(self)
+    fn prior(&self, kind: Kind) -> Prior {
+        Prior::of(kind, self)
     }
 }
 
@@ -102,12 +102,12 @@ pub fn compare_user<C: Content, S: StoredDoc<C>>(
                 Some(d) => d,
             },
         };
-        let bookkeeping = old.as_ref().map(|s| s.bookkeeping(kind));
+        let prior = old.as_ref().map(|s| s.prior(kind));
         let mut write = write_over(
             kind,
             key_filter(kind, user, period),
             content,
-            bookkeeping.as_deref(),
+            prior.as_ref(),
             now,
             time_zone,
         );
@@ -130,9 +130,9 @@ pub fn compare_user<C: Content, S: StoredDoc<C>>(
     }
     for ((kind, period), old) in stored {
         // By `_id` when known (cheaper for the server, see `write_over`).
-        let filter = match old.bookkeeping(kind).get_object_id("_id") {
-            Ok(id) => doc! { "_id": id },
-            Err(_) => key_filter(kind, user, period),
+        let filter = match old.prior(kind).id {
+            Some(id) => doc! { "_id": id },
+            None => key_filter(kind, user, period),
         };
         let write = Write::Delete { kind, filter };
         changes.push(DocChange {

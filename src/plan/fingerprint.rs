@@ -2,18 +2,17 @@
 //! fingerprint of its content and the bookkeeping its next write
 //! continues from.
 
-use std::borrow::Cow;
 use std::hash::Hasher;
 
 use bson::oid::ObjectId;
-use bson::{Document, RawDocument, RawDocumentBuf};
+use bson::{Bson, Document, RawDocument, RawDocumentBuf};
 use chrono::{Datelike, NaiveDate};
 
 use crate::core::out::elements;
 use crate::core::reports::{Kind, BOOKKEEPING};
 use crate::core::vecmap::{Keyed, Sorted};
 use crate::plan::compare::{Difference, StoredDoc};
-use crate::plan::write::int;
+use crate::plan::write::{int, Prior};
 
 /// What tally needs to know of a stored document: a fingerprint of its
 /// content and the bookkeeping its next write continues from.
@@ -386,23 +385,16 @@ impl StoredDoc<RawDocumentBuf> for StoredMeta {
         (fingerprint != self.fingerprint).then_some(Difference::Content)
     }
 
-    fn bookkeeping(&self, kind: Kind) -> Cow<'_, Document> {
-        let mut d = Document::new();
-        if let Some(id) = self.id() {
-            d.insert("_id", id);
+    fn prior(&self, _: Kind) -> Prior {
+        Prior {
+            id: self.id(),
+            revision: present(self.revision),
+            restatements: self.restatements,
+            is_final: self.is_final(),
+            created_at: present(self.created_at)
+                .map(|c| Bson::DateTime(bson::DateTime::from_millis(c))),
+            finalized_at: present(self.finalized_at),
         }
-        if let Some(r) = present(self.revision) {
-            d.insert("revision", r);
-        }
-        d.insert("restatements", self.restatements);
-        d.insert(kind.final_field(), self.is_final());
-        if let Some(c) = present(self.created_at) {
-            d.insert("created_at", bson::DateTime::from_millis(c));
-        }
-        if let Some(f) = present(self.finalized_at) {
-            d.insert("finalized_at", bson::DateTime::from_millis(f));
-        }
-        Cow::Owned(d)
     }
 }
 
@@ -640,11 +632,17 @@ mod tests {
             "created_at": created, "finalized_at": created,
         };
         let meta = &StoredMeta::of(Kind::Report, &stored);
-        let book = meta.bookkeeping(Kind::Report);
-        assert_eq!(book.get_i64("revision").unwrap(), 4);
-        assert_eq!(book.get_i64("restatements").unwrap(), 1);
-        assert!(book.get_bool("is_final").unwrap());
-        assert_eq!(book.get_datetime("created_at").unwrap(), &created);
+        let prior = meta.prior(Kind::Report);
+        assert_eq!(
+            prior,
+            Prior::of(Kind::Report, &stored),
+            "as read from the document"
+        );
+        assert_eq!(prior.revision, Some(4));
+        assert_eq!(prior.restatements, 1);
+        assert!(prior.is_final);
+        assert_eq!(prior.created_at, Some(Bson::DateTime(created)));
+        assert_eq!(prior.finalized_at, Some(1_000));
         let raw = |d: &Document| RawDocumentBuf::from_document(d).unwrap();
         assert_eq!(meta.difference(&raw(&stored), None), None);
         let changed = doc! { "user_id": 2, "is_final": true };
@@ -653,21 +651,20 @@ mod tests {
             Some(Difference::Content)
         );
         let id = ObjectId::new();
-        let with_id = &StoredMeta::of(Kind::Report, &doc! { "_id": id, "revision": 0_i64 });
-        let book = with_id.bookkeeping(Kind::Report);
-        assert_eq!(book.get_object_id("_id").unwrap(), id);
-        assert_eq!(book.get_i64("revision").unwrap(), 0, "a revision 0 is kept");
+        let with_id = doc! { "_id": id, "revision": 0_i64 };
+        let prior = StoredMeta::of(Kind::Report, &with_id).prior(Kind::Report);
+        assert_eq!(prior, Prior::of(Kind::Report, &with_id));
+        assert_eq!(prior.id, Some(id));
+        assert_eq!(prior.revision, Some(0), "a revision 0 is kept");
     }
 
     #[test]
     fn meta_leaves_absent_bookkeeping_absent() {
-        let meta = &StoredMeta::of(Kind::Snapshot, &doc! { "user_id": 1 });
-        let book = meta.bookkeeping(Kind::Snapshot);
-        for field in ["_id", "revision", "created_at", "finalized_at"] {
-            assert!(!book.contains_key(field), "{field} in {book:?}");
-        }
-        assert_eq!(book.get_i64("restatements").unwrap(), 0);
-        assert!(!book.get_bool("is_complete").unwrap());
+        let stored = doc! { "user_id": 1 };
+        let meta = &StoredMeta::of(Kind::Snapshot, &stored);
+        let prior = meta.prior(Kind::Snapshot);
+        assert_eq!(prior, Prior::default());
+        assert_eq!(prior, Prior::of(Kind::Snapshot, &stored));
         assert!(!meta.is_final());
         assert_eq!(std::mem::size_of::<StoredMeta>(), 56);
     }

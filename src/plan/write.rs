@@ -51,6 +51,43 @@ pub fn key_filter(kind: Kind, user: bson::oid::ObjectId, period: NaiveDate) -> D
     doc! { "user_id": user, kind.date_field(): date_label(period) }
 }
 
+/// What a write continues from, of the stored document it replaces: its
+/// bookkeeping (contract §5.1), read from a stored `Document` (scans) or
+/// kept in memory (the live path's
+/// [`StoredMeta`](crate::plan::fingerprint::StoredMeta)), without
+/// building a document for it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Prior {
+    /// The stored `_id`, if an ObjectId.
+    pub id: Option<bson::oid::ObjectId>,
+    /// The stored revision, if an integer.
+    pub revision: Option<i64>,
+    pub restatements: i64,
+    /// Whether the stored document is final ([`Kind::final_field`]).
+    pub is_final: bool,
+    /// Kept as stored, whatever its type: `created_at` is set once.
+    pub created_at: Option<Bson>,
+    /// The stored `finalized_at`, if a datetime (milliseconds).
+    pub finalized_at: Option<i64>,
+}
+
+impl Prior {
+    /// The bookkeeping of a stored document of `kind`.
+    pub fn of(kind: Kind, stored: &Document) -> Prior {
+        Prior {
+            id: stored.get_object_id("_id").ok(),
+            revision: int(stored.get("revision")),
+            restatements: int(stored.get("restatements")).unwrap_or(0),
+            is_final: stored.get_bool(kind.final_field()).unwrap_or(false),
+            created_at: stored.get("created_at").cloned(),
+            finalized_at: stored
+                .get_datetime("finalized_at")
+                .ok()
+                .map(|d| d.timestamp_millis()),
+        }
+    }
+}
+
 /// Decides the write that brings `stored` to `expected` content, with the
 /// bookkeeping rules of contract §5.1; `None` when nothing changes.
 pub fn plan_write(
@@ -70,14 +107,22 @@ pub fn plan_write(
                     return None;
                 }
             }
-            Some(write_over(kind, filter, content, stored, now, time_zone))
+            let prior = stored.map(|s| Prior::of(kind, s));
+            Some(write_over(
+                kind,
+                filter,
+                content,
+                prior.as_ref(),
+                now,
+                time_zone,
+            ))
         }
     }
 }
 
 /// The upsert that replaces `stored` (known to differ) by `content`:
 /// revision, restatements, created_at and finalized_at follow contract §5.1.
-/// Only the bookkeeping fields of `stored` are read.
+/// `stored` is the bookkeeping of the document replaced.
 ///
 /// Without `stored` the write is an insert of a new document; with it, a
 /// replacement guarded by the stored `_id` and revision, so that it never
@@ -89,7 +134,7 @@ pub fn write_over<C: Content>(
     kind: Kind,
     filter: Document,
     content: C,
-    stored: Option<&Document>,
+    stored: Option<&Prior>,
     now: DateTime<Utc>,
     time_zone: &str,
 ) -> Write {
@@ -176,20 +221,20 @@ impl Content for RawDocumentBuf {
 fn bookkeeping(
     kind: Kind,
     now_final: bool,
-    stored: Option<&Document>,
+    stored: Option<&Prior>,
     now: DateTime<Utc>,
     time_zone: &str,
 ) -> Bookkeeping {
     let now = BsonDateTime::from_millis(now.timestamp_millis());
-    let was_final = stored.is_some_and(|s| s.get_bool(kind.final_field()).unwrap_or(false));
-    let revision = stored.and_then(|s| int(s.get("revision")));
-    let restatements = stored.and_then(|s| int(s.get("restatements"))).unwrap_or(0);
+    let was_final = stored.is_some_and(|s| s.is_final);
+    let revision = stored.and_then(|s| s.revision);
+    let restatements = stored.map_or(0, |s| s.restatements);
     let mut fields = Vec::with_capacity(8);
     match stored {
         // ObjectId's default is a new id, ObjectId::new().
         None => fields.push(("_id", Bson::ObjectId(bson::oid::ObjectId::default()))),
         Some(s) => {
-            if let Ok(id) = s.get_object_id("_id") {
+            if let Some(id) = s.id {
                 fields.push(("_id", Bson::ObjectId(id)));
             }
         }
@@ -202,11 +247,11 @@ fn bookkeeping(
     ));
     fields.push(("generated_at", Bson::DateTime(now)));
     fields.push(("updated_at", Bson::DateTime(now)));
-    let created_at = stored.and_then(|s| s.get("created_at").cloned());
+    let created_at = stored.and_then(|s| s.created_at.clone());
     fields.push(("created_at", created_at.unwrap_or(Bson::DateTime(now))));
     if kind == Kind::Report {
-        let finalized_at = match stored.and_then(|s| s.get("finalized_at")) {
-            Some(at @ Bson::DateTime(_)) if now_final && was_final => at.clone(),
+        let finalized_at = match stored.and_then(|s| s.finalized_at) {
+            Some(at) if now_final && was_final => Bson::DateTime(BsonDateTime::from_millis(at)),
             _ if now_final => Bson::DateTime(now),
             _ => Bson::Null,
         };
@@ -215,12 +260,12 @@ fn bookkeeping(
     fields
 }
 
-fn upsert(kind: Kind, filter: Document, set: RawDocumentBuf, stored: Option<&Document>) -> Write {
+fn upsert(kind: Kind, filter: Document, set: RawDocumentBuf, stored: Option<&Prior>) -> Write {
     Write::Upsert {
         kind,
         filter,
         set,
-        if_revision: stored.map(|s| int(s.get("revision")).unwrap_or(0)),
+        if_revision: stored.map(|s| s.revision.unwrap_or(0)),
         content_fingerprint: None,
     }
 }
