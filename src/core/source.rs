@@ -567,20 +567,25 @@ mod tests {
     /// Every test here decodes each document both ways, as a `Document` (the
     /// batch scans) and from its bytes (change events), and checks that the
     /// two agree.
-    fn decode_transaction(d: &Document) -> Result<Transaction, RejectReason> {
+    fn both<T: PartialEq + fmt::Debug>(
+        d: &Document,
+        from_document: fn(&Document) -> T,
+        from_bytes: fn(&RawFields) -> T,
+    ) -> T {
         let raw = RawDocumentBuf::from_document(d).unwrap();
-        let from_bytes = super::decode_transaction(&RawFields::new(&raw).unwrap());
-        let decoded = super::decode_transaction(d);
-        assert_eq!(from_bytes, decoded, "{d:?}");
+        let decoded = from_document(d);
+        assert_eq!(from_bytes(&RawFields::new(&raw).unwrap()), decoded, "{d:?}");
         decoded
     }
 
+    fn decode_transaction(d: &Document) -> Result<Transaction, RejectReason> {
+        both(d, super::decode_transaction, |f| {
+            super::decode_transaction(f)
+        })
+    }
+
     fn decode_pocket(d: &Document) -> Result<Pocket, RejectReason> {
-        let raw = RawDocumentBuf::from_document(d).unwrap();
-        let from_bytes = super::decode_pocket(&RawFields::new(&raw).unwrap());
-        let decoded = super::decode_pocket(d);
-        assert_eq!(from_bytes, decoded, "{d:?}");
-        decoded
+        both(d, super::decode_pocket, |f| super::decode_pocket(f))
     }
 
     #[test]
