@@ -12,7 +12,7 @@ use crate::core::out::elements;
 use crate::core::reports::{Kind, BOOKKEEPING};
 use crate::core::vecmap::{Keyed, Sorted};
 use crate::plan::compare::{Difference, StoredDoc};
-use crate::plan::write::{int, Prior};
+use crate::plan::write::Prior;
 
 /// What tally needs to know of a stored document: a fingerprint of its
 /// content and the bookkeeping its next write continues from.
@@ -47,15 +47,19 @@ impl StoredMeta {
     /// [`StoredMeta::of`] for a document whose [`fingerprint`] is known.
     pub fn with_fingerprint(kind: Kind, doc: &Document, fingerprint: u64) -> StoredMeta {
         debug_assert_eq!(fingerprint, self::fingerprint(doc), "a stale fingerprint");
-        let millis = |field: &str| doc.get_datetime(field).ok().map(|t| t.timestamp_millis());
+        let prior = Prior::of(kind, doc);
+        let created_at = match prior.created_at {
+            Some(Bson::DateTime(t)) => Some(t.timestamp_millis()),
+            _ => None,
+        };
         StoredMeta::from_fields(
             fingerprint,
-            doc.get_object_id("_id").ok(),
-            doc.get_bool(kind.final_field()).unwrap_or(false),
-            int(doc.get("revision")),
-            int(doc.get("restatements")),
-            millis("created_at"),
-            millis("finalized_at"),
+            prior.id,
+            prior.is_final,
+            prior.revision,
+            Some(prior.restatements),
+            created_at,
+            prior.finalized_at,
         )
     }
 
