@@ -350,9 +350,10 @@ async fn scripted_workload(prefix: &str, extra: &[&str]) {
     let status = run.terminate().await;
     assert!(status.success(), "clean exit: {status}\n{}", run.tail(20));
     // Changes inside the open window were rebuilt from memory, not by
-    // rescanning the source (which the changes before it still need): each
-    // of the four users changed inside the window was rebuilt from memory
-    // at least once, and rescans stay of the order of the rebuilds. How many
+    // rescanning the source (which the changes before it still need): at
+    // least as many users rebuilt from memory (counted once a flush) as
+    // users changed inside the window, and rescans of the order of those
+    // rebuilds. How many
     // rescans there are depends on how the changes fall around the settle
     // delay's rechecks (10 to 12 in runs of this file alone, 15 in a busy
     // `.ci/run`, against 15 rebuilt from memory in every run), so they are
