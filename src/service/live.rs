@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use bson::oid::ObjectId;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
@@ -57,7 +58,17 @@ struct UserState {
     /// That of its anchors when its documents were last made consistent
     /// back to its first stored document (`None`: not since it was loaded).
     settled: Option<u64>,
+    /// Its anchors' key now, once asked for ([`NOT_KNOWN`] until then and
+    /// after any change of its transactions or pockets): a flush asks up to
+    /// three times a user, and each answer walks every transaction (7% of
+    /// the live replay's time before it was kept). Atomic only so that
+    /// `&Live` can fill it in.
+    anchors: AtomicU64,
 }
+
+/// [`UserState::anchors`] before it is known. A key that happens to equal
+/// it is computed each time it is asked for.
+const NOT_KNOWN: u64 = u64::MAX;
 
 /// Per valid pocket of a user, its closing balance on the day before the
 /// window: B(p) − Σ net(p) over the window's days (contract §4.1). Every
@@ -154,6 +165,7 @@ impl Live {
             if let Some(other) = self.tx_owner.insert(&tx.id, slot) {
                 if let Some(state) = self.users.get_mut(other as usize) {
                     if state.transactions.remove(&tx.id).is_some() {
+                        state.changed();
                         displaced.push(state.user);
                     }
                 }
@@ -163,6 +175,7 @@ impl Live {
             if let Some(other) = self.pocket_owner.insert(*id, slot) {
                 if let Some(state) = self.users.get_mut(other as usize) {
                     if state.pockets.remove(id).is_some() {
+                        state.changed();
                         displaced.push(state.user);
                     }
                 }
@@ -177,6 +190,7 @@ impl Live {
             baseline: kept.baseline,
             computed: None,
             settled: None,
+            anchors: AtomicU64::new(NOT_KNOWN),
         };
         state.hold(kept.transactions);
         // Grown by an eighth, not doubled: a state is ~200 bytes a user.
@@ -218,6 +232,7 @@ impl Live {
         if let Some(owner) = self.tx_owner.remove(id) {
             if let Some(state) = self.users.get_mut(owner as usize) {
                 if let Some(old) = state.transactions.remove(id) {
+                    state.changed();
                     known = true;
                     touched.push((state.user, self.cal.day_of_millis(old.date())));
                 }
@@ -229,6 +244,7 @@ impl Live {
                     let state = &mut self.users[slot as usize];
                     let compact = state.refs.hold(tx);
                     state.transactions.insert(compact);
+                    state.changed();
                     self.tx_owner.insert(id, slot);
                 }
             }
@@ -246,6 +262,7 @@ impl Live {
         if let Some(owner) = self.pocket_owner.remove(&id) {
             if let Some(state) = self.users.get_mut(owner as usize) {
                 known = state.pockets.remove(&id).is_some();
+                state.changed();
                 users.push(state.user);
             }
         }
@@ -253,6 +270,7 @@ impl Live {
             if let Some(&slot) = self.slots.get(&user) {
                 let state = &mut self.users[slot as usize];
                 state.pockets.insert(new.expect("has a user").clone());
+                state.changed();
                 self.pocket_owner.insert(id, slot);
             }
             if !users.contains(&user) {
@@ -614,6 +632,19 @@ impl PocketChange<'_> {
 /// noted without holding them (two vectors a user): a hash, like the
 /// fingerprints of stored documents, with the same odds of a collision.
 fn anchors_key(state: &UserState) -> u64 {
+    let known = state.anchors.load(Relaxed);
+    if known != NOT_KNOWN {
+        // Every test run checks that no change left the key stale.
+        debug_assert_eq!(known, anchors_key_now(state), "stale anchors key");
+        return known;
+    }
+    let key = anchors_key_now(state);
+    state.anchors.store(key, Relaxed);
+    key
+}
+
+/// [`anchors_key`], computed.
+fn anchors_key_now(state: &UserState) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     anchors_of(state).hash(&mut h);
     h.finish()
@@ -691,8 +722,14 @@ impl UserState {
         txs.map(|h| self.refs.expand(self.user, h))
     }
 
+    /// Its transactions or pockets changed: the anchors' key is not known.
+    fn changed(&mut self) {
+        *self.anchors.get_mut() = NOT_KNOWN;
+    }
+
     /// Replaces the held transactions by `txs`, with a fresh `refs`.
     fn hold(&mut self, txs: Vec<Transaction>) {
+        self.changed();
         let mut refs = Refs::default();
         let held = txs.iter().map(|tx| refs.hold(tx)).collect();
         self.transactions = Sorted::from_unsorted(held);
@@ -1003,6 +1040,78 @@ mod tests {
         // Sliding back is a no-op.
         live.slide(day("2026-10-01"));
         assert_eq!(live.from(), day("2026-11-01"));
+    }
+
+    /// The anchors' key is kept between questions (`UserState::anchors`):
+    /// every change of a user's transactions or pockets must forget it.
+    /// Each step below notes both users computed (which keeps their keys),
+    /// changes something, and asks whether the anchors moved; a key left
+    /// stale answers "no" (and trips `anchors_key`'s debug check).
+    #[test]
+    fn every_change_of_transactions_or_pockets_moves_the_anchors() {
+        let w = World::new();
+        let a = w.tx(w.user, "10", "2026-10-05", 9);
+        let b = w.tx(w.other, "4", "2026-10-20", 9);
+        let mut live = w.load(&[a.clone(), b.clone()]);
+        let note = |live: &mut Live| {
+            for user in [w.user, w.other] {
+                live.note_computed(&user);
+                assert!(!live.anchors_moved(&user));
+            }
+        };
+        let moved = |live: &Live| [w.user, w.other].map(|u| live.anchors_moved(&u));
+
+        note(&mut live);
+        let d = w.tx(w.user, "7", "2026-11-02", 9);
+        live.set_transaction(&d.id, Some(&d));
+        assert_eq!(moved(&live), [true, false], "a new transaction");
+
+        note(&mut live);
+        let mut d2 = d.clone();
+        d2.amount = "8".parse().unwrap();
+        live.set_transaction(&d.id, Some(&d2));
+        assert_eq!(moved(&live), [true, false], "an edited amount");
+
+        note(&mut live);
+        live.set_transaction(&d.id, None);
+        assert_eq!(moved(&live), [true, false], "a hard delete");
+
+        note(&mut live);
+        let mut richer = w.pocket.clone();
+        richer.balance = Ok("600".parse().unwrap());
+        live.set_pocket(richer.id, Some(&richer));
+        assert_eq!(moved(&live), [true, false], "a new balance");
+
+        note(&mut live);
+        let mut moved_pocket = w.other_pocket.clone();
+        moved_pocket.user_id = Some(w.user);
+        live.set_pocket(moved_pocket.id, Some(&moved_pocket));
+        assert_eq!(moved(&live), [true, true], "a pocket changing hands");
+
+        // Rescans of `other` that take `a`, then the pocket, from `user`.
+        let mut a2 = a.clone();
+        a2.user_id = w.other;
+        let rescan = |pockets: &[&Pocket]| Kept {
+            transactions: vec![a2.clone(), b.clone()],
+            pockets: pockets.iter().map(|p| (p.id, (*p).clone())).collect(),
+            stored: Vec::new(),
+            baseline: YtdBaseline::default(),
+        };
+        note(&mut live);
+        live.insert(w.other, rescan(&[]));
+        assert!(
+            live.anchors_moved(&w.user),
+            "a transaction taken by a rescan"
+        );
+        note(&mut live);
+        live.insert(w.other, rescan(&[&w.other_pocket]));
+        assert!(live.anchors_moved(&w.user), "a pocket taken by a rescan");
+
+        // Sliding past every transaction of `other`: anchors noted before
+        // are carried to the new eve, and the key matches them there.
+        note(&mut live);
+        live.slide(day("2026-11-01"));
+        assert_eq!(moved(&live), [false, false], "a slide");
     }
 
     /// A computation from a later month folds only the transactions from
