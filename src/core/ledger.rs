@@ -335,18 +335,51 @@ impl std::fmt::Debug for Days {
     }
 }
 
+/// A live transaction as the fold reads it, borrowed: a caller that holds
+/// transactions in another form (the live window's [`Held`]) folds them
+/// without building a [`Transaction`] for each.
+///
+/// [`Held`]: crate::service::held::Held
+#[derive(Clone, Copy, Debug)]
+pub struct TxRef<'a> {
+    pub id: &'a SourceId,
+    pub kind: TxType,
+    pub amount: Money,
+    pub pocket_from: Option<ObjectId>,
+    pub pocket_to: Option<ObjectId>,
+    pub category_id: Option<ObjectId>,
+    pub note: Option<&'a Arc<str>>,
+    /// Business date, milliseconds since the epoch.
+    pub date: i64,
+}
+
+impl<'a> From<&'a Transaction> for TxRef<'a> {
+    fn from(tx: &'a Transaction) -> TxRef<'a> {
+        TxRef {
+            id: &tx.id,
+            kind: tx.kind,
+            amount: tx.amount,
+            pocket_from: tx.pocket_from,
+            pocket_to: tx.pocket_to,
+            category_id: tx.category_id,
+            note: tx.note.as_ref(),
+            date: tx.date,
+        }
+    }
+}
+
 impl UserLedger {
     /// Adds a transaction's contribution; soft-deleted ones contribute nothing.
     pub fn apply(&mut self, cal: &Calendar, tx: &Transaction) {
         if tx.is_live() {
-            self.fold(cal.day_of_millis(tx.date), tx, 1);
+            self.fold(cal.day_of_millis(tx.date), &tx.into(), 1, true);
         }
     }
 
     /// Removes exactly what [`UserLedger::apply`] added for `tx`.
     pub fn retract(&mut self, cal: &Calendar, tx: &Transaction) {
         if tx.is_live() {
-            self.fold(cal.day_of_millis(tx.date), tx, -1);
+            self.fold(cal.day_of_millis(tx.date), &tx.into(), -1, true);
         }
     }
 
@@ -354,11 +387,23 @@ impl UserLedger {
     /// batch scans, which know the day from a sorted stream).
     pub fn apply_on(&mut self, day: NaiveDate, tx: &Transaction) {
         if tx.is_live() {
-            self.fold(day, tx, 1);
+            self.fold(day, &tx.into(), 1, true);
         }
     }
 
-    fn fold(&mut self, day: NaiveDate, tx: &Transaction, sign: i64) {
+    /// Applies the live transaction `tx` on `day` (the caller's
+    /// [`Calendar::day_of_millis`] of its date). Unless `listed`, its
+    /// sums alone: it is left out of its pockets' [`PocketDay::transactions`],
+    /// so the daily report of `day` must not be built from this ledger.
+    /// Everything else (the documents of other days, the monthly summary,
+    /// balances and year-to-date sums) reads the sums alone; the live
+    /// window folds a month this way and lists only the days it builds
+    /// reports for.
+    pub fn apply_ref(&mut self, day: NaiveDate, tx: &TxRef, listed: bool) {
+        self.fold(day, tx, 1, listed);
+    }
+
+    fn fold(&mut self, day: NaiveDate, tx: &TxRef, sign: i64, listed: bool) {
         let agg = self.days.entry(day);
         let amount = if sign > 0 { tx.amount } else { -tx.amount };
         agg.count += sign;
@@ -396,19 +441,19 @@ impl UserLedger {
                     }
                 }
             }
-            let key = (tx.date, tx.id.clone());
-            if sign > 0 {
-                pd.transactions.insert(
-                    key,
-                    TxEntry {
+            if listed {
+                let key = (tx.date, tx.id.clone());
+                if sign > 0 {
+                    let entry = TxEntry {
                         kind: tx.kind,
                         amount: tx.amount,
                         category_id: tx.category_id,
-                        note: tx.note.clone(),
-                    },
-                );
-            } else {
-                pd.transactions.remove(&key);
+                        note: tx.note.cloned(),
+                    };
+                    pd.transactions.insert(key, entry);
+                } else {
+                    pd.transactions.remove(&key);
+                }
             }
             if pd.count == 0 {
                 agg.pockets.remove(&pocket);
@@ -443,7 +488,7 @@ pub fn income_and_outflow(kind: TxType, amount: Money) -> (Money, Money) {
 
 /// The pockets `tx` lists for its type, each once, with whether it is the
 /// `pocket_from` (a self-transfer is listed once, as its `pocket_from`).
-fn touched_pockets(tx: &Transaction) -> impl Iterator<Item = (ObjectId, bool)> {
+fn touched_pockets(tx: &TxRef) -> impl Iterator<Item = (ObjectId, bool)> {
     touched(tx.pocket_from, tx.pocket_to)
 }
 

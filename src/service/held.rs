@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use bson::oid::ObjectId;
 
+use crate::core::ledger::TxRef;
 use crate::core::money::Money;
 use crate::core::source::{SourceId, Transaction, TxType};
 use crate::core::vecmap::{grow_by_an_eighth, Keyed};
@@ -118,6 +119,20 @@ impl Refs {
     /// `held`'s `pocket_from` and `pocket_to`.
     pub fn pockets(&self, held: &Held) -> (Option<ObjectId>, Option<ObjectId>) {
         (self.get(held.pocket_from), self.get(held.pocket_to))
+    }
+
+    /// The live transaction `held` stands for, as the ledger folds it.
+    pub fn view<'a>(&self, held: &'a Held) -> TxRef<'a> {
+        TxRef {
+            id: &held.id,
+            kind: held.kind,
+            amount: held.amount,
+            pocket_from: self.get(held.pocket_from),
+            pocket_to: self.get(held.pocket_to),
+            category_id: self.get(held.category_id),
+            note: held.note.as_ref(),
+            date: held.date,
+        }
     }
 
     /// The transaction `held` stands for, of `user`.

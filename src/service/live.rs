@@ -355,7 +355,7 @@ impl Live {
         if from > to {
             return Vec::new();
         }
-        let (ledger, baseline) = state.ledger_from(&self.cal, first_of_month(from));
+        let (ledger, baseline) = state.ledger_from(&self.cal, first_of_month(from), from);
         // The builders take pockets by id in a map: a copy of a user's few.
         let pockets: BTreeMap<ObjectId, Pocket> = state
             .pockets
@@ -681,12 +681,26 @@ impl UserState {
     /// balance depends on later days only; §5.3: year-to-date sums), so a
     /// flush that starts at today folds the current month's transactions,
     /// not the window's.
-    fn ledger_from(&self, cal: &Calendar, cutoff: NaiveDate) -> (UserLedger, YtdBaseline) {
+    ///
+    /// Only the transactions from `listed_from` on are listed in their
+    /// pockets' entries ([`UserLedger::apply_ref`]): the daily reports of
+    /// earlier days cannot be built from the ledger, and a computation from
+    /// `listed_from` builds none. Listing the month's every transaction
+    /// cost a copy of its id and note, and an entry, for a report not built.
+    fn ledger_from(
+        &self,
+        cal: &Calendar,
+        cutoff: NaiveDate,
+        listed_from: NaiveDate,
+    ) -> (UserLedger, YtdBaseline) {
         let cutoff_ms = cal.day_start(cutoff).timestamp_millis();
+        let listed_ms = cal.day_start(listed_from).timestamp_millis();
         let mut ledger = UserLedger::default();
         for held in self.transactions.as_slice() {
-            if held.date() >= cutoff_ms {
-                ledger.apply(cal, &self.refs.expand(self.user, held));
+            if held.date() >= cutoff_ms && held.is_live() {
+                let day = cal.day_of_millis(held.date());
+                let listed = held.date() >= listed_ms;
+                ledger.apply_ref(day, &self.refs.view(held), listed);
             }
         }
         (ledger, self.baseline_at(cal, cutoff))
