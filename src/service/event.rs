@@ -2,7 +2,7 @@
 
 use crate::core::source::RawFields;
 use crate::error::{Context, Result};
-use bson::{Bson, RawDocument};
+use bson::{Bson, RawBsonRef, RawDocument};
 use mongodb::change_stream::event::OperationType;
 
 /// The fields of a change event tally reads, taken from its raw bytes
@@ -22,8 +22,26 @@ pub struct Event<'a> {
 }
 
 impl<'a> Event<'a> {
+    /// Reads the event's top-level fields in one pass over its bytes (a
+    /// look-up per field walked them six times: 5% of the live replay). A
+    /// field named twice keeps its first value, as a look-up finds it.
     pub fn from_raw(raw: &'a RawDocument) -> Result<Event<'a>> {
-        let op = raw.get_str("operationType").context("operationType")?;
+        let (mut op, mut ns, mut key, mut wall) = (None, None, None, None);
+        let (mut full, mut before) = (None, None);
+        for element in raw {
+            let (name, value) = element.context("change event")?;
+            let slot = match name {
+                "operationType" => &mut op,
+                "ns" => &mut ns,
+                "documentKey" => &mut key,
+                "fullDocument" => &mut full,
+                "fullDocumentBeforeChange" => &mut before,
+                "wallTime" => &mut wall,
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        let op = op.and_then(|v| v.as_str()).context("operationType")?;
         let operation_type = match op {
             "insert" => OperationType::Insert,
             "update" => OperationType::Update,
@@ -32,35 +50,30 @@ impl<'a> Event<'a> {
             other => bson::from_bson(Bson::String(other.to_owned()))
                 .with_context(|| format!("operationType {other:?}"))?,
         };
-        let collection = raw
-            .get_document("ns")
-            .ok()
+        let collection = (ns.and_then(|v| v.as_document()))
             .and_then(|ns| ns.get_str("coll").ok())
             .unwrap_or_default()
             .to_owned();
-        let id = match raw
-            .get_document("documentKey")
-            .ok()
-            .and_then(|k| k.get("_id").ok().flatten())
+        let id = match (key.and_then(|v| v.as_document())).and_then(|k| k.get("_id").ok().flatten())
         {
             Some(v) => Bson::try_from(v.to_raw_bson()).context("documentKey._id")?,
             None => Bson::Null,
         };
-        let document = |field: &str| -> Result<Option<RawFields<'a>>> {
-            match raw.get_document(field) {
-                Ok(d) => Ok(Some(RawFields::new(d).with_context(|| field.to_owned())?)),
-                Err(_) => Ok(None), // absent or null
-            }
+        // Absent, null or not a document: none.
+        let document = |value: Option<RawBsonRef<'a>>, field: &str| match value
+            .and_then(|v| v.as_document())
+        {
+            Some(d) => Ok(Some(RawFields::new(d).with_context(|| field.to_owned())?)),
+            None => Ok::<_, crate::error::Error>(None),
         };
         Ok(Event {
             operation_type,
             collection,
             id,
-            full_document: document("fullDocument")?,
-            full_document_before_change: document("fullDocumentBeforeChange")?,
-            wall_millis: raw
-                .get_datetime("wallTime")
-                .ok()
+            full_document: document(full, "fullDocument")?,
+            full_document_before_change: document(before, "fullDocumentBeforeChange")?,
+            wall_millis: wall
+                .and_then(|v| v.as_datetime())
                 .map(|t| t.timestamp_millis()),
         })
     }
@@ -114,5 +127,19 @@ mod tests {
         }
         let bad = RawDocumentBuf::from_document(&doc! { "operationType": 5 }).unwrap();
         assert!(Event::from_raw(&bad).is_err());
+
+        // A field named twice reads as a look-up finds it: the first.
+        let mut twice = RawDocumentBuf::new();
+        twice.append("operationType", "delete");
+        twice.append("fullDocument", 7);
+        twice.append("operationType", "insert");
+        let wall = bson::DateTime::from_millis(5);
+        twice.append("wallTime", wall);
+        twice.append("wallTime", bson::DateTime::from_millis(9));
+        let event = Event::from_raw(&twice).unwrap();
+        assert_eq!(event.operation_type, OperationType::Delete);
+        assert!(event.full_document.is_none(), "not a document: none");
+        assert_eq!(event.wall_millis, Some(5));
+        assert_eq!(twice.get_str("operationType").unwrap(), "delete");
     }
 }
