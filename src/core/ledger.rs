@@ -9,7 +9,7 @@
 //! by "retract old, apply new" and still equal a from-scratch fold — the
 //! property the tests check. No I/O and no clock reads here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
@@ -549,28 +549,37 @@ fn bump(
 /// sums.
 #[derive(Debug, Default)]
 pub struct Balances {
-    /// Per owned, valid pocket: its balance B(p) and (day, Σ net over days ≥ day), ascending.
-    pockets: HashMap<ObjectId, (Money, Vec<(NaiveDate, Money)>)>,
+    /// Per owned, valid pocket: its id, its balance B(p) and (day, Σ net
+    /// over days ≥ day), ascending. A user has a few pockets: a vector
+    /// searched in order costs less than a hash map to build and to ask.
+    pockets: Vec<(ObjectId, Money, Suffix)>,
 }
+
+/// (day, Σ net(p, d) over the days d ≥ day) of one pocket, by day.
+type Suffix = Vec<(NaiveDate, Money)>;
 
 impl Balances {
     /// `pockets` are the user's own pockets; invalid ones are skipped.
     pub fn new<'a>(ledger: &UserLedger, pockets: impl IntoIterator<Item = &'a Pocket>) -> Balances {
-        let mut out = HashMap::new();
+        let days = ledger.days.len();
+        let mut out: Vec<(ObjectId, Money, Suffix)> = Vec::new();
         for p in pockets {
             if let Ok(balance) = p.balance {
-                out.insert(p.id, (balance, Vec::new()));
+                match out.iter_mut().find(|(id, _, _)| *id == p.id) {
+                    Some(seen) => seen.1 = balance,
+                    None => out.push((p.id, balance, Vec::with_capacity(days))),
+                }
             }
         }
         for (day, agg) in ledger.days.iter().rev() {
             for (pid, pd) in &agg.pockets {
-                if let Some((_, suffix)) = out.get_mut(pid) {
+                if let Some((_, _, suffix)) = out.iter_mut().find(|(id, _, _)| id == pid) {
                     let after = suffix.last().map_or(Money::ZERO, |(_, s)| *s);
                     suffix.push((*day, after + pd.net()));
                 }
             }
         }
-        for (_, suffix) in out.values_mut() {
+        for (_, _, suffix) in &mut out {
             suffix.reverse();
         }
         Balances { pockets: out }
@@ -578,7 +587,7 @@ impl Balances {
 
     /// closing(p, D), or `None` for a pocket that is not the user's valid pocket.
     pub fn closing(&self, pocket: &ObjectId, day: NaiveDate) -> Option<Money> {
-        let (balance, suffix) = self.pockets.get(pocket)?;
+        let (_, balance, suffix) = self.pockets.iter().find(|(id, _, _)| id == pocket)?;
         let i = suffix.partition_point(|(d, _)| *d <= day);
         Some(*balance - suffix.get(i).map_or(Money::ZERO, |(_, s)| *s))
     }

@@ -458,7 +458,8 @@ impl<'a> UserView<'a> {
         let first = first_of_month(month);
         let last = last_of_month(month);
         let mut total = DayAgg::default();
-        let mut by_pocket: BTreeMap<ObjectId, PocketDay> = BTreeMap::new();
+        // In pocket id order, as `DayAgg::pockets`.
+        let mut by_pocket: VecMap<ObjectId, PocketDay> = VecMap::default();
         let mut day_count: i64 = 0;
         for (_, agg) in self.ledger.range(first, last) {
             day_count += 1;
@@ -470,7 +471,7 @@ impl<'a> UserView<'a> {
             merge_categories(&mut total.income_by_category, &agg.income_by_category);
             merge_categories(&mut total.expense_by_category, &agg.expense_by_category);
             for (pid, pd) in &agg.pockets {
-                let acc = by_pocket.entry(*pid).or_default();
+                let acc = by_pocket.entry_or_default(*pid);
                 acc.income += pd.income;
                 acc.expense += pd.expense;
                 acc.transfer_in += pd.transfer_in;
@@ -507,7 +508,7 @@ impl<'a> UserView<'a> {
             income,
         );
         out.begin_array("by_pocket");
-        for (pid, pd) in &by_pocket {
+        for (pid, pd) in by_pocket.iter() {
             out.begin_entry();
             self.pocket_entry(&mut out, pid, pd);
             out.money("net", pd.net());
