@@ -85,8 +85,9 @@ fn main() {
         let reports = db.collection::<Document>(Kind::Report.collection());
         let mut stored = reports.find_one(doc! {}).await.expect("read").expect("a report");
         stored.remove("_id");
-        let filter = doc! { "user_id": stored.get("user_id").unwrap(), "report_date": stored.get("report_date").unwrap() };
-        let stats = bulk::execute(&db, vec![Write::Upsert { kind: Kind::Report, filter, set: bson::RawDocumentBuf::from_document(&stored).expect("encodes"), if_revision: None, content_fingerprint: None }], None)
+        let user = stored.get_object_id("user_id").expect("user_id");
+        let period = tally::core::calendar::label_date(*stored.get_datetime("report_date").expect("report_date"));
+        let stats = bulk::execute(&db, vec![Write::Upsert { kind: Kind::Report, user, period, set: bson::RawDocumentBuf::from_document(&stored).expect("encodes"), if_revision: None, content_fingerprint: None }], None)
             .await
             .expect("execute");
         assert_eq!((stats.inserted, stats.updated, stats.conflicts, stats.errors), (0, 0, 1, 0), "{stats:?}");

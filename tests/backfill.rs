@@ -481,7 +481,7 @@ async fn writes_address_stored_documents_by_id() {
             .expect("stored")
     };
 
-    let first = write_over(Kind::Report, filter.clone(), content(1), None, now, "UTC");
+    let first = write_over(Kind::Report, user, day, content(1), None, now, "UTC");
     let write::Write::Upsert { set, .. } = &first else {
         panic!("an upsert")
     };
@@ -495,7 +495,8 @@ async fn writes_address_stored_documents_by_id() {
 
     let second = write_over(
         Kind::Report,
-        filter.clone(),
+        user,
+        day,
         content(2),
         Some(&Prior::of(Kind::Report, &v1)),
         now,
@@ -522,7 +523,8 @@ async fn writes_address_stored_documents_by_id() {
     stale.insert("_id", ObjectId::new());
     let third = write_over(
         Kind::Report,
-        filter.clone(),
+        user,
+        day,
         content(3),
         Some(&Prior::of(Kind::Report, &stale)),
         now,
@@ -535,7 +537,7 @@ async fn writes_address_stored_documents_by_id() {
     // A writer that believes the document is new (fresh _id): the insert
     // meets the key and is not written (the stored document may be newer),
     // a conflict that makes the caller read the stored document again.
-    let fourth = write_over(Kind::Report, filter.clone(), content(4), None, now, "UTC");
+    let fourth = write_over(Kind::Report, user, day, content(4), None, now, "UTC");
     let stats = bulk::execute(&db, vec![fourth], None).await.unwrap();
     assert_eq!(
         (stats.inserted, stats.updated, stats.conflicts, stats.errors),
@@ -553,7 +555,8 @@ async fn writes_address_stored_documents_by_id() {
         .unwrap();
     let fifth = write_over(
         Kind::Report,
-        filter.clone(),
+        user,
+        day,
         content(5),
         Some(&Prior::of(Kind::Report, &foreign)),
         now,
@@ -588,7 +591,7 @@ async fn fenced_inserts_skip_taken_keys_and_write_the_rest() {
     use tally::core::reports::Kind;
     use tally::mongo::bulk;
     use tally::mongo::lease;
-    use tally::plan::write::{key_filter, write_over};
+    use tally::plan::write::write_over;
 
     let db = database("backfill_fenced_dup").await;
     db.drop().await.expect("drop");
@@ -604,7 +607,8 @@ async fn fenced_inserts_skip_taken_keys_and_write_the_rest() {
     let new = |user: ObjectId, n: i64| {
         write_over(
             Kind::Report,
-            key_filter(Kind::Report, user, day),
+            user,
+            day,
             doc! { "transaction_count": n, "is_final": false },
             None,
             now,
@@ -621,7 +625,8 @@ async fn fenced_inserts_skip_taken_keys_and_write_the_rest() {
     let mut writes: Vec<_> = users.iter().map(|u| new(*u, 2)).collect();
     writes.push(write_over(
         Kind::Snapshot,
-        key_filter(Kind::Snapshot, users[0], day),
+        users[0],
+        day,
         doc! { "total_balance": 5, "is_final": false },
         None,
         now,

@@ -473,11 +473,7 @@ impl Memory {
     fn apply(w: &mut World, writes: Vec<Write>) -> WriteStats {
         let mut stats = WriteStats::default();
         for write in writes {
-            let (kind, filter) = match &write {
-                Write::Upsert { kind, filter, .. } | Write::Delete { kind, filter } => {
-                    (*kind, filter.clone())
-                }
-            };
+            let (kind, filter) = (write.kind(), write.filter());
             // By key, or (a delete) by `_id`.
             let k = match (
                 filter.get_object_id("user_id"),

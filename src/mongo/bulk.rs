@@ -12,7 +12,7 @@ use mongodb::{ClientSession, Database};
 use crate::core::reports::Kind;
 use crate::mongo::errors;
 use crate::mongo::lease::{self, Fence};
-use crate::plan::write::{int, Write};
+use crate::plan::write::{int, key_filter, Write};
 
 /// What a batch of writes did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -200,14 +200,16 @@ pub fn prepare(writes: Vec<Write>, fenced: bool) -> Result<Prepared> {
                     ..
                 } => inserts.push((set, ())),
                 Write::Upsert {
-                    filter,
+                    kind,
+                    user,
+                    period,
                     set,
                     if_revision: Some(r),
                     ..
                 } => {
                     let mut q = match set.get_object_id("_id") {
                         Ok(id) => doc! { "_id": id },
-                        Err(_) => filter,
+                        Err(_) => key_filter(kind, user, period),
                     };
                     q.insert("revision", revision_guard(r));
                     let mut stmt = RawDocumentBuf::new();
@@ -615,14 +617,7 @@ mod tests {
         let t = now("2026-01-05T12:00:00Z");
 
         // New: an insert under a fresh _id, never an upsert.
-        let new = write_over(
-            Kind::Report,
-            filter.clone(),
-            content.clone(),
-            None,
-            t,
-            "UTC",
-        );
+        let new = write_over(Kind::Report, user, day, content.clone(), None, t, "UTC");
         let (op, items) = prepared(new);
         assert_eq!(op, Op::Insert);
         assert!(items[0].get_object_id("_id").is_ok());
@@ -634,7 +629,8 @@ mod tests {
             doc! { "_id": id, "user_id": user, "report_date": date_label(day), "total_income": 4 };
         let w = write_over(
             Kind::Report,
-            filter.clone(),
+            user,
+            day,
             content.clone(),
             Some(&Prior::of(Kind::Report, &foreign)),
             t,
@@ -662,7 +658,8 @@ mod tests {
         ours.insert("revision", 3_i64);
         let (_, items) = prepared(write_over(
             Kind::Report,
-            filter.clone(),
+            user,
+            day,
             content.clone(),
             Some(&Prior::of(Kind::Report, &ours)),
             t,
@@ -678,7 +675,8 @@ mod tests {
         odd.insert("_id", "legacy-1");
         let (op, items) = prepared(write_over(
             Kind::Report,
-            filter.clone(),
+            user,
+            day,
             content,
             Some(&Prior::of(Kind::Report, &odd)),
             t,

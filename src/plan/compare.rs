@@ -103,14 +103,7 @@ pub fn compare_user<C: Content, S: StoredDoc<C>>(
             },
         };
         let prior = old.as_ref().map(|s| s.prior(kind));
-        let mut write = write_over(
-            kind,
-            key_filter(kind, user, period),
-            content,
-            prior.as_ref(),
-            now,
-            time_zone,
-        );
+        let mut write = write_over(kind, user, period, content, prior.as_ref(), now, time_zone);
         if let Write::Upsert {
             content_fingerprint,
             ..

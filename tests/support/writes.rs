@@ -16,7 +16,8 @@ pub fn report_write(user: ObjectId, day: &str, total: i64) -> Write {
     set.insert("total_income", total);
     Write::Upsert {
         kind: Kind::Report,
-        filter,
+        user,
+        period: day,
         set: bson::RawDocumentBuf::from_document(&set).expect("encodes"),
         if_revision: None,
         content_fingerprint: None,

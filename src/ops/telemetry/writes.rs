@@ -77,7 +77,8 @@ mod tests {
         let later = bson::DateTime::from_millis(2_000);
         let report = |final_: bool, finalized_at: bson::DateTime, rev: Option<i64>| Write::Upsert {
             kind: Kind::Report,
-            filter: doc! {},
+            user: bson::oid::ObjectId::new(),
+            period: chrono::NaiveDate::MIN,
             set: raw(
                 doc! { "is_final": final_, "finalized_at": finalized_at, "generated_at": later },
             ),
@@ -96,7 +97,8 @@ mod tests {
         assert!(!restates(&report(false, at, Some(3))), "open");
         let snapshot = Write::Upsert {
             kind: Kind::Snapshot,
-            filter: doc! {},
+            user: bson::oid::ObjectId::new(),
+            period: chrono::NaiveDate::MIN,
             set: raw(doc! { "is_complete": true }),
             if_revision: Some(1),
             content_fingerprint: None,
