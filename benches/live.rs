@@ -871,7 +871,7 @@ impl Tail {
         let is_delete = event.operation_type == OperationType::Delete;
         let has_old = event.full_document_before_change.is_some();
         let cal = self.cal;
-        match event.collection.as_str() {
+        match event.collection {
             TRANSACTIONS => {
                 let mut new_tx = None;
                 if let Some(doc) = &event.full_document {

@@ -13,7 +13,7 @@ use mongodb::change_stream::event::OperationType;
 #[derive(Debug)]
 pub struct Event<'a> {
     pub operation_type: OperationType,
-    pub collection: String,
+    pub collection: &'a str,
     /// `documentKey._id` (`Null` when absent).
     pub id: Bson,
     pub full_document: Option<RawFields<'a>>,
@@ -52,8 +52,7 @@ impl<'a> Event<'a> {
         };
         let collection = (ns.and_then(|v| v.as_document()))
             .and_then(|ns| ns.get_str("coll").ok())
-            .unwrap_or_default()
-            .to_owned();
+            .unwrap_or_default();
         let id = match (key.and_then(|v| v.as_document())).and_then(|k| k.get("_id").ok().flatten())
         {
             Some(v) => Bson::try_from(v.to_raw_bson()).context("documentKey._id")?,
@@ -111,7 +110,7 @@ mod tests {
             let typed: ChangeStreamEvent<Document> = bson::from_document(e).unwrap();
             assert_eq!(ours.operation_type, typed.operation_type);
             let coll = typed.ns.and_then(|n| n.coll).unwrap_or_default();
-            assert_eq!(ours.collection, coll);
+            assert_eq!(ours.collection, coll.as_str());
             let key = typed.document_key.and_then(|k| k.get("_id").cloned());
             assert_eq!(ours.id, key.unwrap_or(Bson::Null));
             let decoded = |f: Option<RawFields>| f.map(|f| Document::try_from(f.bytes()).unwrap());

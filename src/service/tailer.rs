@@ -788,7 +788,7 @@ impl<B: Backend> Tailer<B> {
         let coll = event.collection;
         self.opts
             .telemetry
-            .change_event(&coll, &event.operation_type, event.wall_millis);
+            .change_event(coll, &event.operation_type, event.wall_millis);
         match event.operation_type {
             OperationType::Insert
             | OperationType::Update
@@ -815,7 +815,7 @@ impl<B: Backend> Tailer<B> {
         let is_delete = event.operation_type == OperationType::Delete;
         let has_old = event.full_document_before_change.is_some();
         let cal = self.opts.cal;
-        match coll.as_str() {
+        match coll {
             TRANSACTIONS => {
                 let mut new_user = None;
                 let mut new_tx = None;
