@@ -126,13 +126,16 @@ impl Money {
     ///
     /// In integers when the quotient's hundredths fit: a division of two
     /// 128-bit integers and its remainder decide the rounding exactly,
-    /// where a `Decimal` division cost 5% of the live replay. A quotient
-    /// that rounds to zero (whose sign the decimal path keeps) or that does
-    /// not fit takes the decimal path; a test checks both agree.
+    /// where a `Decimal` division cost 5% of the live replay; the
+    /// hundredths become a double as every decimal does
+    /// ([`decimal_to_f64`]). A quotient that rounds to zero (whose sign the
+    /// decimal path keeps) or that does not fit takes the decimal path; a
+    /// test checks both agree.
     pub fn percent_of(self, total: Money) -> f64 {
-        const EXACT: u128 = 1 << 53;
-        match hundredths_half_even(self.0, total.0) {
-            Some(h) if h != 0 && h.unsigned_abs() <= EXACT => h as f64 / 100.0,
+        let hundredths = hundredths_half_even(self.0, total.0)
+            .and_then(|h| Decimal::try_from_i128_with_scale(h, 2).ok());
+        match hundredths {
+            Some(p) if !p.is_zero() => decimal_to_f64(p),
             _ => self.percent_of_decimal(total),
         }
     }
