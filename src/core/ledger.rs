@@ -103,6 +103,10 @@ pub struct DayAgg {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct UserLedger {
     pub days: Days,
+    /// The day that days before it were merged into
+    /// ([`UserLedger::apply_merged`]), and those days as bits: bit `i` is
+    /// set when the day `i` days after it has a live transaction.
+    merged: Option<(NaiveDate, u64)>,
 }
 
 /// The days of one ledger, in date order, read like a `BTreeMap<NaiveDate,
@@ -392,15 +396,41 @@ impl UserLedger {
     }
 
     /// Applies the live transaction `tx` on `day` (the caller's
-    /// [`Calendar::day_of_millis`] of its date). Unless `listed`, its
-    /// sums alone: it is left out of its pockets' [`PocketDay::transactions`],
-    /// so the daily report of `day` must not be built from this ledger.
-    /// Everything else (the documents of other days, the monthly summary,
-    /// balances and year-to-date sums) reads the sums alone; the live
-    /// window folds a month this way and lists only the days it builds
-    /// reports for.
-    pub fn apply_ref(&mut self, day: NaiveDate, tx: &TxRef, listed: bool) {
-        self.fold(day, tx, 1, listed);
+    /// [`Calendar::day_of_millis`] of its date), listed in its pockets'
+    /// [`PocketDay::transactions`].
+    pub fn apply_ref(&mut self, day: NaiveDate, tx: &TxRef) {
+        self.fold(day, tx, 1, true);
+    }
+
+    /// Applies the live transaction `tx` of `day` on `into`, a day at most
+    /// 63 days before it, with every other day merged there: their sums
+    /// become one entry, dated `into`, and no transaction is listed.
+    ///
+    /// Such a ledger builds every document that depends on the merged days
+    /// only through sums over all of them: the monthly summary of their
+    /// month (its `day_count` counts each merged day,
+    /// [`UserLedger::days_in`]), and the documents of later days (balances
+    /// and year-to-date sums; contract §4.1, §5.3). It cannot build a
+    /// document of a merged day after `into`, nor the daily report of
+    /// `into`. The live window merges the days of a month before the first
+    /// one it builds: folding them apart cost an entry a day, and summing
+    /// those entries again for the month.
+    pub fn apply_merged(&mut self, into: NaiveDate, day: NaiveDate, tx: &TxRef) {
+        let offset = (day - into).num_days();
+        debug_assert!((0..64).contains(&offset), "{day} merged into {into}");
+        let (at, bits) = self.merged.get_or_insert((into, 0));
+        debug_assert_eq!(*at, into, "one day to merge into");
+        *bits |= 1 << offset;
+        self.fold(into, tx, 1, false);
+    }
+
+    /// How many days with live transactions the entry of `day` stands for:
+    /// those merged into it, or 1.
+    pub fn days_in(&self, day: NaiveDate) -> i64 {
+        match self.merged {
+            Some((at, bits)) if at == day => i64::from(bits.count_ones()),
+            _ => 1,
+        }
     }
 
     fn fold(&mut self, day: NaiveDate, tx: &TxRef, sign: i64, listed: bool) {

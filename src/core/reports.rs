@@ -461,8 +461,8 @@ impl<'a> UserView<'a> {
         // In pocket id order, as `DayAgg::pockets`.
         let mut by_pocket: VecMap<ObjectId, PocketDay> = VecMap::default();
         let mut day_count: i64 = 0;
-        for (_, agg) in self.ledger.range(first, last) {
-            day_count += 1;
+        for (day, agg) in self.ledger.range(first, last) {
+            day_count += self.ledger.days_in(*day);
             total.count += agg.count;
             total.income += agg.income;
             total.expense += agg.expense;

@@ -682,11 +682,14 @@ impl UserState {
     /// flush that starts at today folds the current month's transactions,
     /// not the window's.
     ///
-    /// Only the transactions from `listed_from` on are listed in their
-    /// pockets' entries ([`UserLedger::apply_ref`]): the daily reports of
-    /// earlier days cannot be built from the ledger, and a computation from
-    /// `listed_from` builds none. Listing the month's every transaction
-    /// cost a copy of its id and note, and an entry, for a report not built.
+    /// The days from `cutoff` to the day before `listed_from` (a day of
+    /// `cutoff`'s month) are merged into one entry, without their
+    /// transactions listed ([`UserLedger::apply_merged`]): their own
+    /// documents cannot be built from the ledger, and a computation from
+    /// `listed_from` builds none; their month's summary and every later
+    /// document can. Folding them day by day cost an entry a day, a copy of
+    /// each transaction's id and note, and summing the days again for the
+    /// month, for documents not built.
     fn ledger_from(
         &self,
         cal: &Calendar,
@@ -699,8 +702,12 @@ impl UserState {
         for held in self.transactions.as_slice() {
             if held.date() >= cutoff_ms && held.is_live() {
                 let day = cal.day_of_millis(held.date());
-                let listed = held.date() >= listed_ms;
-                ledger.apply_ref(day, &self.refs.view(held), listed);
+                let tx = self.refs.view(held);
+                if held.date() >= listed_ms {
+                    ledger.apply_ref(day, &tx);
+                } else {
+                    ledger.apply_merged(cutoff, day, &tx);
+                }
             }
         }
         (ledger, self.baseline_at(cal, cutoff))
