@@ -170,7 +170,7 @@ impl RawOut {
             Some(index) => {
                 let i = *index;
                 *index += 1;
-                self.buf.extend_from_slice(i.to_string().as_bytes());
+                push_decimal(&mut self.buf, i);
             }
             None => {
                 debug_assert!(!key.contains('\0'), "a key with a NUL: {key:?}");
@@ -270,6 +270,22 @@ impl Out for RawOut {
         assert!(self.open.len() > 1, "end without a begin");
         self.close();
     }
+}
+
+/// Appends `i` in decimal digits: a list entry's key, without the
+/// `String` that `to_string` allocates for each entry.
+fn push_decimal(buf: &mut Vec<u8>, mut i: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (i % 10) as u8;
+        i /= 10;
+        if i == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[at..]);
 }
 
 /// The top-level elements of a document's BSON bytes, in order: each
@@ -400,6 +416,15 @@ mod tests {
         o.end();
         o.end();
         o.finish()
+    }
+
+    #[test]
+    fn list_keys_are_the_decimal_digits_of_their_index() {
+        for i in [0, 7, 9, 10, 99, 100, 1_000_003, u32::MAX] {
+            let mut buf = b"k".to_vec();
+            push_decimal(&mut buf, i);
+            assert_eq!(buf, format!("k{i}").into_bytes());
+        }
     }
 
     #[test]
