@@ -87,7 +87,7 @@ fn main() {
         stored.remove("_id");
         let user = stored.get_object_id("user_id").expect("user_id");
         let period = tally::core::calendar::label_date(*stored.get_datetime("report_date").expect("report_date"));
-        let stats = bulk::execute(&db, vec![Write::Upsert { kind: Kind::Report, user, period, set: bson::RawDocumentBuf::from_document(&stored).expect("encodes"), if_revision: None, content_fingerprint: None }], None)
+        let stats = bulk::execute(&db, vec![Write::Upsert { kind: Kind::Report, user, period, set: bson::RawDocumentBuf::from_document(&stored).expect("encodes"), if_revision: None, leaves: None }], None)
             .await
             .expect("execute");
         assert_eq!((stats.inserted, stats.updated, stats.conflicts, stats.errors), (0, 0, 1, 0), "{stats:?}");

@@ -11,7 +11,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::core::diff::{diff, FieldDiff};
 use crate::core::reports::Kind;
-use crate::plan::write::{key_filter, same_content, write_over, Content, Prior, Write};
+use crate::plan::fingerprint::StoredMeta;
+use crate::plan::write::{key_filter, same_content, upsert_over, Content, Prior, Write};
 
 /// How a stored document differs from the expected one.
 #[derive(Clone, Debug, PartialEq)]
@@ -103,15 +104,12 @@ pub fn compare_user<C: Content, S: StoredDoc<C>>(
             },
         };
         let prior = old.as_ref().map(|s| s.prior(kind));
-        let mut write = write_over(kind, user, period, content, prior.as_ref(), now, time_zone);
-        if let Write::Upsert {
-            content_fingerprint,
-            ..
-        } = &mut write
-        {
-            // write_over adds bookkeeping fields only: `set`'s content is
+        let (mut write, after) =
+            upsert_over(kind, user, period, content, prior.as_ref(), now, time_zone);
+        if let (Write::Upsert { leaves, .. }, Some(fingerprint)) = (&mut write, summary) {
+            // The write adds bookkeeping fields only: `set`'s content is
             // the one summarized.
-            *content_fingerprint = summary;
+            *leaves = Some(StoredMeta::of_prior(fingerprint, &after));
         }
         changes.push(DocChange {
             kind,
@@ -122,7 +120,7 @@ pub fn compare_user<C: Content, S: StoredDoc<C>>(
         });
     }
     for ((kind, period), old) in stored {
-        // By `_id` when known (cheaper for the server, see `write_over`).
+        // By `_id` when known (cheaper for the server, see `upsert_over`).
         let filter = match old.prior(kind).id {
             Some(id) => doc! { "_id": id },
             None => key_filter(kind, user, period),

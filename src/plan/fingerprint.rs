@@ -47,20 +47,7 @@ impl StoredMeta {
     /// [`StoredMeta::of`] for a document whose [`fingerprint`] is known.
     pub fn with_fingerprint(kind: Kind, doc: &Document, fingerprint: u64) -> StoredMeta {
         debug_assert_eq!(fingerprint, self::fingerprint(doc), "a stale fingerprint");
-        let prior = Prior::of(kind, doc);
-        let created_at = match prior.created_at {
-            Some(Bson::DateTime(t)) => Some(t.timestamp_millis()),
-            _ => None,
-        };
-        StoredMeta::from_fields(
-            fingerprint,
-            prior.id,
-            prior.is_final,
-            prior.revision,
-            Some(prior.restatements),
-            created_at,
-            prior.finalized_at,
-        )
+        StoredMeta::of_prior(fingerprint, &Prior::of(kind, doc))
     }
 
     /// The meta of what a write leaves (`Write::Upsert`'s `set`), whose
@@ -99,6 +86,26 @@ impl StoredMeta {
             restatements,
             created_at,
             finalized_at,
+        )
+    }
+
+    /// The meta of a document whose content's [`fingerprint_raw`] is
+    /// `fingerprint` and whose bookkeeping is `prior`: what
+    /// [`StoredMeta::of_written`] reads from the document a write leaves
+    /// ([`Prior::after`]), without reading it.
+    pub fn of_prior(fingerprint: u64, prior: &Prior) -> StoredMeta {
+        let created_at = match prior.created_at {
+            Some(Bson::DateTime(at)) => Some(at.timestamp_millis()),
+            _ => None,
+        };
+        StoredMeta::from_fields(
+            fingerprint,
+            prior.id,
+            prior.is_final,
+            prior.revision,
+            Some(prior.restatements),
+            created_at,
+            prior.finalized_at,
         )
     }
 
@@ -607,6 +614,77 @@ mod tests {
         broken[4] = 0x42; // no such element type
         let broken = bson::RawDocument::from_bytes(&broken).unwrap();
         assert_ne!(fingerprint_raw(broken), fp);
+    }
+
+    /// What the live path records of a write without reading it
+    /// ([`StoredMeta::of_prior`] of [`Prior::after`]) is what reading the
+    /// written document gives, over every shape of stored bookkeeping.
+    #[test]
+    fn the_meta_a_write_leaves_is_the_one_read_from_its_bytes() {
+        use crate::plan::write::upsert_over;
+        let (user, day) = (ObjectId::new(), "2026-11-30".parse::<NaiveDate>().unwrap());
+        let now = chrono::DateTime::from_timestamp_millis(1_790_000_000_123).unwrap();
+        let at = |ms: i64| Some(Bson::DateTime(bson::DateTime::from_millis(ms)));
+        let stored = |id, revision, restatements, is_final, created_at, finalized_at| Prior {
+            id,
+            revision,
+            restatements,
+            is_final,
+            created_at,
+            finalized_at,
+        };
+        let priors = [
+            None,
+            Some(stored(
+                Some(ObjectId::new()),
+                Some(4),
+                0,
+                false,
+                at(7),
+                None,
+            )),
+            Some(stored(
+                Some(ObjectId::new()),
+                Some(4),
+                2,
+                true,
+                at(7),
+                Some(9),
+            )),
+            Some(stored(Some(ObjectId::new()), Some(1), 0, true, at(7), None)),
+            // Not written by tally: an id that is not an ObjectId, no
+            // revision, a created_at that is not a date.
+            Some(stored(
+                None,
+                None,
+                0,
+                false,
+                Some(Bson::String("x".into())),
+                None,
+            )),
+            Some(stored(None, None, 0, true, None, Some(3))),
+        ];
+        let mut seen = 0;
+        for kind in Kind::ALL {
+            for prior in &priors {
+                for now_final in [false, true] {
+                    let mut content = doc! { "user_id": user, "n": 1.5 };
+                    content.insert(kind.date_field(), crate::core::calendar::date_label(day));
+                    content.insert(kind.final_field(), now_final);
+                    let raw = RawDocumentBuf::from_document(&content).unwrap();
+                    let f = fingerprint_raw(&raw);
+                    let (write, after) =
+                        upsert_over(kind, user, day, raw, prior.as_ref(), now, "UTC");
+                    let crate::plan::write::Write::Upsert { set, .. } = &write else {
+                        panic!("an upsert");
+                    };
+                    let read = StoredMeta::of_written(kind, set, f);
+                    assert_eq!(StoredMeta::of_prior(f, &after), read, "{kind:?} {prior:?}");
+                    seen += usize::from(read.is_final());
+                }
+            }
+        }
+        assert_eq!(seen, Kind::ALL.len() * priors.len());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::core::calendar::date_label;
 use crate::core::diff::diff;
 use crate::core::out::field;
 use crate::core::reports::{Kind, BOOKKEEPING};
+use crate::plan::fingerprint::StoredMeta;
 
 /// One write to an output collection.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,11 +31,12 @@ pub enum Write {
         /// key fields, as BSON bytes (what the bulk writer sends).
         set: RawDocumentBuf,
         if_revision: Option<i64>,
-        /// The [fingerprint](crate::plan::fingerprint::fingerprint) of
-        /// `set`'s content, when the comparison that planned the write
-        /// computed it (the live path): recording the write then does not
-        /// hash the document a second time.
-        content_fingerprint: Option<u64>,
+        /// What the document holds once written, as the live path keeps it:
+        /// its content's fingerprint and its bookkeeping. Set when the
+        /// comparison that planned the write computed the fingerprint (the
+        /// live path): recording the write then reads nothing back from
+        /// `set`, neither by hashing it again nor by walking it.
+        leaves: Option<StoredMeta>,
     },
     Delete {
         kind: Kind,
@@ -103,6 +105,34 @@ impl Prior {
                 .map(|d| d.timestamp_millis()),
         }
     }
+
+    /// The bookkeeping that a write of content, final or not, leaves over
+    /// `stored` (contract §5.1): `stored`'s `_id`, or a new one for a new
+    /// document; the revision grown by one; `restatements` grown by one
+    /// over a final document; `created_at` kept, or now; and for a report
+    /// `finalized_at`, kept while it stays final, now when it becomes
+    /// final, none while open.
+    pub fn after(kind: Kind, now_final: bool, stored: Option<&Prior>, now: BsonDateTime) -> Prior {
+        let was_final = stored.is_some_and(|s| s.is_final);
+        let finalized_at = match stored.and_then(|s| s.finalized_at) {
+            _ if kind != Kind::Report || !now_final => None,
+            Some(at) if was_final => Some(at),
+            _ => Some(now.timestamp_millis()),
+        };
+        Prior {
+            // ObjectId's default is a new id, ObjectId::new().
+            id: stored.map_or_else(|| Some(ObjectId::default()), |s| s.id),
+            revision: Some(stored.and_then(|s| s.revision).unwrap_or(0) + 1),
+            restatements: stored.map_or(0, |s| s.restatements) + i64::from(was_final),
+            is_final: now_final,
+            created_at: Some(
+                stored
+                    .and_then(|s| s.created_at.clone())
+                    .unwrap_or(Bson::DateTime(now)),
+            ),
+            finalized_at,
+        }
+    }
 }
 
 /// Decides the write that brings `stored` to `expected` content, with the
@@ -161,17 +191,36 @@ pub fn write_over<C: Content>(
     now: DateTime<Utc>,
     time_zone: &str,
 ) -> Write {
-    let now_final = content.is_final(kind);
-    let bookkeeping = bookkeeping(kind, now_final, stored, now, time_zone);
-    let set = content.into_set(bookkeeping, kind, user, period);
-    Write::Upsert {
+    upsert_over(kind, user, period, content, stored, now, time_zone).0
+}
+
+/// [`write_over`], and the bookkeeping the write leaves ([`Prior::after`]).
+pub fn upsert_over<C: Content>(
+    kind: Kind,
+    user: ObjectId,
+    period: NaiveDate,
+    content: C,
+    stored: Option<&Prior>,
+    now: DateTime<Utc>,
+    time_zone: &str,
+) -> (Write, Prior) {
+    let now = BsonDateTime::from_millis(now.timestamp_millis());
+    let after = Prior::after(kind, content.is_final(kind), stored, now);
+    let set = content.into_set(
+        bookkeeping(kind, &after, now, time_zone),
+        kind,
+        user,
+        period,
+    );
+    let write = Write::Upsert {
         kind,
         user,
         period,
         set,
         if_revision: stored.map(|s| s.revision.unwrap_or(0)),
-        content_fingerprint: None,
-    }
+        leaves: None,
+    };
+    (write, after)
 }
 
 /// Bookkeeping fields with their values, in their stored order.
@@ -263,51 +312,31 @@ impl Content for RawDocumentBuf {
     }
 }
 
-/// The bookkeeping fields of a write of content that is final or not over
-/// `stored`, in their stored order: `_id` (the stored one, or a new one:
-/// guarded updates and deletes then find the document by `_id`, which
-/// SecantusDB does at half the cost of the (user_id, period) key,
-/// BENCHMARKS.md "Writes by _id"), `time_zone`, `revision`,
-/// `restatements`, `generated_at`, `updated_at`, `created_at`, and for a
-/// report `finalized_at`.
-fn bookkeeping(
-    kind: Kind,
-    now_final: bool,
-    stored: Option<&Prior>,
-    now: DateTime<Utc>,
-    time_zone: &str,
-) -> Bookkeeping {
-    let now = BsonDateTime::from_millis(now.timestamp_millis());
-    let was_final = stored.is_some_and(|s| s.is_final);
-    let revision = stored.and_then(|s| s.revision);
-    let restatements = stored.map_or(0, |s| s.restatements);
+/// The bookkeeping fields a write leaves (`after`, [`Prior::after`]), in
+/// their stored order: `_id` (the stored one, or a new one: guarded
+/// updates and deletes then find the document by `_id`, which SecantusDB
+/// does at half the cost of the (user_id, period) key, BENCHMARKS.md
+/// "Writes by _id"), `time_zone`, `revision`, `restatements`,
+/// `generated_at`, `updated_at`, `created_at`, and for a report
+/// `finalized_at` (null while open).
+fn bookkeeping(kind: Kind, after: &Prior, now: BsonDateTime, time_zone: &str) -> Bookkeeping {
     let mut fields = Vec::with_capacity(8);
-    match stored {
-        // ObjectId's default is a new id, ObjectId::new().
-        None => fields.push(("_id", Bson::ObjectId(bson::oid::ObjectId::default()))),
-        Some(s) => {
-            if let Some(id) = s.id {
-                fields.push(("_id", Bson::ObjectId(id)));
-            }
-        }
+    if let Some(id) = after.id {
+        fields.push(("_id", Bson::ObjectId(id)));
     }
     fields.push(("time_zone", Bson::String(time_zone.to_owned())));
-    fields.push(("revision", Bson::Int64(revision.unwrap_or(0) + 1)));
-    fields.push((
-        "restatements",
-        Bson::Int64(restatements + i64::from(was_final)),
-    ));
+    fields.push(("revision", Bson::Int64(after.revision.unwrap_or(1))));
+    fields.push(("restatements", Bson::Int64(after.restatements)));
     fields.push(("generated_at", Bson::DateTime(now)));
     fields.push(("updated_at", Bson::DateTime(now)));
-    let created_at = stored.and_then(|s| s.created_at.clone());
+    let created_at = after.created_at.clone();
     fields.push(("created_at", created_at.unwrap_or(Bson::DateTime(now))));
     if kind == Kind::Report {
-        let finalized_at = match stored.and_then(|s| s.finalized_at) {
-            Some(at) if now_final && was_final => Bson::DateTime(BsonDateTime::from_millis(at)),
-            _ if now_final => Bson::DateTime(now),
-            _ => Bson::Null,
-        };
-        fields.push(("finalized_at", finalized_at));
+        let finalized_at = after.finalized_at.map(BsonDateTime::from_millis);
+        fields.push((
+            "finalized_at",
+            finalized_at.map_or(Bson::Null, Bson::DateTime),
+        ));
     }
     fields
 }

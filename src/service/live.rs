@@ -422,13 +422,17 @@ impl Live {
             };
             match write {
                 Write::Upsert {
-                    kind,
-                    set,
-                    content_fingerprint,
-                    ..
+                    kind, set, leaves, ..
                 } => {
-                    let f = content_fingerprint.unwrap_or_else(|| fingerprint_raw(set));
-                    let meta = StoredMeta::of_written(*kind, set, f);
+                    let read = || StoredMeta::of_written(*kind, set, fingerprint_raw(set));
+                    let meta = match leaves {
+                        Some(meta) => {
+                            // Every test run checks it against the bytes.
+                            debug_assert_eq!(*meta, read(), "what a write leaves");
+                            meta.clone()
+                        }
+                        None => read(),
+                    };
                     state.stored.insert(*kind, *period, &meta);
                 }
                 Write::Delete { kind, .. } => {

@@ -20,6 +20,6 @@ pub fn report_write(user: ObjectId, day: &str, total: i64) -> Write {
         period: day,
         set: bson::RawDocumentBuf::from_document(&set).expect("encodes"),
         if_revision: None,
-        content_fingerprint: None,
+        leaves: None,
     }
 }

@@ -83,7 +83,7 @@ mod tests {
                 doc! { "is_final": final_, "finalized_at": finalized_at, "generated_at": later },
             ),
             if_revision: rev,
-            content_fingerprint: None,
+            leaves: None,
         };
         assert!(
             restates(&report(true, at, Some(3))),
@@ -101,7 +101,7 @@ mod tests {
             period: chrono::NaiveDate::MIN,
             set: raw(doc! { "is_complete": true }),
             if_revision: Some(1),
-            content_fingerprint: None,
+            leaves: None,
         };
         assert!(restates(&snapshot));
         let mix = WriteMix::of(&[snapshot, report(true, at, Some(1))]);
