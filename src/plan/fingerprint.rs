@@ -2,7 +2,8 @@
 //! fingerprint of its content and the bookkeeping its next write
 //! continues from.
 
-use std::hash::Hasher;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::LazyLock;
 
 use bson::oid::ObjectId;
 use bson::{Bson, Document, RawDocument, RawDocumentBuf};
@@ -416,7 +417,8 @@ impl StoredDoc<RawDocumentBuf> for StoredMeta {
 /// Defined on the document's BSON bytes ([`fingerprint_raw`]): the live
 /// path builds its documents as bytes, and a stored document read as a
 /// [`Document`] is encoded first. Fingerprints live in memory only, so the
-/// definition may change between versions.
+/// definition may change between versions, and the hash is seeded at
+/// random for each process.
 pub fn fingerprint(doc: &Document) -> u64 {
     match RawDocumentBuf::from_document(doc) {
         Ok(raw) => fingerprint_raw(&raw),
@@ -426,18 +428,20 @@ pub fn fingerprint(doc: &Document) -> u64 {
     }
 }
 
-/// [`fingerprint`] of a document's BSON bytes: its top-level content
-/// elements (type, key, value bytes: self-delimiting, so their
-/// concatenation is unambiguous) in key order, hashed at once. SipHash's
-/// cost is per call: one call per document, not per field.
+/// [`fingerprint`] of a document's BSON bytes: the sum (wrapping) of the
+/// hashes of its top-level content elements, each hashed whole (type, key
+/// and value bytes), so that their order does not count and a field's key
+/// stays tied to its value. Summed instead of sorted by key and hashed in
+/// one run: the sort was half the cost (BENCHMARKS.md (3), eleventh
+/// update).
 pub fn fingerprint_raw(doc: &RawDocument) -> u64 {
     let bytes = doc.as_bytes();
-    let mut fields: Vec<(&[u8], &[u8])> = Vec::with_capacity(24);
+    let mut sum = 0u64;
     for element in elements(bytes) {
         match element {
             Some((key, element)) => {
                 if !BOOKKEEPING.iter().any(|b| b.as_bytes() == key) {
-                    fields.push((key, element));
+                    sum = sum.wrapping_add(hash(element));
                 }
             }
             // Malformed after this point (not from bson's encoder): the
@@ -445,25 +449,23 @@ pub fn fingerprint_raw(doc: &RawDocument) -> u64 {
             None => return hash(bytes),
         }
     }
-    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    BUFFER.with_borrow_mut(|buf| {
-        buf.clear();
-        for (_, element) in fields {
-            buf.extend_from_slice(element);
-        }
-        hash(buf)
-    })
+    sum
 }
 
 fn hash(bytes: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = hasher();
     h.write(bytes);
     h.finish()
 }
 
-thread_local! {
-    /// The buffer [`fingerprint_raw`] hashes, reused.
-    static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+/// The hasher of fingerprints: foldhash's quality hasher, with one random
+/// seed for the process (a user cannot craft a note whose report collides
+/// with another). SipHash (std's `DefaultHasher`), with the elements
+/// copied into one buffer first, cost 4–5 times more (BENCHMARKS.md (3),
+/// eleventh update).
+fn hasher() -> foldhash::quality::FoldHasher<'static> {
+    static STATE: LazyLock<foldhash::quality::RandomState> = LazyLock::new(Default::default);
+    STATE.build_hasher()
 }
 
 #[cfg(test)]
@@ -704,6 +706,13 @@ mod tests {
         assert_ne!(fp, fingerprint(&other_value));
         assert_ne!(fp, fingerprint(&other_type));
         assert_ne!(fp, fingerprint(&nested_order));
+        // Summed over fields: a key stays tied to its value.
+        let swapped = |a: i64, b: i64| fingerprint(&doc! { "a": a, "b": b, "c": 3_i64 });
+        assert_ne!(swapped(1, 2), swapped(2, 1));
+        assert_eq!(
+            swapped(1, 2),
+            fingerprint(&doc! { "c": 3_i64, "b": 2_i64, "a": 1_i64 })
+        );
     }
 
     #[test]
