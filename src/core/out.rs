@@ -22,8 +22,17 @@ pub trait Out {
     /// The finished document.
     type Doc;
 
-    fn new() -> Self;
+    /// A document expected to take about `bytes` once encoded (a hint:
+    /// [`RawOut`] starts its buffer at that size).
+    fn with_capacity(bytes: usize) -> Self;
     fn finish(self) -> Self::Doc;
+
+    fn new() -> Self
+    where
+        Self: Sized,
+    {
+        Self::with_capacity(1024)
+    }
 
     fn decimal(&mut self, key: &str, d: Decimal128);
     fn string(&mut self, key: &str, s: &str);
@@ -95,7 +104,7 @@ impl DocOut {
 impl Out for DocOut {
     type Doc = Document;
 
-    fn new() -> DocOut {
+    fn with_capacity(_: usize) -> DocOut {
         DocOut {
             open: vec![(String::new(), Frame::Document(Document::new()))],
         }
@@ -197,10 +206,8 @@ impl RawOut {
 impl Out for RawOut {
     type Doc = RawDocumentBuf;
 
-    fn new() -> RawOut {
-        // A daily report of a few transactions, a summary of ten
-        // categories: about 1–3 KiB.
-        let mut buf = Vec::with_capacity(1024);
+    fn with_capacity(bytes: usize) -> RawOut {
+        let mut buf = Vec::with_capacity(bytes.max(5));
         // The document's length, written when it is finished.
         buf.extend_from_slice(&[0; 4]);
         RawOut {
