@@ -247,13 +247,15 @@ impl<T: Keyed> Sorted<T> {
         self.find(key).ok().map(|i| &self.0[i])
     }
 
-    /// Inserts or replaces the value of the same key.
-    pub fn insert(&mut self, value: T) {
+    /// Inserts or replaces the value of the same key; returns the value
+    /// replaced.
+    pub fn insert(&mut self, value: T) -> Option<T> {
         match self.find(value.key()) {
-            Ok(i) => self.0[i] = value,
+            Ok(i) => Some(std::mem::replace(&mut self.0[i], value)),
             Err(i) => {
                 grow_by_an_eighth(&mut self.0, 1);
                 self.0.insert(i, value);
+                None
             }
         }
     }

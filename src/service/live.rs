@@ -32,7 +32,7 @@ use crate::core::money::Money;
 use crate::core::out::RawOut;
 use crate::core::reports::{Categories, Kind, UserView};
 use crate::core::source::{Pocket, SourceId, Transaction};
-use crate::core::vecmap::{grow_by_an_eighth, Sorted};
+use crate::core::vecmap::{grow_by_an_eighth, Sorted, VecMap};
 use crate::plan::compare::{compare_user, Difference, DocChange};
 use crate::plan::fingerprint::{fingerprint, fingerprint_raw, Metas, StoredMeta};
 use crate::plan::write::Write;
@@ -46,6 +46,13 @@ struct UserState {
     /// the compact form ([`Held`]) whose ids are indexes into `refs`.
     transactions: Sorted<Held>,
     refs: Refs,
+    /// Σ net(p) of the live held transactions, per pocket id they touch
+    /// (the user's or not; contract §4.1), kept as transactions come and
+    /// go: a user's anchors are its balances less these
+    /// ([`anchors_of`]). Summing them anew for each flush walked every
+    /// transaction of each user it computed (5% of the live replay's time,
+    /// BENCHMARKS.md (3), eleventh update).
+    nets: VecMap<ObjectId, Money>,
     /// The user's own pockets (valid or not), by id.
     pockets: Sorted<Pocket>,
     /// The stored documents' metas, by (kind, period): the window holds
@@ -164,7 +171,8 @@ impl Live {
         for tx in &kept.transactions {
             if let Some(other) = self.tx_owner.insert(&tx.id, slot) {
                 if let Some(state) = self.users.get_mut(other as usize) {
-                    if state.transactions.remove(&tx.id).is_some() {
+                    if let Some(old) = state.transactions.remove(&tx.id) {
+                        state.count_nets(&old, false);
                         state.changed();
                         displaced.push(state.user);
                     }
@@ -185,6 +193,7 @@ impl Live {
             user,
             transactions: Sorted::default(),
             refs: Refs::default(),
+            nets: VecMap::default(),
             pockets: Sorted::from_unsorted(kept.pockets.into_values().collect()),
             stored: Metas::from_unsorted(kept.stored),
             baseline: kept.baseline,
@@ -232,6 +241,7 @@ impl Live {
         if let Some(owner) = self.tx_owner.remove(id) {
             if let Some(state) = self.users.get_mut(owner as usize) {
                 if let Some(old) = state.transactions.remove(id) {
+                    state.count_nets(&old, false);
                     state.changed();
                     known = true;
                     touched.push((state.user, self.cal.day_of_millis(old.date())));
@@ -243,7 +253,10 @@ impl Live {
                 if let Some(&slot) = self.slots.get(&tx.user_id) {
                     let state = &mut self.users[slot as usize];
                     let compact = state.refs.hold(tx);
-                    state.transactions.insert(compact);
+                    state.count_nets(&compact, true);
+                    if let Some(replaced) = state.transactions.insert(compact) {
+                        state.count_nets(&replaced, false);
+                    }
                     state.changed();
                     self.tx_owner.insert(id, slot);
                 }
@@ -298,7 +311,7 @@ impl Live {
 
     /// `user`'s anchors now (see [`Anchors`]).
     pub fn anchors(&self, user: &ObjectId) -> Option<Anchors> {
-        self.state(user).map(anchors_of)
+        self.state(user).map(|s| anchors_of(s, &s.nets))
     }
 
     /// Whether `user`'s anchors moved since its documents were last
@@ -649,31 +662,53 @@ fn anchors_key(state: &UserState) -> u64 {
 
 /// [`anchors_key`], computed.
 fn anchors_key_now(state: &UserState) -> u64 {
+    let anchors = anchors_of(state, &state.nets);
+    debug_assert_eq!(
+        anchors,
+        anchors_of(state, &summed_nets(&state.transactions, &state.refs)),
+        "nets kept apart from the transactions they sum"
+    );
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    anchors_of(state).hash(&mut h);
+    anchors.hash(&mut h);
     h.finish()
 }
 
 /// A user's anchors: each valid pocket's balance less its net over the
-/// window's transactions, in pocket order.
-fn anchors_of(state: &UserState) -> Anchors {
-    let mut out: Anchors = state
-        .pockets
-        .as_slice()
-        .iter()
-        .filter_map(|p| p.balance.ok().map(|b| (p.id, b)))
-        .collect();
-    // From the held form: expanding each transaction cost more than the
-    // sums (BENCHMARKS.md (3), fifth update).
-    for held in state.transactions.as_slice().iter().filter(|h| h.is_live()) {
-        let (from, to) = state.refs.pockets(held);
-        for (pid, net) in nets(held.kind(), held.amount(), from, to) {
-            if let Some((_, a)) = out.iter_mut().find(|(id, _)| *id == pid) {
-                *a -= net;
-            }
+/// window's transactions (`nets`, [`UserState::nets`]), in pocket order.
+fn anchors_of(state: &UserState, nets: &VecMap<ObjectId, Money>) -> Anchors {
+    let pockets = state.pockets.as_slice().iter();
+    pockets
+        .filter_map(|p| {
+            let net = nets.get(&p.id).copied().unwrap_or_default();
+            p.balance.ok().map(|b| (p.id, b - net))
+        })
+        .collect()
+}
+
+/// [`UserState::nets`] summed over `transactions`.
+fn summed_nets(transactions: &Sorted<Held>, refs: &Refs) -> VecMap<ObjectId, Money> {
+    let mut sums = VecMap::default();
+    for held in transactions.as_slice() {
+        count_nets(&mut sums, refs, held, true);
+    }
+    sums
+}
+
+/// Adds `held`'s nets to `sums` (`add`), or takes them out; a soft-deleted
+/// transaction has none (contract §1.2).
+fn count_nets(sums: &mut VecMap<ObjectId, Money>, refs: &Refs, held: &Held, add: bool) {
+    if !held.is_live() {
+        return;
+    }
+    let (from, to) = refs.pockets(held);
+    for (pocket, net) in nets(held.kind(), held.amount(), from, to) {
+        let sum = sums.entry_or_default(pocket);
+        if add {
+            *sum += net;
+        } else {
+            *sum -= net;
         }
     }
-    out
 }
 
 impl UserState {
@@ -747,6 +782,11 @@ impl UserState {
         txs.map(|h| self.refs.expand(self.user, h))
     }
 
+    /// Counts `held` in [`UserState::nets`] (`add`), or out of them.
+    fn count_nets(&mut self, held: &Held, add: bool) {
+        count_nets(&mut self.nets, &self.refs, held, add);
+    }
+
     /// Its transactions or pockets changed: the anchors' key is not known.
     fn changed(&mut self) {
         *self.anchors.get_mut() = NOT_KNOWN;
@@ -759,6 +799,7 @@ impl UserState {
         let held = txs.iter().map(|tx| refs.hold(tx)).collect();
         self.transactions = Sorted::from_unsorted(held);
         refs.shrink_to_fit();
+        self.nets = summed_nets(&self.transactions, &refs);
         self.refs = refs;
     }
 }
