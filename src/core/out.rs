@@ -172,6 +172,16 @@ pub struct RawOut {
 }
 
 impl RawOut {
+    /// Continues `doc`: fields written next are appended to it.
+    pub fn reopen(doc: RawDocumentBuf) -> RawOut {
+        let mut buf = doc.into_bytes();
+        buf.pop(); // the document's closing NUL, written again by `finish`
+        RawOut {
+            buf,
+            open: vec![(0, None)],
+        }
+    }
+
     /// An element's type and key (the next index inside a list).
     fn key(&mut self, element: u8, key: &str) {
         self.buf.push(element);
@@ -258,7 +268,15 @@ impl Out for RawOut {
             .extend_from_slice(&v.timestamp_millis().to_le_bytes());
     }
     fn bson(&mut self, key: &str, v: &Bson) {
-        // Rare: encoded by bson as the one field of a document, whose
+        match v {
+            Bson::ObjectId(o) => return self.oid(key, *o),
+            Bson::String(s) => return self.string(key, s),
+            Bson::Int64(i) => return self.int64(key, *i),
+            Bson::DateTime(d) => return self.datetime(key, *d),
+            Bson::Null => return self.null(key),
+            _ => {}
+        }
+        // Rarer: encoded by bson as the one field of a document, whose
         // element is copied (type, the key "v", the value).
         let one = RawDocumentBuf::from_document(&bson::doc! { "v": v.clone() })
             .expect("a value bson encodes");

@@ -10,7 +10,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::core::calendar::date_label;
 use crate::core::diff::diff;
-use crate::core::out::field;
+use crate::core::out::{field, DocOut, Out, RawOut};
 use crate::core::reports::{Kind, BOOKKEEPING};
 use crate::plan::fingerprint::StoredMeta;
 
@@ -206,12 +206,13 @@ pub fn upsert_over<C: Content>(
 ) -> (Write, Prior) {
     let now = BsonDateTime::from_millis(now.timestamp_millis());
     let after = Prior::after(kind, content.is_final(kind), stored, now);
-    let set = content.into_set(
-        bookkeeping(kind, &after, now, time_zone),
+    let bookkeeping = Bookkeeping {
         kind,
-        user,
-        period,
-    );
+        after: &after,
+        now,
+        time_zone,
+    };
+    let set = content.into_set(&bookkeeping, kind, user, period);
     let write = Write::Upsert {
         kind,
         user,
@@ -223,8 +224,44 @@ pub fn upsert_over<C: Content>(
     (write, after)
 }
 
-/// Bookkeeping fields with their values, in their stored order.
-pub type Bookkeeping = Vec<(&'static str, Bson)>;
+/// The bookkeeping fields a write leaves (`after`, [`Prior::after`]), in
+/// their stored order: `_id` (the stored one, or a new one: guarded
+/// updates and deletes then find the document by `_id`, which SecantusDB
+/// does at half the cost of the (user_id, period) key, BENCHMARKS.md
+/// "Writes by _id"), `time_zone`, `revision`, `restatements`,
+/// `generated_at`, `updated_at`, `created_at`, and for a report
+/// `finalized_at` (null while open).
+pub struct Bookkeeping<'a> {
+    kind: Kind,
+    after: &'a Prior,
+    now: BsonDateTime,
+    time_zone: &'a str,
+}
+
+impl Bookkeeping<'_> {
+    /// Writes the fields to `out`, in their stored order.
+    fn write<O: Out>(&self, out: &mut O) {
+        let (after, now) = (self.after, self.now);
+        if let Some(id) = after.id {
+            out.oid("_id", id);
+        }
+        out.string("time_zone", self.time_zone);
+        out.int64("revision", after.revision.unwrap_or(1));
+        out.int64("restatements", after.restatements);
+        out.datetime("generated_at", now);
+        out.datetime("updated_at", now);
+        match &after.created_at {
+            Some(created_at) => out.bson("created_at", created_at),
+            None => out.datetime("created_at", now),
+        }
+        if self.kind == Kind::Report {
+            match after.finalized_at {
+                Some(at) => out.datetime("finalized_at", BsonDateTime::from_millis(at)),
+                None => out.null("finalized_at"),
+            }
+        }
+    }
+}
 
 /// Expected content as a write takes it: a `Document` (scans) or its BSON
 /// bytes (the live path, built by `crate::core::out::RawOut`).
@@ -238,7 +275,7 @@ pub trait Content: Sized {
     /// and `period`) the content lacks.
     fn into_set(
         self,
-        bookkeeping: Bookkeeping,
+        bookkeeping: &Bookkeeping,
         kind: Kind,
         user: ObjectId,
         period: NaiveDate,
@@ -257,12 +294,14 @@ impl Content for Document {
 
     fn into_set(
         mut self,
-        bookkeeping: Bookkeeping,
+        bookkeeping: &Bookkeeping,
         kind: Kind,
         user: ObjectId,
         period: NaiveDate,
     ) -> RawDocumentBuf {
-        for (k, v) in bookkeeping {
+        let mut fields = DocOut::new();
+        bookkeeping.write(&mut fields);
+        for (k, v) in fields.finish() {
             self.insert(k, v);
         }
         for (k, v) in key_filter(kind, user, period) {
@@ -289,18 +328,21 @@ impl Content for RawDocumentBuf {
     /// Appended: the builders write no bookkeeping field, and every key
     /// field.
     fn into_set(
-        mut self,
-        bookkeeping: Bookkeeping,
+        self,
+        bookkeeping: &Bookkeeping,
         kind: Kind,
         user: ObjectId,
         period: NaiveDate,
     ) -> RawDocumentBuf {
-        for (k, v) in bookkeeping {
-            debug_assert!(matches!(self.get(k), Ok(None)), "{k} in the content");
-            self.append(k, RawBson::try_from(v).expect("bookkeeping values encode"));
-        }
         debug_assert!(
-            (key_filter(kind, user, period).iter()).all(|(k, v)| self
+            (BOOKKEEPING.iter()).all(|k| matches!(self.get(k), Ok(None))),
+            "bookkeeping in the content"
+        );
+        let mut out = RawOut::reopen(self);
+        bookkeeping.write(&mut out);
+        let set = out.finish();
+        debug_assert!(
+            (key_filter(kind, user, period).iter()).all(|(k, v)| set
                 .get(k)
                 .ok()
                 .flatten()
@@ -308,37 +350,8 @@ impl Content for RawDocumentBuf {
                 == RawBson::try_from(v.clone()).ok()),
             "content without its key fields"
         );
-        self
+        set
     }
-}
-
-/// The bookkeeping fields a write leaves (`after`, [`Prior::after`]), in
-/// their stored order: `_id` (the stored one, or a new one: guarded
-/// updates and deletes then find the document by `_id`, which SecantusDB
-/// does at half the cost of the (user_id, period) key, BENCHMARKS.md
-/// "Writes by _id"), `time_zone`, `revision`, `restatements`,
-/// `generated_at`, `updated_at`, `created_at`, and for a report
-/// `finalized_at` (null while open).
-fn bookkeeping(kind: Kind, after: &Prior, now: BsonDateTime, time_zone: &str) -> Bookkeeping {
-    let mut fields = Vec::with_capacity(8);
-    if let Some(id) = after.id {
-        fields.push(("_id", Bson::ObjectId(id)));
-    }
-    fields.push(("time_zone", Bson::String(time_zone.to_owned())));
-    fields.push(("revision", Bson::Int64(after.revision.unwrap_or(1))));
-    fields.push(("restatements", Bson::Int64(after.restatements)));
-    fields.push(("generated_at", Bson::DateTime(now)));
-    fields.push(("updated_at", Bson::DateTime(now)));
-    let created_at = after.created_at.clone();
-    fields.push(("created_at", created_at.unwrap_or(Bson::DateTime(now))));
-    if kind == Kind::Report {
-        let finalized_at = after.finalized_at.map(BsonDateTime::from_millis);
-        fields.push((
-            "finalized_at",
-            finalized_at.map_or(Bson::Null, Bson::DateTime),
-        ));
-    }
-    fields
 }
 
 /// Whether `stored` holds exactly the content `expected` (bookkeeping
