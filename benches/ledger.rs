@@ -364,7 +364,7 @@ fn bench<M: Measurement>(c: &mut Criterion<M>) {
     let build = |encode: bool| {
         let mut n = 0usize;
         for (user, ledger, pockets) in &states {
-            let view = UserView::new(*user, ledger, pockets, &categories, &cal);
+            let view = UserView::new(*user, ledger, pockets.values(), &categories, &cal);
             let snapshot = view.snapshot(day);
             let monthly = view.monthly(last_of_month(day), true);
             for d in snapshot.iter().chain(monthly.iter()) {

@@ -1300,12 +1300,7 @@ fn structures(world: &World, p: &Params) {
         let (held_pockets, h) =
             held(|| Sorted::from_unsorted(world.kept(u, false).pockets.into_values().collect()));
         sizes[2] = add(sizes[2], h);
-        let pockets: BTreeMap<ObjectId, tally::core::source::Pocket> = held_pockets
-            .as_slice()
-            .iter()
-            .map(|p| (p.id, p.clone()))
-            .collect();
-        let view = UserView::new(user, &ledger, &pockets, &categories, &cal)
+        let view = UserView::new(user, &ledger, held_pockets.as_slice(), &categories, &cal)
             .with_ytd_baseline(world.users[u].baseline);
         let docs = view.build_range(&Kind::ALL, world.from, world.horizon(), world.today);
         // As `Live` keeps them: packed, in one vector sorted by (kind,
@@ -1319,7 +1314,8 @@ fn structures(world: &World, p: &Params) {
         });
         sizes[3] = add(sizes[3], h);
         counts[2] += stored.len();
-        drop((txs, refs, ledger, pockets, stored));
+        drop(view);
+        drop((txs, refs, ledger, held_pockets, stored));
     }
     // The owner maps, for every user, in the order a load inserts them.
     let (owners, h) = held(|| {
@@ -1444,7 +1440,7 @@ fn breakdown(world: &World, live: &Live, p: &Params, clock: fn() -> Duration) {
             ledger.apply(&cal, tx);
         }
         let s = clock();
-        let view = UserView::new(user, &ledger, &kept.pockets, &categories, &cal)
+        let view = UserView::new(user, &ledger, kept.pockets.values(), &categories, &cal)
             .with_ytd_baseline(kept.baseline);
         t[0] += clock() - s;
         let mut all = Vec::new();

@@ -1115,7 +1115,7 @@ fn keyed_documents_as<O: Out>(
             range,
         };
         let ledger = ledgers.get(user).unwrap_or(&empty);
-        let view = UserView::new(*user, ledger, own, &cats, &cal);
+        let view = UserView::new(*user, ledger, own.values(), &cats, &cal);
         for &day in &days {
             let closed = day < today;
             if let Some(d) = view.daily_report_as::<O>(day, closed) {
@@ -1827,7 +1827,7 @@ fn check_documents(s: &Scenario, source: &Source, ledgers: &Ledgers) -> TestResu
     let (from, to) = u.query_days();
     for (user, own) in &pockets {
         let ledger = ledgers.get(user).unwrap_or(&empty);
-        let view = UserView::new(*user, ledger, own, &cats, &cal);
+        let view = UserView::new(*user, ledger, own.values(), &cats, &cal);
         let mut prev_closing: Option<(NaiveDate, Money)> = None;
         for day in calendar::days(from, to) {
             let closed = day < s.today();

@@ -412,7 +412,7 @@ impl Memory {
                 ledger.apply(cal, t);
             }
             let ps = pockets.get(&user).cloned().unwrap_or_default();
-            let view = UserView::new(user, &ledger, &ps, &categories, cal);
+            let view = UserView::new(user, &ledger, ps.values(), &categories, cal);
             let docs = view.build_range(&range.kinds, range.from, range.to, today);
             out.insert(user, (ledger, txs, ps, docs));
         }

@@ -535,7 +535,7 @@ impl Scanner {
                 self.advance_stored(i).await?;
             }
         }
-        let mut view = UserView::new(user, &ledger, &pockets, &self.categories, &self.cal);
+        let mut view = UserView::new(user, &ledger, pockets.values(), &self.categories, &self.cal);
         let mut baseline = None;
         // From 1 January the ledger holds the whole year: no baseline needed.
         if self.scope.needs_baseline() {
@@ -802,7 +802,7 @@ pub async fn reports_open_from(
 
 /// Every category's label, by id.
 pub async fn load_categories(db: &Database) -> Result<Categories> {
-    let mut categories = HashMap::new();
+    let mut categories = foldhash::HashMap::default();
     let mut cursor = db
         .collection::<Document>(CATEGORIES)
         .find(doc! {})

@@ -19,8 +19,6 @@
 //! - a builder returns `None` exactly when the document must not exist
 //!   (contract §5.8), and the caller then deletes a stored one.
 
-use std::collections::{BTreeMap, HashMap};
-
 use bson::oid::ObjectId;
 use bson::Document;
 use chrono::NaiveDate;
@@ -109,8 +107,11 @@ impl Kind {
 /// Category labels (contract §1.4): every `user_categories` `_id` that is an
 /// ObjectId, with its `name` (`Unknown` when it has no string name),
 /// whoever owns it and deleted or not.
+///
+/// Hashed with foldhash: every category entry of every document built looks
+/// its label up, and SipHash made that 1.3% of the live replay.
 #[derive(Clone, Debug, Default)]
-pub struct Categories(pub HashMap<ObjectId, String>);
+pub struct Categories(pub foldhash::HashMap<ObjectId, String>);
 
 impl Categories {
     /// The `category_name` written for `id`: `Uncategorized` for no
@@ -129,10 +130,12 @@ pub struct UserView<'a> {
     pub user_id: ObjectId,
     /// The user's live transactions folded by day (contract §1.2, §4.1).
     pub ledger: &'a UserLedger,
-    /// The user's own pockets (valid or not), by id: the pockets whose
-    /// balances count (contract §1.3) and whose labels are written
-    /// (contract §1.4).
-    pub pockets: &'a BTreeMap<ObjectId, Pocket>,
+    /// The user's own pockets (valid or not), sorted by id: the pockets
+    /// whose balances count (contract §1.3) and whose labels are written
+    /// (contract §1.4). References, not copies: the live path builds a
+    /// view per user computed, and copying a user's pockets into a map cost
+    /// 2.5% of its replay.
+    pockets: Vec<&'a Pocket>,
     /// Category labels (contract §1.4).
     pub categories: &'a Categories,
     /// The reporting zone: day and month boundaries (contract §3).
@@ -147,17 +150,23 @@ impl<'a> UserView<'a> {
     pub fn new(
         user_id: ObjectId,
         ledger: &'a UserLedger,
-        pockets: &'a BTreeMap<ObjectId, Pocket>,
+        pockets: impl IntoIterator<Item = &'a Pocket>,
         categories: &'a Categories,
         cal: &'a Calendar,
     ) -> UserView<'a> {
+        let mut pockets: Vec<&Pocket> = pockets.into_iter().collect();
+        pockets.sort_by_key(|p| p.id);
+        debug_assert!(
+            pockets.windows(2).all(|w| w[0].id != w[1].id),
+            "a pocket twice"
+        );
         UserView {
             user_id,
             ledger,
+            balances: Balances::new(ledger, pockets.iter().copied()),
             pockets,
             categories,
             cal,
-            balances: Balances::new(ledger, pockets.values()),
             ytd: YearToDate::new(ledger),
         }
     }
@@ -172,7 +181,10 @@ impl<'a> UserView<'a> {
     /// The user's pockets that count on `day` (contract §1.3), by id.
     fn counting_pockets(&self, day: NaiveDate) -> impl Iterator<Item = &'a Pocket> + '_ {
         let end = self.cal.day_end(day).timestamp_millis();
-        self.pockets.values().filter(move |p| p.counts_before(end))
+        self.pockets
+            .iter()
+            .copied()
+            .filter(move |p| p.counts_before(end))
     }
 
     fn closing(&self, pocket: &ObjectId, day: NaiveDate) -> Money {
@@ -200,11 +212,17 @@ impl<'a> UserView<'a> {
         (opening, closing)
     }
 
+    /// The user's pocket `id`, if it is one.
+    fn pocket(&self, id: &ObjectId) -> Option<&'a Pocket> {
+        let i = self.pockets.binary_search_by_key(id, |p| p.id).ok()?;
+        Some(self.pockets[i])
+    }
+
     /// (name, type) labels of a pocket named by one of the user's
     /// transactions: its own labels (null when missing) for a pocket of the
     /// user, `Unknown` and `""` for any other id (contract §1.4).
     fn pocket_labels(&self, pocket: &ObjectId) -> (Option<&'a str>, Option<&'a str>) {
-        match self.pockets.get(pocket) {
+        match self.pocket(pocket) {
             Some(p) => (p.name.as_deref(), p.kind.as_deref()),
             None => (Some("Unknown"), Some("")),
         }
@@ -323,11 +341,7 @@ impl<'a> UserView<'a> {
         for (pid, pd) in agg.pockets.iter() {
             out.begin_entry();
             self.pocket_entry(&mut out, pid, pd);
-            if self
-                .pockets
-                .get(pid)
-                .is_some_and(|p| p.counts_before(day_end))
-            {
+            if self.pocket(pid).is_some_and(|p| p.counts_before(day_end)) {
                 let c = self.closing(pid, day);
                 out.money("opening_balance", c - pd.net());
                 out.money("closing_balance", c);

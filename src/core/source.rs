@@ -821,7 +821,7 @@ mod tests {
         };
         let pockets = std::collections::BTreeMap::from([(pocket.id, pocket)]);
         let categories = Categories::default();
-        let view = UserView::new(tx.user_id, &ledger, &pockets, &categories, cal);
+        let view = UserView::new(tx.user_id, &ledger, pockets.values(), &categories, cal);
         let docs = view.build_range(&Kind::ALL, before, after, next_day(day));
         assert!(docs.iter().any(|(k, d, _)| *k == Kind::Report && *d == day));
         ledger.retract(cal, tx);

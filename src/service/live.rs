@@ -369,14 +369,8 @@ impl Live {
             return Vec::new();
         }
         let (ledger, baseline) = state.ledger_from(&self.cal, first_of_month(from), from);
-        // The builders take pockets by id in a map: a copy of a user's few.
-        let pockets: BTreeMap<ObjectId, Pocket> = state
-            .pockets
-            .as_slice()
-            .iter()
-            .map(|p| (p.id, p.clone()))
-            .collect();
-        let view = UserView::new(user, &ledger, &pockets, &self.categories, &self.cal)
+        let pockets = state.pockets.as_slice();
+        let view = UserView::new(user, &ledger, pockets, &self.categories, &self.cal)
             .with_ytd_baseline(baseline);
         // As bytes: a flush writes most of what it builds, and a
         // `Document` cost 6–8× more to build and drop (BENCHMARKS.md (3)).
