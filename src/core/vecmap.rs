@@ -56,7 +56,10 @@ impl<K, V> VecMap<K, V> {
         match std::mem::replace(&mut self.store, Store::Empty) {
             Store::Empty => self.store = Store::One(entry),
             Store::One(first) => {
-                let mut v = Vec::with_capacity(2);
+                // Room for four: a map that grows past one entry mostly
+                // grows past two (a month's categories, a busy day's
+                // pockets), and each growth is a reallocation.
+                let mut v = Vec::with_capacity(4);
                 if i == 0 {
                     v.push(entry);
                     v.push(first);
