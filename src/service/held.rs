@@ -216,7 +216,7 @@ const GONE: Slot = Slot::MAX;
 #[derive(Debug)]
 struct OidOwners {
     sorted: Vec<(ObjectId, Slot)>,
-    recent: HashMap<ObjectId, Slot>,
+    recent: foldhash::HashMap<ObjectId, Slot>,
     /// Tombstones in `sorted`.
     gone: usize,
     /// Fewest entries `recent` (and tombstones) reach before a merge, so
@@ -234,7 +234,7 @@ impl OidOwners {
     fn with_min_merge(min_merge: usize) -> Self {
         OidOwners {
             sorted: Vec::new(),
-            recent: HashMap::new(),
+            recent: foldhash::HashMap::default(),
             gone: 0,
             min_merge,
         }
