@@ -610,6 +610,12 @@ fn merge_categories(
     into: &mut VecMap<Option<ObjectId>, CategorySum>,
     from: &VecMap<Option<ObjectId>, CategorySum>,
 ) {
+    // The month's first entry (in the live path, the days merged before
+    // today): a copy, not one sorted insertion per category.
+    if into.is_empty() {
+        into.clone_from(from);
+        return;
+    }
     for (k, v) in from {
         let e = into.entry_or_default(*k);
         e.amount += v.amount;
