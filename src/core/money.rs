@@ -250,7 +250,11 @@ fn hundredths_half_even(a: Decimal, b: Decimal) -> Option<i128> {
     if den == 0 {
         return None;
     }
-    let (q, r) = (num / den, num % den);
+    // A 128-bit division is a library call; most fit in 64 bits.
+    let (q, r) = match (i64::try_from(num), i64::try_from(den)) {
+        (Ok(n), Ok(d)) if d != -1 => (i128::from(n / d), i128::from(n % d)),
+        _ => (num / den, num % den),
+    };
     let twice = r.unsigned_abs().checked_mul(2)?;
     let away = match twice.cmp(&den.unsigned_abs()) {
         Ordering::Greater => true,
