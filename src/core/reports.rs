@@ -254,14 +254,7 @@ impl<'a> UserView<'a> {
         sums: &VecMap<Option<ObjectId>, CategorySum>,
         total: Option<Money>,
     ) {
-        let mut rows: Vec<(&Option<ObjectId>, &CategorySum)> = sums.iter().collect();
-        rows.sort_by(|(ia, a), (ib, b)| {
-            b.amount
-                .cmp(&a.amount)
-                .then_with(|| cmp_id_null_last(ia, ib))
-        });
-        out.begin_array(key);
-        for (id, sum) in rows {
+        let entry = |out: &mut O, id: &Option<ObjectId>, sum: &CategorySum| {
             out.begin_entry();
             out.opt_oid("category_id", *id);
             out.string("category_name", self.categories.label(*id));
@@ -271,6 +264,19 @@ impl<'a> UserView<'a> {
             }
             out.int64("transaction_count", sum.count);
             out.end();
+        };
+        out.begin_array(key);
+        if sums.len() == 1 {
+            // Most lists of a day: no vector to sort.
+            sums.iter().for_each(|(id, sum)| entry(out, id, sum));
+        } else {
+            let mut rows: Vec<(&Option<ObjectId>, &CategorySum)> = sums.iter().collect();
+            rows.sort_by(|(ia, a), (ib, b)| {
+                b.amount
+                    .cmp(&a.amount)
+                    .then_with(|| cmp_id_null_last(ia, ib))
+            });
+            rows.into_iter().for_each(|(id, sum)| entry(out, id, sum));
         }
         out.end();
     }
