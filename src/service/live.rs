@@ -748,30 +748,33 @@ impl UserState {
         cutoff: NaiveDate,
         listed_from: NaiveDate,
     ) -> (UserLedger, YtdBaseline) {
-        let cutoff_ms = cal.day_start(cutoff).timestamp_millis();
-        let listed_ms = cal.day_start(listed_from).timestamp_millis();
         let mut ledger = UserLedger::default();
-        for held in self.transactions.as_slice() {
-            if held.date() >= cutoff_ms && held.is_live() {
-                let day = cal.day_of_millis(held.date());
-                let tx = self.refs.view(held);
-                if held.date() >= listed_ms {
-                    ledger.apply_ref(day, &tx);
-                } else {
-                    ledger.apply_merged(cutoff, day, &tx);
-                }
-            }
-        }
-        (ledger, self.baseline_at(cal, cutoff))
+        let baseline = self.pass_from(cal, cutoff, Some((&mut ledger, listed_from)));
+        (ledger, baseline)
     }
 
     /// The year-to-date baseline at `cutoff` (a 1st of month, in the
     /// window): the income and outflow of `cutoff`'s year before it, from
     /// the held transactions' amounts, without expanding them.
     fn baseline_at(&self, cal: &Calendar, cutoff: NaiveDate) -> YtdBaseline {
+        self.pass_from(cal, cutoff, None)
+    }
+
+    /// One pass over the held transactions: the baseline at `cutoff`
+    /// ([`UserState::baseline_at`]), and with a ledger, the transactions
+    /// from `cutoff` folded into it ([`UserState::ledger_from`], the days
+    /// before `listed_from` merged). One pass, not one for each: a user's
+    /// transactions are mostly cold in memory when a flush reaches it.
+    fn pass_from(
+        &self,
+        cal: &Calendar,
+        cutoff: NaiveDate,
+        mut ledger: Option<(&mut UserLedger, NaiveDate)>,
+    ) -> YtdBaseline {
         debug_assert_eq!(cutoff, first_of_month(cutoff));
         let cutoff_ms = cal.day_start(cutoff).timestamp_millis();
         let year_ms = cal.day_start(first_of_year(cutoff)).timestamp_millis();
+        let listed_ms = (ledger.as_ref()).map(|(_, from)| cal.day_start(*from).timestamp_millis());
         let mut baseline = YtdBaseline {
             from: cutoff,
             ..YtdBaseline::default()
@@ -780,10 +783,21 @@ impl UserState {
             (baseline.income, baseline.expense) = (self.baseline.income, self.baseline.expense);
         }
         for held in self.transactions.as_slice() {
-            if (year_ms..cutoff_ms).contains(&held.date()) && held.is_live() {
+            if !held.is_live() || held.date() < year_ms {
+                continue;
+            }
+            if held.date() < cutoff_ms {
                 let (income, outflow) = income_and_outflow(held.kind(), held.amount());
                 baseline.income += income;
                 baseline.expense += outflow;
+            } else if let (Some((ledger, _)), Some(listed_ms)) = (&mut ledger, listed_ms) {
+                let day = cal.day_of_millis(held.date());
+                let tx = self.refs.view(held);
+                if held.date() >= listed_ms {
+                    ledger.apply_ref(day, &tx);
+                } else {
+                    ledger.apply_merged(cutoff, day, &tx);
+                }
             }
         }
         baseline
