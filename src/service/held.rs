@@ -241,7 +241,12 @@ impl OidOwners {
     }
 
     fn find(&self, id: &ObjectId) -> Result<usize, usize> {
-        self.sorted.binary_search_by_key(id, |&(k, _)| k)
+        match self.sorted.last() {
+            // A new transaction's id, mostly: past the last, without a
+            // search whose probes miss the cache in a vector this large.
+            Some(&(last, _)) if last < *id => Err(self.sorted.len()),
+            _ => self.sorted.binary_search_by_key(id, |&(k, _)| k),
+        }
     }
 
     fn get(&self, id: &ObjectId) -> Option<Slot> {
