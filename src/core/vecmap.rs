@@ -275,8 +275,10 @@ impl<T: Keyed> Sorted<T> {
     /// The values with keys in `[lo, hi]`, in key order.
     pub fn range(&self, lo: &T::Key, hi: &T::Key) -> &[T] {
         let a = self.0.partition_point(|v| v.key() < lo);
-        let b = self.0.partition_point(|v| v.key() <= hi);
-        &self.0[a..b.max(a)]
+        // The ranges asked are short (a flush's few days): a walk from
+        // `lo`, not a second search from the ends.
+        let n = self.0[a..].iter().take_while(|v| v.key() <= hi).count();
+        &self.0[a..a + n]
     }
 
     /// All values, in key order.
