@@ -628,13 +628,8 @@ mod tests {
         for t in texts {
             same(Decimal128::from_str(t).unwrap());
         }
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = crate::core::rng::Rng::new(0x2545_F491_4F6C_DD1D);
+        let mut next = || rng.next_u64();
         for _ in 0..50_000 {
             // Random bits, then bits near the values coin writes: a small
             // coefficient and an exponent near the bias.
@@ -720,13 +715,8 @@ mod tests {
     #[test]
     fn percentages_in_integers_are_those_in_decimals() {
         let mut pairs: Vec<(Money, Money)> = Vec::new();
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = crate::core::rng::Rng::new(0x9E37_79B9_7F4A_7C15);
+        let mut next = || rng.next_u64();
         for _ in 0..100_000 {
             let (a, b) = (next(), next());
             // Cents and odd scales, small and large, either sign; ties
