@@ -324,14 +324,12 @@ impl Content for RawDocumentBuf {
             .len()
             .checked_sub(key.len() + 4)
             .map(|at| &bytes[at..]);
+        let walk = || field(bytes, kind.final_field()) == Some((0x08, &[1][..]));
         let found = match last {
             Some([0x08, rest @ .., 0, flag @ (0 | 1), 0]) if rest == key => *flag == 1,
-            _ => field(bytes, kind.final_field()) == Some((0x08, &[1][..])),
+            _ => walk(),
         };
-        debug_assert_eq!(
-            found,
-            field(bytes, kind.final_field()) == Some((0x08, &[1][..]))
-        );
+        debug_assert_eq!(found, walk());
         found
     }
 

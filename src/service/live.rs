@@ -769,12 +769,13 @@ impl UserState {
         &self,
         cal: &Calendar,
         cutoff: NaiveDate,
-        mut ledger: Option<(&mut UserLedger, NaiveDate)>,
+        ledger: Option<(&mut UserLedger, NaiveDate)>,
     ) -> YtdBaseline {
         debug_assert_eq!(cutoff, first_of_month(cutoff));
         let cutoff_ms = cal.day_start(cutoff).timestamp_millis();
         let year_ms = cal.day_start(first_of_year(cutoff)).timestamp_millis();
-        let listed_ms = (ledger.as_ref()).map(|(_, from)| cal.day_start(*from).timestamp_millis());
+        // The ledger with the first day it lists by day, in milliseconds.
+        let mut ledger = ledger.map(|(l, from)| (l, cal.day_start(from).timestamp_millis()));
         let mut baseline = YtdBaseline {
             from: cutoff,
             ..YtdBaseline::default()
@@ -790,10 +791,10 @@ impl UserState {
                 let (income, outflow) = income_and_outflow(held.kind(), held.amount());
                 baseline.income += income;
                 baseline.expense += outflow;
-            } else if let (Some((ledger, _)), Some(listed_ms)) = (&mut ledger, listed_ms) {
+            } else if let Some((ledger, listed_ms)) = &mut ledger {
                 let day = cal.day_of_millis(held.date());
                 let tx = self.refs.view(held);
-                if held.date() >= listed_ms {
+                if held.date() >= *listed_ms {
                     ledger.apply_ref(day, &tx);
                 } else {
                     ledger.apply_merged(cutoff, day, &tx);
