@@ -351,6 +351,14 @@ impl Metas {
         self.wide.retain(|w| w.key != key);
     }
 
+    /// Reads every key in order: independent loads the CPU overlaps and
+    /// its prefetcher streams, where a binary search over metas not in
+    /// cache waits for each line it probes in turn.
+    pub fn warm(&self) {
+        let keys = self.packed.as_slice().iter().map(|p| p.key);
+        std::hint::black_box(keys.fold(0, |a, k| a ^ k));
+    }
+
     /// The metas of `kind` over `[lo, hi]`, in period order.
     pub fn range(
         &self,

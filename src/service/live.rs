@@ -387,6 +387,7 @@ impl Live {
         if from > to {
             return Vec::new();
         }
+        state.stored.warm();
         let (ledger, baseline) = state.ledger_from(&self.cal, first_of_month(from), from);
         let pockets = state.pockets.as_slice();
         let view = UserView::new(user, &ledger, pockets, &self.categories, &self.cal)
