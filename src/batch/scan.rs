@@ -523,6 +523,12 @@ impl Scanner {
             let p = self.pockets.pop_front().expect("front");
             pockets.insert(p.id, p);
         }
+        if self.pockets.len() < self.pockets.capacity() / 2 {
+            // Handed back by halves as users are done: a load's peak RSS
+            // comes at its end, with the window full, and should not also
+            // hold every user's pockets (BENCHMARKS.md, issue 13 (4)).
+            self.pockets.shrink_to_fit();
+        }
         let mut stored: BTreeMap<(Kind, NaiveDate), Document> = BTreeMap::new();
         for i in 0..self.stored.len() {
             let kind = self.stored[i].0;
