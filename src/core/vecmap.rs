@@ -333,7 +333,6 @@ mod tests {
         assert_eq!(s.get(&5), Some(&(5, 'h')));
         assert_eq!(s.get(&6), None);
         assert_eq!(s.as_slice(), &[(2, 'f'), (3, 'c'), (4, 'i'), (5, 'h')]);
-        s.retain(|(k, _)| *k < 4);
         let mut big = Sorted::from_unsorted((0..64).map(|k| (2 * k, ())).collect());
         for k in 0..10 {
             big.insert((2 * k + 1, ()));
