@@ -43,7 +43,9 @@
 //! Printed: events/s of the whole path over one full replay of the
 //! recorded stream (`TALLY_BENCH_LIVE_EVENTS`, 60,000 events), the
 //! percentiles of one flush's build (the `compute` of its dirty users) and
-//! of the whole flush, each flush timed on its own; where a user's build
+//! of the whole flush, each flush timed on its own; the bytes of the
+//! documents written, and how many computations start at today against
+//! those reaching back (a back-dated or edited transaction); where a user's build
 //! goes (`UserView`, each kind, fingerprints); and the heap `Live` holds
 //! after seeding, counted by a `#[global_allocator]` wrapper: in all, per
 //! user, per held transaction and per stored fingerprint (by differencing
@@ -757,6 +759,11 @@ struct Totals {
     users_computed: u64,
     changes: u64,
     writes: [u64; 3],
+    /// Bytes of the documents those writes leave, by kind.
+    written_bytes: [u64; 3],
+    /// Computations that start at today, and the changes they found.
+    from_today: u64,
+    from_today_changes: u64,
     held: u64,
     drift_written: u64,
     /// Users computed from their floor, their past left for later
@@ -1018,6 +1025,10 @@ impl Tail {
             let changes =
                 self.live
                     .compute(user, &Kind::ALL, day, to, today, reports_open_from, now);
+            if day == today {
+                self.totals.from_today += 1;
+                self.totals.from_today_changes += changes.len() as u64;
+            }
             per_user.push((user, changes));
         }
         let build = clock() - started;
@@ -1031,6 +1042,9 @@ impl Tail {
         let writes = self.hold_past_changes(per_user, now, &from_open, &later);
         for (_, _, w) in &writes {
             self.totals.writes[kind_index(w.kind())] += 1;
+            if let Write::Upsert { set, .. } = w {
+                self.totals.written_bytes[kind_index(w.kind())] += set.as_bytes().len() as u64;
+            }
         }
         // `Tailer::write` records the writes, then sends them (skipped).
         self.live.record(&writes);
@@ -1584,6 +1598,24 @@ fn replay(tail: &mut Tail, stream: &[RawDocumentBuf], p: &Params, clock: fn() ->
         thousands(t.drift_written),
         thousands(tail.pending.len() as u64),
         thousands(t.past_waited),
+    );
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let mean = |b: u64, n: u64| b.checked_div(n).unwrap_or(0);
+    let (bytes, writes) = (t.written_bytes, t.writes);
+    let reaching_back = t.users_computed - t.from_today;
+    println!(
+        "  documents written: {:.1} / {:.1} / {:.1} MiB (reports / snapshots / summaries; {} / {} / {} B each), {} B per event; computations from today {} ({:.2} documents differing each), reaching back {} ({:.2} each)",
+        mib(bytes[0]),
+        mib(bytes[1]),
+        mib(bytes[2]),
+        mean(bytes[0], writes[0]),
+        mean(bytes[1], writes[1]),
+        mean(bytes[2], writes[2]),
+        mean(bytes.iter().sum(), t.events),
+        thousands(t.from_today),
+        t.from_today_changes as f64 / t.from_today.max(1) as f64,
+        thousands(reaching_back),
+        (t.changes - t.from_today_changes) as f64 / reaching_back.max(1) as f64,
     );
     println!(
         "  skipped (server I/O): {} rescans, {} locates; unreadable events {}",
